@@ -1,0 +1,24 @@
+# The two commands of the README. Both work on a fresh machine with only python3.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint clean
+
+$(BIN)/orchestrd: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+# Run the demo plan (four phases, bundled demo worker) on the bundled local default config.
+run: $(BIN)/orchestrd
+	rm -rf .demo && mkdir -p .demo/repo
+	$(BIN)/orchestrd run config/examples/demo.toml --config orchestrd/local.toml
+	@echo "audit log: .orchestrd/audit.jsonl   try: jq -c 'select(.plan==\"DEMO-calc\")' .orchestrd/audit.jsonl"
+
+test: $(BIN)/orchestrd
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .demo .orchestrd

@@ -1,0 +1,160 @@
+"""The audit log: structlog wired to a JSON-lines file (one object per event, flushed), and the
+event vocabulary.
+
+No global configuration: an AuditLog is built once at start-up and its loggers are passed down.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+# Every event orchestrd emits, with what it means. The README's event table is generated from,
+# and tested against, this mapping.
+EVENTS: dict[str, str] = {
+    "daemon.started": "the daemon is up and serving (after recovery)",
+    "daemon.stopping": "SIGTERM/SIGINT received: stopping workers, saving state",
+    "daemon.stopped": "the daemon exited cleanly",
+    "daemon.recovered": "a plan found running or queued in state_dir at start-up was resumed",
+    "daemon.reloaded": "SIGHUP: the new config is in force",
+    "daemon.reload_failed": "SIGHUP: the new config is invalid; the old one is kept",
+    "daemon.notify_failed": "sd_notify could not reach $NOTIFY_SOCKET",
+    "plan.accepted": "a file in the inbox passed validation and was moved to plans/<id>/",
+    "plan.rejected": "a file in the inbox failed validation; see rejected/<name>.error",
+    "plan.queued": "the plan waits for a worker slot",
+    "plan.waiting_repo": "the plan waits because another plan runs on the same repo",
+    "plan.started": "the plan's runner started",
+    "plan.succeeded": "every phase passed",
+    "plan.failed": "a phase failed for good (reason)",
+    "plan.cancelled": "stopped on request",
+    "plan.interrupted": "the daemon stopped while the plan ran; it resumes on restart",
+    "plan.archived": "the finished plan's folder was moved to archive/",
+    "plan.state_corrupt": "a state file could not be read; it was set aside",
+    "phase.started": "a phase began (its primary worker follows)",
+    "phase.skipped": "a phase already passed before a restart or retry",
+    "phase.passed": "all checkpoints passed",
+    "phase.failed": "checks failed and no remediation is left (reason)",
+    "worker.started": "a worker process was launched (pid, log, command)",
+    "worker.failed_to_start": "the worker's command could not be executed (reason)",
+    "worker.poll": "a poll of a running worker (cycle, elapsed, log growth)",
+    "worker.stalled": "the worker outlived its last poll (log_tail)",
+    "worker.stopped": "the worker's process group was signalled (signal, why)",
+    "worker.exited": "the worker process ended (returncode)",
+    "worker.orphan_stopped": "a worker left over from a previous daemon run was stopped",
+    "check.passed": "one checkpoint passed (check, reason)",
+    "check.failed": "one checkpoint failed (check, reason)",
+    "check.warning": "a checkpoint found something worth reading that does not fail the phase",
+    "remediation.started": "a remediation attempt begins (failure)",
+}
+
+FIRST_KEYS = ("ts", "event", "plan", "phase", "attempt", "role", "pid")
+
+
+def _timestamp(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    event_dict["ts"] = dt.datetime.now().astimezone().isoformat(timespec="microseconds")
+    return event_dict
+
+
+def _order_keys(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    ordered = {k: event_dict.pop(k) for k in FIRST_KEYS if k in event_dict}
+    ordered.update(event_dict)
+    return ordered
+
+
+def _to_json(_: WrappedLogger, __: str, event_dict: EventDict) -> str:
+    return json.dumps(event_dict, default=str, ensure_ascii=False)
+
+
+class AuditSink:
+    """Appends lines to the audit file, flushed per event.
+
+    If the file is rotated or deleted under the daemon (logrotate's `create`), the next write
+    notices the inode change and reopens the path.
+    """
+
+    def __init__(self, path: Path, echo: TextIO | None = None) -> None:
+        self.path = path
+        self.echo = echo
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self._open()
+
+    def _open(self) -> TextIO:
+        f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the daemon's life
+        self._ino = os.fstat(f.fileno()).st_ino
+        return f
+
+    def _reopen_if_rotated(self) -> None:
+        try:
+            if os.stat(self.path).st_ino == self._ino:
+                return
+        except FileNotFoundError:
+            pass
+        self._file.close()
+        self._file = self._open()
+
+    def msg(self, line: str) -> None:
+        with self._lock:
+            self._reopen_if_rotated()
+            self._file.write(line + "\n")
+            self._file.flush()
+        if self.echo is not None:
+            self.echo.write(_console(line) + "\n")
+            self.echo.flush()
+
+    info = warning = error = debug = msg
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def _console(line: str) -> str:
+    """A short human line for a terminal or the journal: time, event, then key=value."""
+    data = json.loads(line)
+    ts = str(data.pop("ts", ""))[11:23]
+    event = data.pop("event", "")
+    rest = " ".join(
+        f"{k}={_short(v)}" for k, v in data.items() if not isinstance(v, list | dict)
+    )
+    return f"{ts} {event:<22} {rest}"
+
+
+def _short(value: object, limit: int = 160) -> str:
+    text = str(value).replace("\n", " ⏎ ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class AuditLog:
+    """Builds bound loggers that write to one AuditSink."""
+
+    def __init__(self, path: Path, echo: TextIO | None = None) -> None:
+        self.sink = AuditSink(path, echo)
+        self._processors: list[Any] = [_timestamp, _order_keys, _to_json]
+
+    def bind(self, **context: Any) -> structlog.typing.FilteringBoundLogger:
+        logger: structlog.typing.FilteringBoundLogger = structlog.wrap_logger(
+            self.sink,
+            processors=self._processors,
+            wrapper_class=structlog.make_filtering_bound_logger(0),
+            context_class=dict,
+        )
+        return logger.bind(**context)
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+def stderr_echo(enabled: bool) -> TextIO | None:
+    return sys.stderr if enabled else None
+
+
+Logger = structlog.typing.FilteringBoundLogger

@@ -1,0 +1,212 @@
+"""Daemon settings: the pydantic schema, durations, and loading from TOML with errors that name the key.
+
+Lookup order for the file: `--config`, `$ORCHESTRD_CONFIG`, `/etc/orchestrd/orchestrd.toml`,
+then the bundled local default (`orchestrd/local.toml`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import pydantic
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from .errors import ConfigError, describe_validation_error
+
+SYSTEM_CONFIG = Path("/etc/orchestrd/orchestrd.toml")
+BUNDLED_CONFIG = Path(__file__).with_name("local.toml")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+def parse_duration(value: object) -> float:
+    """`"250ms"`, `"0.2s"`, `"5m"`, `"1h"`, or a number of seconds → seconds (float)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as \"250ms\", \"30s\", \"5m\" or a number of seconds")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    else:
+        raise ValueError(
+            f"{value!r} is not a duration; write e.g. \"250ms\", \"30s\", \"5m\", \"1h\" "
+            "or a number of seconds"
+        )
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"{value!r}: a duration must be greater than zero")
+    return seconds
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class Policy(Strict):
+    """The polling/timeout policy. The defaults are the manual procedure's numbers (5 min × 6)."""
+
+    poll_interval: Duration = Field(300.0, description="time between polls of a running worker")
+    max_polls: int = Field(6, gt=0, description="polls before a still-running worker is stalled")
+    stop_grace: Duration = Field(10.0, description="SIGTERM → wait this long → SIGKILL")
+    max_remediations: int = Field(
+        2, ge=0, description="remediation workers per phase before the phase fails"
+    )
+
+class PolicyOverride(Strict):
+    """Any subset of Policy, for a plan or a phase."""
+
+    poll_interval: Duration | None = None
+    max_polls: int | None = Field(None, gt=0)
+    stop_grace: Duration | None = None
+    max_remediations: int | None = Field(None, ge=0)
+
+class WorkerProfile(Strict):
+    """How to start one kind of worker: an argv template and extra environment."""
+
+    command: list[str] = Field(
+        min_length=1,
+        description="argv; placeholders {prompt} {prompt_file} {plan} {phase} {attempt} {log} "
+        "{python}",
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="added to the worker's env")
+
+    @pydantic.field_validator("command")
+    @classmethod
+    def _known_placeholders(cls, command: list[str]) -> list[str]:
+        for arg in command:
+            for name in re.findall(r"\{(\w*)\}", arg):
+                if name not in PLACEHOLDERS:
+                    raise ValueError(
+                        f"unknown placeholder {{{name}}} in {arg!r}; use one of "
+                        + ", ".join("{" + p + "}" for p in sorted(PLACEHOLDERS))
+                    )
+        return command
+
+PLACEHOLDERS = frozenset({"prompt", "prompt_file", "plan", "phase", "attempt", "log", "python"})
+
+class AuditSettings(Strict):
+    path: Path | None = Field(
+        None, description="JSON-lines audit log; default <state_dir>/audit.jsonl"
+    )
+
+class CheckSettings(Strict):
+    log_error_patterns: list[str] = Field(
+        default_factory=lambda: [r"Traceback \(most recent call last\)", r"\bError:"],
+        description="regexes searched in a worker's log after it exits",
+    )
+    fail_on_log_errors: bool = Field(
+        False, description="a log match fails the phase (otherwise it is only reported)"
+    )
+    verify_shell: list[str] = Field(
+        default_factory=lambda: ["/bin/sh", "-c"], description="how verify commands are run"
+    )
+
+    @pydantic.field_validator("log_error_patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"{p!r} is not a valid regex: {exc}") from None
+        return patterns
+
+class Config(Strict):
+    state_dir: Path = Field(Path("/var/lib/orchestrd"), description="plans/<id>/ live here")
+    default_worker: str = Field("codex", description="profile used when a plan names none")
+    max_workers: int = Field(8, gt=0, description="workers running at once, across all plans")
+    allowed_repo_roots: list[Path] = Field(
+        default_factory=lambda: [Path("/srv/repos")],
+        description="a plan's repo must be inside one of these",
+    )
+    env_passthrough: list[str] = Field(
+        default_factory=list, description="daemon env variables passed on to workers"
+    )
+    audit: AuditSettings = AuditSettings()
+    policy: Policy = Policy()
+    checks: CheckSettings = CheckSettings()
+    workers: dict[str, WorkerProfile] = Field(default_factory=dict)
+
+    @pydantic.model_validator(mode="after")
+    def _default_worker_exists(self) -> Config:
+        if self.workers and self.default_worker not in self.workers:
+            raise ValueError(
+                f"default_worker = {self.default_worker!r} names no [workers.*] profile; "
+                f"define [workers.{self.default_worker}] or pick one of: "
+                + ", ".join(sorted(self.workers))
+            )
+        return self
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit.path if self.audit.path is not None else self.state_dir / "audit.jsonl"
+
+    def policy_for(self, *overrides: PolicyOverride | None) -> Policy:
+        """The config policy with plan and phase overrides applied, later ones winning."""
+        merged: dict[str, Any] = self.policy.model_dump()
+        for o in overrides:
+            if o is not None:
+                merged.update(o.model_dump(exclude_none=True))
+        return Policy(**merged)
+
+def read_toml(path: Path, error: type[Exception], max_bytes: int | None = None) -> dict[str, Any]:
+    """Parse a TOML file; every failure becomes `error` with the file name and the fix."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read() if max_bytes is None else f.read(max_bytes + 1)
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror}") from None
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise error(f"{path}: larger than {max_bytes} bytes; plans must be small TOML files")
+    return parse_toml_bytes(path, raw, error)
+
+def parse_toml_bytes(path: Path | str, raw: bytes, error: type[Exception]) -> dict[str, Any]:
+    if not raw.strip():
+        raise error(f"{path}: the file is empty; write a TOML document")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"{path}: not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8 TOML"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: invalid TOML: {exc}; fix the syntax there") from None
+
+def _absolute(p: Path) -> Path:
+    return (Path.cwd() / p.expanduser()) if not p.expanduser().is_absolute() else p.expanduser()
+
+def config_from_dict(data: dict[str, Any], source: Path | str) -> Config:
+    try:
+        cfg = Config.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(describe_validation_error(source, Config, exc)) from None
+    # relative paths in a config are relative to the directory orchestrd runs in
+    audit = cfg.audit.model_copy(
+        update={"path": _absolute(cfg.audit.path) if cfg.audit.path else None}
+    )
+    return cfg.model_copy(
+        update={
+            "state_dir": _absolute(cfg.state_dir),
+            "allowed_repo_roots": [_absolute(r) for r in cfg.allowed_repo_roots],
+            "audit": audit,
+        }
+    )
+
+def find_config(explicit: str | os.PathLike[str] | None) -> Path:
+    """The config file to use, in lookup order."""
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get("ORCHESTRD_CONFIG"):
+        return Path(env)
+    if SYSTEM_CONFIG.exists():
+        return SYSTEM_CONFIG
+    return BUNDLED_CONFIG
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> tuple[Config, Path]:
+    path = find_config(explicit)
+    return config_from_dict(read_toml(path, ConfigError), path), path

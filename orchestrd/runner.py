@@ -1,0 +1,317 @@
+"""One plan: its phases in order, a fresh worker per attempt, the poll policy, the checkpoints,
+and remediation workers until the phase passes or the remediations run out.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+
+from .audit import Logger
+from .checks import CheckContext, CheckResult, failures, inspect
+from .config import Config, Policy, WorkerProfile
+from .plan import Phase, Plan
+from .policy import WatchOutcome, watch
+from .state import AttemptState, PhaseState, PlanFolder, PlanRecord, now_iso
+from .states import (
+    ATTEMPT_TRANSITIONS,
+    AttemptStatus,
+    PhaseStatus,
+    PlanStatus,
+    check_transition,
+)
+from .worker import (
+    LocalWorker,
+    WorkerSpec,
+    WorkerStartError,
+    start_worker,
+    stop_group,
+    tail_file,
+)
+
+# What a worker inherits from the daemon's environment, besides env_passthrough and its profile.
+BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
+LOG_TAIL_LINES = 40
+
+
+def set_attempt(att: AttemptState, new: AttemptStatus) -> None:
+    check_transition(ATTEMPT_TRANSITIONS, att.status, new)
+    att.status = new
+
+
+def base_env(config: Config) -> dict[str, str]:
+    names = (*BASE_ENV, *config.env_passthrough)
+    return {k: os.environ[k] for k in names if k in os.environ}
+
+
+def render_command(
+    profile: WorkerProfile, values: dict[str, str]
+) -> list[str]:
+    out = []
+    for arg in profile.command:
+        for key, value in values.items():
+            arg = arg.replace("{" + key + "}", value)
+        out.append(arg)
+    return out
+
+
+def contract_trailer(plan: Plan, phase: Phase, attempt: int, role: str) -> str:
+    report = plan.in_plan_dir(phase.report_path)
+    completion = [plan.in_plan_dir(c) for c in phase.completion_paths]
+    lines = [
+        "",
+        "---",
+        f"orchestrd worker contract — plan {plan.id}, phase {phase.id}, attempt {attempt} "
+        f"({role}). You run headless in {plan.repo}; nobody will answer questions.",
+        f"1. When you are done, write the report `{report}` (relative to the repository) with a "
+        "line `Status: PASS`, or `Status: FAIL` and what is missing.",
+        "2. Create the completion file(s) " + ", ".join(f"`{c}`" for c in completion)
+        + (
+            " containing the marker(s) " + ", ".join(f"`{m}`" for m in phase.markers)
+            if phase.markers
+            else ""
+        )
+        + ".",
+    ]
+    if phase.verify:
+        lines.append(
+            "3. After you exit, the supervisor runs these checks itself (your claims about them "
+            "are not trusted):"
+        )
+        lines += [f"   - `{v.run}` must {v.expect}" for v in phase.verify]
+    lines.append("Exit when finished.")
+    return "\n".join(lines) + "\n"
+
+
+def remediation_section(failed: list[CheckResult], failed_log: Path, tail: str) -> str:
+    lines = [
+        "",
+        "## Remediation",
+        "A previous worker on this phase did not finish it. These checks failed:",
+    ]
+    lines += [f"- {r.name}: {r.reason}" for r in failed]
+    lines += [
+        "",
+        f"The last lines of its log ({failed_log}):",
+        "```",
+        tail,
+        "```",
+        "Repair what is missing or wrong, then meet the contract below.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def describe(failed: list[CheckResult]) -> str:
+    return "; ".join(f"{r.name}: {r.reason}" for r in failed)
+
+
+class PlanRunner:
+    """Carries out one plan. The caller owns the record's plan-level status."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        record: PlanRecord,
+        folder: PlanFolder,
+        get_config: Callable[[], Config],
+        log: Logger,
+    ) -> None:
+        self.plan = plan
+        self.record = record
+        self.folder = folder
+        self.get_config = get_config
+        self.log = log
+
+    async def run(self) -> PlanStatus:
+        """Run every phase not yet passed; returns SUCCEEDED or FAILED (and records it)."""
+        state = self.record.state
+        for phase in self.plan.phases:
+            state.phases.setdefault(phase.id, PhaseState())
+        if state.status is not PlanStatus.RUNNING:
+            await self.record.set_status(PlanStatus.RUNNING, phases=len(self.plan.phases))
+        for phase in self.plan.phases:
+            if state.phases[phase.id].status is PhaseStatus.PASSED:
+                self.log.info("phase.skipped", phase=phase.id, reason="passed before")
+                continue
+            if not await self.run_phase(phase):
+                reason = f"phase {phase.id} failed: {state.phases[phase.id].reason}"
+                await self.record.set_status(PlanStatus.FAILED, reason, phase=phase.id)
+                return PlanStatus.FAILED
+        await self.record.set_status(PlanStatus.SUCCEEDED)
+        return PlanStatus.SUCCEEDED
+
+    async def run_phase(self, phase: Phase) -> bool:
+        ps = self.record.state.phases[phase.id]
+        if ps.status in (PhaseStatus.RUNNING, PhaseStatus.CHECKING, PhaseStatus.FAILED):
+            # resumed after a restart, or retried: the phase starts over with a fresh worker
+            for att in ps.attempts:
+                if att.status in (AttemptStatus.STARTING, AttemptStatus.RUNNING):
+                    att.status = AttemptStatus.STOPPED
+            if ps.status is PhaseStatus.FAILED:
+                ps.failures = 0
+            await self.record.set_phase(phase.id, PhaseStatus.PENDING, None)
+        await self.record.set_phase(phase.id, PhaseStatus.RUNNING, "phase.started", kind=phase.kind)
+        previous: tuple[list[CheckResult], Path] | None = None
+        while True:
+            config = self.get_config()
+            policy = config.policy_for(self.plan.policy, phase.policy)
+            role = "primary" if ps.failures == 0 else "remediation"
+            results, log_path = await self.attempt(phase, config, policy, role, previous)
+            bad = failures(results)
+            if not bad:
+                await self.record.set_phase(phase.id, PhaseStatus.PASSED, "phase.passed")
+                return True
+            ps.failures += 1
+            if ps.failures > policy.max_remediations:
+                await self.record.set_phase(
+                    phase.id, PhaseStatus.FAILED, "phase.failed", describe(bad),
+                    attempts=len(ps.attempts),
+                )
+                return False
+            previous = (bad, log_path)
+            await self.record.set_phase(
+                phase.id, PhaseStatus.RUNNING, "remediation.started", describe(bad),
+                attempt=len(ps.attempts) + 1, remediation=ps.failures,
+                max_remediations=policy.max_remediations,
+            )
+
+    def _prompt(
+        self, phase: Phase, n: int, role: str, previous: tuple[list[CheckResult], Path] | None
+    ) -> str:
+        if phase.prompt is not None:
+            text = phase.prompt
+        else:
+            assert phase.prompt_file is not None
+            prompt_path = self.plan.repo / self.plan.in_plan_dir(phase.prompt_file)
+            text = prompt_path.read_text(encoding="utf-8", errors="replace")
+        if previous is not None:
+            failed, failed_log = previous
+            text += remediation_section(failed, failed_log, tail_file(failed_log, LOG_TAIL_LINES))
+        return text + contract_trailer(self.plan, phase, n, role)
+
+    def _env(
+        self, config: Config, profile: WorkerProfile, phase: Phase, n: int, role: str,
+        log_path: Path, previous: tuple[list[CheckResult], Path] | None,
+    ) -> dict[str, str]:
+        env = base_env(config)
+        env.update(profile.env)
+        env.update(
+            ORCHESTRD_PLAN_ID=self.plan.id,
+            ORCHESTRD_PHASE_ID=phase.id,
+            ORCHESTRD_PHASE_KIND=phase.kind,
+            ORCHESTRD_ATTEMPT=str(n),
+            ORCHESTRD_ROLE=role,
+            ORCHESTRD_REPORT=self.plan.in_plan_dir(phase.report_path),
+            ORCHESTRD_COMPLETION=os.pathsep.join(
+                self.plan.in_plan_dir(c) for c in phase.completion_paths
+            ),
+            ORCHESTRD_MARKERS="\n".join(phase.markers),
+            ORCHESTRD_LOG=str(log_path),
+        )
+        if previous is not None:
+            env["ORCHESTRD_FAILED_LOG"] = str(previous[1])
+            env["ORCHESTRD_FAILURE"] = describe(previous[0])
+        return env
+
+    async def attempt(
+        self,
+        phase: Phase,
+        config: Config,
+        policy: Policy,
+        role: str,
+        previous: tuple[list[CheckResult], Path] | None,
+    ) -> tuple[list[CheckResult], Path]:
+        ps = self.record.state.phases[phase.id]
+        n = len(ps.attempts) + 1
+        log = self.log.bind(phase=phase.id, attempt=n, role=role)
+        log_path = self.folder.workers / f"worker-{phase.id}-{n}.log"
+        att = AttemptState(n=n, role=role, log=str(log_path))
+        ps.attempts.append(att)
+        profile_name = self.plan.worker or config.default_worker
+        try:
+            profile = config.workers[profile_name]
+            prompt = self._prompt(phase, n, role, previous)
+            prompt_file = self.folder.workers / f"prompt-{phase.id}-{n}.md"
+            prompt_file.write_text(prompt, encoding="utf-8")
+            values = {
+                "prompt": prompt, "prompt_file": str(prompt_file), "plan": self.plan.id,
+                "phase": phase.id, "attempt": str(n), "log": str(log_path),
+                "python": sys.executable,
+            }
+            argv = render_command(profile, values)
+            env = self._env(config, profile, phase, n, role, log_path, previous)
+            worker = await start_worker(WorkerSpec(argv, env, self.plan.repo, log_path))
+        except (WorkerStartError, KeyError, OSError) as exc:
+            reason = (
+                f"worker profile {profile_name!r} is not in the config"
+                if isinstance(exc, KeyError) else str(exc)
+            )
+            set_attempt(att, AttemptStatus.FAILED_TO_START)
+            att.failure = reason
+            att.ended_at = now_iso()
+            await self.record.save()
+            self.folder.append_ledger(f"{phase.id} attempt={n} role={role} failed_to_start")
+            log.info("worker.failed_to_start", reason=reason)
+            result = CheckResult("start", False, f"worker failed to start: {reason}")
+            log.info("check.failed", check=result.name, reason=result.reason)
+            return [result], log_path
+        outcome = await self._supervise(worker, att, phase, policy, log.bind(pid=worker.handle.pid))
+        await self.record.set_phase(phase.id, PhaseStatus.CHECKING, None)
+        ctx = CheckContext(
+            plan=self.plan, phase=phase, settings=config.checks, outcome=outcome,
+            log_path=log_path, output_dir=self.folder.workers, attempt=n, env=env,
+            grace=policy.stop_grace,
+        )
+        return await inspect(ctx, log.bind(pid=worker.handle.pid)), log_path
+
+    async def _supervise(
+        self, worker: LocalWorker, att: AttemptState, phase: Phase, policy: Policy, log: Logger
+    ) -> WatchOutcome:
+        h = worker.handle
+        att.pid, att.pgid, att.start_time, att.boot_id = h.pid, h.pgid, h.start_time, h.boot_id
+        set_attempt(att, AttemptStatus.RUNNING)
+        await self.record.save()
+        who = f"{phase.id} attempt={att.n} role={att.role} pid={h.pid}"
+        self.folder.append_ledger(who)
+        log.info("worker.started", log=h.log, command=worker.argv[0])
+        try:
+            outcome = await watch(worker, policy, log)
+            if outcome.stalled:
+                set_attempt(att, AttemptStatus.STALLED)
+                log.info(
+                    "worker.stalled", polls=outcome.polls, elapsed=round(worker.elapsed(), 3),
+                    log_tail=worker.tail(LOG_TAIL_LINES),
+                )
+                sig = await worker.stop(policy.stop_grace)
+                set_attempt(att, AttemptStatus.STOPPED)
+                log.info("worker.stopped", signal=sig.name if sig else None, why="stalled")
+                self.folder.append_ledger(f"{who} stalled stopped={sig.name if sig else 'gone'}")
+            else:
+                set_attempt(att, AttemptStatus.EXITED)
+                att.returncode = outcome.returncode
+                log.info(
+                    "worker.exited", returncode=outcome.returncode,
+                    elapsed=round(worker.elapsed(), 3),
+                )
+                self.folder.append_ledger(f"{who} exited={outcome.returncode}")
+                # nothing of a worker may outlive its attempt: stop what it left in its group
+                sig = await stop_group(h.pgid, policy.stop_grace)
+                if sig is not None:
+                    log.info("worker.stopped", signal=sig.name, why="left running after exit")
+            return outcome
+        finally:
+            if worker.returncode is None or att.status is AttemptStatus.RUNNING:
+                # cancelled (shutdown or cancel): stop the tree before the cancellation goes on
+                with anyio.CancelScope(shield=True):
+                    sig = await worker.stop(policy.stop_grace)
+                    if att.status is AttemptStatus.RUNNING:
+                        set_attempt(att, AttemptStatus.STOPPED)
+                    log.info("worker.stopped", signal=sig.name if sig else None, why="cancelled")
+                    self.folder.append_ledger(f"{who} stopped={sig.name if sig else 'gone'}")
+            att.ended_at = now_iso()
+            with anyio.CancelScope(shield=True):
+                await self.record.save()

@@ -1,0 +1,112 @@
+"""The lifecycle states of plans, phases and worker attempts, and their allowed transitions.
+
+This module has no internal imports: everything else may import it.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TypeVar
+
+
+class PlanStatus(enum.StrEnum):
+    QUEUED = "queued"
+    """Accepted and waiting for a worker slot or for its repository to be free."""
+    RUNNING = "running"
+    """A runner is carrying out its phases."""
+    SUCCEEDED = "succeeded"
+    """Every phase passed its checks."""
+    FAILED = "failed"
+    """A phase failed after its remediations were exhausted (the state file says why)."""
+    CANCELLED = "cancelled"
+    """Stopped on request (`orchestrd cancel`)."""
+    INTERRUPTED = "interrupted"
+    """The daemon stopped while the plan was running; it resumes on the next start."""
+
+
+class PhaseStatus(enum.StrEnum):
+    PENDING = "pending"
+    """Not started yet."""
+    RUNNING = "running"
+    """A worker (primary or remediation) is running for it."""
+    CHECKING = "checking"
+    """The worker has ended; the checkpoints are being inspected."""
+    PASSED = "passed"
+    """All checkpoints passed."""
+    FAILED = "failed"
+    """Checks failed and no remediation is left."""
+
+
+class AttemptStatus(enum.StrEnum):
+    STARTING = "starting"
+    """The process is being launched."""
+    RUNNING = "running"
+    """The process is alive and polled."""
+    EXITED = "exited"
+    """The process ended by itself (see its return code)."""
+    STALLED = "stalled"
+    """The process outlived its last poll and is being stopped."""
+    STOPPED = "stopped"
+    """The process group was stopped by the daemon (stall, cancel or shutdown)."""
+    FAILED_TO_START = "failed_to_start"
+    """The command could not be executed at all."""
+
+
+PLAN_TERMINAL = frozenset({PlanStatus.SUCCEEDED, PlanStatus.FAILED, PlanStatus.CANCELLED})
+PHASE_DONE = frozenset({PhaseStatus.PASSED, PhaseStatus.FAILED})
+
+PLAN_TRANSITIONS: dict[PlanStatus, frozenset[PlanStatus]] = {
+    PlanStatus.QUEUED: frozenset(
+        {PlanStatus.RUNNING, PlanStatus.CANCELLED, PlanStatus.INTERRUPTED}
+    ),
+    PlanStatus.RUNNING: frozenset(
+        {
+            PlanStatus.SUCCEEDED,
+            PlanStatus.FAILED,
+            PlanStatus.CANCELLED,
+            PlanStatus.INTERRUPTED,
+        }
+    ),
+    PlanStatus.INTERRUPTED: frozenset(
+        {PlanStatus.QUEUED, PlanStatus.RUNNING, PlanStatus.CANCELLED}
+    ),
+    # retry: a failed or cancelled plan may be queued again
+    PlanStatus.FAILED: frozenset({PlanStatus.QUEUED}),
+    PlanStatus.CANCELLED: frozenset({PlanStatus.QUEUED}),
+    PlanStatus.SUCCEEDED: frozenset(),
+}
+
+PHASE_TRANSITIONS: dict[PhaseStatus, frozenset[PhaseStatus]] = {
+    PhaseStatus.PENDING: frozenset({PhaseStatus.RUNNING}),
+    PhaseStatus.RUNNING: frozenset({PhaseStatus.CHECKING, PhaseStatus.PENDING}),
+    # checking → running: a remediation attempt starts
+    PhaseStatus.CHECKING: frozenset(
+        {PhaseStatus.PASSED, PhaseStatus.FAILED, PhaseStatus.RUNNING, PhaseStatus.PENDING}
+    ),
+    PhaseStatus.PASSED: frozenset(),
+    PhaseStatus.FAILED: frozenset({PhaseStatus.PENDING}),
+}
+
+ATTEMPT_TRANSITIONS: dict[AttemptStatus, frozenset[AttemptStatus]] = {
+    AttemptStatus.STARTING: frozenset({AttemptStatus.RUNNING, AttemptStatus.FAILED_TO_START}),
+    AttemptStatus.RUNNING: frozenset(
+        {AttemptStatus.EXITED, AttemptStatus.STALLED, AttemptStatus.STOPPED}
+    ),
+    AttemptStatus.STALLED: frozenset({AttemptStatus.STOPPED}),
+    AttemptStatus.EXITED: frozenset(),
+    AttemptStatus.STOPPED: frozenset(),
+    AttemptStatus.FAILED_TO_START: frozenset(),
+}
+
+
+class InvalidTransition(RuntimeError):
+    """A state change that the transition table does not allow: a bug, never user input."""
+
+
+S = TypeVar("S", PlanStatus, PhaseStatus, AttemptStatus)
+
+
+def check_transition(table: dict[S, frozenset[S]], old: S, new: S) -> None:
+    """Raise InvalidTransition unless `old → new` is in `table`."""
+    if new not in table[old]:
+        raise InvalidTransition(f"{type(old).__name__}: {old} → {new} is not allowed")

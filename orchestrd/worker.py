@@ -1,0 +1,232 @@
+"""One worker process: launched headless in its own session, output to its own log file,
+identified by PID + start time, and stopped as a whole process group with escalation.
+
+This is the seam a cluster backend would implement: `start_worker(spec) -> LocalWorker`, and a
+`WorkerHandle` that is plain data kept in the plan's state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from .errors import OrchestrdError
+
+_GROUP_POLL = 0.02  # how often a stopping process group is looked at (seconds)
+
+
+class WorkerStartError(OrchestrdError):
+    """The worker's command could not be executed (missing binary, bad cwd, no permission)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSpec:
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    cwd: Path
+    log_path: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerHandle:
+    """What identifies a launched worker across daemon restarts (kept in state.toml)."""
+
+    pid: int
+    pgid: int
+    start_time: int  # /proc/<pid>/stat field 22 (clock ticks since boot)
+    boot_id: str
+    log: str
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+BOOT_ID = _boot_id()
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: [state, ppid, pgrp, …]."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return raw[raw.rfind(b")") + 2 :].decode().split()
+
+
+def process_start_time(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def is_same_process(handle: WorkerHandle) -> bool:
+    """True if `handle.pid` is still the process we launched (PID reuse is ruled out)."""
+    if handle.boot_id and handle.boot_id != BOOT_ID:
+        return False
+    return process_start_time(handle.pid) == handle.start_time
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return []
+    except PermissionError:
+        pass  # someone else's group with our number: fall through to /proc, which tells
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> bool:
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+async def _group_gone(pgid: int, leader: anyio.abc.Process | None) -> None:
+    """Return once no live process is left in the group (reaping our own child as it goes)."""
+    while True:
+        if leader is not None and leader.returncode is None:
+            with anyio.move_on_after(_GROUP_POLL):
+                await leader.wait()
+            continue
+        if not await anyio.to_thread.run_sync(group_members, pgid):
+            return
+        await anyio.sleep(_GROUP_POLL)
+
+
+async def stop_group(
+    pgid: int, grace: float, leader: anyio.abc.Process | None = None
+) -> signal.Signals | None:
+    """SIGTERM the group, wait up to `grace`, then SIGKILL. Survives cancellation (shielded).
+
+    Returns the last signal that was needed, or None if the group was already gone.
+    """
+    with anyio.CancelScope(shield=True):
+        if not await anyio.to_thread.run_sync(group_members, pgid):
+            if leader is not None and leader.returncode is None:
+                await leader.wait()
+            return None
+        _signal_group(pgid, signal.SIGTERM)
+        with anyio.move_on_after(grace):
+            await _group_gone(pgid, leader)
+            return signal.SIGTERM
+        _signal_group(pgid, signal.SIGKILL)
+        with anyio.move_on_after(max(grace, 5.0)):
+            await _group_gone(pgid, leader)
+        return signal.SIGKILL
+
+
+class LocalWorker:
+    """A running local worker process (our child)."""
+
+    def __init__(
+        self, process: anyio.abc.Process, handle: WorkerHandle, argv: Sequence[str]
+    ) -> None:
+        self.process = process
+        self.argv = argv
+        self.handle = handle
+        self.started = time.monotonic()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def log_size(self) -> int:
+        try:
+            return os.stat(self.handle.log).st_size
+        except OSError:
+            return 0
+
+    def tail(self, lines: int = 40, max_bytes: int = 16384) -> str:
+        return tail_file(Path(self.handle.log), lines, max_bytes)
+
+    async def stop(self, grace: float) -> signal.Signals | None:
+        """Stop the whole process tree of this worker (grandchildren included)."""
+        return await stop_group(self.handle.pgid, grace, self.process)
+
+
+def tail_file(path: Path, lines: int = 40, max_bytes: int = 16384) -> str:
+    """The last `lines` lines of a file, reading at most `max_bytes` from its end."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+async def start_worker(spec: WorkerSpec) -> LocalWorker:
+    """Launch a headless worker: stdin /dev/null, own session, output appended to its log."""
+    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        log = open(spec.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+    except OSError as exc:
+        raise WorkerStartError(f"cannot open worker log {spec.log_path}: {exc.strerror}") from None
+    try:
+        process = await anyio.open_process(
+            list(spec.argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=spec.cwd,
+            env=dict(spec.env),
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise WorkerStartError(
+            f"cannot execute {spec.argv[0]!r}: {exc.strerror or exc}"
+            + ("; is it installed and on PATH?" if isinstance(exc, FileNotFoundError) else "")
+        ) from None
+    finally:
+        log.close()
+    start_time = process_start_time(process.pid) or 0
+    handle = WorkerHandle(
+        pid=process.pid,
+        pgid=process.pid,  # start_new_session: the worker leads its own group
+        start_time=start_time,
+        boot_id=BOOT_ID,
+        log=str(spec.log_path),
+    )
+    return LocalWorker(process, handle, spec.argv)
+
+
+async def stop_orphan(handle: WorkerHandle, grace: float) -> signal.Signals | None:
+    """Stop a worker left by an earlier daemon run, if it is still the same process."""
+    if not is_same_process(handle):
+        # the leader is gone (or its PID was reused): stop what is left of its group only if
+        # the group's leader number is not a new process's group
+        if process_start_time(handle.pgid) is not None:
+            return None
+    return await stop_group(handle.pgid, grace)
