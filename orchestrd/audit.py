@@ -27,6 +27,7 @@ EVENTS: dict[str, str] = {
     "daemon.reloaded": "SIGHUP: the new config is in force",
     "daemon.reload_failed": "SIGHUP: the new config is invalid; the old one is kept",
     "daemon.notify_failed": "sd_notify could not reach $NOTIFY_SOCKET",
+    "daemon.watch_failed": "inotify on the inbox failed; the daemon falls back to rescans",
     "plan.accepted": "a file in the inbox passed validation and was moved to plans/<id>/",
     "plan.rejected": "a file in the inbox failed validation; see rejected/<name>.error",
     "plan.queued": "the plan waits for a worker slot",
@@ -138,7 +139,9 @@ class AuditLog:
 
     def __init__(self, path: Path, echo: TextIO | None = None) -> None:
         self.sink = AuditSink(path, echo)
-        self._processors: list[Any] = [_timestamp, _order_keys, _to_json]
+        self._processors: list[Any] = [
+            _timestamp, structlog.processors.format_exc_info, _order_keys, _to_json
+        ]
 
     def bind(self, **context: Any) -> structlog.typing.FilteringBoundLogger:
         logger: structlog.typing.FilteringBoundLogger = structlog.wrap_logger(

@@ -6,8 +6,11 @@ Exit codes: 0 success, 1 the plan failed (or was interrupted), 2 bad input or co
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import sys
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,9 +19,11 @@ import tomli_w
 
 from .audit import AuditLog
 from .config import Config, load_config
-from .errors import OrchestrdError
+from . import status
+from .errors import OrchestrdError, PlanError
 from .plan import Plan, load_plan
 from .runner import PlanRunner
+from .spool import Spool
 from .state import PhaseState, PlanFolder, PlanRecord, PlanState, load_state
 from .states import PLAN_TERMINAL, PlanStatus
 
@@ -90,6 +95,90 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if status is PlanStatus.SUCCEEDED else EXIT_FAILED
 
 
+def _cmd_daemon(args: argparse.Namespace) -> int:
+    config, path = load_config(args.config)
+    from .daemon import run_daemon
+
+    run_daemon(config, path)
+    return EXIT_OK
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    config, _ = load_config(args.config)
+    spool = Spool(config.state_dir)
+    for name in args.plans:
+        path = Path(name)
+        plan = load_plan(path, config, base_dir=path.resolve().parent)
+        if (where := spool.known(plan.id)) is not None:
+            raise PlanError(
+                f"{path}: id: plan id {plan.id!r} is already known ({where}); give it a new id "
+                f"or `orchestrd retry {plan.id}`"
+            )
+        raw = path.read_bytes()
+        if not Path(str(tomllib.loads(raw.decode())["repo"])).expanduser().is_absolute():
+            raw = plan_toml(plan)  # the inbox needs an absolute repo
+        dest = spool.inbox / f"{plan.id}.toml"
+        if dest.exists():
+            raise PlanError(f"{path}: {dest} is already waiting in the inbox")
+        drop_atomically(dest, raw)
+        print(f"{path}: submitted as {dest} — follow it with: orchestrd status {plan.id}")
+    return EXIT_OK
+
+
+def drop_atomically(dest: Path, data: bytes) -> None:
+    """Write under a name the daemon ignores, then rename into place."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OrchestrdError(f"{dest.parent}: cannot write: {exc.strerror}") from None
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    config, _ = load_config(args.config)
+    rows = status.collect(Spool(config.state_dir), args.plan)
+    if args.plan and not rows:
+        raise OrchestrdError(f"plan {args.plan}: not found under {config.state_dir}")
+    if args.json:
+        print(json.dumps(rows if not args.plan else rows[0], indent=2))
+    elif args.plan:
+        print(status.detail(rows[0]))
+    else:
+        print(status.table(rows) if rows else f"no plans under {config.state_dir}")
+    return EXIT_OK
+
+
+def _control(args: argparse.Namespace, kind: str) -> int:
+    from .daemon import apply_offline
+
+    config, path = load_config(args.config)
+    spool = Spool(config.state_dir)
+    state_file = status.state_path(spool, args.plan)
+    if state_file is None:
+        raise OrchestrdError(f"plan {args.plan}: not found under {config.state_dir}")
+    current = load_state(state_file).status
+    verb = kind.lstrip(".")
+    if kind == ".cancel" and current in PLAN_TERMINAL:
+        print(f"plan {args.plan} is already {current}; nothing to cancel")
+        return EXIT_FAILED
+    if kind == ".retry" and current not in (PlanStatus.FAILED, PlanStatus.CANCELLED):
+        print(f"plan {args.plan} is {current}; only failed or cancelled plans can be retried")
+        return EXIT_FAILED
+    if spool.daemon_running():
+        spool.control.mkdir(parents=True, exist_ok=True)
+        drop_atomically(spool.control / f"{args.plan}{kind}", b"")
+        print(f"{verb} of plan {args.plan} requested from the daemon; see: orchestrd status")
+    else:
+        after = anyio.run(apply_offline, config, path, args.plan, kind)
+        print(f"plan {args.plan}: {after} (no daemon running; applied to the state files)")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrd",
@@ -112,6 +201,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("plan", metavar="PLAN")
     p.add_argument("-q", "--quiet", action="store_true", help="no event lines on stderr")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("daemon", parents=[common], help="serve the inbox (what systemd runs)")
+    p.set_defaults(func=_cmd_daemon)
+
+    p = sub.add_parser("submit", parents=[common], help="validate plans and drop them in the inbox")
+    p.add_argument("plans", nargs="+", metavar="PLAN")
+    p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("status", parents=[common], help="plans and their state (daemon not needed)")
+    p.add_argument("plan", nargs="?", metavar="PLAN_ID")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("cancel", parents=[common], help="stop a plan's worker; plan → cancelled")
+    p.add_argument("plan", metavar="PLAN_ID")
+    p.set_defaults(func=lambda a: _control(a, ".cancel"))
+
+    p = sub.add_parser("retry", parents=[common], help="run a failed/cancelled plan again")
+    p.add_argument("plan", metavar="PLAN_ID")
+    p.set_defaults(func=lambda a: _control(a, ".retry"))
     return parser
 
 

@@ -114,6 +114,17 @@ class CheckSettings(Strict):
                 raise ValueError(f"{p!r} is not a valid regex: {exc}") from None
         return patterns
 
+class SpoolSettings(Strict):
+    rescan_interval: Duration = Field(
+        0.5,
+        description="the inbox is rescanned this often besides inotify (missed events); "
+        "also bounds how long shutdown waits for the watcher thread",
+    )
+    max_plan_bytes: int = Field(
+        1024 * 1024, gt=0, description="a larger file in the inbox is rejected unread"
+    )
+
+
 class Config(Strict):
     state_dir: Path = Field(Path("/var/lib/orchestrd"), description="plans/<id>/ live here")
     default_worker: str = Field("codex", description="profile used when a plan names none")
@@ -128,6 +139,7 @@ class Config(Strict):
     audit: AuditSettings = AuditSettings()
     policy: Policy = Policy()
     checks: CheckSettings = CheckSettings()
+    spool: SpoolSettings = SpoolSettings()
     workers: dict[str, WorkerProfile] = Field(default_factory=dict)
 
     @pydantic.model_validator(mode="after")

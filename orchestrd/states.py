@@ -56,8 +56,9 @@ PLAN_TERMINAL = frozenset({PlanStatus.SUCCEEDED, PlanStatus.FAILED, PlanStatus.C
 PHASE_DONE = frozenset({PhaseStatus.PASSED, PhaseStatus.FAILED})
 
 PLAN_TRANSITIONS: dict[PlanStatus, frozenset[PlanStatus]] = {
+    # queued → failed: the plan became invalid before it started (e.g. its profile was removed)
     PlanStatus.QUEUED: frozenset(
-        {PlanStatus.RUNNING, PlanStatus.CANCELLED, PlanStatus.INTERRUPTED}
+        {PlanStatus.RUNNING, PlanStatus.CANCELLED, PlanStatus.INTERRUPTED, PlanStatus.FAILED}
     ),
     PlanStatus.RUNNING: frozenset(
         {
@@ -68,7 +69,7 @@ PLAN_TRANSITIONS: dict[PlanStatus, frozenset[PlanStatus]] = {
         }
     ),
     PlanStatus.INTERRUPTED: frozenset(
-        {PlanStatus.QUEUED, PlanStatus.RUNNING, PlanStatus.CANCELLED}
+        {PlanStatus.QUEUED, PlanStatus.RUNNING, PlanStatus.CANCELLED, PlanStatus.FAILED}
     ),
     # retry: a failed or cancelled plan may be queued again
     PlanStatus.FAILED: frozenset({PlanStatus.QUEUED}),

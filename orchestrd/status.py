@@ -1,0 +1,119 @@
+"""Reading plan state for people: `orchestrd status` as a table or JSON, from the state files
+alone (so it works while the daemon is down).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from .errors import StateError
+from .spool import Spool
+from .state import PlanState, load_state
+from .states import AttemptStatus
+
+
+def _elapsed(state: PlanState) -> float | None:
+    if state.started_at is None:
+        return None
+    start = dt.datetime.fromisoformat(state.started_at)
+    end = (
+        dt.datetime.fromisoformat(state.finished_at)
+        if state.finished_at
+        else dt.datetime.now().astimezone()
+    )
+    return (end - start).total_seconds()
+
+
+def summary(state: PlanState, where: str) -> dict[str, Any]:
+    phase_id, attempt, pid = None, None, None
+    current = state.current_phase()
+    if current is None and state.phases:
+        current = list(state.phases.items())[-1]
+    if current is not None:
+        phase_id, ps = current
+        if ps.attempts:
+            last = ps.attempts[-1]
+            attempt = last.n
+            if last.status is AttemptStatus.RUNNING:
+                pid = last.pid
+    return {
+        "plan": state.plan,
+        "state": str(state.status),
+        "phase": phase_id,
+        "attempt": attempt,
+        "pid": pid,
+        "elapsed": _elapsed(state),
+        "reason": state.reason,
+        "where": where,
+        "submitted_at": state.submitted_at,
+    }
+
+
+def collect(spool: Spool, plan_id: str | None = None) -> list[dict[str, Any]]:
+    """One summary per plan in plans/ and archive/ (or just `plan_id`), oldest first."""
+    rows = []
+    for base, where in ((spool.plans, "plans"), (spool.archive_dir, "archive")):
+        if not base.is_dir():
+            continue
+        for folder in sorted(base.iterdir()):
+            if plan_id is not None and folder.name != plan_id:
+                continue
+            state_file = folder / "state.toml"
+            if not state_file.exists():
+                continue
+            try:
+                state = load_state(state_file)
+            except StateError as exc:
+                rows.append({"plan": folder.name, "state": "corrupt", "reason": str(exc),
+                             "where": where})
+                continue
+            row = summary(state, where)
+            if plan_id is not None:
+                row["phases"] = state.model_dump(mode="json", exclude_none=True)["phases"]
+            rows.append(row)
+    rows.sort(key=lambda r: str(r.get("submitted_at", "")))
+    return rows
+
+
+def _fmt_elapsed(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    header = ("PLAN", "STATE", "PHASE", "ATTEMPT", "PID", "ELAPSED")
+    lines = [header]
+    for r in rows:
+        lines.append((
+            r["plan"], r["state"], r.get("phase") or "-", str(r.get("attempt") or "-"),
+            str(r.get("pid") or "-"), _fmt_elapsed(r.get("elapsed")),
+        ))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+           for line in lines]
+    return "\n".join(out)
+
+
+def detail(row: dict[str, Any]) -> str:
+    lines = [table([row])]
+    if row.get("reason"):
+        lines.append(f"reason: {row['reason']}")
+    for phase_id, ps in row.get("phases", {}).items():
+        attempts = ", ".join(
+            f"#{a['n']} {a['role']} {a['status']}"
+            + (f" rc={a['returncode']}" if "returncode" in a else "")
+            for a in ps.get("attempts", [])
+        )
+        lines.append(f"  {phase_id:<10} {ps['status']:<9} {attempts}")
+    return "\n".join(lines)
+
+
+def state_path(spool: Spool, plan_id: str) -> Path | None:
+    for base in (spool.plans, spool.archive_dir):
+        if (base / plan_id / "state.toml").exists():
+            return base / plan_id / "state.toml"
+    return None
