@@ -184,6 +184,7 @@ class Daemon:
                          repo=str(outcome.plan.repo))
                 record = PlanRecord(outcome.folder.state_file, outcome.state, log)
                 self._start(tg, PlanEntry(outcome.plan, record, outcome.folder, log))
+                log.info("plan.queued", seq=outcome.state.seq, active=len(self.entries))
 
     async def _scan_control(self, tg: anyio.abc.TaskGroup) -> None:
         for request in sorted(self.spool.control.iterdir()):
