@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pydantic
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from .errors import ConfigError, describe_validation_error
 
@@ -41,6 +41,18 @@ def parse_duration(value: object) -> float:
     return seconds
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _compile_all(patterns: list[str]) -> list[str]:
+    for p in patterns:
+        try:
+            re.compile(p)
+        except re.error as exc:
+            raise ValueError(f"{p!r} is not a valid regex: {exc}") from None
+    return patterns
+
+
+Regexes = Annotated[list[str], AfterValidator(_compile_all)]
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -72,6 +84,15 @@ class WorkerProfile(Strict):
         "{python}",
     )
     env: dict[str, str] = Field(default_factory=dict, description="added to the worker's env")
+    dangerous: bool = Field(
+        False, description="gives the worker unsandboxed access (also inferred from its flags)"
+    )
+
+    @property
+    def dangerous_flags(self) -> list[str]:
+        """Why this profile is dangerous: its sandbox-bypass flags, or `dangerous = true`."""
+        flags = [a for a in self.command if a in DANGEROUS_FLAGS]
+        return flags or (["dangerous = true"] if self.dangerous else [])
 
     @pydantic.field_validator("command")
     @classmethod
@@ -87,13 +108,25 @@ class WorkerProfile(Strict):
 
 PLACEHOLDERS = frozenset({"prompt", "prompt_file", "plan", "phase", "attempt", "log", "python"})
 
+# Agent CLI flags that switch off the agent's own sandbox and approval prompts.
+DANGEROUS_FLAGS = frozenset({
+    "--dangerously-bypass-approvals-and-sandbox",  # codex
+    "--dangerously-skip-permissions",  # claude
+    "--allow-dangerously-skip-permissions",  # claude
+    "--yolo",  # gemini, codex
+    "--approval-mode=yolo",  # gemini
+})
+
+# Names of environment variables whose values are secrets: never written to the audit log.
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+
 class AuditSettings(Strict):
     path: Path | None = Field(
         None, description="JSON-lines audit log; default <state_dir>/audit.jsonl"
     )
 
 class CheckSettings(Strict):
-    log_error_patterns: list[str] = Field(
+    log_error_patterns: Regexes = Field(
         default_factory=lambda: [r"Traceback \(most recent call last\)", r"\bError:"],
         description="regexes searched in a worker's log after it exits",
     )
@@ -103,16 +136,6 @@ class CheckSettings(Strict):
     verify_shell: list[str] = Field(
         default_factory=lambda: ["/bin/sh", "-c"], description="how verify commands are run"
     )
-
-    @pydantic.field_validator("log_error_patterns")
-    @classmethod
-    def _compiles(cls, patterns: list[str]) -> list[str]:
-        for p in patterns:
-            try:
-                re.compile(p)
-            except re.error as exc:
-                raise ValueError(f"{p!r} is not a valid regex: {exc}") from None
-        return patterns
 
 class SpoolSettings(Strict):
     rescan_interval: Duration = Field(
@@ -141,6 +164,20 @@ class Config(Strict):
     checks: CheckSettings = CheckSettings()
     spool: SpoolSettings = SpoolSettings()
     workers: dict[str, WorkerProfile] = Field(default_factory=dict)
+    allow_dangerous_workers: bool = Field(
+        False, description="let plans use profiles that bypass the agent's sandbox"
+    )
+    allow_root: bool = Field(False, description="let the daemon run as root")
+    allowed_submitters: list[str] = Field(
+        default_factory=list,
+        description="users/groups whose inbox files are accepted; empty: anyone who can write",
+    )
+    redact: Regexes = Field(
+        default_factory=list, description="regexes whose matches never reach the audit log"
+    )
+    max_log_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="a worker log is cut at this size (rest counted)"
+    )
 
     @pydantic.model_validator(mode="after")
     def _default_worker_exists(self) -> Config:

@@ -8,8 +8,10 @@ plan tasks turn cancellation into saved state.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import signal
+import stat
 import sys
 from pathlib import Path
 
@@ -18,14 +20,14 @@ import anyio.abc
 import anyio.to_thread
 import watchfiles
 
-from .audit import AuditLog, Logger
+from .audit import AuditLog, Logger, Redactor
 from .config import Config, load_config
-from .errors import OrchestrdError, PlanError, StateError
+from .errors import ConfigError, OrchestrdError, PlanError, StateError
 from .plan import Plan, confine, load_plan
 from .runner import PlanRunner
 from .spool import Accepted, Rejected, Spool
 from .state import PlanFolder, PlanRecord, load_state
-from .states import PLAN_TERMINAL, AttemptStatus, PlanStatus
+from .states import PLAN_TERMINAL, AttemptStatus, InvalidTransition, PlanStatus
 from .systemd import Notifier, NotifyError, watchdog_loop
 from .worker import WorkerHandle, stop_orphan
 
@@ -48,7 +50,10 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.spool = Spool(config.state_dir)
-        self.audit = AuditLog(config.audit_path, echo=sys.stderr if echo else None)
+        self.audit = AuditLog(
+            config.audit_path, echo=sys.stderr if echo else None,
+            redactor=Redactor.from_config(config),
+        )
         self.log = self.audit.bind()
         self.notifier = Notifier.from_env()
         self.entries: dict[str, PlanEntry] = {}
@@ -63,7 +68,9 @@ class Daemon:
     async def serve(self) -> None:
         """Run until SIGTERM/SIGINT; plans left unfinished resume on the next start."""
         self.spool.ensure()
+        check_startup(self.config, self.spool)
         self.spool.lock()
+        self._announce_dangerous()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._handle_signals, tg.cancel_scope)
@@ -112,10 +119,28 @@ class Daemon:
             self.log.info("daemon.reload_failed", reason=str(exc))
         else:
             self.config = new
+            self.audit.redactor = Redactor.from_config(new)
             self.limiter.total_tokens = new.max_workers
+            self._announce_dangerous()
             self.log.info("daemon.reloaded", config=str(path), max_workers=new.max_workers)
             self._wake()
         self._notify_ready()
+
+    def _announce_dangerous(self) -> None:
+        """Operators must know when workers may run without their agent's sandbox."""
+        if not self.config.allow_dangerous_workers:
+            return
+        profiles = {
+            name: p.dangerous_flags for name, p in self.config.workers.items() if p.dangerous_flags
+        }
+        if profiles:
+            print(
+                "orchestrd: allow_dangerous_workers = true — these profiles give workers full "
+                "access to their repository: "
+                + "; ".join(f"{n} ({', '.join(f)})" for n, f in profiles.items()),
+                file=sys.stderr,
+            )
+            self.log.info("daemon.dangerous_workers", profiles=profiles)
 
     # -- notifications --
 
@@ -249,15 +274,26 @@ class Daemon:
                     await record.set_status(PlanStatus.INTERRUPTED, "the daemon is stopping")
             raise
         except Exception as exc:  # one broken plan must never take the daemon down
-            entry.log.exception("plan.failed", reason=f"internal error: {exc!r}")
-            if record.state.status not in PLAN_TERMINAL:
-                await record.set_status(PlanStatus.FAILED, f"internal error: {exc!r}")
+            await self._fail(entry, exc)
         finally:
             entry.running = False
             self.entries.pop(plan.id, None)
         with anyio.CancelScope(shield=True):
             await self._archive(entry)
         self._notify(f"STATUS={self._status_line()}")
+
+    async def _fail(self, entry: PlanEntry, exc: Exception) -> None:
+        """A plan whose runner raised (a full disk, a vanished repo, a bug) fails with the
+        reason; if even its state cannot be saved, the audit log says so and the daemon goes on."""
+        reason = f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, OSError):
+            entry.log.exception("plan.error", reason=reason)
+        record = entry.record
+        try:
+            if record.state.status not in PLAN_TERMINAL:
+                await record.set_status(PlanStatus.FAILED, reason)
+        except (OSError, InvalidTransition) as again:
+            entry.log.info("plan.failed", reason=reason, state_not_saved=str(again))
 
     async def _archive(self, entry: PlanEntry) -> None:
         """Keep a finished plan's folder with copies of its reports and completion files."""
@@ -333,6 +369,29 @@ class Daemon:
                     signal=sig.name if sig else None,
                 )
         await entry.record.save()
+
+
+def check_startup(config: Config, spool: Spool) -> None:
+    """Refuse to serve an inbox others could write into, or to run as root unasked (sshd's
+    StrictModes). Modes are checked, never changed: they come from tmpfiles or the operator."""
+    if os.geteuid() == 0 and not config.allow_root:
+        raise ConfigError(
+            "refusing to run the daemon as root: workers would run as root too. Run it as the "
+            "orchestrd user (see README, 'Install as a systemd service'), or set "
+            "allow_root = true in the config"
+        )
+    for folder in (spool.root, spool.inbox):
+        st = folder.stat()
+        if st.st_mode & stat.S_IWOTH:
+            raise ConfigError(
+                f"{folder} is writable by anyone (mode {stat.S_IMODE(st.st_mode):04o}): anyone "
+                f"could make the daemon run programs. Fix it with: chmod o-w {folder}"
+            )
+        if st.st_uid not in (os.geteuid(), 0):
+            raise ConfigError(
+                f"{folder} is owned by uid {st.st_uid}, not by the daemon's user "
+                f"(uid {os.geteuid()}) or root; chown it to the daemon's user"
+            )
 
 
 def archive_plan(plan: Plan, folder: PlanFolder, archive_dir: Path) -> Path:

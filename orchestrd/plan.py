@@ -153,6 +153,13 @@ def check_against_config(plan: Plan, source: Path | str, config: Config) -> None
         raise PlanError(
             f"{source}: {key}: no worker profile {worker!r} in the config; use one of: {known}"
         )
+    flags = config.workers[worker].dangerous_flags
+    if flags and not config.allow_dangerous_workers:
+        raise PlanError(
+            f"{source}: worker: profile {worker!r} is dangerous ({', '.join(flags)}: the agent "
+            "gets full, unsandboxed access to the repository); the operator must opt in with "
+            "allow_dangerous_workers = true in the config, or use another profile"
+        )
     repo = plan.repo.resolve()
     roots = [r.resolve() for r in config.allowed_repo_roots]
     if not any(repo == r or r in repo.parents for r in roots):

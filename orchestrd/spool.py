@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import grp
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -113,11 +115,18 @@ class Spool:
         """Accept or reject one inbox file. None if it vanished (someone took it back)."""
         path = self.inbox / name
         try:
-            raw = read_plan_file(path, config.spool.max_plan_bytes)
+            raw, owner = read_plan_file(path, config.spool.max_plan_bytes)
         except FileNotFoundError:
             return None
         except PlanError as exc:
             return self.reject(name, str(exc))
+        if config.allowed_submitters and not submitter_allowed(owner, config.allowed_submitters):
+            return self.reject(
+                name,
+                f"inbox/{name}: owned by {_user_name(owner)}, who is not in allowed_submitters "
+                f"({', '.join(config.allowed_submitters)}); submit as one of them or ask the "
+                "operator to add you",
+            )
         try:
             plan = parse_plan_bytes(raw, f"inbox/{name}", config)
         except PlanError as exc:
@@ -161,8 +170,11 @@ class Spool:
         return dest
 
 
-def read_plan_file(path: Path, max_bytes: int) -> bytes:
-    """Read a dropped file safely: never follow a symlink, only regular files, bounded size."""
+def read_plan_file(path: Path, max_bytes: int) -> tuple[bytes, int]:
+    """Read a dropped file safely: never follow a symlink, only regular files, bounded size.
+
+    Returns the bytes and the owner's uid.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -189,9 +201,34 @@ def read_plan_file(path: Path, max_bytes: int) -> bytes:
             total += len(chunk)
             if total > max_bytes:
                 raise PlanError(f"{path.name}: over max_plan_bytes ({max_bytes}) while reading")
-        return b"".join(chunks)
+        return b"".join(chunks), st.st_uid
     finally:
         os.close(fd)
+
+
+def submitter_allowed(uid: int, allowed: list[str]) -> bool:
+    """Whether the user `uid` is named in `allowed`, directly (name or number) or by a group."""
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return str(uid) in allowed
+    if user.pw_name in allowed or str(uid) in allowed:
+        return True
+    for name in allowed:
+        try:
+            group = grp.getgrnam(name)
+        except KeyError:
+            continue
+        if group.gr_gid == user.pw_gid or user.pw_name in group.gr_mem:
+            return True
+    return False
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _same_bytes(path: Path, raw: bytes) -> bool:
