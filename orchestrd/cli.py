@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 the plan failed (or was interrupted), 2 bad input or co
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import signal
@@ -99,6 +100,8 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     config, path = load_config(args.config)
     from .daemon import run_daemon
 
+    # a watchdog SIGABRT (or a fatal error) then shows in the journal where the loop was stuck
+    faulthandler.enable()
     run_daemon(config, path)
     return EXIT_OK
 
@@ -132,6 +135,8 @@ def drop_atomically(dest: Path, data: bytes) -> None:
         with open(tmp, "xb") as f:
             f.write(data)
             f.flush()
+            # the daemon reads it as a group member, whatever the submitter's umask
+            os.fchmod(f.fileno(), 0o640)
             os.fsync(f.fileno())
         os.replace(tmp, dest)
     except OSError as exc:

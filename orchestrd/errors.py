@@ -51,8 +51,8 @@ def _model_at(model: type[pydantic.BaseModel], loc: tuple[int | str, ...]) -> An
         while True:
             origin = typing.get_origin(current)
             if origin in (typing.Union, types.UnionType):
-                args = [a for a in typing.get_args(current) if a is not type(None)]
-                current = args[0] if args else None
+                members = [a for a in typing.get_args(current) if a is not type(None)]
+                current = members[0] if members else None
             elif origin in (list, tuple, dict):
                 args = typing.get_args(current)
                 current = args[-1] if args else None
