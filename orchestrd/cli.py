@@ -22,6 +22,7 @@ from .audit import AuditLog
 from .config import Config, load_config
 from . import status
 from .errors import OrchestrdError, PlanError
+from .importer import add_subcommand as add_import_subcommand
 from .plan import Plan, load_plan
 from .runner import PlanRunner
 from .spool import Spool
@@ -226,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retry", parents=[common], help="run a failed/cancelled plan again")
     p.add_argument("plan", metavar="PLAN_ID")
     p.set_defaults(func=lambda a: _control(a, ".retry"))
+
+    add_import_subcommand(sub, common)
     return parser
 
 
