@@ -47,6 +47,8 @@ class CheckContext:
     attempt: int
     env: dict[str, str]
     grace: float
+    prompt: str = ""
+    """The worker's prompt: agent CLIs echo it into their log, and it is not their output."""
 
 
 def check_exit(outcome: WatchOutcome) -> CheckResult:
@@ -68,6 +70,9 @@ def check_log(ctx: CheckContext) -> CheckResult:
         else ctx.settings.fail_on_log_errors
     )
     text = tail_file(ctx.log_path, lines=10**9, max_bytes=LOG_SCAN_BYTES)
+    if ctx.prompt.strip():
+        # a remediation prompt quotes the failed log's traceback; its echo is no new error
+        text = text.replace(ctx.prompt.strip(), "")
     for pattern in ctx.settings.log_error_patterns:
         for line in text.splitlines():
             if re.search(pattern, line):

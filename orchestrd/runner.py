@@ -5,6 +5,7 @@ and remediation workers until the phase passes or the remediations run out.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,7 @@ from .worker import (
 # What a worker inherits from the daemon's environment, besides env_passthrough and its profile.
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
 LOG_TAIL_LINES = 40
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
 def set_attempt(att: AttemptState, new: AttemptStatus) -> None:
@@ -51,12 +53,12 @@ def base_env(config: Config) -> dict[str, str]:
 def render_command(
     profile: WorkerProfile, values: dict[str, str]
 ) -> list[str]:
-    out = []
-    for arg in profile.command:
-        for key, value in values.items():
-            arg = arg.replace("{" + key + "}", value)
-        out.append(arg)
-    return out
+    # one pass over the template: braces inside a substituted value (a prompt quoting
+    # `f"{phase}"`) are the value's own text, never placeholders
+    return [
+        _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), arg)
+        for arg in profile.command
+    ]
 
 
 def contract_trailer(plan: Plan, phase: Phase, attempt: int, role: str) -> str:
@@ -102,11 +104,12 @@ def remediation_section(failed: list[CheckResult], failed_log: Path, tail: str) 
         "```",
         "Repair what is missing or wrong, then meet the contract below.",
     ]
-    return "\n".join(lines) + "\n"
+    # a NUL byte (a binary file dumped into the log) cannot travel in argv or the environment
+    return ("\n".join(lines) + "\n").replace("\0", "")
 
 
 def describe(failed: list[CheckResult]) -> str:
-    return "; ".join(f"{r.name}: {r.reason}" for r in failed)
+    return "; ".join(f"{r.name}: {r.reason}" for r in failed).replace("\0", "")
 
 
 class PlanRunner:
@@ -253,7 +256,8 @@ class PlanRunner:
             set_attempt(att, AttemptStatus.FAILED_TO_START)
             att.failure = reason
             att.ended_at = now_iso()
-            await self.record.save()
+            # checked like any attempt, so remediation.started / phase.failed follow as usual
+            await self.record.set_phase(phase.id, PhaseStatus.CHECKING, None)
             self.folder.append_ledger(f"{phase.id} attempt={n} role={role} failed_to_start")
             log.info("worker.failed_to_start", reason=reason)
             result = CheckResult("start", False, f"worker failed to start: {reason}")
@@ -264,7 +268,7 @@ class PlanRunner:
         ctx = CheckContext(
             plan=self.plan, phase=phase, settings=config.checks, outcome=outcome,
             log_path=log_path, output_dir=self.folder.workers, attempt=n, env=env,
-            grace=policy.stop_grace,
+            grace=policy.stop_grace, prompt=prompt,
         )
         return await inspect(ctx, log.bind(pid=worker.handle.pid)), log_path
 

@@ -209,6 +209,8 @@ async def start_worker(spec: WorkerSpec) -> LocalWorker:
             f"cannot execute {spec.argv[0]!r}: {exc.strerror or exc}"
             + ("; is it installed and on PATH?" if isinstance(exc, FileNotFoundError) else "")
         ) from None
+    except ValueError as exc:  # a NUL byte in argv or env: refused before anything runs
+        raise WorkerStartError(f"cannot execute {spec.argv[0]!r}: {exc}") from None
     finally:
         log.close()
     start_time = process_start_time(process.pid) or 0

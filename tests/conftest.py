@@ -1,0 +1,182 @@
+"""Shared helpers: a config and a plan written as real TOML files under tmp_path, a plan run
+in-process through the runner library, the orchestrd CLI as a subprocess, and the audit log
+read back as JSON lines.
+
+Fake agents live in tests/agents/; each one in AGENT_NAMES is a worker profile of `make_config`
+under its file name (`pass`, `hang`, `unkillable`, …), and `pass` is the default worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from orchestrd.audit import AuditLog
+from orchestrd.config import Config, load_config
+from orchestrd.plan import Plan, load_plan
+from orchestrd.runner import PlanRunner
+from orchestrd.state import PhaseState, PlanFolder, PlanRecord, PlanState
+from orchestrd.states import PlanStatus
+
+AGENTS = Path(__file__).parent / "agents"
+AGENT_NAMES = (
+    "pass", "fail_report", "no_report", "crash", "hang", "unkillable", "leave_grandchild", "flaky",
+)
+REPO_ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def agent_profile(name: str, **env: str) -> dict[str, Any]:
+    """A worker profile running tests/agents/<name>.py with the prompt as its argument."""
+    profile: dict[str, Any] = {"command": ["{python}", str(AGENTS / f"{name}.py"), "{prompt}"]}
+    if env:
+        profile["env"] = env
+    return profile
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> Path:
+    """Write `tmp_path/orchestrd.toml`: state in tmp_path/state, repos allowed under tmp_path,
+    millisecond policy, one profile per fake agent. Nested tables in `overrides` are merged
+    (`policy={"max_polls": 2}` keeps the other policy keys)."""
+    data: dict[str, Any] = {
+        "state_dir": str(tmp_path / "state"),
+        "default_worker": "pass",
+        "allowed_repo_roots": [str(tmp_path)],
+        # a worker that exits is noticed at once, so a long interval costs passing tests nothing
+        # and leaves slow machines room; stall tests set their own short interval
+        "policy": {
+            "poll_interval": "0.5s",
+            "max_polls": 40,
+            "stop_grace": "0.2s",
+            "max_remediations": 1,
+        },
+        "workers": {name: agent_profile(name) for name in AGENT_NAMES},
+    }
+    path = tmp_path / "orchestrd.toml"
+    path.write_text(tomli_w.dumps(_merge(data, overrides)), encoding="utf-8")
+    return path
+
+
+def phase(pid: str = "P01", **fields: Any) -> dict[str, Any]:
+    """One [[phases]] table: a prompt and a marker by default."""
+    return {"id": pid, "prompt": f"Do phase {pid}.", "markers": [f"@plan:T.{pid}"], **fields}
+
+
+def make_plan(
+    tmp_path: Path, phases: list[dict[str, Any]] | None = None, name: str = "plan.toml",
+    repo: Path | None = None, **fields: Any,
+) -> Path:
+    """Write a plan (id T, repo tmp_path/repo, created) and return its path."""
+    repo = repo or tmp_path / "repo"
+    repo.mkdir(exist_ok=True)
+    data = {"id": "T", "repo": str(repo), **fields, "phases": phases or [phase()]}
+    path = tmp_path / name
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    return path
+
+
+def read_events(path: Path, event: str | None = None) -> list[dict[str, Any]]:
+    """The audit log's JSON lines as dicts in file order (key order kept), optionally one kind."""
+    events = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [e for e in events if event is None or e["event"] == event]
+
+
+@dataclasses.dataclass
+class Run:
+    """What a plan run left behind."""
+
+    status: PlanStatus
+    config: Config
+    plan: Plan
+
+    @property
+    def folder(self) -> Path:
+        return self.config.state_dir / "plans" / self.plan.id
+
+    @property
+    def repo(self) -> Path:
+        return self.plan.repo
+
+    def events(self, event: str | None = None) -> list[dict[str, Any]]:
+        return read_events(self.config.audit_path, event)
+
+    def names(self) -> list[str]:
+        return [e["event"] for e in self.events()]
+
+    def agent(self, phase_id: str = "P01", attempt: int = 1) -> dict[str, Any]:
+        """What the fake agent of that attempt recorded about itself."""
+        data: dict[str, Any] = json.loads(
+            (self.repo / ".agent" / f"{phase_id}-{attempt}.json").read_text()
+        )
+        return data
+
+    def pids(self, phase_id: str = "P01", attempt: int = 1) -> list[int]:
+        text = (self.repo / f"pids-{phase_id}-{attempt}.txt").read_text()
+        return [int(p) for p in text.split()]
+
+
+async def run_plan(config_path: Path, plan_path: Path) -> Run:
+    """Run one plan in this process through the runner library, as `orchestrd run` does."""
+    config, _ = load_config(config_path)
+    plan = load_plan(plan_path, config, base_dir=plan_path.parent)
+    folder = PlanFolder(config.state_dir / "plans" / plan.id)
+    folder.create()
+    audit = AuditLog(config.audit_path)
+    try:
+        log = audit.bind(plan=plan.id)
+        state = PlanState(plan=plan.id, phases={p.id: PhaseState() for p in plan.phases})
+        record = PlanRecord(folder.state_file, state, log)
+        await record.save()
+        status = await PlanRunner(plan, record, folder, lambda: config, log).run()
+    finally:
+        audit.close()
+    return Run(status, config, plan)
+
+
+def run_cli(
+    *args: str | Path, cwd: Path, env_extra: dict[str, str] | None = None, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """`python -m orchestrd ARGS` as a real subprocess (no $ORCHESTRD_CONFIG leaking in)."""
+    env = {k: v for k, v in os.environ.items() if k != "ORCHESTRD_CONFIG"}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env.update(env_extra or {})
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrd", *map(str, args)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=45, **kwargs,
+    )
+
+
+def alive(pid: int) -> bool:
+    """True if `pid` is a live process (a zombie waiting to be reaped counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
