@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from .config import CheckSettings
 from .errors import PlanError
 from .plan import Phase, Plan, confine, phase_marker_regex
 from .policy import WatchOutcome
-from .worker import stop_group, tail_file
+from .worker import WorkerSpec, WorkerStartError, launch, tail_file
 
 _STATUS = re.compile(
     r"^[\s>#*_-]*status[*_\s]*:[*_\s]*(PASS(?:ED)?|FAIL(?:ED)?)\b", re.IGNORECASE | re.MULTILINE
@@ -49,6 +48,8 @@ class CheckContext:
     grace: float
     prompt: str = ""
     """The worker's prompt: agent CLIs echo it into their log, and it is not their output."""
+    max_log_bytes: int = 64 * 1024 * 1024
+    """Verify output is capped like a worker log."""
 
 
 def check_exit(outcome: WatchOutcome) -> CheckResult:
@@ -135,26 +136,15 @@ async def run_verify(ctx: CheckContext, index: int) -> CheckResult:
     out_path = ctx.output_dir / f"verify-{ctx.phase.id}-{ctx.attempt}-{index}.log"
     name = f"verify[{index}]"
     started = time.monotonic()
-    with open(out_path, "wb") as out:
-        try:
-            proc = await anyio.open_process(
-                [*ctx.settings.verify_shell, cmd.run],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=ctx.plan.repo,
-                env=ctx.env,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            return CheckResult(name, False, f"cannot run {cmd.run!r}: {exc}")
+    spec = WorkerSpec([*ctx.settings.verify_shell, cmd.run], ctx.env, ctx.plan.repo, out_path)
     rc: int | None = None
     try:
-        with anyio.move_on_after(cmd.timeout):
-            rc = await proc.wait()
-    finally:
-        # never leave a verify command (or its children) behind, even on cancellation
-        await stop_group(proc.pid, ctx.grace, proc)
+        # launched like a worker: own process group, output capped, nothing left behind
+        async with launch(spec, ctx.max_log_bytes, ctx.grace) as proc:
+            with anyio.move_on_after(cmd.timeout):
+                rc = await proc.wait()
+    except WorkerStartError as exc:
+        return CheckResult(name, False, f"cannot run {cmd.run!r}: {exc}")
     took = round(time.monotonic() - started, 3)
     tail = tail_file(out_path, lines=15, max_bytes=4096)
     if rc is None:

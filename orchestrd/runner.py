@@ -29,7 +29,7 @@ from .worker import (
     LocalWorker,
     WorkerSpec,
     WorkerStartError,
-    start_worker,
+    launch,
     stop_group,
     tail_file,
 )
@@ -234,43 +234,61 @@ class PlanRunner:
         log_path = self.folder.workers / f"worker-{phase.id}-{n}.log"
         att = AttemptState(n=n, role=role, log=str(log_path))
         ps.attempts.append(att)
-        profile_name = self.plan.worker or config.default_worker
         try:
-            profile = config.workers[profile_name]
-            prompt = self._prompt(phase, n, role, previous)
-            prompt_file = self.folder.workers / f"prompt-{phase.id}-{n}.md"
-            prompt_file.write_text(prompt, encoding="utf-8")
-            values = {
-                "prompt": prompt, "prompt_file": str(prompt_file), "plan": self.plan.id,
-                "phase": phase.id, "attempt": str(n), "log": str(log_path),
-                "python": sys.executable,
-            }
-            argv = render_command(profile, values)
-            env = self._env(config, profile, phase, n, role, log_path, previous)
-            worker = await start_worker(WorkerSpec(argv, env, self.plan.repo, log_path))
-        except (WorkerStartError, KeyError, OSError) as exc:
-            reason = (
-                f"worker profile {profile_name!r} is not in the config"
-                if isinstance(exc, KeyError) else str(exc)
-            )
+            spec, env, prompt, flags = self._prepare(phase, config, n, role, log_path, previous)
+            async with launch(spec, config.max_log_bytes, policy.stop_grace) as worker:
+                wlog = log.bind(pid=worker.handle.pid)
+                if flags:
+                    wlog.info("worker.dangerous", flags=flags)
+                outcome = await self._supervise(worker, att, phase, policy, wlog)
+        except WorkerStartError as exc:
             set_attempt(att, AttemptStatus.FAILED_TO_START)
-            att.failure = reason
+            att.failure = str(exc)
             att.ended_at = now_iso()
             # checked like any attempt, so remediation.started / phase.failed follow as usual
             await self.record.set_phase(phase.id, PhaseStatus.CHECKING, None)
             self.folder.append_ledger(f"{phase.id} attempt={n} role={role} failed_to_start")
-            log.info("worker.failed_to_start", reason=reason)
-            result = CheckResult("start", False, f"worker failed to start: {reason}")
+            log.info("worker.failed_to_start", reason=str(exc))
+            result = CheckResult("start", False, f"worker failed to start: {exc}")
             log.info("check.failed", check=result.name, reason=result.reason)
             return [result], log_path
-        outcome = await self._supervise(worker, att, phase, policy, log.bind(pid=worker.handle.pid))
+        if worker.dropped_bytes:
+            wlog.info(
+                "worker.log_truncated", max_log_bytes=config.max_log_bytes,
+                dropped_bytes=worker.dropped_bytes,
+            )
         await self.record.set_phase(phase.id, PhaseStatus.CHECKING, None)
         ctx = CheckContext(
             plan=self.plan, phase=phase, settings=config.checks, outcome=outcome,
             log_path=log_path, output_dir=self.folder.workers, attempt=n, env=env,
-            grace=policy.stop_grace, prompt=prompt,
+            grace=policy.stop_grace, max_log_bytes=config.max_log_bytes, prompt=prompt,
         )
-        return await inspect(ctx, log.bind(pid=worker.handle.pid)), log_path
+        return await inspect(ctx, wlog), log_path
+
+    def _prepare(
+        self, phase: Phase, config: Config, n: int, role: str, log_path: Path,
+        previous: tuple[list[CheckResult], Path] | None,
+    ) -> tuple[WorkerSpec, dict[str, str], str, list[str]]:
+        """The worker's spec, env, prompt and dangerous flags; WorkerStartError if impossible."""
+        profile_name = self.plan.worker or config.default_worker
+        profile = config.workers.get(profile_name)
+        if profile is None:
+            raise WorkerStartError(f"worker profile {profile_name!r} is not in the config")
+        try:
+            prompt = self._prompt(phase, n, role, previous)
+            prompt_file = self.folder.workers / f"prompt-{phase.id}-{n}.md"
+            prompt_file.write_text(prompt, encoding="utf-8")
+        except OSError as exc:
+            raise WorkerStartError(f"cannot write the prompt: {exc}") from None
+        values = {
+            "prompt": prompt, "prompt_file": str(prompt_file), "plan": self.plan.id,
+            "phase": phase.id, "attempt": str(n), "log": str(log_path),
+            "python": sys.executable,
+        }
+        argv = render_command(profile, values)
+        env = self._env(config, profile, phase, n, role, log_path, previous)
+        spec = WorkerSpec(argv, env, self.plan.repo, log_path)
+        return spec, env, prompt, profile.dangerous_flags
 
     async def _supervise(
         self, worker: LocalWorker, att: AttemptState, phase: Phase, policy: Policy, log: Logger

@@ -1,18 +1,19 @@
 """One worker process: launched headless in its own session, output to its own log file,
 identified by PID + start time, and stopped as a whole process group with escalation.
 
-This is the seam a cluster backend would implement: `start_worker(spec) -> LocalWorker`, and a
-`WorkerHandle` that is plain data kept in the plan's state.
+This is the seam a cluster backend would implement: `launch(spec) -> LocalWorker` (wait, tail,
+stop the tree) and a `WorkerHandle` that is plain data kept in the plan's state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 import anyio
@@ -129,29 +130,43 @@ async def stop_group(
                 await leader.wait()
             return None
         _signal_group(pgid, signal.SIGTERM)
-        with anyio.move_on_after(grace):
+        with anyio.move_on_after(grace) as waited:
             await _group_gone(pgid, leader)
+        if not waited.cancelled_caught:
             return signal.SIGTERM
         _signal_group(pgid, signal.SIGKILL)
         with anyio.move_on_after(max(grace, 5.0)):
             await _group_gone(pgid, leader)
-        return signal.SIGKILL
+    return signal.SIGKILL
 
 
 class LocalWorker:
-    """A running local worker process (our child)."""
+    """A running local worker process (our child), with the task copying its output to the log.
+
+    Output goes through a pipe so the log can be capped at `max_log_bytes`: what comes after is
+    counted and dropped, and the daemon's memory stays flat whatever the worker prints.
+    """
 
     def __init__(
-        self, process: anyio.abc.Process, handle: WorkerHandle, argv: Sequence[str]
+        self, process: anyio.abc.Process, handle: WorkerHandle, argv: Sequence[str],
+        max_log_bytes: int,
     ) -> None:
         self.process = process
         self.argv = argv
         self.handle = handle
         self.started = time.monotonic()
+        self.max_log_bytes = max_log_bytes
+        self.output_bytes = 0
+        """Bytes the worker wrote, kept or not."""
+        self.pumped = anyio.Event()
 
     @property
     def returncode(self) -> int | None:
         return self.process.returncode
+
+    @property
+    def dropped_bytes(self) -> int:
+        return max(0, self.output_bytes - self.max_log_bytes)
 
     async def wait(self) -> int:
         return await self.process.wait()
@@ -160,10 +175,7 @@ class LocalWorker:
         return time.monotonic() - self.started
 
     def log_size(self) -> int:
-        try:
-            return os.stat(self.handle.log).st_size
-        except OSError:
-            return 0
+        return self.output_bytes
 
     def tail(self, lines: int = 40, max_bytes: int = 16384) -> str:
         return tail_file(Path(self.handle.log), lines, max_bytes)
@@ -171,6 +183,26 @@ class LocalWorker:
     async def stop(self, grace: float) -> signal.Signals | None:
         """Stop the whole process tree of this worker (grandchildren included)."""
         return await stop_group(self.handle.pgid, grace, self.process)
+
+    async def _pump(self) -> None:
+        """Copy the worker's output to its log until every writer has closed the pipe."""
+        assert self.process.stdout is not None
+        try:
+            async with await anyio.open_file(self.handle.log, "ab", buffering=0) as log:
+                async for chunk in self.process.stdout:
+                    room = self.max_log_bytes - self.output_bytes
+                    self.output_bytes += len(chunk)
+                    if room > 0:
+                        await log.write(chunk[:room])
+                if self.dropped_bytes:
+                    await log.write(
+                        f"\n[orchestrd: log cut at max_log_bytes={self.max_log_bytes}; "
+                        f"{self.dropped_bytes} more bytes dropped]\n".encode()
+                    )
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the pipe went away with the process: nothing more to copy
+        finally:
+            self.pumped.set()
 
 
 def tail_file(path: Path, lines: int = 40, max_bytes: int = 16384) -> str:
@@ -187,18 +219,21 @@ def tail_file(path: Path, lines: int = 40, max_bytes: int = 16384) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-async def start_worker(spec: WorkerSpec) -> LocalWorker:
-    """Launch a headless worker: stdin /dev/null, own session, output appended to its log."""
-    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+async def _open(spec: WorkerSpec) -> anyio.abc.Process:
     try:
-        log = open(spec.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        await anyio.Path(spec.log_path.parent).mkdir(parents=True, exist_ok=True)
+        # created (or appended to) up front: a log folder we cannot write fails the start
+        async with await anyio.open_file(spec.log_path, "ab"):
+            pass
     except OSError as exc:
         raise WorkerStartError(f"cannot open worker log {spec.log_path}: {exc.strerror}") from None
+    if not spec.cwd.is_dir():
+        raise WorkerStartError(f"the repo {spec.cwd} does not exist (any more)")
     try:
-        process = await anyio.open_process(
+        return await anyio.open_process(
             list(spec.argv),
             stdin=subprocess.DEVNULL,
-            stdout=log,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=spec.cwd,
             env=dict(spec.env),
@@ -211,17 +246,40 @@ async def start_worker(spec: WorkerSpec) -> LocalWorker:
         ) from None
     except ValueError as exc:  # a NUL byte in argv or env: refused before anything runs
         raise WorkerStartError(f"cannot execute {spec.argv[0]!r}: {exc}") from None
-    finally:
-        log.close()
-    start_time = process_start_time(process.pid) or 0
+
+
+@contextlib.asynccontextmanager
+async def launch(
+    spec: WorkerSpec, max_log_bytes: int, grace: float
+) -> AsyncIterator[LocalWorker]:
+    """Run a headless worker for the body of the `async with`: stdin /dev/null, own session,
+    output copied to its log (capped). On the way out — normal, error or cancellation — whatever
+    is left of its process group is stopped and the output drained.
+
+    Raises WorkerStartError if it cannot be started.
+    """
+    process = await _open(spec)
     handle = WorkerHandle(
         pid=process.pid,
         pgid=process.pid,  # start_new_session: the worker leads its own group
-        start_time=start_time,
+        start_time=process_start_time(process.pid) or 0,
         boot_id=BOOT_ID,
         log=str(spec.log_path),
     )
-    return LocalWorker(process, handle, spec.argv)
+    worker = LocalWorker(process, handle, spec.argv, max_log_bytes)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker._pump, name=f"log pump {process.pid}")
+        try:
+            yield worker
+        finally:
+            with anyio.CancelScope(shield=True):
+                await worker.stop(grace)
+                # a descendant that left the group (setsid) may still hold the pipe open:
+                # after a grace, stop copying rather than wait for it
+                with anyio.move_on_after(grace):
+                    await worker.pumped.wait()
+                tg.cancel_scope.cancel()
+                await process.aclose()
 
 
 async def stop_orphan(handle: WorkerHandle, grace: float) -> signal.Signals | None:

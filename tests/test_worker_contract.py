@@ -76,7 +76,21 @@ async def test_worker_has_only_stdin_stdout_stderr_open(tmp_path: Path) -> None:
     fds = run.agent()["fds"]
     assert sorted(fds) == ["0", "1", "2"], fds
     assert fds["0"] == os.devnull
-    assert fds["1"] == fds["2"] == str(run.folder / "workers" / "worker-P01-1.log")
+    # stdout and stderr are one pipe, copied by the daemon into the worker's log (capped)
+    assert fds["1"] == fds["2"] and fds["1"].startswith("pipe:"), fds
+    log = (run.folder / "workers" / "worker-P01-1.log").read_text()
+    assert "pass agent 0.1" in log, "stderr reaches the log"
+
+
+async def test_worker_log_is_cut_at_max_log_bytes_and_the_rest_counted(tmp_path: Path) -> None:
+    config = make_config(tmp_path, max_log_bytes=200)
+    run = await run_plan(config, make_plan(tmp_path))
+    log = (run.folder / "workers" / "worker-P01-1.log").read_bytes()
+    (truncated,) = run.events("worker.log_truncated")
+    assert truncated["dropped_bytes"] > 0 and truncated["max_log_bytes"] == 200
+    assert log.startswith(b"pass agent 0.1")
+    assert f"{truncated['dropped_bytes']} more bytes dropped".encode() in log
+    assert len(log) < 200 + 120
 
 
 def test_worker_stdin_is_dev_null_even_when_the_daemon_has_an_open_stdin(
