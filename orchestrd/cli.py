@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 import tomli_w
 
-from .audit import AuditLog
+from .audit import AuditLog, Redactor
 from .config import Config, load_config
 from . import status
 from .errors import OrchestrdError, PlanError
@@ -59,7 +59,10 @@ async def run_foreground(plan: Plan, config: Config, echo: bool) -> PlanStatus:
         folder.archive(config.state_dir / "archive")
     folder.create()
     folder.plan_file.write_bytes(plan_toml(plan))
-    audit = AuditLog(config.audit_path, echo=sys.stderr if echo else None)
+    audit = AuditLog(
+        config.audit_path, echo=sys.stderr if echo else None,
+        redactor=Redactor.from_config(config),
+    )
     log = audit.bind(plan=plan.id)
     state = PlanState(plan=plan.id, phases={p.id: PhaseState() for p in plan.phases})
     record = PlanRecord(folder.state_file, state, log)
@@ -121,6 +124,11 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         raw = path.read_bytes()
         if not Path(str(tomllib.loads(raw.decode())["repo"])).expanduser().is_absolute():
             raw = plan_toml(plan)  # the inbox needs an absolute repo
+        if not spool.inbox.is_dir():
+            raise OrchestrdError(
+                f"{spool.inbox} does not exist: is state_dir right in the config, and has the "
+                "daemon (which creates it) been started?"
+            )
         dest = spool.inbox / f"{plan.id}.toml"
         if dest.exists():
             raise PlanError(f"{path}: {dest} is already waiting in the inbox")

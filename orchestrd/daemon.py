@@ -13,6 +13,7 @@ import shutil
 import signal
 import stat
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -72,37 +73,43 @@ class Daemon:
         self.spool.lock()
         self._announce_dangerous()
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._handle_signals, tg.cancel_scope)
-                await self._recover(tg)
-                tg.start_soon(self._watch_inbox)
-                tg.start_soon(self._main_loop, tg)
-                if self.notifier.watchdog_interval() is not None:
-                    tg.start_soon(watchdog_loop, self.notifier, self._notify_failed)
-                self.log.info(
-                    "daemon.started", state_dir=str(self.config.state_dir),
-                    config=str(self.config_path), max_workers=self.config.max_workers,
-                    plans=len(self.entries),
-                )
-                self._notify_ready()
+            # Signals are caught from before READY=1 until every worker is stopped: one more
+            # SIGTERM/SIGINT/SIGHUP during shutdown waits in the receiver instead of killing
+            # the daemon by default action with its workers still running.
+            signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+            with anyio.open_signal_receiver(*signals) as received:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._handle_signals, received, tg.cancel_scope)
+                    await self._recover(tg)
+                    tg.start_soon(self._watch_inbox)
+                    tg.start_soon(self._main_loop, tg)
+                    if self.notifier.watchdog_interval() is not None:
+                        tg.start_soon(watchdog_loop, self.notifier, self._notify_failed)
+                    self.log.info(
+                        "daemon.started", state_dir=str(self.config.state_dir),
+                        config=str(self.config_path), max_workers=self.config.max_workers,
+                        plans=len(self.entries),
+                    )
+                    self._notify_ready()
         finally:
             self.log.info("daemon.stopped")
             self.spool.unlock()
             self.audit.close()
 
-    async def _handle_signals(self, scope: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for sig in signals:
-                if sig == signal.SIGHUP:
-                    await self._reload()
-                    continue
-                self.log.info(
-                    "daemon.stopping", signal=signal.Signals(sig).name,
-                    running=self._count_running(),
-                )
-                self._notify("STOPPING=1")
-                scope.cancel()
-                return
+    async def _handle_signals(
+        self, signals: AsyncIterator[signal.Signals], scope: anyio.CancelScope
+    ) -> None:
+        async for sig in signals:
+            if sig == signal.SIGHUP:
+                await self._reload()
+                continue
+            self.log.info(
+                "daemon.stopping", signal=signal.Signals(sig).name,
+                running=self._count_running(),
+            )
+            self._notify("STOPPING=1")
+            scope.cancel()
+            return
 
     async def _reload(self) -> None:
         try:
@@ -190,14 +197,23 @@ class Daemon:
 
     async def _main_loop(self, tg: anyio.abc.TaskGroup) -> None:
         self._wake()
+        first = True
         async for _ in self._wake_receive:
             await self._scan_control(tg)
-            await self._scan_inbox(tg)
+            await self._scan_inbox(tg, first)
+            first = False
 
-    async def _scan_inbox(self, tg: anyio.abc.TaskGroup) -> None:
+    async def _scan_inbox(self, tg: anyio.abc.TaskGroup, first: bool = False) -> None:
         for name in await anyio.to_thread.run_sync(self.spool.candidates):
             self.seq += 1
-            outcome = await anyio.to_thread.run_sync(self.spool.take, name, self.config, self.seq)
+            try:
+                outcome = await anyio.to_thread.run_sync(
+                    self.spool.take, name, self.config, self.seq, first
+                )
+            except OSError as exc:
+                # e.g. a full disk: the file stays in the inbox and is tried again next scan
+                self.log.info("daemon.spool_error", file=name, reason=str(exc))
+                continue
             if isinstance(outcome, Rejected):
                 self.log.info(
                     "plan.rejected", file=name, reason=outcome.reason,
@@ -225,7 +241,8 @@ class Daemon:
     async def _cancel(self, plan_id: str) -> None:
         entry = self.entries.get(plan_id)
         if entry is None:
-            self.log.info("plan.cancelled", plan=plan_id, reason="not active; nothing to cancel")
+            self.log.info("daemon.request_ignored", plan=plan_id, request="cancel",
+                          reason="the plan is not active")
             return
         entry.cancel_requested = True
         entry.scope.cancel()
@@ -241,6 +258,8 @@ class Daemon:
         if entry is None or entry.record.state.status not in (
             PlanStatus.FAILED, PlanStatus.CANCELLED
         ):
+            self.log.info("daemon.request_ignored", plan=plan_id, request="retry",
+                          reason="only a failed or cancelled plan can be retried")
             return
         await entry.record.set_status(PlanStatus.QUEUED, "retry requested")
         self._start(tg, entry)
@@ -316,7 +335,7 @@ class Daemon:
             if folder.state_file.exists():
                 moved = self.spool.set_aside(folder.state_file)
                 log.info("plan.state_corrupt", reason=str(exc), moved_to=str(moved))
-            else:
+            elif not any(folder.root.glob("state.toml.corrupt*")):  # reported when set aside
                 log.info("plan.state_corrupt", reason=f"{folder.state_file} is missing")
             return None
         record = PlanRecord(folder.state_file, state, log)

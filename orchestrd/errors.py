@@ -43,6 +43,8 @@ def _model_at(model: type[pydantic.BaseModel], loc: tuple[int | str, ...]) -> An
     """The model class that owns the last key of `loc`, for listing the keys it allows."""
     current: Any = model
     for part in loc[:-1]:
+        if isinstance(part, int):
+            continue  # a list index: the element type was unwrapped already
         if isinstance(current, type) and issubclass(current, pydantic.BaseModel):
             if not isinstance(part, str) or part not in current.model_fields:
                 return None

@@ -111,8 +111,12 @@ class Spool:
             return []
         return sorted(n for n in names if is_candidate(n))
 
-    def take(self, name: str, config: Config, seq: int) -> Accepted | Rejected | None:
-        """Accept or reject one inbox file. None if it vanished (someone took it back)."""
+    def take(
+        self, name: str, config: Config, seq: int, after_start: bool = False
+    ) -> Accepted | Rejected | None:
+        """Accept or reject one inbox file. None if it vanished (someone took it back), or if
+        `after_start` (the daemon's first scan) and it is the very plan accepted just before a
+        crash that came before the inbox file was removed."""
         path = self.inbox / name
         try:
             raw, owner = read_plan_file(path, config.spool.max_plan_bytes)
@@ -132,8 +136,12 @@ class Spool:
         except PlanError as exc:
             return self.reject(name, str(exc))
         if (where := self.known(plan.id)) is not None:
-            if where.parent == self.plans and _same_bytes(PlanFolder(where).plan_file, raw):
-                # accepted before a crash that came before the inbox file was removed
+            if (
+                after_start
+                and where.parent == self.plans
+                and _same_bytes(PlanFolder(where).plan_file, raw)
+            ):
+                # only a crash leaves one; later, the same bytes again are a duplicate
                 path.unlink(missing_ok=True)
                 return None
             return self.reject(

@@ -62,6 +62,9 @@ def collect(spool: Spool, plan_id: str | None = None) -> list[dict[str, Any]]:
                 continue
             state_file = folder / "state.toml"
             if not state_file.exists():
+                if any(folder.glob("state.toml.corrupt*")):
+                    rows.append({"plan": folder.name, "state": "corrupt", "where": where,
+                                 "reason": "its state file was unreadable and set aside"})
                 continue
             try:
                 state = load_state(state_file)
