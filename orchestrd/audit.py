@@ -20,6 +20,7 @@ import structlog
 from structlog.typing import EventDict, WrappedLogger
 
 from .config import SECRET_NAME, Config
+from .errors import ConfigError
 
 # Every event orchestrd emits, with what it means. The README's event table is generated from,
 # and tested against, this mapping.
@@ -32,7 +33,10 @@ EVENTS: dict[str, str] = {
     "daemon.reload_failed": "SIGHUP: the new config is invalid; the old one is kept",
     "daemon.notify_failed": "sd_notify could not reach $NOTIFY_SOCKET",
     "daemon.dangerous_workers": "allow_dangerous_workers is on: the profiles that bypass sandboxes",
-    "daemon.spool_error": "an inbox file could not be handled (e.g. disk full); retried later",
+    "daemon.spool_error": (
+        "an inbox or control file could not be handled (e.g. disk full); retried, reported "
+        "once per reason"
+    ),
     "daemon.request_ignored": "a cancel/retry request that does not apply to the plan's state",
     "daemon.watch_failed": "inotify on the inbox failed; the daemon falls back to rescans",
     "plan.accepted": "a file in the inbox passed validation and was moved to plans/<id>/",
@@ -45,7 +49,7 @@ EVENTS: dict[str, str] = {
     "plan.error": "the plan's runner raised an unexpected error (traceback); the plan fails",
     "plan.cancelled": "stopped on request",
     "plan.interrupted": "the daemon stopped while the plan ran; it resumes on restart",
-    "plan.archived": "the finished plan's folder was moved to archive/",
+    "plan.archived": "the finished plan's folder was moved to archive/ (its final status)",
     "plan.state_corrupt": "a state file could not be read; it was set aside",
     "phase.started": "a phase began (its primary worker follows)",
     "phase.skipped": "a phase already passed before a restart or retry",
@@ -58,6 +62,7 @@ EVENTS: dict[str, str] = {
     "worker.stalled": "the worker outlived its last poll (log_tail)",
     "worker.stopped": "the worker's process group was signalled (signal, why)",
     "worker.exited": "the worker process ended (returncode)",
+    "worker.changes": "git snapshot around the attempt: HEAD, status, diff stat before/after",
     "worker.log_truncated": "the worker's output went over max_log_bytes; the rest was dropped",
     "worker.orphan_stopped": "a worker left over from a previous daemon run was stopped",
     "check.passed": "one checkpoint passed (check, reason)",
@@ -69,14 +74,24 @@ EVENTS: dict[str, str] = {
 FIRST_KEYS = ("ts", "event", "plan", "phase", "attempt", "role", "pid")
 
 
+MIN_FRAGMENT = 8
+"""A secret cut by a length limit (a log tail's first line, a quoted log line cut at 200
+characters) keeps its first or last characters: runs of at least this many are redacted too."""
+
+
 class Redactor:
     """Replaces secrets in text with `***`: values of secret-looking environment variables
-    (the daemon's and the worker profiles') and the config's `redact` regexes."""
+    (the daemon's and the worker profiles'), the config's `redact` regexes, and what is left of
+    a secret value cut short (its first or last MIN_FRAGMENT or more characters)."""
 
     def __init__(self, values: Iterable[str] = (), patterns: Iterable[str] = ()) -> None:
-        alternatives = [re.escape(v) for v in sorted(set(values), key=len, reverse=True)]
-        alternatives += [f"(?:{p})" for p in patterns]
-        self._regex = re.compile("|".join(alternatives)) if alternatives else None
+        ordered = sorted(set(values), key=len, reverse=True)
+        alternatives = [re.escape(v) for v in ordered]
+        alternatives += [_fragments(v) for v in ordered if len(v) > MIN_FRAGMENT]
+        # the operator's patterns each on their own: one may carry global flags such as
+        # `(?i)`, which are only allowed at the start of a whole expression
+        self._regexes = [re.compile("|".join(alternatives))] if alternatives else []
+        self._regexes += [re.compile(p) for p in patterns]
 
     @classmethod
     def from_config(cls, config: Config) -> Redactor:
@@ -87,7 +102,9 @@ class Redactor:
         return cls(values, config.redact)
 
     def __call__(self, text: str) -> str:
-        return self._regex.sub("***", text) if self._regex is not None else text
+        for regex in self._regexes:
+            text = regex.sub(_stars, text)
+        return text
 
     def deep(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -97,6 +114,28 @@ class Redactor:
         if isinstance(value, list | tuple):
             return [self.deep(v) for v in value]
         return value
+
+
+def _stars(match: re.Match[str]) -> str:
+    # a pattern that can match nothing at all (`x*`) must not put *** between every character
+    return "***" if match.group() else ""
+
+
+def _fragments(value: str, limit: int = 256) -> str:
+    """A regex for a prefix or a suffix of `value` at least MIN_FRAGMENT long: `abcdefgh(?:i(?:j)?)?`
+    and `(?:(?:a)?b)?cdefghij` (nested, so the pattern grows with the value, not its square).
+    Only the first and last `limit` characters are spelled out; a longer value's middle is
+    never a fragment that survives on its own."""
+    head, tail = value[:limit], value[-limit:]
+    prefix = re.escape(head[:MIN_FRAGMENT])
+    rest = ""
+    for ch in reversed(head[MIN_FRAGMENT:]):
+        rest = f"(?:{re.escape(ch)}{rest})?"
+    suffix = re.escape(tail[-MIN_FRAGMENT:])
+    lead = ""
+    for ch in tail[:-MIN_FRAGMENT]:
+        lead = f"(?:{lead}{re.escape(ch)})?"
+    return f"{prefix}{rest}|{lead}{suffix}"
 
 
 def _timestamp(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -115,58 +154,83 @@ def _to_json(_: WrappedLogger, __: str, event_dict: EventDict) -> str:
 
 
 class AuditSink:
-    """Appends lines to the audit file, flushed per event.
+    """Appends lines to the audit file, each event in one write(2) on an O_APPEND descriptor:
+    a line is whole even if the daemon is SIGKILLed, and nothing is buffered in the daemon.
 
     If the file is rotated or deleted under the daemon (logrotate's `create`), the next write
-    notices the inode change and reopens the path.
+    notices the inode change and reopens the path (created 0640 if missing).
     """
 
     def __init__(self, path: Path, echo: TextIO | None = None) -> None:
         self.path = path
         self.echo = echo
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: TextIO | None = self._open()
-
-    def _open(self) -> TextIO:
-        f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the daemon's life
-        self._ino = os.fstat(f.fileno()).st_ino
-        return f
-
-    def _current(self) -> TextIO:
-        """The open file, reopened if the path now names another inode (or none)."""
+        self._fd: int | None = None
+        self._ino = -1
         try:
-            if self._file is not None and os.stat(self.path).st_ino == self._ino:
-                return self._file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._open()
+        except OSError as exc:
+            raise ConfigError(
+                f"audit.path: cannot open the audit log {path}: {exc.strerror}; create its "
+                "folder writable for the daemon's user or set [audit] path elsewhere"
+            ) from None
+
+    def _open(self) -> None:
+        # read access only to look at the last byte (O_APPEND writes at the end regardless)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        st = os.fstat(fd)
+        if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
+            # a line torn by a crash (or another writer): start ours on a line of its own
+            os.write(fd, b"\n")
+        self._fd, self._ino = fd, st.st_ino
+
+    def _current(self) -> int:
+        """The open descriptor, reopened if the path now names another inode (or none)."""
+        try:
+            if self._fd is not None and os.stat(self.path).st_ino == self._ino:
+                return self._fd
         except FileNotFoundError:
             pass
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self._file = self._open()
-        return self._file
+        self._close()
+        self._open()
+        assert self._fd is not None
+        return self._fd
 
     def msg(self, line: str) -> None:
+        # a lone surrogate (a file name that is not UTF-8) becomes a JSON escape, not an error
+        data = (line + "\n").encode("utf-8", "backslashreplace")
         with self._lock:
             try:
-                f = self._current()
-                f.write(line + "\n")
-                f.flush()
+                fd = self._current()
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
             except OSError as exc:
                 # a full disk or a vanished folder must not stop supervision: say so where
                 # the journal will see it, with the event, and go on
-                sys.stderr.write(f"orchestrd: audit log {self.path}: {exc.strerror}: {line}\n")
+                self._echo(f"orchestrd: audit log {self.path}: {exc.strerror}: {line}")
         if self.echo is not None:
-            self.echo.write(_console(line) + "\n")
-            self.echo.flush()
+            self._echo(_console(line))
+
+    def _echo(self, text: str) -> None:
+        stream = self.echo or sys.stderr
+        try:
+            stream.write(text + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # no terminal or journal to tell (closed stderr): the audit file is the record
 
     info = warning = error = debug = msg
 
+    def _close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
     def close(self) -> None:
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            self._close()
 
 
 def _console(line: str) -> str:

@@ -1,26 +1,45 @@
-"""Inspection after a worker ends: exit code, log scan, report status, completion markers and
-the plan's verify commands (run by the daemon itself, with an expected outcome).
+"""Inspection after a worker ends: exit code, log scan, report status, completion markers, the
+evidence rules on what the worker wrote, what it changed in the repo (git), and the plan's verify
+commands (run by the daemon itself, judged by exit code and output).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import time
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 
+from . import evidence
 from .audit import Logger
 from .config import CheckSettings
 from .errors import PlanError
-from .plan import Phase, Plan, confine, phase_marker_regex
+from .gitsnap import Diff
+from .plan import MarkerPath, Phase, Plan, confine, glob_prefix, glob_regex, phase_marker_regex
 from .policy import WatchOutcome
 from .worker import WorkerSpec, WorkerStartError, launch, tail_file
 
-_STATUS = re.compile(
-    r"^[\s>#*_-]*status[*_\s]*:[*_\s]*(PASS(?:ED)?|FAIL(?:ED)?)\b", re.IGNORECASE | re.MULTILINE
-)
+# How to repair each rule a check names, for the remediation prompt.
+FIXES: dict[str, str] = {
+    **evidence.FIXES,
+    "marker_paths": "put the phase's marker (exactly this phase's id, no suffix) in the files "
+    "the glob names, in a comment next to the code it marks",
+    "protect": "restore the protected file to its state when the phase started "
+    "(git checkout <that commit> -- FILE); never change it",
+    "forbid_test_changes": "restore the test file as it was when the phase started; make the "
+    "implementation pass the tests as written",
+    "forbidden_patterns": "finish the work the line marks as unfinished, then remove the marker",
+    "must_not_match": "the command must fail (or pass) for the right reason: fix what its "
+    "output shows (a bad option, a missing module, no tests found), then run it yourself",
+    "must_match": "the command's output must show the expected result; run it yourself and "
+    "fix what is missing",
+}
+MAX_FINDINGS = 20  # per check and file: enough to act on, short enough to read
+MARKER_FILE_BYTES = 4 * 1024 * 1024  # a marker sits in a source file, not in a huge one
 LOG_SCAN_BYTES = 4 * 1024 * 1024  # the end of the log is where runtime errors are
 
 
@@ -50,6 +69,32 @@ class CheckContext:
     """The worker's prompt: agent CLIs echo it into their log, and it is not their output."""
     max_log_bytes: int = 64 * 1024 * 1024
     """Verify output is capped like a worker log."""
+    report: str = ""
+    """This attempt's report (plan_dir-relative); '' for the phase's own report."""
+    changes: Diff | None = None
+    """What the phase's workers changed in the repo; None when git cannot tell."""
+    git_problem: str | None = None
+    """Why `changes` is None (not a git checkout, git failed)."""
+
+    @property
+    def report_path(self) -> str:
+        return self.report or self.phase.report_path
+
+
+def violation(name: str, path: str, line: int, rule: str, message: str) -> CheckResult:
+    """A failed rule at a place: `path:line: message [rule: rule]`, with the parts as fields."""
+    where = f"{path}:{line}" if line else path
+    return CheckResult(
+        name, False, f"{where}: {message} [rule: {rule}]",
+        details={"file": path, "line": line, "rule": rule},
+    )
+
+
+def _capped(results: list[CheckResult], name: str) -> list[CheckResult]:
+    if len(results) <= MAX_FINDINGS:
+        return results
+    more = len(results) - MAX_FINDINGS
+    return [*results[:MAX_FINDINGS], CheckResult(name, False, f"… and {more} more like these")]
 
 
 def check_exit(outcome: WatchOutcome) -> CheckResult:
@@ -97,41 +142,248 @@ def _read_in_repo(plan: Plan, rel: str) -> tuple[str, str | None]:
 
 
 def check_report(ctx: CheckContext) -> CheckResult:
-    path, text = _read_in_repo(ctx.plan, ctx.phase.report_path)
+    path, text = _read_in_repo(ctx.plan, ctx.report_path)
     if text is None:
         return CheckResult("report", False, f"{path} is missing; the worker must write it")
     if text.startswith("\0"):
         return CheckResult("report", False, text[1:])
-    found = _STATUS.findall(text)
-    if not found:
+    status = evidence.report_status(text)
+    if status is None:
         return CheckResult("report", False, f"{path} has no 'Status: PASS' or 'Status: FAIL' line")
-    if found[-1].upper().startswith("PASS"):
+    if status == "PASS":
         return CheckResult("report", True, f"{path}: Status: PASS")
     return CheckResult("report", False, f"{path} says Status: FAIL")
 
 
-def check_completion(ctx: CheckContext) -> list[CheckResult]:
+def completion_results(plan: Plan, phase: Phase, name: str = "completion") -> list[CheckResult]:
+    """Each completion file of `phase` exists and holds every marker (boundary-matched)."""
     results = []
-    for rel in ctx.phase.completion_paths:
-        path, text = _read_in_repo(ctx.plan, rel)
+    for rel in phase.completion_paths:
+        path, text = _read_in_repo(plan, rel)
         if text is None:
-            results.append(CheckResult("completion", False, f"{path} is missing"))
+            results.append(CheckResult(name, False, f"{path} is missing"))
             continue
         if text.startswith("\0"):
-            results.append(CheckResult("completion", False, text[1:]))
+            results.append(CheckResult(name, False, text[1:]))
             continue
-        missing = [m for m in ctx.phase.markers if not phase_marker_regex(m).search(text)]
+        missing = [m for m in phase.markers if not phase_marker_regex(m).search(text)]
         if missing:
             results.append(
-                CheckResult("completion", False, f"{path} lacks marker(s): {', '.join(missing)}")
+                CheckResult(name, False, f"{path} lacks marker(s): {', '.join(missing)}")
             )
         else:
-            results.append(CheckResult("completion", True, f"{path} exists with its markers"))
+            results.append(CheckResult(name, True, f"{path} exists with its markers"))
     return results
 
 
+def check_completion(ctx: CheckContext) -> list[CheckResult]:
+    return completion_results(ctx.plan, ctx.phase)
+
+
+def check_evidence(ctx: CheckContext) -> list[CheckResult]:
+    """The evidence rules on the report and every completion file that exist (a missing one has
+    failed its own check already)."""
+    phase, settings = ctx.phase, ctx.settings
+    rules = phase.evidence_rules if phase.evidence_rules is not None else settings.evidence_rules
+    files = [(ctx.report_path, True, phase.report_requires)]
+    files += [(c, False, phase.completion_requires) for c in phase.completion_paths]
+    results: list[CheckResult] = []
+    checked = []
+    for rel, is_report, requires in files:
+        path, text = _read_in_repo(ctx.plan, rel)
+        if text is None or text.startswith("\0"):
+            continue
+        checked.append(path)
+        found = evidence.check_text(
+            text, path, rules=rules, placeholder_texts=settings.placeholders,
+            requires=requires, phase_id=phase.id, kind=phase.kind, report=is_report,
+        )
+        results += _capped(
+            [violation("evidence", f.path, f.line, f.rule, f.message) for f in found], "evidence"
+        )
+    if results or not checked:
+        return results
+    required = sorted({*phase.report_requires, *phase.completion_requires})
+    names = ", ".join([*rules, *(f"{r} line" for r in required)]) or "no rules"
+    return [CheckResult("evidence", True, f"{', '.join(checked)}: {names}: ok")]
+
+
+def files_with_markers(repo: Path, mp: MarkerPath, markers: list[str]) -> dict[str, list[str]]:
+    """For each marker, the repo-relative files matching `mp.glob` that contain it (a thread)."""
+    root = repo.resolve()
+    match = glob_regex(mp.glob)
+    regexes = {m: phase_marker_regex(m) for m in markers}
+    found: dict[str, list[str]] = {m: [] for m in markers}
+    start = root / glob_prefix(mp.glob)
+    for folder, dirs, names in os.walk(start):
+        dirs[:] = sorted(d for d in dirs if d != ".git")
+        for name in sorted(names):
+            full = Path(folder) / name
+            rel = full.relative_to(root).as_posix()
+            if not match.match(rel):
+                continue
+            try:
+                if root not in full.resolve().parents:
+                    continue  # a symlink leading out of the repo
+                with open(full, "rb") as f:
+                    text = f.read(MARKER_FILE_BYTES).decode("utf-8", errors="replace")
+            except (OSError, RuntimeError):  # unreadable, or a symlink loop
+                continue
+            for marker, regex in regexes.items():
+                if regex.search(text):
+                    found[marker].append(rel)
+    return found
+
+
+async def marker_path_results(plan: Plan, phase: Phase, name: str) -> list[CheckResult]:
+    results = []
+    for mp in phase.marker_paths:
+        found = await anyio.to_thread.run_sync(files_with_markers, plan.repo, mp, phase.markers)
+        for marker, files in found.items():
+            where = ", ".join(files[:5]) + (" …" if len(files) > 5 else "")
+            if len(files) >= mp.min:
+                reason = f"{mp.glob}: {len(files)} file(s) with {marker}: {where}"
+                results.append(CheckResult(name, True, reason))
+                continue
+            results.append(
+                CheckResult(
+                    name, False,
+                    f"{mp.glob}: {len(files)} file(s) contain {marker}, at least {mp.min} must"
+                    + (f" (found in: {where})" if files else "")
+                    + " [rule: marker_paths]",
+                    details={"glob": mp.glob, "marker": marker, "found": files[:50],
+                             "min": mp.min, "rule": "marker_paths"},
+                )
+            )
+    return results
+
+
+async def check_prerequisites(plan: Plan, phase: Phase) -> list[CheckResult]:
+    """Before a phase starts: each prerequisite phase's completion files hold its markers, and
+    its marker_paths are met."""
+    results = []
+    for pid in phase.prerequisites:
+        earlier = plan.phase(pid)
+        found = completion_results(plan, earlier, "prerequisites")
+        found += await marker_path_results(plan, earlier, "prerequisites")
+        for r in found:
+            reason = f"{pid}: {r.reason}"
+            if not r.ok:
+                reason += f"; phase {pid} must be done before {phase.id} starts"
+            results.append(dataclasses.replace(r, reason=reason))
+    return results
+
+
+def change_rules(
+    plan: Plan, phase: Phase, settings: CheckSettings
+) -> tuple[list[str], bool, list[str]]:
+    """(protected globs, forbid test changes, forbidden patterns) in force for a phase."""
+    forbid_tests = (
+        phase.forbid_test_changes
+        if phase.forbid_test_changes is not None
+        else phase.kind in settings.forbid_test_changes
+    )
+    patterns = (
+        phase.forbidden_patterns
+        if phase.forbidden_patterns is not None
+        else settings.forbidden_patterns.for_kind(phase.kind)
+    )
+    return plan.protected_globs(phase), forbid_tests, patterns
+
+
+_VERB = {"A": "added", "M": "modified", "D": "deleted", "T": "changed (type)"}
+
+
+def check_changes(ctx: CheckContext) -> list[CheckResult]:
+    """protect, forbid_test_changes and forbidden_patterns on what the phase's workers changed.
+
+    The plan's report and completion files are what workers are asked to write: never counted.
+    """
+    protect, forbid_tests, patterns = change_rules(ctx.plan, ctx.phase, ctx.settings)
+    in_force = [
+        n for n, on in (("protect", protect), ("forbid_test_changes", forbid_tests),
+                        ("forbidden_patterns", patterns)) if on
+    ]
+    if not in_force:
+        return []
+    diff = ctx.changes
+    if diff is None:
+        why = ctx.git_problem or "no git snapshot"
+        return [CheckResult("git", False, f"{why}; not checked: {', '.join(in_force)}", False)]
+    exempt = ctx.plan.contract_files()
+    protected = [glob_regex(g) for g in protect]
+    tests = [glob_regex(g) for g in ctx.settings.test_globs]
+    results: list[CheckResult] = []
+    is_test: dict[str, bool] = {}
+    for change in diff.files:
+        path = change.path
+        is_test[path] = any(t.match(path) for t in tests)
+        if any(e.match(path) for e in exempt):
+            continue
+        line = diff.first_line.get(path, 0)
+        verb = _VERB.get(change.status, change.status)
+        if any(p.match(path) for p in protected):
+            results.append(violation("protect", path, line, "protect", f"protected file {verb}"))
+        if forbid_tests and is_test[path]:
+            results.append(
+                violation(
+                    "test_changes", path, line, "forbid_test_changes",
+                    f"test file {verb} in a {ctx.phase.kind} phase; tests are fixed before "
+                    "the implementation",
+                )
+            )
+    compiled = [re.compile(p) for p in patterns]
+    hits = []
+    for added in diff.added:
+        if is_test.get(added.path) or any(e.match(added.path) for e in exempt):
+            continue
+        for rx in compiled:
+            if rx.search(added.text):
+                hits.append(
+                    violation(
+                        "forbidden_patterns", added.path, added.line, "forbidden_patterns",
+                        f"added line matches {rx.pattern!r}: {added.text.strip()[:120]!r}",
+                    )
+                )
+                break
+    results += _capped(hits, "forbidden_patterns")
+    if results:
+        return results
+    return [
+        CheckResult(
+            "changes", True,
+            f"{len(diff.files)} changed file(s); {', '.join(in_force)}: ok",
+        )
+    ]
+
+
+def _judge_output(text: str, cmd_expect: str, must: list[str], must_not: list[str]) -> (
+    tuple[str, int, str, str] | None
+):
+    """The first output rule broken: (rule, line, pattern, the line's text), or None."""
+    for pattern in must_not:
+        if m := re.search(pattern, text, re.MULTILINE):
+            line = text.count("\n", 0, m.start()) + 1
+            start = text.rfind("\n", 0, m.start()) + 1
+            end = text.find("\n", m.start())
+            quote = text[start : end if end != -1 else len(text)].strip()[:160]
+            return "must_not_match", line, pattern, quote
+    for pattern in must:
+        if not re.search(pattern, text, re.MULTILINE):
+            return "must_match", 0, pattern, ""
+    return None
+
+
+def _read_output(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
 async def run_verify(ctx: CheckContext, index: int) -> CheckResult:
-    """Run one verify command in the repo, in its own process group, output to a file."""
+    """Run one verify command in the repo, in its own process group, output to a file; judge it
+    by its exit code, then by its output (must_match / must_not_match)."""
     cmd = ctx.phase.verify[index]
     out_path = ctx.output_dir / f"verify-{ctx.phase.id}-{ctx.attempt}-{index}.log"
     name = f"verify[{index}]"
@@ -162,10 +414,35 @@ async def run_verify(ctx: CheckContext, index: int) -> CheckResult:
         "output": str(out_path),
         "output_tail": tail,
     }
-    if passed == wanted:
-        reason = f"{cmd.run!r} exited {rc} as expected ({cmd.expect})"
+    if passed != wanted:
+        reason = f"{cmd.run!r} exited {rc} but was expected to {cmd.expect}"
+        return CheckResult(name, False, reason, details=details)
+    defaults = (
+        ctx.settings.expect_pass_must_not_match if wanted
+        else ctx.settings.expect_fail_must_not_match
+    )
+    must_not = [*cmd.must_not_match]
+    if cmd.default_must_not_match:
+        must_not += defaults.for_kind(ctx.phase.kind)
+    text = await anyio.to_thread.run_sync(_read_output, out_path)
+    broken = _judge_output(text, cmd.expect, cmd.must_match, must_not)
+    if broken is None:
+        checked = " and its output" if must_not or cmd.must_match else ""
+        reason = f"{cmd.run!r} exited {rc} as expected ({cmd.expect}){checked}"
         return CheckResult(name, True, reason, details=details)
-    reason = f"{cmd.run!r} exited {rc} but was expected to {cmd.expect}"
+    rule, line, pattern, quote = broken
+    why = "red for the wrong reason" if cmd.expect == "fail" else "green for the wrong reason"
+    if rule == "must_not_match":
+        reason = (
+            f"{out_path.name}:{line}: {cmd.run!r} exited {rc} as expected ({cmd.expect}), but "
+            f"its output matches {pattern!r}: {quote!r} — {why} [rule: must_not_match]"
+        )
+    else:
+        reason = (
+            f"{out_path.name}: {cmd.run!r} exited {rc} as expected ({cmd.expect}), but its "
+            f"output never matches {pattern!r} — {why} [rule: must_match]"
+        )
+    details.update(rule=rule, pattern=pattern, file=str(out_path), line=line)
     return CheckResult(name, False, reason, details=details)
 
 
@@ -173,16 +450,19 @@ async def inspect(ctx: CheckContext, log: Logger) -> list[CheckResult]:
     """Every checkpoint, in order, each audited as check.passed / check.failed / check.warning."""
     results = [check_exit(ctx.outcome), check_log(ctx), check_report(ctx)]
     results += check_completion(ctx)
+    results += check_evidence(ctx)
+    results += await marker_path_results(ctx.plan, ctx.phase, "marker_paths")
+    results += check_changes(ctx)
     for r in results:
-        _audit(log, r)
+        audit(log, r)
     for i in range(len(ctx.phase.verify)):
         r = await run_verify(ctx, i)
-        _audit(log, r)
+        audit(log, r)
         results.append(r)
     return results
 
 
-def _audit(log: Logger, r: CheckResult) -> None:
+def audit(log: Logger, r: CheckResult) -> None:
     event = "check.passed" if r.ok else ("check.failed" if r.fatal else "check.warning")
     log.info(event, check=r.name, reason=r.reason, **r.details)
 

@@ -1,4 +1,5 @@
-"""Daemon settings: the pydantic schema, durations, and loading from TOML with errors that name the key.
+"""Daemon settings: the pydantic schema, durations, and loading from TOML with errors that name
+the key.
 
 Lookup order for the file: `--config`, `$ORCHESTRD_CONFIG`, `/etc/orchestrd/orchestrd.toml`,
 then the bundled local default (`orchestrd/local.toml`).
@@ -9,8 +10,9 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import typing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
@@ -26,7 +28,9 @@ _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 def parse_duration(value: object) -> float:
     """`"250ms"`, `"0.2s"`, `"5m"`, `"1h"`, or a number of seconds → seconds (float)."""
     if isinstance(value, bool):
-        raise ValueError("must be a duration such as \"250ms\", \"30s\", \"5m\" or a number of seconds")
+        raise ValueError(
+            "must be a duration such as \"250ms\", \"30s\", \"5m\" or a number of seconds"
+        )
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and (m := _DURATION.match(value)):
@@ -47,7 +51,7 @@ def _compile_all(patterns: list[str]) -> list[str]:
     for p in patterns:
         try:
             re.compile(p)
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:
             raise ValueError(f"{p!r} is not a valid regex: {exc}") from None
     return patterns
 
@@ -125,6 +129,104 @@ class AuditSettings(Strict):
         None, description="JSON-lines audit log; default <state_dir>/audit.jsonl"
     )
 
+PhaseKind = Literal["stub", "test", "impl", "verify", "other"]
+EvidenceRule = Literal["unexpanded_shell", "placeholder", "empty_output_block", "contradiction"]
+EVIDENCE_RULES: tuple[EvidenceRule, ...] = typing.get_args(EvidenceRule)
+
+# Output that shows an expected failure is no red at all: the runner or the shell broke, so
+# nothing was tested (a rejected option, a missing module, a workspace with no test files).
+BROKEN_RUN = [
+    r"Unknown option",
+    r"CACError",
+    r"Cannot find module",
+    r"ERR_MODULE_NOT_FOUND",
+    r"No test files found",
+    r"command not found",
+    r"\bSyntaxError\b",
+    r"\bModuleNotFoundError\b",
+    r"\bImportError\b",
+    r"error: unrecognized arguments",
+    r"(?i)\bno tests ran\b",
+    r"\bRan 0 tests\b",
+]
+# Output that shows a passing run tested nothing.
+EMPTY_RUN = [r"No test files found", r"(?i)\bno tests ran\b", r"\bRan 0 tests\b"]
+# Words an implementation must not add outside tests: unfinished work handed on as finished.
+# `placeholder` counts, except as a property/attribute name (`placeholder="Search"`).
+UNFINISHED = [
+    r"\b(?:TODO|FIXME|HACK|XXX)\b",
+    r"NotYetImplemented",
+    r"(?i)\bfor now\b",
+    r"(?i)(?<![{.$])\bplaceholder\b(?!\s*\??\s*[=:}])",
+]
+PLACEHOLDERS_DEFAULT = [
+    "<paste", "<insert", "<fill in", "[fill in", "YYYY-MM-DD", "HH:MM", "[TODO]", "<TODO>",
+    "[TBD]", "<TBD>", "[placeholder]", "<placeholder>",
+]
+TEST_GLOBS = [
+    "**/test_*.py", "**/*_test.py", "**/conftest.py", "**/*.test.ts", "**/*.spec.ts",
+    "**/*.test.tsx", "**/*.spec.tsx", "**/*.test.js", "**/*.spec.js", "**/*.test.mjs",
+    "**/*_test.go", "**/__tests__/**", "**/tests/**", "test/**",
+]
+
+
+class KindPatterns(Strict):
+    """Regexes per phase kind: `all` applies to every kind, the kind's own list is added."""
+
+    all: Regexes = Field(default_factory=list, description="for every phase kind")
+    stub: Regexes = Field(default_factory=list, description="added for stub phases")
+    test: Regexes = Field(default_factory=list, description="added for test phases")
+    impl: Regexes = Field(default_factory=list, description="added for impl phases")
+    verify: Regexes = Field(default_factory=list, description="added for verify phases")
+    other: Regexes = Field(default_factory=list, description="added for other phases")
+
+    def for_kind(self, kind: PhaseKind) -> list[str]:
+        return [*self.all, *getattr(self, kind)]
+
+
+class ExpectFailPatterns(KindPatterns):
+    """What the output of an `expect = "fail"` command must not show (red for a wrong reason)."""
+
+    all: Regexes = Field(
+        default_factory=lambda: list(BROKEN_RUN),
+        description="the runner or shell broke, nothing was tested",
+    )
+    test: Regexes = Field(
+        default_factory=lambda: ["NotYetImplemented"],
+        description="a red test phase fails on assertions, not on a stub's throw",
+    )
+
+
+class ExpectPassPatterns(KindPatterns):
+    """What the output of an `expect = "pass"` command must not show (green for no reason)."""
+
+    all: Regexes = Field(
+        default_factory=lambda: list(EMPTY_RUN), description="a run that tested nothing"
+    )
+
+
+class ForbiddenPatterns(KindPatterns):
+    """Regexes searched in the lines a worker added to non-test files."""
+
+    impl: Regexes = Field(
+        default_factory=lambda: list(UNFINISHED),
+        description="an implementation hands on no unfinished work",
+    )
+
+
+def check_globs(patterns: list[str]) -> list[str]:
+    for p in patterns:
+        if not p.strip() or p.startswith(("/", "~")) or ".." in p.split("/"):
+            raise ValueError(
+                f"{p!r}: a glob is relative to the repo, e.g. \"src/**/*.ts\"; "
+                "no leading '/', '~' or '..'"
+            )
+    return patterns
+
+
+Globs = Annotated[list[str], AfterValidator(check_globs)]
+
+
 class CheckSettings(Strict):
     log_error_patterns: Regexes = Field(
         default_factory=lambda: [r"Traceback \(most recent call last\)", r"\bError:"],
@@ -135,6 +237,39 @@ class CheckSettings(Strict):
     )
     verify_shell: list[str] = Field(
         default_factory=lambda: ["/bin/sh", "-c"], description="how verify commands are run"
+    )
+    evidence_rules: list[EvidenceRule] = Field(
+        default_factory=lambda: list(EVIDENCE_RULES),
+        description="rules applied to report and completion files (a phase may override)",
+    )
+    placeholders: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=lambda: list(PLACEHOLDERS_DEFAULT),
+        description="template text that must not be left in report/completion files "
+        "(literal, any case)",
+    )
+    expect_fail_must_not_match: ExpectFailPatterns = Field(
+        default_factory=ExpectFailPatterns,
+        description="per phase kind: regexes an expected failure's output must not match",
+    )
+    expect_pass_must_not_match: ExpectPassPatterns = Field(
+        default_factory=ExpectPassPatterns,
+        description="per phase kind: regexes an expected pass's output must not match",
+    )
+    forbidden_patterns: ForbiddenPatterns = Field(
+        default_factory=ForbiddenPatterns,
+        description="per phase kind: regexes the lines a worker adds to non-test files must "
+        "not match (a phase's forbidden_patterns replaces them)",
+    )
+    forbid_test_changes: list[PhaseKind] = Field(
+        default_factory=lambda: list[PhaseKind](["impl"]),
+        description="phase kinds whose workers must not change test files (a phase may override)",
+    )
+    test_globs: Globs = Field(
+        default_factory=lambda: list(TEST_GLOBS),
+        description="repo-relative globs of test files (** matches any folders)",
+    )
+    git_timeout: Duration = Field(
+        30.0, description="each git command of the before/after snapshot is stopped after this"
     )
 
 class SpoolSettings(Strict):
@@ -226,8 +361,15 @@ def parse_toml_bytes(path: Path | str, raw: bytes, error: type[Exception]) -> di
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{path}: invalid TOML: {exc}; fix the syntax there") from None
 
-def _absolute(p: Path) -> Path:
-    return (Path.cwd() / p.expanduser()) if not p.expanduser().is_absolute() else p.expanduser()
+def _absolute(p: Path, source: Path | str, key: str) -> Path:
+    try:
+        expanded = p.expanduser()
+    except RuntimeError:  # `~name` of a user that does not exist
+        raise ConfigError(
+            f"{source}: {key}: {str(p)!r} is the home folder of no known user; "
+            "write an absolute path"
+        ) from None
+    return expanded if expanded.is_absolute() else Path.cwd() / expanded
 
 def config_from_dict(data: dict[str, Any], source: Path | str) -> Config:
     try:
@@ -235,13 +377,17 @@ def config_from_dict(data: dict[str, Any], source: Path | str) -> Config:
     except pydantic.ValidationError as exc:
         raise ConfigError(describe_validation_error(source, Config, exc)) from None
     # relative paths in a config are relative to the directory orchestrd runs in
+    audit_path = cfg.audit.path
     audit = cfg.audit.model_copy(
-        update={"path": _absolute(cfg.audit.path) if cfg.audit.path else None}
+        update={"path": _absolute(audit_path, source, "audit.path") if audit_path else None}
     )
     return cfg.model_copy(
         update={
-            "state_dir": _absolute(cfg.state_dir),
-            "allowed_repo_roots": [_absolute(r) for r in cfg.allowed_repo_roots],
+            "state_dir": _absolute(cfg.state_dir, source, "state_dir"),
+            "allowed_repo_roots": [
+                _absolute(r, source, f"allowed_repo_roots[{i}]")
+                for i, r in enumerate(cfg.allowed_repo_roots)
+            ],
             "audit": audit,
         }
     )

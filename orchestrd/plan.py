@@ -1,22 +1,36 @@
-"""The plan file schema: plan, phases, verify commands; path rules that keep a plan inside its repo."""
+"""The plan file schema: plan, phases, verify commands; path rules that keep a plan inside its
+repo, globs, marker matching."""
 
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
-from .config import Config, Duration, PolicyOverride, Strict, parse_toml_bytes, read_toml
+from .config import (
+    Config,
+    Duration,
+    EvidenceRule,
+    Globs,
+    PhaseKind,
+    PolicyOverride,
+    Regexes,
+    Strict,
+    check_globs,
+    parse_toml_bytes,
+    read_toml,
+)
 from .errors import PlanError, describe_validation_error
 
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 MAX_PLAN_BYTES = 1024 * 1024
 
-PhaseKind = Literal["stub", "test", "impl", "verify", "other"]
+RequiredLine = Literal["phase", "timestamp"]
+REMEDIATION_REPORT = "reports/{id}-remediation-{n}-worker.md"
 
 
 def relative_path(value: str) -> str:
@@ -36,12 +50,85 @@ def relative_path(value: str) -> str:
 RelPath = pydantic.functional_validators.AfterValidator(relative_path)
 
 
+def _one_or_many(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+Patterns = Annotated[Regexes, BeforeValidator(_one_or_many)]
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A repo-relative glob as a regex on `/`-separated paths: `*` and `?` stay within a folder,
+    `**/` matches any folders (none included), a trailing `**` everything below."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]*/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
+            body = pattern[i + 1 : end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def glob_prefix(pattern: str) -> str:
+    """The folders of a glob before its first wildcard: where a walk for it starts."""
+    parts = pattern.split("/")[:-1]
+    fixed = []
+    for part in parts:
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    return "/".join(fixed)
+
+
 class VerifyCommand(Strict):
-    """A command the daemon runs itself, in the repo, after the worker; judged by its exit code."""
+    """A command the daemon runs itself, in the repo, after the worker; judged by its exit code
+    and its output."""
 
     run: str = Field(min_length=1, description="shell command, run with [checks].verify_shell")
     expect: Literal["pass", "fail"] = Field("pass", description="'fail' for red test phases")
     timeout: Duration = Field(600.0, description="killed (and failed) after this long")
+    must_match: Patterns = Field(
+        default_factory=list,
+        description="regex (or list): the output must match each, e.g. 'AssertionError' for a "
+        "test phase that must be red on an assertion",
+    )
+    must_not_match: Patterns = Field(
+        default_factory=list,
+        description="regex (or list): the output must match none; added to the config's "
+        "[checks.expect_fail_must_not_match] / [checks.expect_pass_must_not_match] for the "
+        "phase's kind",
+    )
+    default_must_not_match: bool = Field(
+        True, description="false: the config's must_not_match defaults do not apply to this command"
+    )
+
+
+class MarkerPath(Strict):
+    """Files in the repo that must carry the phase's markers, e.g. `{ glob = "src/**/*.ts",
+    min = 3 }`."""
+
+    glob: str = Field(description="repo-relative glob; ** matches any folders")
+    min: int = Field(1, ge=1, description="at least this many matching files hold each marker")
+
+    @pydantic.field_validator("glob")
+    @classmethod
+    def _relative_glob(cls, v: str) -> str:
+        return check_globs([v])[0]
 
 
 class Phase(Strict):
@@ -50,8 +137,43 @@ class Phase(Strict):
     prompt: str | None = Field(None, description="the worker's prompt (or prompt_file)")
     prompt_file: str | None = Field(None, description="relative to plan_dir")
     report: str | None = Field(None, description="default reports/{id}-worker.md")
+    remediation_report: str | None = Field(
+        None,
+        description="report of remediation attempt {n} (relative to plan_dir); default "
+        "reports/{id}-remediation-{n}-worker.md",
+    )
     completion: list[str] | None = Field(None, description="default [.completed/{id}.md]")
     markers: list[str] = Field(default_factory=list, description="in every completion file")
+    marker_paths: list[MarkerPath] = Field(
+        default_factory=list, description="repo files that must carry the markers too"
+    )
+    prerequisites: list[str] = Field(
+        default_factory=list,
+        description="ids of earlier phases whose markers must be present before this one starts",
+    )
+    report_requires: list[RequiredLine] = Field(
+        default_factory=list,
+        description="lines the report must have: 'phase' (Phase: <id>), 'timestamp' (a date)",
+    )
+    completion_requires: list[RequiredLine] = Field(
+        default_factory=list, description="the same, for every completion file"
+    )
+    evidence_rules: list[EvidenceRule] | None = Field(
+        None, description="overrides [checks].evidence_rules ([] switches them off)"
+    )
+    protect: Globs = Field(
+        default_factory=list,
+        description="repo-relative globs of files the worker must not change (added to the "
+        "plan's protect and the plan's own prompt files)",
+    )
+    forbid_test_changes: bool | None = Field(
+        None, description="default: true for the kinds in [checks].forbid_test_changes (impl)"
+    )
+    forbidden_patterns: Regexes | None = Field(
+        None,
+        description="regexes the lines the worker adds to non-test files must not match; "
+        "default [checks.forbidden_patterns] for the kind; [] switches them off",
+    )
     policy: PolicyOverride | None = None
     fail_on_log_errors: bool | None = Field(None, description="overrides [checks]")
     verify: list[VerifyCommand] = Field(default_factory=list)
@@ -60,6 +182,19 @@ class Phase(Strict):
     @classmethod
     def _relative(cls, v: str | None) -> str | None:
         return None if v is None else relative_path(v)
+
+    @pydantic.field_validator("remediation_report")
+    @classmethod
+    def _remediation_template(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        for name in re.findall(r"\{(\w*)\}", v):
+            if name not in ("n", "id"):
+                raise ValueError(
+                    f"unknown placeholder {{{name}}} in {v!r}; use {{n}} (the remediation "
+                    "number) and {id} (the phase id)"
+                )
+        return relative_path(v)
 
     @pydantic.field_validator("completion")
     @classmethod
@@ -70,11 +205,23 @@ class Phase(Strict):
     def _one_prompt(self) -> Phase:
         if (self.prompt is None) == (self.prompt_file is None):
             raise ValueError("give exactly one of prompt = \"...\" or prompt_file = \"path\"")
+        if self.marker_paths and not self.markers:
+            raise ValueError(
+                "marker_paths: the phase has no markers to look for; add "
+                f"markers = [\"@plan:PLAN.{self.id}\"] or remove marker_paths"
+            )
         return self
 
     @property
     def report_path(self) -> str:
         return self.report or f"reports/{self.id}-worker.md"
+
+    def report_for(self, remediation: int) -> str:
+        """The report of the primary attempt (0) or of remediation attempt `remediation`."""
+        if remediation == 0:
+            return self.report_path
+        template = self.remediation_report or REMEDIATION_REPORT
+        return template.replace("{n}", str(remediation)).replace("{id}", self.id)
 
     @property
     def completion_paths(self) -> list[str]:
@@ -87,6 +234,10 @@ class Plan(Strict):
     plan_dir: str = Field("", description="relative to repo; base of report/completion paths")
     worker: str | None = Field(None, description="worker profile; default from the config")
     policy: PolicyOverride | None = None
+    protect: Globs = Field(
+        default_factory=list,
+        description="repo-relative globs of files no worker of this plan may change",
+    )
     phases: list[Phase] = Field(min_length=1)
 
     @pydantic.field_validator("plan_dir")
@@ -113,11 +264,31 @@ class Plan(Strict):
                 return p
         raise KeyError(phase_id)
 
+    def protected_globs(self, phase: Phase) -> list[str]:
+        """What `phase`'s workers must not change: the plan's own prompt files, `protect`."""
+        prompts = [self.in_plan_dir(p.prompt_file) for p in self.phases if p.prompt_file]
+        return [*prompts, *self.protect, *phase.protect]
+
+    def contract_files(self) -> list[re.Pattern[str]]:
+        """Repo-relative paths (as regexes) of every report and completion file of the plan:
+        what workers are asked to write, never a violation of the change rules."""
+        out = []
+        for p in self.phases:
+            fixed = [p.report_path, *p.completion_paths]
+            out += [re.compile(re.escape(self.in_plan_dir(rel)) + r"\Z") for rel in fixed]
+            template = self.in_plan_dir(p.remediation_report or REMEDIATION_REPORT)
+            pieces = [re.escape(x.replace("{id}", p.id)) for x in template.split("{n}")]
+            out.append(re.compile(r"\d+".join(pieces) + r"\Z"))
+        return out
+
 
 def confine(base: Path, rel: str) -> Path:
     """`base/rel` resolved through symlinks; PlanError if it ends up outside `base`."""
     root = base.resolve()
-    target = (root / rel).resolve()
+    try:
+        target = (root / rel).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise PlanError(f"{rel!r} cannot be resolved ({exc}); remove the symlink loop") from None
     if target != root and root not in target.parents:
         raise PlanError(f"{rel!r} resolves to {target}, outside {root}; keep paths inside the repo")
     return target
@@ -139,8 +310,25 @@ def plan_from_dict(
         plan = Plan.model_validate(data)
     except pydantic.ValidationError as exc:
         raise PlanError(describe_validation_error(source, Plan, exc)) from None
+    check_prerequisites(plan, source)
     check_against_config(plan, source, config)
     return plan
+
+
+def check_prerequisites(plan: Plan, source: Path | str) -> None:
+    """Every `prerequisites` entry names an earlier phase (phases run in file order)."""
+    earlier: list[str] = []
+    for i, phase in enumerate(plan.phases):
+        for req in phase.prerequisites:
+            if req not in earlier:
+                where = "a later phase" if req in {p.id for p in plan.phases} else "no phase"
+                if req == phase.id:
+                    where = "this phase itself"
+                raise PlanError(
+                    f"{source}: phases[{i}].prerequisites: {req!r} is {where}; name earlier "
+                    f"phases only ({', '.join(earlier) or 'there are none before ' + phase.id})"
+                )
+        earlier.append(phase.id)
 
 
 def check_against_config(plan: Plan, source: Path | str, config: Config) -> None:
@@ -170,7 +358,7 @@ def check_against_config(plan: Plan, source: Path | str, config: Config) -> None
     if not repo.is_dir():
         raise PlanError(f"{source}: repo: {str(plan.repo)!r} is not a directory; clone it first")
     for i, phase in enumerate(plan.phases):
-        rels = {"report": phase.report_path}
+        rels = {"report": phase.report_path, "remediation_report": phase.report_for(1)}
         rels.update({f"completion[{j}]": c for j, c in enumerate(phase.completion_paths)})
         if phase.prompt_file:
             rels["prompt_file"] = phase.prompt_file

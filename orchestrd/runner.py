@@ -13,8 +13,19 @@ from pathlib import Path
 import anyio
 
 from .audit import Logger
-from .checks import CheckContext, CheckResult, failures, inspect
-from .config import Config, Policy, WorkerProfile
+from .checks import (
+    FIXES,
+    LOG_SCAN_BYTES,
+    CheckContext,
+    CheckResult,
+    audit,
+    change_rules,
+    check_prerequisites,
+    failures,
+    inspect,
+)
+from .config import CheckSettings, Config, Policy, WorkerProfile
+from .gitsnap import Git, PhaseGit
 from .plan import Phase, Plan
 from .policy import WatchOutcome, watch
 from .state import AttemptState, PhaseState, PlanFolder, PlanRecord, now_iso
@@ -61,41 +72,87 @@ def render_command(
     ]
 
 
-def contract_trailer(plan: Plan, phase: Phase, attempt: int, role: str) -> str:
-    report = plan.in_plan_dir(phase.report_path)
+def contract_trailer(
+    plan: Plan, phase: Phase, attempt: int, role: str, report_rel: str, settings: CheckSettings
+) -> str:
+    """What the worker must leave behind, in words: the same rules the checkpoints apply."""
+    report = plan.in_plan_dir(report_rel)
     completion = [plan.in_plan_dir(c) for c in phase.completion_paths]
+    required = {"phase": f"`Phase: {phase.id}`", "timestamp": "`Completed: <real date and time>`"}
     lines = [
         "",
         "---",
         f"orchestrd worker contract — plan {plan.id}, phase {phase.id}, attempt {attempt} "
         f"({role}). You run headless in {plan.repo}; nobody will answer questions.",
-        f"1. When you are done, write the report `{report}` (relative to the repository) with a "
-        "line `Status: PASS`, or `Status: FAIL` and what is missing.",
-        "2. Create the completion file(s) " + ", ".join(f"`{c}`" for c in completion)
+        f"- When you are done, write the report `{report}` (relative to the repository) with a "
+        "line `Status: PASS`, or `Status: FAIL` and what is missing."
+        + "".join(f" It needs a line {required[r]}." for r in phase.report_requires),
+        "- Create the completion file(s) " + ", ".join(f"`{c}`" for c in completion)
         + (
             " containing the marker(s) " + ", ".join(f"`{m}`" for m in phase.markers)
             if phase.markers
             else ""
         )
-        + ".",
+        + "."
+        + "".join(f" Each needs a line {required[r]}." for r in phase.completion_requires),
     ]
+    lines += [
+        f"- At least {mp.min} file(s) matching `{mp.glob}` must contain the marker(s) too."
+        for mp in phase.marker_paths
+    ]
+    rules = phase.evidence_rules if phase.evidence_rules is not None else settings.evidence_rules
+    if rules:
+        lines.append(
+            "- Reports and completion files are evidence: paste real command output (commands "
+            "go in ```bash blocks; `$(…)` anywhere else is never expanded), leave no template "
+            "text or empty output blocks, and record no check as FAIL under `Status: PASS`."
+        )
+    _, forbid_tests, patterns = change_rules(plan, phase, settings)
+    prompts = [plan.in_plan_dir(p.prompt_file) for p in plan.phases if p.prompt_file]
+    protect = [f"`{g}`" for g in (*plan.protect, *phase.protect)]
+    if prompts:
+        more = f" and {len(prompts) - 3} more" if len(prompts) > 3 else ""
+        protect.append(
+            "the plan's phase files (" + ", ".join(f"`{p}`" for p in prompts[:3]) + more + ")"
+        )
+    if protect:
+        lines.append("- Do not change " + ", ".join(protect) + ".")
+    if forbid_tests:
+        lines.append(f"- Do not change test files in this {phase.kind} phase.")
+    if patterns:
+        lines.append(
+            "- Lines you add outside tests must not match: "
+            + ", ".join(f"`{p}`" for p in patterns) + "."
+        )
     if phase.verify:
         lines.append(
-            "3. After you exit, the supervisor runs these checks itself (your claims about them "
-            "are not trusted):"
+            "- After you exit, the supervisor runs these checks itself (your claims about them "
+            "are not trusted; their output is judged too, so a failure must be the right one):"
         )
         lines += [f"   - `{v.run}` must {v.expect}" for v in phase.verify]
     lines.append("Exit when finished.")
     return "\n".join(lines) + "\n"
 
 
-def remediation_section(failed: list[CheckResult], failed_log: Path, tail: str) -> str:
+def remediation_section(
+    failed: list[CheckResult], failed_log: Path, tail: str, baseline: str | None = None
+) -> str:
+    """The failed checks with their places and rules, how to fix each rule, and the log's end."""
     lines = [
         "",
         "## Remediation",
         "A previous worker on this phase did not finish it. These checks failed:",
     ]
     lines += [f"- {r.name}: {r.reason}" for r in failed]
+    rules = list(dict.fromkeys(str(r.details["rule"]) for r in failed if "rule" in r.details))
+    if rules:
+        lines += ["", "How to fix each rule named above:"]
+        lines += [f"- {rule}: {FIXES[rule]}" for rule in rules if rule in FIXES]
+    if baseline:
+        lines.append(
+            f"The phase started at commit {baseline}; `git diff {baseline}` shows what changed "
+            "since (files the phase must not change are judged against it)."
+        )
     lines += [
         "",
         f"The last lines of its log ({failed_log}):",
@@ -106,6 +163,19 @@ def remediation_section(failed: list[CheckResult], failed_log: Path, tail: str) 
     ]
     # a NUL byte (a binary file dumped into the log) cannot travel in argv or the environment
     return ("\n".join(lines) + "\n").replace("\0", "")
+
+
+def log_tail_without(log: Path, prompt_file: Path, lines: int) -> str:
+    """The end of a worker's log without the prompt the agent echoed into it: the prompt is
+    not the worker's output, and the next worker gets its own."""
+    text = tail_file(log, lines=10**9, max_bytes=LOG_SCAN_BYTES)
+    try:
+        prompt = prompt_file.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        prompt = ""
+    if prompt:
+        text = text.replace(prompt, "[the prompt, echoed by the agent]")
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def describe(failed: list[CheckResult]) -> str:
@@ -158,12 +228,17 @@ class PlanRunner:
                 ps.failures = 0
             await self.record.set_phase(phase.id, PhaseStatus.PENDING, None)
         await self.record.set_phase(phase.id, PhaseStatus.RUNNING, "phase.started", kind=phase.kind)
+        if not await self._prerequisites_met(phase):
+            return False
+        config = self.get_config()
+        # the phase's workers are judged on what they changed since the phase began
+        pgit = PhaseGit(Git(self.plan.repo, self.folder.workers, config.checks.git_timeout))
         previous: tuple[list[CheckResult], Path] | None = None
         while True:
             config = self.get_config()
             policy = config.policy_for(self.plan.policy, phase.policy)
             role = "primary" if ps.failures == 0 else "remediation"
-            results, log_path = await self.attempt(phase, config, policy, role, previous)
+            results, log_path = await self.attempt(phase, config, policy, role, previous, pgit)
             bad = failures(results)
             if not bad:
                 await self.record.set_phase(phase.id, PhaseStatus.PASSED, "phase.passed")
@@ -182,8 +257,27 @@ class PlanRunner:
                 max_remediations=policy.max_remediations,
             )
 
+    async def _prerequisites_met(self, phase: Phase) -> bool:
+        """Earlier phases named in `prerequisites` left their markers; else the phase fails
+        before any worker starts (a worker cannot make up for a phase that was not done)."""
+        if not phase.prerequisites:
+            return True
+        log = self.log.bind(phase=phase.id)
+        results = await check_prerequisites(self.plan, phase)
+        for r in results:
+            audit(log, r)
+        bad = failures(results)
+        if not bad:
+            return True
+        await self.record.set_phase(phase.id, PhaseStatus.CHECKING, None)
+        await self.record.set_phase(
+            phase.id, PhaseStatus.FAILED, "phase.failed", describe(bad), attempts=0
+        )
+        return False
+
     def _prompt(
-        self, phase: Phase, n: int, role: str, previous: tuple[list[CheckResult], Path] | None
+        self, phase: Phase, n: int, role: str, report: str, settings: CheckSettings,
+        previous: tuple[list[CheckResult], Path] | None, baseline: str | None,
     ) -> str:
         if phase.prompt is not None:
             text = phase.prompt
@@ -193,12 +287,14 @@ class PlanRunner:
             text = prompt_path.read_text(encoding="utf-8", errors="replace")
         if previous is not None:
             failed, failed_log = previous
-            text += remediation_section(failed, failed_log, tail_file(failed_log, LOG_TAIL_LINES))
-        return text + contract_trailer(self.plan, phase, n, role)
+            echoed = self.folder.workers / f"prompt-{phase.id}-{n - 1}.md"
+            tail = log_tail_without(failed_log, echoed, LOG_TAIL_LINES)
+            text += remediation_section(failed, failed_log, tail, baseline)
+        return text + contract_trailer(self.plan, phase, n, role, report, settings)
 
     def _env(
         self, config: Config, profile: WorkerProfile, phase: Phase, n: int, role: str,
-        log_path: Path, previous: tuple[list[CheckResult], Path] | None,
+        report: str, log_path: Path, previous: tuple[list[CheckResult], Path] | None,
     ) -> dict[str, str]:
         env = base_env(config)
         env.update(profile.env)
@@ -208,7 +304,7 @@ class PlanRunner:
             ORCHESTRD_PHASE_KIND=phase.kind,
             ORCHESTRD_ATTEMPT=str(n),
             ORCHESTRD_ROLE=role,
-            ORCHESTRD_REPORT=self.plan.in_plan_dir(phase.report_path),
+            ORCHESTRD_REPORT=self.plan.in_plan_dir(report),
             ORCHESTRD_COMPLETION=os.pathsep.join(
                 self.plan.in_plan_dir(c) for c in phase.completion_paths
             ),
@@ -227,15 +323,22 @@ class PlanRunner:
         policy: Policy,
         role: str,
         previous: tuple[list[CheckResult], Path] | None,
+        pgit: PhaseGit,
     ) -> tuple[list[CheckResult], Path]:
         ps = self.record.state.phases[phase.id]
         n = len(ps.attempts) + 1
+        # remediation k writes its own report: the failed one stays as it was
+        report = phase.report_for(ps.failures if role == "remediation" else 0)
         log = self.log.bind(phase=phase.id, attempt=n, role=role)
         log_path = self.folder.workers / f"worker-{phase.id}-{n}.log"
         att = AttemptState(n=n, role=role, log=str(log_path))
         ps.attempts.append(att)
         try:
-            spec, env, prompt, flags = self._prepare(phase, config, n, role, log_path, previous)
+            baseline = pgit.baseline.head if pgit.baseline else None
+            spec, env, prompt, flags = self._prepare(
+                phase, config, n, role, report, log_path, previous, baseline
+            )
+            await pgit.start_attempt(f"{phase.id}-{n}")
             async with launch(spec, config.max_log_bytes, policy.stop_grace) as worker:
                 wlog = log.bind(pid=worker.handle.pid)
                 if flags:
@@ -257,17 +360,21 @@ class PlanRunner:
                 "worker.log_truncated", max_log_bytes=config.max_log_bytes,
                 dropped_bytes=worker.dropped_bytes,
             )
+        changes, diff = await pgit.end_attempt(f"{phase.id}-{n}")
+        if changes is not None:
+            wlog.info("worker.changes", **changes)
         await self.record.set_phase(phase.id, PhaseStatus.CHECKING, None)
         ctx = CheckContext(
             plan=self.plan, phase=phase, settings=config.checks, outcome=outcome,
             log_path=log_path, output_dir=self.folder.workers, attempt=n, env=env,
             grace=policy.stop_grace, max_log_bytes=config.max_log_bytes, prompt=prompt,
+            report=report, changes=diff, git_problem=pgit.problem,
         )
         return await inspect(ctx, wlog), log_path
 
     def _prepare(
-        self, phase: Phase, config: Config, n: int, role: str, log_path: Path,
-        previous: tuple[list[CheckResult], Path] | None,
+        self, phase: Phase, config: Config, n: int, role: str, report: str, log_path: Path,
+        previous: tuple[list[CheckResult], Path] | None, baseline: str | None,
     ) -> tuple[WorkerSpec, dict[str, str], str, list[str]]:
         """The worker's spec, env, prompt and dangerous flags; WorkerStartError if impossible."""
         profile_name = self.plan.worker or config.default_worker
@@ -275,7 +382,7 @@ class PlanRunner:
         if profile is None:
             raise WorkerStartError(f"worker profile {profile_name!r} is not in the config")
         try:
-            prompt = self._prompt(phase, n, role, previous)
+            prompt = self._prompt(phase, n, role, report, config.checks, previous, baseline)
             prompt_file = self.folder.workers / f"prompt-{phase.id}-{n}.md"
             prompt_file.write_text(prompt, encoding="utf-8")
         except OSError as exc:
@@ -286,7 +393,7 @@ class PlanRunner:
             "python": sys.executable,
         }
         argv = render_command(profile, values)
-        env = self._env(config, profile, phase, n, role, log_path, previous)
+        env = self._env(config, profile, phase, n, role, report, log_path, previous)
         spec = WorkerSpec(argv, env, self.plan.repo, log_path)
         return spec, env, prompt, profile.dangerous_flags
 

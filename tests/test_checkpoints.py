@@ -42,6 +42,7 @@ async def test_checks_run_in_order_each_an_event_with_a_reason(tmp_path: Path) -
         ("check.passed", "report"),
         ("check.passed", "completion"),
         ("check.passed", "completion"),
+        ("check.passed", "evidence"),
         ("check.passed", "verify[0]"),
         ("check.passed", "verify[1]"),
     ]

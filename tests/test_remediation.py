@@ -102,10 +102,13 @@ async def test_exhausted_remediations_fail_the_phase_and_the_plan_with_the_reaso
     [phase_failed] = run.events("phase.failed")
     assert phase_failed["phase"] == "P01"
     assert phase_failed["attempts"] == 3
-    assert phase_failed["reason"] == "report: reports/P01-worker.md says Status: FAIL"
+    # each remediation writes its own report; the last one is the verdict
+    assert phase_failed["reason"] == (
+        "report: reports/P01-remediation-2-worker.md says Status: FAIL"
+    )
     [plan_failed] = run.events("plan.failed")
     assert plan_failed["reason"] == (
-        "phase P01 failed: report: reports/P01-worker.md says Status: FAIL"
+        "phase P01 failed: report: reports/P01-remediation-2-worker.md says Status: FAIL"
     )
     assert plan_failed["phase"] == "P01"
     # the plan stops at the failed phase
