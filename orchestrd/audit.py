@@ -122,8 +122,9 @@ def _stars(match: re.Match[str]) -> str:
 
 
 def _fragments(value: str, limit: int = 256) -> str:
-    """A regex for a prefix or a suffix of `value` at least MIN_FRAGMENT long: `abcdefgh(?:i(?:j)?)?`
-    and `(?:(?:a)?b)?cdefghij` (nested, so the pattern grows with the value, not its square).
+    """A regex for a prefix or a suffix of `value` at least MIN_FRAGMENT long:
+    `abcdefgh(?:i(?:j)?)?` and `(?:(?:a)?b)?cdefghij` (nested, so the pattern grows with the
+    value, not its square).
     Only the first and last `limit` characters are spelled out; a longer value's middle is
     never a fragment that survives on its own."""
     head, tail = value[:limit], value[-limit:]

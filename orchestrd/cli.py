@@ -18,15 +18,15 @@ from pathlib import Path
 import anyio
 import tomli_w
 
+from . import status
 from .audit import AuditLog, Redactor
 from .config import Config, load_config
-from . import status
 from .errors import OrchestrdError, PlanError
 from .importer import add_subcommand as add_import_subcommand
 from .plan import Plan, load_plan
 from .runner import PlanRunner
-from .spool import Spool
-from .state import PhaseState, PlanFolder, PlanRecord, PlanState, load_state
+from .spool import Spool, check_plan_id
+from .state import PhaseState, PlanFolder, PlanState, load_state
 from .states import PLAN_TERMINAL, PlanStatus
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -37,16 +37,28 @@ def plan_toml(plan: Plan) -> bytes:
     return tomli_w.dumps(plan.model_dump(mode="json", exclude_none=True)).encode()
 
 
+def _load_plan(path: Path, config: Config) -> Plan:
+    """A plan file given on the command line (its repo may be relative to it), checked like
+    the daemon checks inbox files."""
+    plan = load_plan(path, config, base_dir=path.resolve().parent)
+    check_plan_id(plan.id, str(path))
+    return plan
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     config, _ = load_config(args.config)
     for path in args.plans:
-        plan = load_plan(Path(path), config, base_dir=Path(path).resolve().parent)
+        plan = _load_plan(Path(path), config)
         print(f"{path}: ok — plan {plan.id}, {len(plan.phases)} phases, repo {plan.repo}")
     return EXIT_OK
 
 
 async def run_foreground(plan: Plan, config: Config, echo: bool) -> PlanStatus:
-    """Run one plan in this process under `state_dir/plans/<id>/`; SIGINT/SIGTERM interrupt it."""
+    """Run one plan in this process under `state_dir/plans/<id>/`; SIGINT/SIGTERM interrupt it.
+
+    The plan fails (with the reason, no traceback) if the runner cannot go on, e.g. a full disk.
+    """
+    from .daemon import RedactedRecord, describe_failure
     folder = PlanFolder(config.state_dir / "plans" / plan.id)
     if folder.state_file.exists():
         old = load_state(folder.state_file)
@@ -65,7 +77,7 @@ async def run_foreground(plan: Plan, config: Config, echo: bool) -> PlanStatus:
     )
     log = audit.bind(plan=plan.id)
     state = PlanState(plan=plan.id, phases={p.id: PhaseState() for p in plan.phases})
-    record = PlanRecord(folder.state_file, state, log)
+    record = RedactedRecord(folder.state_file, state, log, lambda: audit.redactor)
     await record.save()
     runner = PlanRunner(plan, record, folder, lambda: config, log)
     result = PlanStatus.INTERRUPTED
@@ -80,7 +92,12 @@ async def run_foreground(plan: Plan, config: Config, echo: bool) -> PlanStatus:
                         return
 
             tg.start_soon(on_signal)
-            result = await runner.run()
+            try:
+                result = await runner.run()
+            except (OSError, OrchestrdError) as exc:
+                result = PlanStatus.FAILED
+                with anyio.CancelScope(shield=True):
+                    await record.set_status(PlanStatus.FAILED, describe_failure(exc))
             tg.cancel_scope.cancel()
         if record.state.status is PlanStatus.RUNNING:
             with anyio.CancelScope(shield=True):
@@ -92,8 +109,7 @@ async def run_foreground(plan: Plan, config: Config, echo: bool) -> PlanStatus:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     config, _ = load_config(args.config)
-    path = Path(args.plan)
-    plan = load_plan(path, config, base_dir=path.resolve().parent)
+    plan = _load_plan(Path(args.plan), config)
     status = anyio.run(run_foreground, plan, config, not args.quiet)
     folder = config.state_dir / "plans" / plan.id
     print(f"plan {plan.id}: {status} — audit log {config.audit_path}, files {folder}")
@@ -115,7 +131,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     spool = Spool(config.state_dir)
     for name in args.plans:
         path = Path(name)
-        plan = load_plan(path, config, base_dir=path.resolve().parent)
+        plan = _load_plan(path, config)
         if (where := spool.known(plan.id)) is not None:
             raise PlanError(
                 f"{path}: id: plan id {plan.id!r} is already known ({where}); give it a new id "
@@ -155,7 +171,9 @@ def drop_atomically(dest: Path, data: bytes) -> None:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     config, _ = load_config(args.config)
-    rows = status.collect(Spool(config.state_dir), args.plan)
+    # state files are written redacted; this also hides `redact` matches in older ones
+    redactor = Redactor.from_config(config)
+    rows = [redactor.deep(r) for r in status.collect(Spool(config.state_dir), args.plan)]
     if args.plan and not rows:
         raise OrchestrdError(f"plan {args.plan}: not found under {config.state_dir}")
     if args.json:

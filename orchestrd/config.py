@@ -32,7 +32,10 @@ def parse_duration(value: object) -> float:
             "must be a duration such as \"250ms\", \"30s\", \"5m\" or a number of seconds"
         )
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(f"{value!r} seconds is far too long; write e.g. \"1h\"") from None
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _UNIT[m.group(2)]
     else:
@@ -96,6 +99,14 @@ class WorkerProfile(Strict):
     def dangerous_flags(self) -> list[str]:
         """Why this profile is dangerous: its sandbox-bypass flags, or `dangerous = true`."""
         flags = [a for a in self.command if a in DANGEROUS_FLAGS]
+        # option + value, written as two arguments or as `--option=value`
+        for option, value in zip(self.command, [*self.command[1:], ""], strict=True):
+            if value in DANGEROUS_OPTION_VALUES.get(option, ()):
+                flags.append(f"{option} {value}")
+        for arg in self.command:
+            option, _, value = arg.partition("=")
+            if value in DANGEROUS_OPTION_VALUES.get(option, ()) and arg not in flags:
+                flags.append(arg)
         return flags or (["dangerous = true"] if self.dangerous else [])
 
     @pydantic.field_validator("command")
@@ -118,8 +129,14 @@ DANGEROUS_FLAGS = frozenset({
     "--dangerously-skip-permissions",  # claude
     "--allow-dangerously-skip-permissions",  # claude
     "--yolo",  # gemini, codex
-    "--approval-mode=yolo",  # gemini
 })
+# Options whose value switches the sandbox off.
+DANGEROUS_OPTION_VALUES: dict[str, frozenset[str]] = {
+    "--approval-mode": frozenset({"yolo"}),  # gemini
+    "--sandbox": frozenset({"danger-full-access"}),  # codex
+    "-s": frozenset({"danger-full-access"}),  # codex
+    "--permission-mode": frozenset({"bypassPermissions"}),  # claude
+}
 
 # Names of environment variables whose values are secrets: never written to the audit log.
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
@@ -358,6 +375,8 @@ def parse_toml_bytes(path: Path | str, raw: bytes, error: type[Exception]) -> di
         ) from None
     try:
         return tomllib.loads(text)
+    except RecursionError:
+        raise error(f"{path}: invalid TOML: nested too deeply; flatten the document") from None
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{path}: invalid TOML: {exc}; fix the syntax there") from None
 

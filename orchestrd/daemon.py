@@ -7,18 +7,20 @@ plan tasks turn cancellation into saved state.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
 import signal
 import stat
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
 import anyio.abc
 import anyio.to_thread
+import tomli_w
 import watchfiles
 
 from .audit import AuditLog, Logger, Redactor
@@ -26,11 +28,11 @@ from .config import Config, load_config
 from .errors import ConfigError, OrchestrdError, PlanError, StateError
 from .plan import Plan, confine, load_plan
 from .runner import PlanRunner
-from .spool import Accepted, Rejected, Spool
-from .state import PlanFolder, PlanRecord, load_state
+from .spool import Accepted, Rejected, Spool, display_name
+from .state import PlanFolder, PlanRecord, PlanState, atomic_write, load_state
 from .states import PLAN_TERMINAL, AttemptStatus, InvalidTransition, PlanStatus
 from .systemd import Notifier, NotifyError, watchdog_loop
-from .worker import WorkerHandle, stop_orphan
+from .worker import WorkerHandle, processes_with_env, stop_orphan, stop_processes
 
 CANCEL, RETRY = ".cancel", ".retry"
 
@@ -44,6 +46,41 @@ class PlanEntry:
     scope: anyio.CancelScope = dataclasses.field(default_factory=anyio.CancelScope)
     cancel_requested: bool = False
     running: bool = False
+
+
+class RedactedRecord(PlanRecord):
+    """A PlanRecord whose file never holds a secret. Reasons quote worker output (a log line
+    that matched an error pattern), and `orchestrd status` shows them to whoever can read
+    state_dir — without the daemon's environment, so it could not redact them itself."""
+
+    def __init__(
+        self, path: Path, state: PlanState, log: Logger, redactor: Callable[[], Redactor]
+    ) -> None:
+        super().__init__(path, state, log)
+        self.redactor = redactor
+
+    async def save(self) -> None:
+        data = redacted_state(self.state, self.redactor())
+        try:
+            await anyio.to_thread.run_sync(atomic_write, self.path, data)
+        except OSError as exc:
+            # a write(2) error names no file: say which one could not be saved
+            raise OSError(exc.errno, f"cannot save {self.path}: {exc.strerror}") from None
+
+
+def redacted_state(state: PlanState, redact: Callable[[str], str]) -> bytes:
+    """state.toml's bytes with the free-text fields (reasons, failures) redacted; ids, paths and
+    numbers are kept as they are, since recovery reads them."""
+    data = state.model_dump(mode="json", exclude_none=True)
+    if "reason" in data:
+        data["reason"] = redact(data["reason"])
+    for ps in data["phases"].values():
+        if "reason" in ps:
+            ps["reason"] = redact(ps["reason"])
+        for att in ps["attempts"]:
+            if "failure" in att:
+                att["failure"] = redact(att["failure"])
+    return tomli_w.dumps(data).encode()
 
 
 class Daemon:
@@ -61,6 +98,8 @@ class Daemon:
         self.limiter = anyio.CapacityLimiter(config.max_workers)
         self.repo_locks: dict[Path, anyio.Lock] = {}
         self.seq = 0
+        self._spool_errors: dict[str, str] = {}
+        """Inbox or control entries that could not be handled, and why (reported once)."""
         send, receive = anyio.create_memory_object_stream[None](1)
         self._wake_send, self._wake_receive = send, receive
 
@@ -69,7 +108,7 @@ class Daemon:
     async def serve(self) -> None:
         """Run until SIGTERM/SIGINT; plans left unfinished resume on the next start."""
         self.spool.ensure()
-        check_startup(self.config, self.spool)
+        check_startup(self.config)
         self.spool.lock()
         self._announce_dangerous()
         try:
@@ -173,10 +212,8 @@ class Daemon:
     # -- inbox and control requests --
 
     def _wake(self) -> None:
-        try:
+        with contextlib.suppress(anyio.WouldBlock):  # a scan is due already: it sees this too
             self._wake_send.send_nowait(None)
-        except anyio.WouldBlock:
-            pass  # a scan is already due; it will see this change too
 
     async def _watch_inbox(self) -> None:
         """Wake the main loop on inotify events, and at least every rescan_interval (a timeout
@@ -204,36 +241,65 @@ class Daemon:
             first = False
 
     async def _scan_inbox(self, tg: anyio.abc.TaskGroup, first: bool = False) -> None:
-        for name in await anyio.to_thread.run_sync(self.spool.candidates):
+        try:
+            names = await anyio.to_thread.run_sync(self.spool.candidates)
+        except OSError as exc:
+            self._spool_error("inbox/", exc)
+            return
+        for name in names:
             self.seq += 1
             try:
                 outcome = await anyio.to_thread.run_sync(
-                    self.spool.take, name, self.config, self.seq, first
+                    self.spool.take, name, self.config, self.seq, first, self.audit.redactor
                 )
             except OSError as exc:
                 # e.g. a full disk: the file stays in the inbox and is tried again next scan
-                self.log.info("daemon.spool_error", file=name, reason=str(exc))
+                self._spool_error(f"inbox/{display_name(name)}", exc)
                 continue
+            self._spool_errors.pop(f"inbox/{display_name(name)}", None)
             if isinstance(outcome, Rejected):
                 self.log.info(
-                    "plan.rejected", file=name, reason=outcome.reason,
-                    moved_to=str(outcome.moved_to),
+                    "plan.rejected", file=display_name(name), reason=outcome.reason,
+                    moved_to=display_name(str(outcome.moved_to)),
                 )
             elif isinstance(outcome, Accepted):
                 log = self.audit.bind(plan=outcome.plan.id)
-                log.info("plan.accepted", file=name, phases=len(outcome.plan.phases),
-                         repo=str(outcome.plan.repo))
-                record = PlanRecord(outcome.folder.state_file, outcome.state, log)
+                log.info("plan.accepted", file=display_name(name),
+                         phases=len(outcome.plan.phases), repo=str(outcome.plan.repo))
+                record = self._record(outcome.folder.state_file, outcome.state, log)
                 self._start(tg, PlanEntry(outcome.plan, record, outcome.folder, log))
                 log.info("plan.queued", seq=outcome.state.seq, active=len(self.entries))
 
+    def _spool_error(self, what: str, exc: OSError) -> None:
+        """Report a file the spool cannot handle yet, once per reason (it is retried at every
+        scan, and a rescan every fraction of a second must not flood the audit log)."""
+        reason = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        if self._spool_errors.get(what) != reason:
+            self._spool_errors[what] = reason
+            self.log.info("daemon.spool_error", file=what, reason=reason)
+
+    def _record(self, path: Path, state: PlanState, log: Logger) -> PlanRecord:
+        return RedactedRecord(path, state, log, lambda: self.audit.redactor)
+
     async def _scan_control(self, tg: anyio.abc.TaskGroup) -> None:
-        for request in sorted(self.spool.control.iterdir()):
+        try:
+            requests = sorted(self.spool.control.iterdir())
+        except OSError as exc:
+            self._spool_error("control/", exc)
+            return
+        for request in requests:
             plan_id, kind = request.stem, request.suffix
             if kind not in (CANCEL, RETRY):
                 continue
-            request.unlink(missing_ok=True)
-            if kind == CANCEL:
+            try:
+                request.unlink(missing_ok=True)
+            except OSError as exc:  # e.g. a folder named like a request: not one
+                self._spool_error(f"control/{display_name(request.name)}", exc)
+                continue
+            if plan_id in (".", "..") or display_name(plan_id) != plan_id:
+                self.log.info("daemon.request_ignored", request=kind.lstrip("."),
+                              file=display_name(request.name), reason="not a plan id")
+            elif kind == CANCEL:
                 await self._cancel(plan_id)
             else:
                 await self._retry(tg, plan_id)
@@ -303,9 +369,10 @@ class Daemon:
 
     async def _fail(self, entry: PlanEntry, exc: Exception) -> None:
         """A plan whose runner raised (a full disk, a vanished repo, a bug) fails with the
-        reason; if even its state cannot be saved, the audit log says so and the daemon goes on."""
-        reason = f"{type(exc).__name__}: {exc}"
-        if not isinstance(exc, OSError):
+        reason; if even its state cannot be saved, the audit log says so and the daemon goes on.
+        Only an unexpected error (a bug) gets `plan.error` with its traceback."""
+        reason = describe_failure(exc)
+        if not all(isinstance(e, OSError | OrchestrdError) for e in _leaf_errors(exc)):
             entry.log.exception("plan.error", reason=reason)
         record = entry.record
         try:
@@ -315,15 +382,23 @@ class Daemon:
             entry.log.info("plan.failed", reason=reason, state_not_saved=str(again))
 
     async def _archive(self, entry: PlanEntry) -> None:
-        """Keep a finished plan's folder with copies of its reports and completion files."""
+        """Keep a finished plan's folder with copies of its reports and completion files.
+        Never raises: a plan folder that cannot be moved stays in plans/ (and is tried again
+        at the next start)."""
         try:
-            dest = await anyio.to_thread.run_sync(
-                archive_plan, entry.plan, entry.folder, self.spool.archive_dir
+            dest, skipped = await anyio.to_thread.run_sync(
+                archive_plan, entry.plan, entry.folder, self.spool.archive_dir,
+                self.config.max_log_bytes,
             )
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - a finished plan must never stop the daemon
             entry.log.info("plan.archived", reason=f"archive failed, left in plans/: {exc}")
             return
-        entry.log.info("plan.archived", path=str(dest))
+        extra = {"evidence_skipped": skipped} if skipped else {}
+        # the status too: a plan found finished at start-up may have lost its plan.succeeded
+        # (or .failed) event with the daemon that saved the state and was killed
+        entry.log.info(
+            "plan.archived", path=str(dest), status=str(entry.record.state.status), **extra
+        )
 
     async def _load_entry(self, folder: PlanFolder) -> PlanEntry | None:
         """Plan and state of a folder under plans/, or None (reported) if unusable."""
@@ -338,7 +413,7 @@ class Daemon:
             elif not any(folder.root.glob("state.toml.corrupt*")):  # reported when set aside
                 log.info("plan.state_corrupt", reason=f"{folder.state_file} is missing")
             return None
-        record = PlanRecord(folder.state_file, state, log)
+        record = self._record(folder.state_file, state, log)
         try:
             plan = load_plan(folder.plan_file, self.config)
         except PlanError as exc:
@@ -350,17 +425,17 @@ class Daemon:
     async def _recover(self, tg: anyio.abc.TaskGroup) -> None:
         """Rebuild the queue from plans/: stop leftover workers, resume unfinished plans."""
         entries = []
-        for path in sorted(self.spool.plans.iterdir()):
-            if not path.is_dir():
-                continue
-            entry = await self._load_entry(PlanFolder(path))
+        await anyio.to_thread.run_sync(self.spool.remove_staging)
+        for folder in await anyio.to_thread.run_sync(self.spool.plan_folders):
+            entry = await self._load_entry(folder)
             if entry is None:
                 continue
             if entry.record.state.status in PLAN_TERMINAL:
                 await self._archive(entry)  # finished, but the archive step was interrupted
                 continue
-            await self._stop_orphans(entry)
+            await self._stop_recorded(entry)
             entries.append(entry)
+        await self._stop_strays(entries)
         entries.sort(key=lambda e: e.record.state.seq)
         self.seq = max((e.record.state.seq for e in entries), default=0)
         for entry in entries:
@@ -371,6 +446,13 @@ class Daemon:
             self._start(tg, entry)
 
     async def _stop_orphans(self, entry: PlanEntry) -> None:
+        """Stop whatever is left of the plan's workers from an earlier daemon run."""
+        await self._stop_recorded(entry)
+        await self._stop_strays([entry])
+
+    async def _stop_recorded(self, entry: PlanEntry) -> None:
+        """Stop the workers the plan's state file says were running (if still the same
+        processes), and record them as stopped."""
         grace = self.config.policy_for(entry.plan.policy).stop_grace
         for phase_id, ps in entry.record.state.phases.items():
             for att in ps.attempts:
@@ -389,18 +471,47 @@ class Daemon:
                 )
         await entry.record.save()
 
+    async def _stop_strays(self, entries: list[PlanEntry]) -> None:
+        """Stop what the state files cannot know: a worker started just before a crash (its PID
+        not saved yet), or a descendant that left its worker's process group (setsid). Each
+        inherited ORCHESTRD_LOG, which points into its plan's workers/ folder. One look at
+        every process serves all plans; the recorded workers are gone by now."""
+        if not entries:
+            return
+        strays = await anyio.to_thread.run_sync(
+            processes_with_env, "ORCHESTRD_LOG", self.spool.plans
+        )
+        for entry in entries:
+            workers = f"{entry.folder.workers}{os.sep}"
+            mine = {pid: log for pid, log in strays.items() if log.startswith(workers)}
+            if not mine:
+                continue
+            grace = self.config.policy_for(entry.plan.policy).stop_grace
+            sig = await stop_processes(sorted(mine), grace)
+            for pid, log in sorted(mine.items()):
+                entry.log.info(
+                    "worker.orphan_stopped", pid=pid, log=log, found="by its environment",
+                    signal=sig.name if sig else None,
+                )
 
-def check_startup(config: Config, spool: Spool) -> None:
+
+def check_startup(config: Config) -> None:
     """Refuse to serve an inbox others could write into, or to run as root unasked (sshd's
-    StrictModes). Modes are checked, never changed: they come from tmpfiles or the operator."""
+    StrictModes). Modes are checked, never changed: they come from tmpfiles or the operator.
+    Called before anything is created or opened in state_dir; folders not made yet are
+    created by the daemon itself, never writable by others."""
     if os.geteuid() == 0 and not config.allow_root:
         raise ConfigError(
             "refusing to run the daemon as root: workers would run as root too. Run it as the "
             "orchestrd user (see README, 'Install as a systemd service'), or set "
             "allow_root = true in the config"
         )
+    spool = Spool(config.state_dir)
     for folder in (spool.root, spool.inbox):
-        st = folder.stat()
+        try:
+            st = folder.stat()
+        except FileNotFoundError:
+            continue
         if st.st_mode & stat.S_IWOTH:
             raise ConfigError(
                 f"{folder} is writable by anyone (mode {stat.S_IMODE(st.st_mode):04o}): anyone "
@@ -413,23 +524,54 @@ def check_startup(config: Config, spool: Spool) -> None:
             )
 
 
-def archive_plan(plan: Plan, folder: PlanFolder, archive_dir: Path) -> Path:
-    """Copy the plan's reports and completion files into its folder, then move it to archive/."""
+def describe_failure(exc: BaseException) -> str:
+    """Why a plan's runner could not go on, as `Type: message` per error inside."""
+    return "; ".join(f"{type(e).__name__}: {e}" for e in _leaf_errors(exc))
+
+
+def _leaf_errors(exc: BaseException) -> list[BaseException]:
+    """The errors inside (nested) exception groups, or `exc` itself: a task group's
+    "unhandled errors in a TaskGroup" says nothing a person can act on."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaf_errors(sub)]
+    return [exc]
+
+
+def archive_plan(
+    plan: Plan, folder: PlanFolder, archive_dir: Path, max_bytes: int
+) -> tuple[Path, list[str]]:
+    """Copy the plan's reports and completion files into its folder, then move it to archive/.
+
+    Returns where it went and the evidence not copied, with why. What the repo holds was written
+    by workers: a link leading out of the repo or a link loop is not followed, a file larger than
+    `max_bytes` (max_log_bytes) is not copied, and nothing of it can stop the archiving.
+    """
     evidence = folder.root / "evidence"
+    skipped = []
     for phase in plan.phases:
         for rel in (phase.report_path, *phase.completion_paths):
+            path = plan.in_plan_dir(rel)
             try:
-                src = confine(plan.repo, plan.in_plan_dir(rel))
-            except PlanError:
-                continue  # a symlink leading out of the repo: not evidence, not copied
-            if src.is_file():
-                dest = evidence / plan.in_plan_dir(rel)
+                src = confine(plan.repo, path)
+                if not src.is_file():
+                    continue  # never written (or not a file): nothing to keep
+                if (size := src.stat().st_size) > max_bytes:
+                    skipped.append(f"{path}: {size} bytes, over max_log_bytes")
+                    continue
+                dest = evidence / path
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dest)
-    return folder.archive(archive_dir)
+                shutil.copyfile(src, dest)
+            except PlanError:
+                skipped.append(f"{path}: leads out of the repo")
+            except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (pathlib)
+                skipped.append(f"{path}: {exc}")
+    return folder.archive(archive_dir), skipped
 
 
 def run_daemon(config: Config, config_path: Path | None) -> None:
+    check_startup(config)  # before the audit log or any folder is created in state_dir
+    # nothing the daemon or its workers create is writable by others, whatever umask it got
+    os.umask(os.umask(0o002) | 0o002)
     anyio.run(Daemon(config, config_path).serve)
 
 

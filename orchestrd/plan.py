@@ -240,6 +240,23 @@ class Plan(Strict):
     )
     phases: list[Phase] = Field(min_length=1)
 
+    @pydantic.field_validator("id")
+    @classmethod
+    def _not_dots(cls, v: str) -> str:
+        if set(v) == {"."}:
+            raise ValueError(f"{v!r} names a folder, not a plan; use letters or digits")
+        return v
+
+    @pydantic.field_validator("repo")
+    @classmethod
+    def _sane_repo(cls, v: Path) -> Path:
+        text = str(v)
+        if "\0" in text:
+            raise ValueError("must not contain a NUL byte")
+        if len(text.encode()) > 4000 or any(len(p.encode()) > 255 for p in v.parts):
+            raise ValueError("is too long for a path; use the checkout's real, short path")
+        return v
+
     @pydantic.field_validator("plan_dir")
     @classmethod
     def _plan_dir(cls, v: str) -> str:

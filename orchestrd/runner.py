@@ -381,6 +381,12 @@ class PlanRunner:
         profile = config.workers.get(profile_name)
         if profile is None:
             raise WorkerStartError(f"worker profile {profile_name!r} is not in the config")
+        if profile.dangerous_flags and not config.allow_dangerous_workers:
+            # the config was reloaded with the opt-in withdrawn: no new dangerous starts
+            raise WorkerStartError(
+                f"worker profile {profile_name!r} is dangerous "
+                f"({', '.join(profile.dangerous_flags)}) and allow_dangerous_workers is off"
+            )
         try:
             prompt = self._prompt(phase, n, role, report, config.checks, previous, baseline)
             prompt_file = self.folder.workers / f"prompt-{phase.id}-{n}.md"

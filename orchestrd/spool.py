@@ -9,7 +9,9 @@ import fcntl
 import grp
 import os
 import pwd
+import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from .config import Config
@@ -18,6 +20,7 @@ from .plan import Plan, parse_plan_bytes
 from .state import PhaseState, PlanFolder, PlanState, atomic_write, dump_state
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".swp")
+STAGING_SUFFIX = ".accepting"
 
 
 def is_candidate(name: str) -> bool:
@@ -57,8 +60,12 @@ class Spool:
         self._lock_fd: int | None = None
 
     def ensure(self) -> None:
-        for d in (self.inbox, self.plans, self.rejected, self.archive_dir, self.control):
-            d.mkdir(parents=True, exist_ok=True)
+        """Create the folders that are missing. Never writable by others, whatever the umask
+        (mkdir's mode is cut by the umask, never widened); existing folders are left as they
+        are: their modes come from tmpfiles or the operator, and the daemon only checks them."""
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        for d in (self.root, self.inbox, self.plans, self.rejected, self.archive_dir, self.control):
+            d.mkdir(mode=0o770, exist_ok=True)
 
     # -- the daemon's lock: one daemon per state_dir, and the CLI can tell whether one runs --
 
@@ -112,29 +119,50 @@ class Spool:
         return sorted(n for n in names if is_candidate(n))
 
     def take(
-        self, name: str, config: Config, seq: int, after_start: bool = False
+        self, name: str, config: Config, seq: int, after_start: bool = False,
+        redact: Callable[[str], str] = str,
     ) -> Accepted | Rejected | None:
         """Accept or reject one inbox file. None if it vanished (someone took it back), or if
         `after_start` (the daemon's first scan) and it is the very plan accepted just before a
-        crash that came before the inbox file was removed."""
+        crash that came before the inbox file was removed.
+
+        Whatever the file holds, the outcome is Accepted, Rejected or None: a hostile file never
+        raises out of here (an OSError is left for the caller only when the spool's own folders
+        cannot be written, e.g. a full disk, and the file stays to be tried again). `redact`
+        is applied to the reason before it is written to `rejected/<name>.error`.
+        """
         path = self.inbox / name
+        label = f"inbox/{display_name(name)}"
         try:
-            raw, owner = read_plan_file(path, config.spool.max_plan_bytes)
+            raw, owner = read_plan_file(path, config.spool.max_plan_bytes, label)
         except FileNotFoundError:
             return None
         except PlanError as exc:
-            return self.reject(name, str(exc))
+            return self.reject(name, redact(str(exc)))
         if config.allowed_submitters and not submitter_allowed(owner, config.allowed_submitters):
             return self.reject(
                 name,
-                f"inbox/{name}: owned by {_user_name(owner)}, who is not in allowed_submitters "
-                f"({', '.join(config.allowed_submitters)}); submit as one of them or ask the "
-                "operator to add you",
+                redact(
+                    f"{label}: allowed_submitters: owned by {_user_name(owner)}, who is not in "
+                    f"allowed_submitters ({', '.join(config.allowed_submitters)}); submit as one "
+                    "of them or ask the operator to add you"
+                ),
             )
         try:
-            plan = parse_plan_bytes(raw, f"inbox/{name}", config)
+            plan = parse_plan_bytes(raw, label, config)
+            check_plan_id(plan.id, label)
         except PlanError as exc:
-            return self.reject(name, str(exc))
+            return self.reject(name, redact(str(exc)))
+        except Exception as exc:  # noqa: BLE001 - one hostile file must never stop the daemon
+            # the parser should have named a key; say what happened instead of crashing
+            return self.reject(
+                name,
+                redact(
+                    f"{label}: cannot be validated ({type(exc).__name__}: {exc}); orchestrd "
+                    "should have named the key here (please report it) — simplify the file "
+                    "and check it with `orchestrd validate`"
+                ),
+            )
         if (where := self.known(plan.id)) is not None:
             if (
                 after_start
@@ -146,25 +174,70 @@ class Spool:
                 return None
             return self.reject(
                 name,
-                f"inbox/{name}: id: plan id {plan.id!r} is already known ({where}); "
-                "give the plan a new id, or `orchestrd retry` the old one",
+                redact(
+                    f"{label}: id: plan id {plan.id!r} is already known ({where}); "
+                    "give the plan a new id, or `orchestrd retry` the old one"
+                ),
             )
-        folder = self.folder(plan.id)
-        folder.create()
-        atomic_write(folder.plan_file, raw)
+        # built under a name recovery ignores, then renamed into place: a crash leaves either
+        # no plan folder (the inbox file is taken again) or a complete one (and the inbox
+        # file, recognised at the next start by its bytes)
+        staging = PlanFolder(self.plans / f".{plan.id}{STAGING_SUFFIX}")
+        shutil.rmtree(staging.root, ignore_errors=True)
+        staging.create()
+        atomic_write(staging.plan_file, raw)
         state = PlanState(plan=plan.id, seq=seq, phases={p.id: PhaseState() for p in plan.phases})
-        atomic_write(folder.state_file, dump_state(state))
+        atomic_write(staging.state_file, dump_state(state))
+        folder = self.folder(plan.id)
+        os.rename(staging.root, folder.root)
+        _fsync_dir(self.plans)
         path.unlink(missing_ok=True)
         return Accepted(plan, folder, state)
 
-    def reject(self, name: str, reason: str) -> Rejected:
-        dest = self.rejected / name
+    def plan_folders(self) -> list[PlanFolder]:
+        """The accepted plans' folders under plans/ (not one still being accepted)."""
+        return [
+            PlanFolder(p) for p in sorted(self.plans.iterdir())
+            if p.is_dir() and not p.name.startswith(".")
+        ]
+
+    def remove_staging(self) -> None:
+        """Remove what a crash left of plans being accepted (their inbox files are still there)."""
+        for p in self.plans.glob(f".*{STAGING_SUFFIX}"):
+            shutil.rmtree(p, ignore_errors=True)
+
+    def reject(self, name: str, reason: str) -> Rejected | None:
+        """Move `inbox/<name>` (whatever it is: file, link, FIFO, folder) to `rejected/`, beside
+        `<name>.error` saying why. None if it vanished meanwhile (taken back by its submitter).
+
+        The names are bounded (a 255-byte inbox name plus `.error` would not fit) and the error
+        file is created exclusively, never through a link someone left in rejected/.
+        """
+        base = _bounded_name(name)
         n = 1
-        while dest.exists() or dest.with_name(dest.name + ".error").exists():
+        while True:
+            dest = self.rejected / (base if n == 1 else f"{base}.{n}")
+            error = dest.with_name(dest.name + ".error")
+            if not os.path.lexists(dest) and not os.path.lexists(error):
+                try:
+                    fd = os.open(
+                        error, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        0o640,
+                    )
+                except FileExistsError:
+                    pass  # taken between the check and the open: try the next name
+                else:
+                    break
             n += 1
-            dest = self.rejected / f"{name}.{n}"
-        dest.with_name(dest.name + ".error").write_text(reason + "\n", encoding="utf-8")
-        os.replace(self.inbox / name, dest)
+        try:
+            _write_all(fd, (reason + "\n").encode("utf-8", "replace"))
+        finally:
+            os.close(fd)
+        try:
+            os.replace(self.inbox / name, dest)
+        except FileNotFoundError:
+            error.unlink(missing_ok=True)
+            return None
         return Rejected(name, reason, dest)
 
     def set_aside(self, path: Path) -> Path:
@@ -178,40 +251,105 @@ class Spool:
         return dest
 
 
-def read_plan_file(path: Path, max_bytes: int) -> tuple[bytes, int]:
-    """Read a dropped file safely: never follow a symlink, only regular files, bounded size.
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
 
-    Returns the bytes and the owner's uid.
+
+def read_plan_file(path: Path, max_bytes: int, label: str | None = None) -> tuple[bytes, int]:
+    """Read a dropped file safely: never follow a symlink, open nothing but a regular file, and
+    read at most `max_bytes` (+1, to tell that there is more).
+
+    Returns the bytes and the owner's uid; PlanError (naming `label`, default the file name)
+    for anything else. Opening a FIFO or a device could block or act on hardware, so the entry
+    is looked at with lstat first and only opened if it is a regular file.
     """
+    label = label or path.name
+    st = os.lstat(path)  # FileNotFoundError: it vanished, the caller's business
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = f" (to {os.readlink(path)})"
+        except OSError:
+            target = ""
+        raise PlanError(
+            f"{label}: is a symbolic link{target}; links are never followed — copy the file "
+            "itself into the inbox"
+        )
+    if not stat.S_ISREG(st.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise PlanError(f"{label}: is {kind}, not a regular file; drop plan files only")
+    if st.st_size > max_bytes:
+        raise PlanError(
+            f"{label}: {st.st_size} bytes is over [spool] max_plan_bytes ({max_bytes}); plans "
+            "are small TOML files — put long prompts in prompt_file"
+        )
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(
+            path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        )
+    except FileNotFoundError:
+        raise
     except OSError as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        if path.is_symlink():
-            raise PlanError(
-                f"{path.name}: is a symbolic link; links are never followed — "
-                "copy the file itself into the inbox"
-            ) from None
-        raise PlanError(f"{path.name}: cannot open: {exc.strerror}") from None
+        # ELOOP: swapped for a symlink since the lstat
+        raise PlanError(f"{label}: cannot open: {exc.strerror}; drop a readable regular file") \
+            from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise PlanError(f"{path.name}: not a regular file; drop plan files only")
-        if st.st_size > max_bytes:
-            raise PlanError(
-                f"{path.name}: {st.st_size} bytes is over max_plan_bytes ({max_bytes}); "
-                "plans are small TOML files"
-            )
+        fst = os.fstat(fd)
+        if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(fst.st_mode):
+            raise PlanError(f"{label}: was replaced while being read; drop it again")
         chunks, total = [], 0
-        while chunk := os.read(fd, 65536):
+        # a file still growing (or one whose size lies, like /proc files) is cut off here
+        while total <= max_bytes and (chunk := os.read(fd, min(65536, max_bytes + 1 - total))):
             chunks.append(chunk)
             total += len(chunk)
-            if total > max_bytes:
-                raise PlanError(f"{path.name}: over max_plan_bytes ({max_bytes}) while reading")
-        return b"".join(chunks), st.st_uid
+        if total > max_bytes:
+            raise PlanError(
+                f"{label}: over [spool] max_plan_bytes ({max_bytes}) while reading (it grew); "
+                "drop the finished file, written elsewhere and renamed into the inbox"
+            )
+        return b"".join(chunks), fst.st_uid
     finally:
         os.close(fd)
+
+
+def check_plan_id(plan_id: str, label: str) -> None:
+    """A plan id names a folder under plans/: `.` and `..` would name plans/ itself or state_dir
+    (the schema's pattern lets them through)."""
+    if plan_id in (".", ".."):
+        raise PlanError(
+            f"{label}: id: {plan_id!r} names a folder, not a plan; use letters, digits, "
+            "'.', '_' or '-' with at least one letter or digit"
+        )
+
+
+def display_name(name: str) -> str:
+    """A file name as text for messages and the audit log: bytes that are not UTF-8 (kept by
+    os.scandir as surrogates, which no UTF-8 file can hold) become U+FFFD."""
+    return os.fsencode(name).decode("utf-8", "replace")
+
+
+def _bounded_name(name: str, limit: int = 200) -> str:
+    """`name`, cut to `limit` bytes so `.error` and a `.N` suffix still fit in 255."""
+    raw = os.fsencode(name)
+    return name if len(raw) <= limit else os.fsdecode(raw[:limit])
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def submitter_allowed(uid: int, allowed: list[str]) -> bool:

@@ -76,7 +76,9 @@ def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:  # a nearly full disk may take part of it: never rename a short file in
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

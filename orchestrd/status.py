@@ -58,8 +58,8 @@ def collect(spool: Spool, plan_id: str | None = None) -> list[dict[str, Any]]:
         if not base.is_dir():
             continue
         for folder in sorted(base.iterdir()):
-            if plan_id is not None and folder.name != plan_id:
-                continue
+            if folder.name.startswith(".") or (plan_id is not None and folder.name != plan_id):
+                continue  # a plan still being accepted (plans/.<id>.accepting) is not one yet
             state_file = folder / "state.toml"
             if not state_file.exists():
                 if any(folder.glob("state.toml.corrupt*")):

@@ -29,6 +29,10 @@ class WorkerStartError(OrchestrdError):
     """The worker's command could not be executed (missing binary, bad cwd, no permission)."""
 
 
+class WorkerLogError(OrchestrdError):
+    """The worker's output could not be written to its log (a full disk, a folder gone)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerSpec:
     argv: Sequence[str]
@@ -158,6 +162,8 @@ class LocalWorker:
         self.max_log_bytes = max_log_bytes
         self.output_bytes = 0
         """Bytes the worker wrote, kept or not."""
+        self.log_error: OSError | None = None
+        """Why the log could not be written (its output was drained and dropped from then on)."""
         self.pumped = anyio.Event()
 
     @property
@@ -185,24 +191,52 @@ class LocalWorker:
         return await stop_group(self.handle.pgid, grace, self.process)
 
     async def _pump(self) -> None:
-        """Copy the worker's output to its log until every writer has closed the pipe."""
+        """Copy the worker's output to its log until every writer has closed the pipe.
+
+        If the log cannot be written (a full disk), the output is still read — a worker blocked
+        on a full pipe would look stalled — and dropped; `launch` then raises WorkerLogError.
+        """
         assert self.process.stdout is not None
+        log: anyio.AsyncFile[bytes] | None = None
         try:
-            async with await anyio.open_file(self.handle.log, "ab", buffering=0) as log:
-                async for chunk in self.process.stdout:
-                    room = self.max_log_bytes - self.output_bytes
-                    self.output_bytes += len(chunk)
-                    if room > 0:
-                        await log.write(chunk[:room])
-                if self.dropped_bytes:
-                    await log.write(
-                        f"\n[orchestrd: log cut at max_log_bytes={self.max_log_bytes}; "
-                        f"{self.dropped_bytes} more bytes dropped]\n".encode()
-                    )
+            try:
+                log = await anyio.open_file(self.handle.log, "ab", buffering=0)
+            except OSError as exc:
+                self.log_error = exc
+            async for chunk in self.process.stdout:
+                room = self.max_log_bytes - self.output_bytes
+                self.output_bytes += len(chunk)
+                if room > 0 and log is not None:
+                    log = await self._write(log, chunk[:room])
+            if self.dropped_bytes and log is not None:
+                await self._write(
+                    log,
+                    f"\n[orchestrd: log cut at max_log_bytes={self.max_log_bytes}; "
+                    f"{self.dropped_bytes} more bytes dropped]\n".encode(),
+                )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the pipe went away with the process: nothing more to copy
         finally:
+            if log is not None:
+                with anyio.CancelScope(shield=True), contextlib.suppress(OSError):
+                    await log.aclose()
             self.pumped.set()
+
+    async def _write(
+        self, log: anyio.AsyncFile[bytes], data: bytes
+    ) -> anyio.AsyncFile[bytes] | None:
+        """Write all of `data` (a write may be short on a filling disk); on an error remember
+        it and give up the log (None)."""
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[await log.write(view) :]
+        except OSError as exc:
+            self.log_error = exc
+            with contextlib.suppress(OSError):
+                await log.aclose()
+            return None
+        return log
 
 
 def tail_file(path: Path, lines: int = 40, max_bytes: int = 16384) -> str:
@@ -216,6 +250,10 @@ def tail_file(path: Path, lines: int = 40, max_bytes: int = 16384) -> str:
     except OSError:
         return ""
     text = data.decode("utf-8", errors="replace")
+    if size > max_bytes and "\n" in text:
+        # the first line was cut in two: half a line (half a secret, for the redactor) helps
+        # nobody
+        text = text[text.index("\n") + 1 :]
     return "\n".join(text.splitlines()[-lines:])
 
 
@@ -256,7 +294,8 @@ async def launch(
     output copied to its log (capped). On the way out — normal, error or cancellation — whatever
     is left of its process group is stopped and the output drained.
 
-    Raises WorkerStartError if it cannot be started.
+    Raises WorkerStartError if it cannot be started, WorkerLogError (once it is stopped) if its
+    output could not be written to its log.
     """
     process = await _open(spec)
     handle = WorkerHandle(
@@ -280,13 +319,83 @@ async def launch(
                     await worker.pumped.wait()
                 tg.cancel_scope.cancel()
                 await process.aclose()
+    if worker.log_error is not None:
+        exc = worker.log_error
+        raise WorkerLogError(
+            f"cannot write the log {spec.log_path}: {exc.strerror or exc}; the output of "
+            f"{spec.argv[0]!r} was dropped from then on — free space on that file system or "
+            "make the folder writable, then retry the plan"
+        )
+
+
+def processes_with_env(name: str, under: Path) -> dict[int, str]:
+    """Live processes whose environment sets `name` to a path inside `under`, with that value.
+
+    Workers, their verify commands and every descendant inherit `ORCHESTRD_LOG`, which points
+    into their plan's `workers/` folder: this finds them after a crash even if their PID was
+    never saved, or if they left the worker's process group (setsid). Only processes whose
+    environment this user may read are seen (its own).
+    """
+    prefix = os.fsencode(name) + b"="
+    root = os.fsencode(under) + b"/"
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry.name}/environ").read_bytes()
+        except OSError:
+            continue  # gone, or not ours to read
+        for item in environ.split(b"\0"):
+            if item.startswith(prefix):
+                if item[len(prefix) :].startswith(root):
+                    found[int(entry.name)] = os.fsdecode(item[len(prefix) :])
+                break
+    return found
+
+
+async def stop_processes(pids: list[int], grace: float) -> signal.Signals | None:
+    """SIGTERM each process (its whole group when it leads one), wait up to `grace`, SIGKILL
+    what is left. Returns the last signal needed, None if all were gone already."""
+
+    def send(sig: signal.Signals) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, sig)
+                else:
+                    os.kill(pid, sig)
+
+    def alive() -> bool:
+        return any(
+            (fields := _stat_fields(pid)) is not None and fields[0] != "Z" for pid in pids
+        )
+
+    async def all_gone() -> None:
+        # not our children: nothing to await but /proc (as _group_gone does)
+        while True:
+            if not await anyio.to_thread.run_sync(alive):
+                return
+            await anyio.sleep(_GROUP_POLL)
+
+    with anyio.CancelScope(shield=True):
+        if not await anyio.to_thread.run_sync(alive):
+            return None
+        send(signal.SIGTERM)
+        with anyio.move_on_after(grace) as waited:
+            await all_gone()
+        if not waited.cancelled_caught:
+            return signal.SIGTERM
+        send(signal.SIGKILL)
+        with anyio.move_on_after(max(grace, 5.0)):
+            await all_gone()
+    return signal.SIGKILL
 
 
 async def stop_orphan(handle: WorkerHandle, grace: float) -> signal.Signals | None:
     """Stop a worker left by an earlier daemon run, if it is still the same process."""
-    if not is_same_process(handle):
-        # the leader is gone (or its PID was reused): stop what is left of its group only if
-        # the group's leader number is not a new process's group
-        if process_start_time(handle.pgid) is not None:
-            return None
+    # the leader is gone (or its PID was reused): stop what is left of its group only if the
+    # group's leader number is not a new process's group
+    if not is_same_process(handle) and process_start_time(handle.pgid) is not None:
+        return None
     return await stop_group(handle.pgid, grace)

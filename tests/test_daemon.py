@@ -164,6 +164,10 @@ def test_sigkilled_daemon_restarted_finishes_every_plan_exactly_once(daemon: Dae
         daemon.submit(plan_id, repo=f"r{i}", phases=("P01", "P02"), worker=worker)
     first = daemon.wait_event("worker.started", count=2)  # k1, k2 mid-P01; k3 queued
     old = sorted(e["pid"] for e in first)
+    # once they have printed their line: a print into the dead daemon's pipe would end them
+    for e in first:
+        log = Path(e["log"])
+        daemon.wait_for(lambda log=log: b"daemon agent:" in log.read_bytes(), what=str(log))
     assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
     assert all(alive(pid) for pid in old), "workers run in their own session"
 
@@ -446,6 +450,9 @@ def test_cancel_and_retry_apply_to_the_state_files_while_the_daemon_is_down(
     daemon.wait_event("plan.archived", plan="d-failed")
     daemon.submit("d-stuck", repo="other", worker="stuck")
     [started] = daemon.wait_event("worker.started", plan="d-stuck")
+    # once it has printed its line: a print into the dead daemon's pipe would end it (EPIPE)
+    log = Path(started["log"])
+    daemon.wait_for(lambda: b"daemon agent:" in log.read_bytes(), what="the agent's first line")
     assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
     assert alive(started["pid"])  # left behind by the crash
 
