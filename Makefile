@@ -14,6 +14,9 @@ $(BIN)/orchestrd: pyproject.toml
 # Run the demo plan (four phases, bundled demo worker) on the bundled local default config.
 run: $(BIN)/orchestrd
 	rm -rf .demo && mkdir -p .demo/repo
+	@# a git checkout of its own, when git is there, so the demo shows worker.changes and the git rules
+	-command -v git >/dev/null && git -C .demo/repo init -q && \
+	  git -C .demo/repo -c user.name=demo -c user.email=demo@localhost commit -q --allow-empty -m "empty demo repo"
 	$(BIN)/orchestrd run config/examples/demo.toml --config orchestrd/local.toml
 	@echo "audit log: .orchestrd/audit.jsonl   try: jq -c 'select(.plan==\"DEMO-calc\")' .orchestrd/audit.jsonl"
 
