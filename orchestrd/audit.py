@@ -211,8 +211,6 @@ class AuditSink:
                 # a full disk or a vanished folder must not stop supervision: say so where
                 # the journal will see it, with the event, and go on
                 self._echo(f"orchestrd: audit log {self.path}: {exc.strerror}: {line}")
-        if self.echo is not None:
-            self._echo(_console(line))
 
     def _echo(self, text: str) -> None:
         stream = self.echo or sys.stderr
@@ -234,15 +232,19 @@ class AuditSink:
             self._close()
 
 
-def _console(line: str) -> str:
+def _console(data: EventDict) -> str:
     """A short human line for a terminal or the journal: time, event, then key=value."""
-    data = json.loads(line)
-    ts = str(data.pop("ts", ""))[11:23]
-    event = data.pop("event", "")
+    ts = str(data.get("ts", ""))[11:23]
     rest = " ".join(
-        f"{k}={_short(v)}" for k, v in data.items() if not isinstance(v, list | dict)
+        f"{k}={_short(v)}"
+        for k, v in data.items()
+        if k not in ("ts", "event") and not isinstance(v, list | dict)
     )
-    return f"{ts} {event:<22} {rest}"
+    return f"{ts} {data.get('event', ''):<22} {rest}"
+
+
+# Events too frequent for the journal (the audit file has them all).
+CHATTY = frozenset({"worker.poll", "check.passed"})
 
 
 def _short(value: object, limit: int = 160) -> str:
@@ -254,13 +256,20 @@ class AuditLog:
     """Builds bound loggers that write to one AuditSink, redacting secrets on the way."""
 
     def __init__(
-        self, path: Path, echo: TextIO | None = None, redactor: Redactor | None = None
+        self, path: Path, echo: TextIO | None = None, redactor: Redactor | None = None,
+        echo_skip: frozenset[str] = frozenset(),
     ) -> None:
         self.sink = AuditSink(path, echo)
         self.redactor = redactor or Redactor()
-        self._processors: list[Any] = [
-            _timestamp, structlog.processors.format_exc_info, self._redact, _order_keys, _to_json
-        ]
+        self.echo_skip = echo_skip
+        """Events not echoed (the daemon leaves CHATTY ones out of the journal)."""
+        self._processors: list[Any] = [_timestamp, structlog.processors.format_exc_info,
+                                       self._redact, _order_keys, self._echo, _to_json]
+
+    def _echo(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        if self.sink.echo is not None and event_dict.get("event") not in self.echo_skip:
+            self.sink._echo(_console(event_dict))
+        return event_dict
 
     def _redact(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
         redacted: EventDict = self.redactor.deep(event_dict)
@@ -277,10 +286,6 @@ class AuditLog:
 
     def close(self) -> None:
         self.sink.close()
-
-
-def stderr_echo(enabled: bool) -> TextIO | None:
-    return sys.stderr if enabled else None
 
 
 Logger = structlog.typing.FilteringBoundLogger

@@ -26,8 +26,9 @@ from .importer import add_subcommand as add_import_subcommand
 from .plan import Plan, load_plan
 from .runner import PlanRunner
 from .spool import Spool, check_plan_id
-from .state import PhaseState, PlanFolder, PlanState, load_state
+from .state import PhaseState, PlanFolder, PlanRecord, PlanState, load_state
 from .states import PLAN_TERMINAL, PlanStatus
+from .worker import use_pidfd_child_watcher
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -58,7 +59,8 @@ async def run_foreground(plan: Plan, config: Config, echo: bool) -> PlanStatus:
 
     The plan fails (with the reason, no traceback) if the runner cannot go on, e.g. a full disk.
     """
-    from .daemon import RedactedRecord, describe_failure
+    from .daemon import describe_failure
+    use_pidfd_child_watcher()
     folder = PlanFolder(config.state_dir / "plans" / plan.id)
     if folder.state_file.exists():
         old = load_state(folder.state_file)
@@ -77,7 +79,7 @@ async def run_foreground(plan: Plan, config: Config, echo: bool) -> PlanStatus:
     )
     log = audit.bind(plan=plan.id)
     state = PlanState(plan=plan.id, phases={p.id: PhaseState() for p in plan.phases})
-    record = RedactedRecord(folder.state_file, state, log, lambda: audit.redactor)
+    record = PlanRecord(folder.state_file, state, log, audit.redactor)
     await record.save()
     runner = PlanRunner(plan, record, folder, lambda: config, log)
     result = PlanStatus.INTERRUPTED

@@ -14,25 +14,30 @@ import shutil
 import signal
 import stat
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import anyio.abc
 import anyio.to_thread
-import tomli_w
 import watchfiles
 
-from .audit import AuditLog, Logger, Redactor
+from .audit import CHATTY, AuditLog, Logger, Redactor
 from .config import Config, load_config
 from .errors import ConfigError, OrchestrdError, PlanError, StateError
 from .plan import Plan, confine, load_plan
 from .runner import PlanRunner
 from .spool import Accepted, Rejected, Spool, display_name
-from .state import PlanFolder, PlanRecord, PlanState, atomic_write, load_state
+from .state import PlanFolder, PlanRecord, PlanState, load_state
 from .states import PLAN_TERMINAL, AttemptStatus, InvalidTransition, PlanStatus
 from .systemd import Notifier, NotifyError, watchdog_loop
-from .worker import WorkerHandle, processes_with_env, stop_orphan, stop_processes
+from .worker import (
+    WorkerHandle,
+    processes_with_env,
+    stop_orphan,
+    stop_processes,
+    use_pidfd_child_watcher,
+)
 
 CANCEL, RETRY = ".cancel", ".retry"
 
@@ -48,41 +53,6 @@ class PlanEntry:
     running: bool = False
 
 
-class RedactedRecord(PlanRecord):
-    """A PlanRecord whose file never holds a secret. Reasons quote worker output (a log line
-    that matched an error pattern), and `orchestrd status` shows them to whoever can read
-    state_dir — without the daemon's environment, so it could not redact them itself."""
-
-    def __init__(
-        self, path: Path, state: PlanState, log: Logger, redactor: Callable[[], Redactor]
-    ) -> None:
-        super().__init__(path, state, log)
-        self.redactor = redactor
-
-    async def save(self) -> None:
-        data = redacted_state(self.state, self.redactor())
-        try:
-            await anyio.to_thread.run_sync(atomic_write, self.path, data)
-        except OSError as exc:
-            # a write(2) error names no file: say which one could not be saved
-            raise OSError(exc.errno, f"cannot save {self.path}: {exc.strerror}") from None
-
-
-def redacted_state(state: PlanState, redact: Callable[[str], str]) -> bytes:
-    """state.toml's bytes with the free-text fields (reasons, failures) redacted; ids, paths and
-    numbers are kept as they are, since recovery reads them."""
-    data = state.model_dump(mode="json", exclude_none=True)
-    if "reason" in data:
-        data["reason"] = redact(data["reason"])
-    for ps in data["phases"].values():
-        if "reason" in ps:
-            ps["reason"] = redact(ps["reason"])
-        for att in ps["attempts"]:
-            if "failure" in att:
-                att["failure"] = redact(att["failure"])
-    return tomli_w.dumps(data).encode()
-
-
 class Daemon:
     def __init__(self, config: Config, config_path: Path | None, echo: bool = True) -> None:
         self.config = config
@@ -90,7 +60,7 @@ class Daemon:
         self.spool = Spool(config.state_dir)
         self.audit = AuditLog(
             config.audit_path, echo=sys.stderr if echo else None,
-            redactor=Redactor.from_config(config),
+            redactor=Redactor.from_config(config), echo_skip=CHATTY,
         )
         self.log = self.audit.bind()
         self.notifier = Notifier.from_env()
@@ -110,6 +80,7 @@ class Daemon:
         self.spool.ensure()
         check_startup(self.config)
         self.spool.lock()
+        use_pidfd_child_watcher()
         self._announce_dangerous()
         try:
             # Signals are caught from before READY=1 until every worker is stopped: one more
@@ -279,7 +250,7 @@ class Daemon:
             self.log.info("daemon.spool_error", file=what, reason=reason)
 
     def _record(self, path: Path, state: PlanState, log: Logger) -> PlanRecord:
-        return RedactedRecord(path, state, log, lambda: self.audit.redactor)
+        return PlanRecord(path, state, log, lambda text: self.audit.redactor(text))
 
     async def _scan_control(self, tg: anyio.abc.TaskGroup) -> None:
         try:

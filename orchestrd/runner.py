@@ -227,7 +227,11 @@ class PlanRunner:
             if ps.status is PhaseStatus.FAILED:
                 ps.failures = 0
             await self.record.set_phase(phase.id, PhaseStatus.PENDING, None)
-        await self.record.set_phase(phase.id, PhaseStatus.RUNNING, "phase.started", kind=phase.kind)
+        # unsaved: the first attempt's record is saved right after, and a phase left pending
+        # by a crash runs from the start all the same
+        await self.record.set_phase(
+            phase.id, PhaseStatus.RUNNING, "phase.started", save=False, kind=phase.kind
+        )
         if not await self._prerequisites_met(phase):
             return False
         config = self.get_config()
@@ -363,7 +367,8 @@ class PlanRunner:
         changes, diff = await pgit.end_attempt(f"{phase.id}-{n}")
         if changes is not None:
             wlog.info("worker.changes", **changes)
-        await self.record.set_phase(phase.id, PhaseStatus.CHECKING, None)
+        # the attempt's end was just saved; checking restarts the phase like running does
+        await self.record.set_phase(phase.id, PhaseStatus.CHECKING, None, save=False)
         ctx = CheckContext(
             plan=self.plan, phase=phase, settings=config.checks, outcome=outcome,
             log_path=log_path, output_dir=self.folder.workers, attempt=n, env=env,

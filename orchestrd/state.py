@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,40 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.close(dfd)
 
 
-def dump_state(state: PlanState) -> bytes:
-    data: dict[str, Any] = state.model_dump(mode="json", exclude_none=True)
-    return tomli_w.dumps(data).encode()
+def _same(text: str) -> str:
+    return text
+
+
+def dump_state(
+    state: PlanState,
+    redact: Callable[[str], str] = _same,
+    cache: dict[tuple[str, int], str] | None = None,
+) -> bytes:
+    """state.toml's bytes. Free-text fields (reasons, failures — they quote worker output) go
+    through `redact`; ids, paths and numbers stay as they are, since recovery reads them.
+
+    A passed phase never changes again, so with a `cache` its TOML is built once: a save costs
+    the same for the last phase of a long plan as for the first.
+    """
+    head: dict[str, Any] = state.model_dump(mode="json", exclude_none=True, exclude={"phases"})
+    if "reason" in head:
+        head["reason"] = redact(head["reason"])
+    parts = [tomli_w.dumps(head)]
+    for phase_id, ps in state.phases.items():
+        key = (phase_id, len(ps.attempts))
+        chunk = cache.get(key) if cache is not None else None
+        if chunk is None:
+            data: dict[str, Any] = ps.model_dump(mode="json", exclude_none=True)
+            if "reason" in data:
+                data["reason"] = redact(data["reason"])
+            for att in data["attempts"]:
+                if "failure" in att:
+                    att["failure"] = redact(att["failure"])
+            chunk = tomli_w.dumps({"phases": {phase_id: data}})
+            if cache is not None and ps.status is PhaseStatus.PASSED:
+                cache[key] = chunk
+        parts.append(chunk)
+    return "\n".join(parts).encode()
 
 
 def load_state(path: Path) -> PlanState:
@@ -117,13 +149,25 @@ class PlanRecord:
     """A plan's state file plus the transitions that change it; every change is saved and
     audited here and nowhere else."""
 
-    def __init__(self, path: Path, state: PlanState, log: Logger) -> None:
+    def __init__(
+        self, path: Path, state: PlanState, log: Logger,
+        redact: Callable[[str], str] = _same,
+    ) -> None:
         self.path = path
         self.state = state
         self.log = log
+        self.redact = redact
+        """Applied to reasons and failures: `orchestrd status` shows them to whoever can read
+        state_dir, without the daemon's environment to redact them itself."""
+        self._passed: dict[tuple[str, int], str] = {}
 
     async def save(self) -> None:
-        await anyio.to_thread.run_sync(atomic_write, self.path, dump_state(self.state))
+        data = dump_state(self.state, self.redact, self._passed)
+        try:
+            await anyio.to_thread.run_sync(atomic_write, self.path, data)
+        except OSError as exc:
+            # a write(2) error names no file: say which one could not be saved
+            raise OSError(exc.errno, f"cannot save {self.path}: {exc.strerror}") from None
 
     async def set_status(self, new: PlanStatus, reason: str | None = None, **fields: Any) -> None:
         old = self.state.status
@@ -142,15 +186,20 @@ class PlanRecord:
 
     async def set_phase(
         self, phase_id: str, new: PhaseStatus, event: str | None, reason: str | None = None,
-        **fields: Any,
+        save: bool = True, **fields: Any,
     ) -> None:
-        """Change a phase's state; `event` (if any) is the one audit event for the change."""
+        """Change a phase's state; `event` (if any) is the one audit event for the change.
+
+        `save=False` where a save follows at once anyway, or where recovery would do the same
+        whether the change was saved or not (running and checking both restart the phase).
+        """
         ps = self.state.phases[phase_id]
         check_transition(PHASE_TRANSITIONS, ps.status, new)
         ps.status = new
         if reason is not None or new is PhaseStatus.PASSED:
             ps.reason = reason
-        await self.save()
+        if save:
+            await self.save()
         if event:
             extra = {"reason": reason} if reason else {}
             self.log.info(event, phase=phase_id, **extra, **fields)

@@ -7,11 +7,13 @@ stop the tree) and a `WorkerHandle` that is plain data kept in the plan's state.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -23,6 +25,21 @@ import anyio.to_thread
 from .errors import OrchestrdError
 
 _GROUP_POLL = 0.02  # how often a stopping process group is looked at (seconds)
+
+
+def use_pidfd_child_watcher() -> None:
+    """On Python 3.11, asyncio waits for every child in a thread of its own (1,000 workers:
+    1,000 threads); a pidfd watcher waits in the event loop instead, as 3.12+ does by default.
+    Call from inside the running loop, before the first worker starts."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))  # the kernel may be too old (< 5.3)
+    except OSError:
+        return
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.set_child_watcher(watcher)
 
 
 class WorkerStartError(OrchestrdError):
