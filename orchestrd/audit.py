@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
@@ -139,8 +140,27 @@ def _fragments(value: str, limit: int = 256) -> str:
     return f"{prefix}{rest}|{lead}{suffix}"
 
 
+class _LocalZone:
+    """The local UTC offset, looked up once a minute rather than per event (a DST change shows
+    within a minute)."""
+
+    def __init__(self) -> None:
+        self._until = 0.0
+        self._tz: dt.tzinfo | None = None
+
+    def now(self) -> dt.datetime:
+        mono = time.monotonic()
+        if mono >= self._until or self._tz is None:
+            self._tz = dt.datetime.now().astimezone().tzinfo
+            self._until = mono + 60.0
+        return dt.datetime.now(self._tz)
+
+
+_ZONE = _LocalZone()
+
+
 def _timestamp(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    event_dict["ts"] = dt.datetime.now().astimezone().isoformat(timespec="microseconds")
+    event_dict["ts"] = _ZONE.now().isoformat(timespec="microseconds")
     return event_dict
 
 
@@ -187,7 +207,10 @@ class AuditSink:
         self._fd, self._ino = fd, st.st_ino
 
     def _current(self) -> int:
-        """The open descriptor, reopened if the path now names another inode (or none)."""
+        """The open descriptor, reopened if the path now names another inode (or none).
+
+        One stat per event: cheap next to the write, and no event goes to a file rotated
+        away or deleted a moment before."""
         try:
             if self._fd is not None and os.stat(self.path).st_ino == self._ino:
                 return self._fd

@@ -109,6 +109,9 @@ class Git:
 
     async def problem(self) -> str | None:
         """Why the snapshot rules cannot run here (not a checkout, ignored by one), or None."""
+        if not any((d / ".git").exists() for d in (self.repo, *self.repo.parents)):
+            # no git process per phase for the common plain folder
+            return f"{self.repo} is not a git checkout"
         rc, out, err = await self._run(("rev-parse", "--is-inside-work-tree"), None)
         if rc != 0 and "not a git repository" in err:
             return f"{self.repo} is not a git checkout"

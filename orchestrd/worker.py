@@ -146,9 +146,10 @@ async def stop_group(
     Returns the last signal that was needed, or None if the group was already gone.
     """
     with anyio.CancelScope(shield=True):
-        if not await anyio.to_thread.run_sync(group_members, pgid):
-            if leader is not None and leader.returncode is None:
-                await leader.wait()
+        # a live leader means a live group: no /proc scan (shutting 1,000 workers down would
+        # otherwise scan every process on the machine once per worker)
+        leader_alive = leader is not None and leader.returncode is None
+        if not leader_alive and not await anyio.to_thread.run_sync(group_members, pgid):
             return None
         _signal_group(pgid, signal.SIGTERM)
         with anyio.move_on_after(grace) as waited:
