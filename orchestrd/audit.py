@@ -108,6 +108,13 @@ class Redactor:
         return text
 
     def deep(self, value: Any) -> Any:
+        if not self._regexes:
+            return value
+        kind = type(value)
+        if kind is str:
+            return self(value)
+        if kind is int or kind is float or kind is bool or value is None:
+            return value  # most event fields: nothing to look at
         if isinstance(value, str):
             return self(value)
         if isinstance(value, dict):

@@ -13,11 +13,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tomli_w
+from daemon_support import Daemon
 
 from orchestrd.audit import AuditLog
 from orchestrd.config import Config, load_config
@@ -180,3 +182,14 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat[stat.rfind(")") + 2] != "Z"
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """The real daemon as a subprocess on tmp_path (started by the test); at the end it is
+    stopped, and no worker may have outlived it, nor may its stderr hold a traceback."""
+    d = Daemon(tmp_path)
+    yield d
+    leftovers = d.cleanup()
+    assert leftovers == [], f"workers outlived the daemon: {leftovers}"
+    assert "Traceback" not in d.stderr(), d.stderr()

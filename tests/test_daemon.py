@@ -14,10 +14,8 @@ import os
 import signal
 import socket
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import tomli_w
 from daemon_support import (
     Daemon,
@@ -29,15 +27,6 @@ from daemon_support import (
 )
 
 from orchestrd.spool import is_candidate
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(tmp_path)
-    yield d
-    leftovers = d.cleanup()
-    assert leftovers == [], f"workers outlived the daemon: {leftovers}"
-    assert "Traceback" not in d.stderr(), d.stderr()
 
 
 def started_order(d: Daemon, plans: list[str]) -> list[str]:

@@ -37,14 +37,6 @@ def fault(name: str, **env: object) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(tmp_path)
-    yield d
-    assert d.cleanup() == []
-    assert "Traceback" not in d.stderr(), d.stderr()
-
-
 def with_profiles(d: Daemon, **overrides: Any) -> None:
     """The daemon's usual config plus the fault profiles (and `overrides`)."""
     workers = {

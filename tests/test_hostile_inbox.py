@@ -12,7 +12,7 @@ import dataclasses
 import os
 import signal
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -415,14 +415,6 @@ def test_allowed_submitters_rejects_a_file_owned_by_someone_else(
 
 
 # -- all at once, against the daemon --
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(tmp_path)
-    yield d
-    assert d.cleanup() == []
-    assert "Traceback" not in d.stderr(), d.stderr()
 
 
 def test_the_daemon_rejects_every_bad_file_and_keeps_serving(daemon: Daemon) -> None:

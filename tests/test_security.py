@@ -17,7 +17,6 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,6 @@ from orchestrd.runner import BASE_ENV
 
 AGENTS = Path(__file__).parent / "agents"
 IS_ROOT = os.geteuid() == 0
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(tmp_path)
-    yield d
-    assert d.cleanup() == []
-    assert "Traceback" not in d.stderr(), d.stderr()
 
 
 def refused(d: Daemon) -> str:
