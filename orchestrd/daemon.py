@@ -192,7 +192,7 @@ class Daemon:
         timeout_ms = max(1, int(self.config.spool.rescan_interval * 1000))
         try:
             async for _ in watchfiles.awatch(
-                self.spool.inbox, self.spool.control, watch_filter=None, debounce=200, step=5,
+                self.spool.inbox, self.spool.control, watch_filter=None, debounce=200, step=1,
                 recursive=False, rust_timeout=timeout_ms, yield_on_timeout=True,
             ):
                 self._wake()

@@ -205,7 +205,11 @@ class PlanRunner:
         for phase in self.plan.phases:
             state.phases.setdefault(phase.id, PhaseState())
         if state.status is not PlanStatus.RUNNING:
-            await self.record.set_status(PlanStatus.RUNNING, phases=len(self.plan.phases))
+            # unsaved: queued and interrupted plans resume just like running ones, and the
+            # first attempt's save follows within milliseconds
+            await self.record.set_status(
+                PlanStatus.RUNNING, save=False, phases=len(self.plan.phases)
+            )
         for phase in self.plan.phases:
             if state.phases[phase.id].status is PhaseStatus.PASSED:
                 self.log.info("phase.skipped", phase=phase.id, reason="passed before")

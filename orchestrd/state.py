@@ -169,7 +169,11 @@ class PlanRecord:
             # a write(2) error names no file: say which one could not be saved
             raise OSError(exc.errno, f"cannot save {self.path}: {exc.strerror}") from None
 
-    async def set_status(self, new: PlanStatus, reason: str | None = None, **fields: Any) -> None:
+    async def set_status(
+        self, new: PlanStatus, reason: str | None = None, save: bool = True, **fields: Any
+    ) -> None:
+        """Change the plan's state and audit it; `save=False` only where a save follows at
+        once and recovery treats the old state the same way."""
         old = self.state.status
         check_transition(PLAN_TRANSITIONS, old, new)
         self.state.status = new
@@ -180,7 +184,8 @@ class PlanRecord:
             self.state.finished_at = now_iso()
         if new is PlanStatus.QUEUED:
             self.state.finished_at = None
-        await self.save()
+        if save:
+            await self.save()
         extra = {"reason": reason} if reason else {}
         self.log.info(_PLAN_EVENTS[new], previous=str(old), **extra, **fields)
 
