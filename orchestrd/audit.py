@@ -27,7 +27,7 @@ from .errors import ConfigError
 # and tested against, this mapping.
 EVENTS: dict[str, str] = {
     "daemon.started": "the daemon is up and serving (after recovery)",
-    "daemon.stopping": "SIGTERM/SIGINT received: stopping workers, saving state",
+    "daemon.stopping": "SIGTERM/SIGINT received (daemon or `orchestrd run`): stopping workers",
     "daemon.stopped": "the daemon exited cleanly",
     "daemon.recovered": "a plan found running or queued in state_dir at start-up was resumed",
     "daemon.reloaded": "SIGHUP: the new config is in force",
@@ -65,7 +65,8 @@ EVENTS: dict[str, str] = {
     "worker.exited": "the worker process ended (returncode)",
     "worker.changes": "git snapshot around the attempt: HEAD, status, diff stat before/after",
     "worker.log_truncated": "the worker's output went over max_log_bytes; the rest was dropped",
-    "worker.orphan_stopped": "a worker left over from a previous daemon run was stopped",
+    "worker.orphan_stopped": "a worker recorded as live by a previous run was stopped (signal; "
+    "null: it was already gone)",
     "check.passed": "one checkpoint passed (check, reason)",
     "check.failed": "one checkpoint failed (check, reason)",
     "check.warning": "a checkpoint found something worth reading that does not fail the phase",

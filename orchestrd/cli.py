@@ -267,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OrchestrdError as exc:
         print(f"orchestrd: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # e.g. no permission on state_dir: say which file, no traceback
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"orchestrd:{where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     return code
