@@ -21,7 +21,7 @@ from .errors import PlanError
 from .gitsnap import Diff
 from .plan import MarkerPath, Phase, Plan, confine, glob_prefix, glob_regex, phase_marker_regex
 from .policy import WatchOutcome
-from .worker import WorkerSpec, WorkerStartError, launch, tail_file
+from .worker import WorkerSpec, WorkerStartError, launch, log_without_prompt, tail_file
 
 # How to repair each rule a check names, for the remediation prompt.
 FIXES: dict[str, str] = {
@@ -40,7 +40,6 @@ FIXES: dict[str, str] = {
 }
 MAX_FINDINGS = 20  # per check and file: enough to act on, short enough to read
 MARKER_FILE_BYTES = 4 * 1024 * 1024  # a marker sits in a source file, not in a huge one
-LOG_SCAN_BYTES = 4 * 1024 * 1024  # the end of the log is where runtime errors are
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,10 +114,7 @@ def check_log(ctx: CheckContext) -> CheckResult:
         if ctx.phase.fail_on_log_errors is not None
         else ctx.settings.fail_on_log_errors
     )
-    text = tail_file(ctx.log_path, lines=10**9, max_bytes=LOG_SCAN_BYTES)
-    if ctx.prompt.strip():
-        # a remediation prompt quotes the failed log's traceback; its echo is no new error
-        text = text.replace(ctx.prompt.strip(), "")
+    text = log_without_prompt(ctx.log_path, ctx.prompt)
     for pattern in ctx.settings.log_error_patterns:
         for line in text.splitlines():
             if re.search(pattern, line):

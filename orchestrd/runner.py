@@ -15,7 +15,6 @@ import anyio
 from .audit import Logger
 from .checks import (
     FIXES,
-    LOG_SCAN_BYTES,
     CheckContext,
     CheckResult,
     audit,
@@ -41,8 +40,8 @@ from .worker import (
     WorkerSpec,
     WorkerStartError,
     launch,
+    log_without_prompt,
     stop_group,
-    tail_file,
 )
 
 # What a worker inherits from the daemon's environment, besides env_passthrough and its profile.
@@ -168,13 +167,11 @@ def remediation_section(
 def log_tail_without(log: Path, prompt_file: Path, lines: int) -> str:
     """The end of a worker's log without the prompt the agent echoed into it: the prompt is
     not the worker's output, and the next worker gets its own."""
-    text = tail_file(log, lines=10**9, max_bytes=LOG_SCAN_BYTES)
     try:
-        prompt = prompt_file.read_text(encoding="utf-8", errors="replace").strip()
+        prompt = prompt_file.read_text(encoding="utf-8", errors="replace")
     except OSError:
         prompt = ""
-    if prompt:
-        text = text.replace(prompt, "[the prompt, echoed by the agent]")
+    text = log_without_prompt(log, prompt, "[the prompt, echoed by the agent]")
     return "\n".join(text.splitlines()[-lines:])
 
 

@@ -224,8 +224,13 @@ class PlanFolder:
         self.workers.mkdir(parents=True, exist_ok=True)
 
     def append_ledger(self, line: str) -> None:
-        with open(self.ledger, "a", encoding="utf-8") as f:
-            f.write(f"{now_iso()} {line}\n")
+        """One line, one write(2) on an O_APPEND descriptor: whole even if the daemon dies, and
+        no buffered file object per line on the event loop."""
+        fd = os.open(self.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            os.write(fd, f"{now_iso()} {line}\n".encode())
+        finally:
+            os.close(fd)
 
     def archive(self, archive_dir: Path) -> Path:
         """Move the whole folder to `archive_dir/<id>[-n]` (never overwriting an older one)."""

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import anyio
@@ -138,6 +138,22 @@ async def _group_gone(pgid: int, leader: anyio.abc.Process | None) -> None:
         await anyio.sleep(_GROUP_POLL)
 
 
+async def _escalate(
+    send: Callable[[signal.Signals], object], gone: Callable[[], Awaitable[None]], grace: float
+) -> signal.Signals:
+    """SIGTERM, wait up to `grace` for `gone`, then SIGKILL and wait again (bounded).
+    Returns the last signal that was needed. The caller shields it from cancellation."""
+    send(signal.SIGTERM)
+    with anyio.move_on_after(grace) as waited:
+        await gone()
+    if not waited.cancelled_caught:
+        return signal.SIGTERM
+    send(signal.SIGKILL)
+    with anyio.move_on_after(max(grace, 5.0)):
+        await gone()
+    return signal.SIGKILL
+
+
 async def stop_group(
     pgid: int, grace: float, leader: anyio.abc.Process | None = None
 ) -> signal.Signals | None:
@@ -151,15 +167,10 @@ async def stop_group(
         leader_alive = leader is not None and leader.returncode is None
         if not leader_alive and not await anyio.to_thread.run_sync(group_members, pgid):
             return None
-        _signal_group(pgid, signal.SIGTERM)
-        with anyio.move_on_after(grace) as waited:
-            await _group_gone(pgid, leader)
-        if not waited.cancelled_caught:
-            return signal.SIGTERM
-        _signal_group(pgid, signal.SIGKILL)
-        with anyio.move_on_after(max(grace, 5.0)):
-            await _group_gone(pgid, leader)
-    return signal.SIGKILL
+        last = await _escalate(
+            lambda sig: _signal_group(pgid, sig), lambda: _group_gone(pgid, leader), grace
+        )
+    return last
 
 
 class LocalWorker:
@@ -255,6 +266,18 @@ class LocalWorker:
                 await log.aclose()
             return None
         return log
+
+
+LOG_SCAN_BYTES = 4 * 1024 * 1024  # the end of the log is where runtime errors are
+
+
+def log_without_prompt(log: Path, prompt: str, instead: str = "") -> str:
+    """The end of a worker's log (LOG_SCAN_BYTES) with the prompt the agent echoed into it
+    replaced by `instead`: the prompt is not the worker's output (a remediation prompt even
+    quotes the failed worker's traceback)."""
+    text = tail_file(log, lines=10**9, max_bytes=LOG_SCAN_BYTES)
+    prompt = prompt.strip()
+    return text.replace(prompt, instead) if prompt else text
 
 
 def tail_file(path: Path, lines: int = 40, max_bytes: int = 16384) -> str:
@@ -399,15 +422,8 @@ async def stop_processes(pids: list[int], grace: float) -> signal.Signals | None
     with anyio.CancelScope(shield=True):
         if not await anyio.to_thread.run_sync(alive):
             return None
-        send(signal.SIGTERM)
-        with anyio.move_on_after(grace) as waited:
-            await all_gone()
-        if not waited.cancelled_caught:
-            return signal.SIGTERM
-        send(signal.SIGKILL)
-        with anyio.move_on_after(max(grace, 5.0)):
-            await all_gone()
-    return signal.SIGKILL
+        last = await _escalate(send, all_gone, grace)
+    return last
 
 
 async def stop_orphan(handle: WorkerHandle, grace: float) -> signal.Signals | None:
