@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from orchestrd.config import Config, load_config
 from orchestrd.plan import Plan, load_plan
 from orchestrd.runner import PlanRunner
 from orchestrd.state import PhaseState, PlanFolder, PlanRecord, PlanState
-from orchestrd.states import PlanStatus
+from orchestrd.states import PhaseStatus, PlanStatus
 
 AGENTS = Path(__file__).parent / "agents"
 AGENT_NAMES = (
@@ -139,8 +139,9 @@ class Run:
         return [int(p) for p in text.split()]
 
 
-async def run_plan(config_path: Path, plan_path: Path) -> Run:
-    """Run one plan in this process through the runner library, as `orchestrd run` does."""
+async def run_plan(config_path: Path, plan_path: Path, passed: Sequence[str] = ()) -> Run:
+    """Run one plan in this process through the runner library, as `orchestrd run` does;
+    the `passed` phases passed before (as after a retry or a restart)."""
     config, _ = load_config(config_path)
     plan = load_plan(plan_path, config, base_dir=plan_path.parent)
     folder = PlanFolder(config.state_dir / "plans" / plan.id)
@@ -148,7 +149,13 @@ async def run_plan(config_path: Path, plan_path: Path) -> Run:
     audit = AuditLog(config.audit_path)
     try:
         log = audit.bind(plan=plan.id)
-        state = PlanState(plan=plan.id, phases={p.id: PhaseState() for p in plan.phases})
+        state = PlanState(
+            plan=plan.id,
+            phases={
+                p.id: PhaseState(status=PhaseStatus.PASSED if p.id in passed else "pending")
+                for p in plan.phases
+            },
+        )
         record = PlanRecord(folder.state_file, state, log)
         await record.save()
         status = await PlanRunner(plan, record, folder, lambda: config, log).run()

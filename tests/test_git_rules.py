@@ -11,17 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Run, agent_profile, make_config, make_plan, phase, run_plan
+from conftest import agent_profile, make_config, make_plan, phase, run_plan
 
-from orchestrd.audit import AuditLog
 from orchestrd.checks import files_with_markers
 from orchestrd.config import UNFINISHED, CheckSettings, load_config
 from orchestrd.errors import PlanError
 from orchestrd.gitsnap import Git, parse_unified
-from orchestrd.plan import MarkerPath, glob_regex, load_plan, plan_from_dict
-from orchestrd.runner import PlanRunner
-from orchestrd.state import PhaseState, PlanFolder, PlanRecord, PlanState
-from orchestrd.states import PhaseStatus
+from orchestrd.plan import MarkerPath, glob_regex, plan_from_dict
 
 pytestmark = pytest.mark.anyio
 
@@ -255,34 +251,11 @@ async def test_marker_paths_count_files_and_accept_the_space_form(tmp_path: Path
     assert found == {"@plan:T.P08": ["src/a.ts", "src/sub/b.ts"]}
 
 
-async def _run_with_passed(config_path: Path, plan_path: Path, passed: list[str]) -> Run:
-    """Run a plan whose `passed` phases passed before (as after a retry or a restart)."""
-    config, _ = load_config(config_path)
-    plan = load_plan(plan_path, config, base_dir=plan_path.parent)
-    folder = PlanFolder(config.state_dir / "plans" / plan.id)
-    folder.create()
-    audit = AuditLog(config.audit_path)
-    try:
-        state = PlanState(
-            plan=plan.id,
-            phases={
-                p.id: PhaseState(status=PhaseStatus.PASSED if p.id in passed else "pending")
-                for p in plan.phases
-            },
-        )
-        log = audit.bind(plan=plan.id)
-        record = PlanRecord(folder.state_file, state, log)
-        status = await PlanRunner(plan, record, folder, lambda: config, log).run()
-    finally:
-        audit.close()
-    return Run(status, config, plan)
-
-
 async def test_a_phase_whose_prerequisite_left_no_marker_fails_before_any_worker(
     tmp_path: Path,
 ) -> None:
     plan = make_plan(tmp_path, phases=[phase("P01"), phase("P02", prerequisites=["P01"])])
-    run = await _run_with_passed(make_config(tmp_path), plan, passed=["P01"])
+    run = await run_plan(make_config(tmp_path), plan, passed=["P01"])
     assert run.status == "failed"
     assert run.events("worker.started") == []
     [failed] = run.events("check.failed")
