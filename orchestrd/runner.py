@@ -24,6 +24,7 @@ from .checks import (
     inspect,
 )
 from .config import CheckSettings, Config, Policy, WorkerProfile
+from .fsutil import FileRefused, read_head, read_regular
 from .gitsnap import Git, PhaseGit
 from .plan import Phase, Plan
 from .policy import WatchOutcome, watch
@@ -36,6 +37,7 @@ from .states import (
     check_transition,
 )
 from .worker import (
+    LOG_SCAN_BYTES,
     LocalWorker,
     WorkerSpec,
     WorkerStartError,
@@ -168,10 +170,13 @@ def log_tail_without(log: Path, prompt_file: Path, lines: int) -> str:
     """The end of a worker's log without the prompt the agent echoed into it: the prompt is
     not the worker's output, and the next worker gets its own."""
     try:
-        prompt = prompt_file.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        prompt = read_head(prompt_file, LOG_SCAN_BYTES).decode("utf-8", errors="replace")
+    except (OSError, FileRefused):
         prompt = ""
-    text = log_without_prompt(log, prompt, "[the prompt, echoed by the agent]")
+    try:
+        text = log_without_prompt(log, prompt, "[the prompt, echoed by the agent]")
+    except FileRefused as exc:
+        return f"[orchestrd: the log is not read: it {exc}]"
     return "\n".join(text.splitlines()[-lines:])
 
 
@@ -289,7 +294,11 @@ class PlanRunner:
         else:
             assert phase.prompt_file is not None
             prompt_path = self.plan.repo / self.plan.in_plan_dir(phase.prompt_file)
-            text = prompt_path.read_text(encoding="utf-8", errors="replace")
+            try:  # an earlier phase's worker could have made it a FIFO or a sparse gigabyte
+                raw = read_regular(prompt_path, settings.max_evidence_bytes)
+            except FileRefused as exc:
+                raise WorkerStartError(f"cannot read prompt_file {prompt_path}: {exc}") from None
+            text = raw.decode("utf-8", errors="replace")
         if previous is not None:
             failed, failed_log = previous
             echoed = self.folder.workers / f"prompt-{phase.id}-{n - 1}.md"
@@ -340,8 +349,9 @@ class PlanRunner:
         ps.attempts.append(att)
         try:
             baseline = pgit.baseline.head if pgit.baseline else None
-            spec, env, prompt, flags = self._prepare(
-                phase, config, n, role, report, log_path, previous, baseline
+            # in a thread: it reads the plan's prompt_file and the failed worker's log
+            spec, env, prompt, flags = await anyio.to_thread.run_sync(
+                self._prepare, phase, config, n, role, report, log_path, previous, baseline
             )
             await pgit.start_attempt(f"{phase.id}-{n}")
             async with launch(spec, config.max_log_bytes, policy.stop_grace) as worker:

@@ -23,6 +23,7 @@ import anyio.abc
 import anyio.to_thread
 
 from .errors import OrchestrdError
+from .fsutil import FileRefused, read_tail
 
 _GROUP_POLL = 0.02  # how often a stopping process group is looked at (seconds)
 
@@ -274,22 +275,28 @@ LOG_SCAN_BYTES = 4 * 1024 * 1024  # the end of the log is where runtime errors a
 def log_without_prompt(log: Path, prompt: str, instead: str = "") -> str:
     """The end of a worker's log (LOG_SCAN_BYTES) with the prompt the agent echoed into it
     replaced by `instead`: the prompt is not the worker's output (a remediation prompt even
-    quotes the failed worker's traceback)."""
-    text = tail_file(log, lines=10**9, max_bytes=LOG_SCAN_BYTES)
+    quotes the failed worker's traceback). FileRefused if the worker replaced its log with
+    something else than a file (a FIFO would block the reader)."""
+    try:
+        data, size = read_tail(log, LOG_SCAN_BYTES)
+    except OSError:
+        return ""
+    text = _last_lines(data, size, LOG_SCAN_BYTES, 10**9)
     prompt = prompt.strip()
     return text.replace(prompt, instead) if prompt else text
 
 
 def tail_file(path: Path, lines: int = 40, max_bytes: int = 16384) -> str:
-    """The last `lines` lines of a file, reading at most `max_bytes` from its end."""
+    """The last `lines` lines of a file, reading at most `max_bytes` from its end. The worker
+    may have replaced its log: anything but a regular file is not read ('')."""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read()
-    except OSError:
+        data, size = read_tail(path, max_bytes)
+    except (OSError, FileRefused):
         return ""
+    return _last_lines(data, size, max_bytes, lines)
+
+
+def _last_lines(data: bytes, size: int, max_bytes: int, lines: int) -> str:
     text = data.decode("utf-8", errors="replace")
     if size > max_bytes and "\n" in text:
         # the first line was cut in two: half a line (half a secret, for the redactor) helps
