@@ -90,7 +90,7 @@ def _fmt_elapsed(seconds: float | None) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     header = ("PLAN", "STATE", "PHASE", "ATTEMPT", "PID", "ELAPSED")
-    lines = [header]
+    lines: list[tuple[str, ...]] = [header]
     for r in rows:
         # plan ids and phase ids come from folder names and files others wrote
         lines.append(tuple(printable(str(c), newlines=False) for c in (

@@ -153,8 +153,7 @@ async def test_a_marker_in_a_file_whose_name_is_not_utf8_counts_and_is_shown_esc
 ) -> None:
     repo = tmp_path / "repo"
     (repo / "src").mkdir(parents=True)
-    with open(os.fsencode(repo / "src") + b"/m\xff.py", "w") as f:
-        f.write("# @plan:T.P01\n")
+    (repo / "src" / os.fsdecode(b"m\xff.py")).write_text("# @plan:T.P01\n")
     config = make_config(tmp_path)
     plan = make_plan(tmp_path, [phase(marker_paths=[{"glob": "src/*.py"}])])
     run = await run_plan(config, plan)
