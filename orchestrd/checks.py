@@ -15,7 +15,7 @@ import anyio
 import anyio.to_thread
 
 from . import evidence
-from .audit import Logger
+from .audit import Logger, printable
 from .config import CheckSettings
 from .errors import PlanError
 from .fsutil import DEFAULT_MAX_BYTES, FileRefused, read_head, read_regular
@@ -238,7 +238,9 @@ def files_with_markers(repo: Path, mp: MarkerPath, markers: list[str]) -> dict[s
                 continue
             for marker, regex in regexes.items():
                 if regex.search(text):
-                    found[marker].append(rel)
+                    # a name that is not UTF-8 shown as `\xff`: it goes into reasons, which
+                    # state files (UTF-8 TOML) and terminals must be able to take
+                    found[marker].append(printable(rel, newlines=False))
     return found
 
 

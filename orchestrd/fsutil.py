@@ -4,6 +4,7 @@ worker could have touched (a FIFO must not block us, a sparse gigabyte must not 
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -31,6 +32,10 @@ class FileRefused(OrchestrdError):
     The message says what it is, without the path (the caller names it)."""
 
 
+def _not_regular(st: os.stat_result) -> str:
+    return f"is {KINDS.get(stat.S_IFMT(st.st_mode), 'not a regular file')}, not a regular file"
+
+
 def write_all(fd: int, data: bytes) -> None:
     """Write all of `data`: a write(2) may be short (a filling disk, a signal)."""
     view = memoryview(data)
@@ -55,14 +60,47 @@ def open_regular(path: Path, follow: bool = True) -> tuple[int, os.stat_result]:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            kind = KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
-            raise FileRefused(f"is {kind}, not a regular file")
+            raise FileRefused(_not_regular(st))
         # reads of a regular file never block; a plain descriptor is what shutil expects
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
     return fd, st
+
+
+def open_for_writing(path: Path, append: bool = False) -> int:
+    """Open (create) `path` for writing where a worker could have put something first: never
+    through a symlink, and a FIFO fails at once (ENXIO with O_NONBLOCK and no reader) instead
+    of blocking; anything else but a regular file is refused (FileRefused)."""
+    how = os.O_APPEND if append else os.O_TRUNC
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | how | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o640,
+        )
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:
+            raise
+        raise FileRefused(_not_regular(os.lstat(path))) from None  # a FIFO nobody reads
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRefused(_not_regular(st))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Replace the content of `path` (see open_for_writing)."""
+    fd = open_for_writing(path)
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)
 
 
 def read_regular(path: Path, max_bytes: int, limit: str = "[checks] max_evidence_bytes") -> bytes:

@@ -24,7 +24,7 @@ from .checks import (
     inspect,
 )
 from .config import CheckSettings, Config, Policy, WorkerProfile
-from .fsutil import FileRefused, read_head, read_regular
+from .fsutil import FileRefused, read_head, read_regular, write_file
 from .gitsnap import Git, PhaseGit
 from .plan import Phase, Plan
 from .policy import WatchOutcome, watch
@@ -403,12 +403,15 @@ class PlanRunner:
                 f"worker profile {profile_name!r} is dangerous "
                 f"({', '.join(profile.dangerous_flags)}) and allow_dangerous_workers is off"
             )
+        prompt_file = self.folder.workers / f"prompt-{phase.id}-{n}.md"
         try:
             prompt = self._prompt(phase, n, role, report, config.checks, previous, baseline)
-            prompt_file = self.folder.workers / f"prompt-{phase.id}-{n}.md"
-            prompt_file.write_text(prompt, encoding="utf-8")
+            # a file name that is not UTF-8 (quoted in a reason) is written as its own bytes
+            write_file(prompt_file, prompt.encode("utf-8", "surrogateescape"))
         except OSError as exc:
             raise WorkerStartError(f"cannot write the prompt: {exc}") from None
+        except FileRefused as exc:
+            raise WorkerStartError(f"cannot write the prompt {prompt_file}: it {exc}") from None
         values = {
             "prompt": prompt, "prompt_file": str(prompt_file), "plan": self.plan.id,
             "phase": phase.id, "attempt": str(n), "log": str(log_path),

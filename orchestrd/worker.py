@@ -23,7 +23,7 @@ import anyio.abc
 import anyio.to_thread
 
 from .errors import OrchestrdError
-from .fsutil import FileRefused, read_tail
+from .fsutil import FileRefused, open_for_writing, read_tail
 
 _GROUP_POLL = 0.02  # how often a stopping process group is looked at (seconds)
 
@@ -308,11 +308,13 @@ def _last_lines(data: bytes, size: int, max_bytes: int, lines: int) -> str:
 async def _open(spec: WorkerSpec) -> anyio.abc.Process:
     try:
         await anyio.Path(spec.log_path.parent).mkdir(parents=True, exist_ok=True)
-        # created (or appended to) up front: a log folder we cannot write fails the start
-        async with await anyio.open_file(spec.log_path, "ab"):
-            pass
+        # created (or appended to) up front: a log folder we cannot write fails the start, and
+        # so does a FIFO an earlier worker left at this path (it would block the log pump)
+        os.close(await anyio.to_thread.run_sync(open_for_writing, spec.log_path, True))
     except OSError as exc:
         raise WorkerStartError(f"cannot open worker log {spec.log_path}: {exc.strerror}") from None
+    except FileRefused as exc:
+        raise WorkerStartError(f"cannot open worker log {spec.log_path}: it {exc}") from None
     if not spec.cwd.is_dir():
         raise WorkerStartError(f"the repo {spec.cwd} does not exist (any more)")
     try:

@@ -38,7 +38,10 @@ def hostile(what: str) -> dict[str, Any]:
     }
 
 
-CASES = ("fifo_report", "fifo_completion", "fifo_log", "fifo_marker", "fifo_prompt", "huge_report")
+CASES = (
+    "fifo_report", "fifo_completion", "fifo_log", "fifo_marker", "fifo_prompt", "fifo_next_prompt",
+    "fifo_next_log", "huge_report",
+)
 
 
 def hostile_plan(d: Daemon, what: str) -> dict[str, Any]:
@@ -46,6 +49,8 @@ def hostile_plan(d: Daemon, what: str) -> dict[str, Any]:
     first = plan["phases"][0]
     if what == "fifo_marker":
         first["marker_paths"] = [{"glob": "src/*.py"}]
+    if what.startswith("fifo_next_"):
+        first["policy"] = {"max_remediations": 1}
     if what == "fifo_prompt":
         (d.repo(what) / "prompts").mkdir(exist_ok=True)
         (d.repo(what) / "prompts" / "P02.md").write_text("Do P02.\n")
@@ -71,6 +76,8 @@ def test_fifos_and_a_sparse_gigabyte_left_by_workers_fail_their_plans_not_the_da
     assert f"worker log worker-P01-1.log {FIFO}" in reasons["fifo_log"]
     assert "src/*.py: 0 file(s) contain @plan:fifo_marker.P01" in reasons["fifo_marker"]
     assert f"prompts/P02.md: {FIFO}" in reasons["fifo_prompt"]
+    assert f"prompt-P01-2.md: it {FIFO}" in reasons["fifo_next_prompt"]
+    assert f"worker-P01-2.log: it {FIFO}" in reasons["fifo_next_log"]
     assert (
         "reports/P01-worker.md: 1073741824 bytes, over [checks] max_evidence_bytes (1048576); "
         "not read" in reasons["huge_report"]
@@ -160,6 +167,23 @@ async def test_a_marker_in_a_file_whose_name_is_not_utf8_counts_and_is_shown_esc
     assert str(run.status) == "succeeded", run.events("check.failed")
     [found] = [e for e in run.events("check.passed") if e["check"] == "marker_paths"]
     assert found["reason"] == "src/*.py: 1 file(s) with @plan:T.P01: src/m\\xff.py"
+
+
+@pytest.mark.anyio
+async def test_a_failure_naming_a_file_that_is_not_utf8_is_saved_and_shown_escaped(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / os.fsdecode(b"m\xff.py")).write_text("# @plan:T.P01\n")
+    config = make_config(tmp_path)
+    plan = make_plan(tmp_path, [phase(marker_paths=[{"glob": "src/*.py", "min": 2}])])
+    run = await run_plan(config, plan)
+    # the reason went into the state file (UTF-8 TOML) instead of failing its save
+    assert run.events("plan.error") == []
+    [failed] = run.events("plan.failed")
+    assert "(found in: src/m\\xff.py)" in failed["reason"]
+    assert "(found in: src/m\\\\xff.py)" in (run.folder / "state.toml").read_text()
 
 
 # a name the kernel allows: 1-255 bytes, no '/' and no NUL, not '.' or '..'
