@@ -141,7 +141,8 @@ def _read_in_repo(
     except PlanError as exc:
         return path, f"\0{exc}"
     try:
-        return path, read_regular(target, max_bytes).decode("utf-8", errors="replace")
+        text = read_regular(target, max_bytes, follow=False).decode("utf-8", errors="replace")
+        return path, text
     except FileRefused as exc:
         return path, f"\0{path}: {exc}"
     except OSError:

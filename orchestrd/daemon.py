@@ -543,7 +543,7 @@ def archive_plan(
                 src = confine(plan.repo, path)
                 # opened without blocking, and only a regular file is copied: a FIFO here
                 # would hold this thread (and the archiving) forever
-                copy_regular(src, evidence / path, max_bytes, "max_log_bytes")
+                copy_regular(src, evidence / path, max_bytes, "max_log_bytes", follow=False)
             except FileNotFoundError:
                 continue  # never written: nothing to keep
             except PlanError:

@@ -55,14 +55,13 @@ def fsync_dir(path: Path) -> None:
 def open_regular(path: Path, follow: bool = True) -> tuple[int, os.stat_result]:
     """Open `path` for reading without blocking (a FIFO opens at once with O_NONBLOCK) and
     refuse anything but a regular file. Returns the descriptor (the caller closes it) and its
-    fstat. OSError as open(2) gives it (FileNotFoundError: missing); FileRefused otherwise."""
+    fstat. OSError as open(2) gives it (FileNotFoundError: missing); FileRefused otherwise.
+    O_NONBLOCK stays set: it changes nothing for a regular file."""
     fd = os.open(path, _OPEN_FLAGS | (0 if follow else os.O_NOFOLLOW))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise FileRefused(_not_regular(st))
-        # reads of a regular file never block; a plain descriptor is what shutil expects
-        os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
@@ -87,7 +86,6 @@ def open_for_writing(path: Path, append: bool = False) -> int:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise FileRefused(_not_regular(st))
-        os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
@@ -103,20 +101,20 @@ def write_file(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def read_regular(path: Path, max_bytes: int, limit: str = "[checks] max_evidence_bytes") -> bytes:
+def read_regular(
+    path: Path, max_bytes: int, limit: str = "[checks] max_evidence_bytes", follow: bool = True
+) -> bytes:
     """The whole of a regular file of at most `max_bytes` (`limit` names the setting in the
-    message); a larger one is refused unread, one that grows past it while read too."""
-    fd, st = open_regular(path)
+    message); a larger one is refused unread, one that grows past it while read too.
+    `follow=False` for a path already resolved: a link swapped in since is not followed."""
+    fd, st = open_regular(path, follow)
     try:
         if st.st_size > max_bytes:
             raise FileRefused(f"{st.st_size} bytes, over {limit} ({max_bytes}); not read")
-        chunks, total = [], 0
-        while total <= max_bytes and (chunk := os.read(fd, min(_CHUNK, max_bytes + 1 - total))):
-            chunks.append(chunk)
-            total += len(chunk)
-        if total > max_bytes:
+        data = _read_upto(fd, max_bytes + 1)
+        if len(data) > max_bytes:
             raise FileRefused(f"over {limit} ({max_bytes}) while read (it grew); not read")
-        return b"".join(chunks)
+        return data
     finally:
         os.close(fd)
 
@@ -148,11 +146,11 @@ def _read_upto(fd: int, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def copy_regular(src: Path, dest: Path, max_bytes: int, limit: str) -> None:
+def copy_regular(src: Path, dest: Path, max_bytes: int, limit: str, follow: bool = True) -> None:
     """Copy a regular file of at most `max_bytes` to `dest`, making its folder (FileRefused
     for anything else): what the copy reads is what was checked, not a FIFO swapped in after
-    a stat."""
-    fd, st = open_regular(src)
+    a stat. `follow` as for read_regular."""
+    fd, st = open_regular(src, follow)
     try:
         if st.st_size > max_bytes:
             raise FileRefused(f"{st.st_size} bytes, over {limit} ({max_bytes}); not copied")

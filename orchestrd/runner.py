@@ -438,7 +438,7 @@ class PlanRunner:
                 set_attempt(att, AttemptStatus.STALLED)
                 log.info(
                     "worker.stalled", polls=outcome.polls, elapsed=round(worker.elapsed(), 3),
-                    log_tail=worker.tail(LOG_TAIL_LINES),
+                    log_tail=await anyio.to_thread.run_sync(worker.tail, LOG_TAIL_LINES),
                 )
                 sig = await worker.stop(policy.stop_grace)
                 set_attempt(att, AttemptStatus.STOPPED)
