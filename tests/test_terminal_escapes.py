@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -72,3 +73,17 @@ def test_escapes_quoted_in_a_failure_reason_reach_neither_the_journal_nor_status
         assert result.returncode == 0, result.stderr
         assert not RAW_CONTROL.search(result.stdout), repr(result.stdout)
     assert "reason: " in result.stdout and "\\x1b]0;pwned\\x07" in result.stdout
+
+
+def test_import_warnings_show_file_names_and_quoted_lines_escaped(tmp_path: Path) -> None:
+    from orchestrd.importer import import_plan_folder
+
+    plan = tmp_path / "project-plans" / "demo" / "plan"
+    plan.mkdir(parents=True)
+    (plan / "01-stub.md").write_text("## Phase ID\n`PLAN-20251018-DEMO.P01`\n")
+    (plan / os.fsdecode(b"notes\x1b]0;t\x07\xff.md")).write_text("nothing\n")
+    imported = import_plan_folder(plan.parent, tmp_path, None)
+    [shown] = [str(w) for w in imported.warnings if "notes" in str(w)]
+    assert not RAW_CONTROL.search(shown), repr(shown)
+    assert "notes\\x1b]0;t\\x07\\xff.md:1: warning: not a phase" in shown
+
