@@ -22,6 +22,7 @@ from structlog.typing import EventDict, WrappedLogger
 
 from .config import SECRET_NAME, Config
 from .errors import ConfigError
+from .fsutil import write_all
 
 # Every event orchestrd emits, with what it means. The README's event table is generated from,
 # and tested against, this mapping.
@@ -74,6 +75,39 @@ EVENTS: dict[str, str] = {
 }
 
 FIRST_KEYS = ("ts", "event", "plan", "phase", "attempt", "role", "pid")
+
+
+# What must not reach a terminal raw: C0 controls (ESC starts colour, clear-screen and OSC
+# title sequences; BEL, NUL, CR), DEL and C1 (0x9b is an 8-bit CSI), bidi overrides and line
+# separators that reorder or split what a person reads, and lone surrogates (the bytes of a
+# file name that is not UTF-8). Tab is harmless; newline is kept where asked.
+_UNSAFE_CHARS = (
+    "\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff"
+)
+_UNSAFE = re.compile(f"[\n{_UNSAFE_CHARS}]")
+_UNSAFE_KEEP_NEWLINES = re.compile(f"[{_UNSAFE_CHARS}]")
+
+
+def printable(text: str, newlines: bool = True) -> str:
+    """`text` safe to show a person on a terminal or in the journal: every character above
+    shown escaped (`\\x1b`, `\\u202e`; a non-UTF-8 byte of a file name as `\\xff`), newlines
+    kept if `newlines` (a multi-line rendering), escaped otherwise."""
+    regex = _UNSAFE_KEEP_NEWLINES if newlines else _UNSAFE
+    return regex.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's surrogateescape: the byte it stands for
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+_SURROGATES = re.compile("[\udc80-\udcff]")
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return "\\" + _escape(match)
 
 
 MIN_FRAGMENT = 8
@@ -148,27 +182,22 @@ def _fragments(value: str, limit: int = 256) -> str:
     return f"{prefix}{rest}|{lead}{suffix}"
 
 
-class _LocalZone:
-    """The local UTC offset, looked up once a minute rather than per event (a DST change shows
-    within a minute)."""
-
-    def __init__(self) -> None:
-        self._until = 0.0
-        self._tz: dt.tzinfo | None = None
-
-    def now(self) -> dt.datetime:
-        mono = time.monotonic()
-        if mono >= self._until or self._tz is None:
-            self._tz = dt.datetime.now().astimezone().tzinfo
-            self._until = mono + 60.0
-        return dt.datetime.now(self._tz)
+_ZONES: dict[int, dt.timezone] = {}
 
 
-_ZONE = _LocalZone()
+def _now() -> dt.datetime:
+    """Local time with the UTC offset in force at that very instant: one localtime(3) per event
+    (about a microsecond), so no event after a DST switch carries a time that does not exist."""
+    t = time.time()
+    offset = time.localtime(t).tm_gmtoff
+    tz = _ZONES.get(offset)
+    if tz is None:
+        tz = _ZONES.setdefault(offset, dt.timezone(dt.timedelta(seconds=offset)))
+    return dt.datetime.fromtimestamp(t, tz)
 
 
 def _timestamp(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    event_dict["ts"] = _ZONE.now().isoformat(timespec="microseconds")
+    event_dict["ts"] = _now().isoformat(timespec="microseconds")
     return event_dict
 
 
@@ -196,6 +225,8 @@ class AuditSink:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._ino = -1
+        self._torn = 0
+        """The length of a line whose write failed, part of which may be in the file."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._open()
@@ -230,23 +261,49 @@ class AuditSink:
         return self._fd
 
     def msg(self, line: str) -> None:
-        # a lone surrogate (a file name that is not UTF-8) becomes a JSON escape, not an error
-        data = (line + "\n").encode("utf-8", "backslashreplace")
+        try:
+            data = (line + "\n").encode()
+        except UnicodeEncodeError:
+            # a lone surrogate: a byte of a file name that is not UTF-8, written as the text
+            # `\xff` (a JSON-escaped backslash), as a person sees it elsewhere
+            data = (_SURROGATES.sub(_json_escape, line) + "\n").encode("utf-8", "backslashreplace")
         with self._lock:
+            fd = None
             try:
                 fd = self._current()
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                if self._torn:
+                    self._cut_torn(fd)
+                write_all(fd, data)
             except OSError as exc:
                 # a full disk or a vanished folder must not stop supervision: say so where
                 # the journal will see it, with the event, and go on
                 self._echo(f"orchestrd: audit log {self.path}: {exc.strerror}: {line}")
+                self._torn = len(data)
+                if fd is not None:
+                    self._cut_torn_now(fd)
+
+    def _cut_torn(self, fd: int) -> None:
+        """Cut off what a failed write left of its line (a full disk takes part of a write):
+        the next event starts on a line of its own. The torn part is the end of the file after
+        its last newline, within the failed line's length (a JSON line holds no raw newline)."""
+        size = os.fstat(fd).st_size
+        n = min(self._torn, size)
+        tail = os.pread(fd, n, size - n)
+        if not tail.endswith(b"\n") and size:
+            os.ftruncate(fd, size - n + tail.rfind(b"\n") + 1)
+        self._torn = 0
+
+    def _cut_torn_now(self, fd: int) -> None:
+        try:
+            self._cut_torn(fd)
+        except OSError as exc:
+            # the next event tries again before it writes
+            self._echo(f"orchestrd: audit log {self.path}: torn line not cut yet: {exc.strerror}")
 
     def _echo(self, text: str) -> None:
         stream = self.echo or sys.stderr
         try:
-            stream.write(text + "\n")
+            stream.write(printable(text, newlines=False) + "\n")
             stream.flush()
         except (OSError, ValueError):
             pass  # no terminal or journal to tell (closed stderr): the audit file is the record

@@ -15,9 +15,10 @@ import anyio
 import anyio.to_thread
 
 from . import evidence
-from .audit import Logger
+from .audit import Logger, printable
 from .config import CheckSettings
 from .errors import PlanError
+from .fsutil import DEFAULT_MAX_BYTES, FileRefused, read_head, read_regular
 from .gitsnap import Diff
 from .plan import MarkerPath, Phase, Plan, confine, glob_prefix, glob_regex, phase_marker_regex
 from .policy import WatchOutcome
@@ -114,7 +115,11 @@ def check_log(ctx: CheckContext) -> CheckResult:
         if ctx.phase.fail_on_log_errors is not None
         else ctx.settings.fail_on_log_errors
     )
-    text = log_without_prompt(ctx.log_path, ctx.prompt)
+    try:
+        text = log_without_prompt(ctx.log_path, ctx.prompt)
+    except FileRefused as exc:
+        # orchestrd made that log: a worker that swapped it hides what it printed
+        return CheckResult("log_errors", False, f"worker log {ctx.log_path.name} {exc}")
     for pattern in ctx.settings.log_error_patterns:
         for line in text.splitlines():
             if re.search(pattern, line):
@@ -124,21 +129,28 @@ def check_log(ctx: CheckContext) -> CheckResult:
     return CheckResult("log_errors", True, "no runtime error patterns in the log")
 
 
-def _read_in_repo(plan: Plan, rel: str) -> tuple[str, str | None]:
-    """(repo-relative path, text or None when missing); refuses paths leaving the repo."""
+def _read_in_repo(
+    plan: Plan, rel: str, max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[str, str | None]:
+    """(repo-relative path, text or None when missing); refuses paths leaving the repo, and
+    (a worker wrote it) anything but a regular file of at most `max_bytes`, unread. A refusal
+    is the text `\\0why`."""
     path = plan.in_plan_dir(rel)
     try:
         target = confine(plan.repo, path)
     except PlanError as exc:
         return path, f"\0{exc}"
     try:
-        return path, target.read_text(encoding="utf-8", errors="replace")
+        text = read_regular(target, max_bytes, follow=False).decode("utf-8", errors="replace")
+        return path, text
+    except FileRefused as exc:
+        return path, f"\0{path}: {exc}"
     except OSError:
         return path, None
 
 
 def check_report(ctx: CheckContext) -> CheckResult:
-    path, text = _read_in_repo(ctx.plan, ctx.report_path)
+    path, text = _read_in_repo(ctx.plan, ctx.report_path, ctx.settings.max_evidence_bytes)
     if text is None:
         return CheckResult("report", False, f"{path} is missing; the worker must write it")
     if text.startswith("\0"):
@@ -186,7 +198,7 @@ def check_evidence(ctx: CheckContext) -> list[CheckResult]:
     results: list[CheckResult] = []
     checked = []
     for rel, is_report, requires in files:
-        path, text = _read_in_repo(ctx.plan, rel)
+        path, text = _read_in_repo(ctx.plan, rel, settings.max_evidence_bytes)
         if text is None or text.startswith("\0"):
             continue
         checked.append(path)
@@ -221,13 +233,15 @@ def files_with_markers(repo: Path, mp: MarkerPath, markers: list[str]) -> dict[s
             try:
                 if root not in full.resolve().parents:
                     continue  # a symlink leading out of the repo
-                with open(full, "rb") as f:
-                    text = f.read(MARKER_FILE_BYTES).decode("utf-8", errors="replace")
-            except (OSError, RuntimeError):  # unreadable, or a symlink loop
+                # a FIFO the worker left here must not block the thread forever
+                text = read_head(full, MARKER_FILE_BYTES).decode("utf-8", errors="replace")
+            except (OSError, RuntimeError, FileRefused):  # unreadable, not a file, a loop
                 continue
             for marker, regex in regexes.items():
                 if regex.search(text):
-                    found[marker].append(rel)
+                    # a name that is not UTF-8 shown as `\xff`: it goes into reasons, which
+                    # state files (UTF-8 TOML) and terminals must be able to take
+                    found[marker].append(printable(rel, newlines=False))
     return found
 
 
@@ -260,7 +274,7 @@ async def check_prerequisites(plan: Plan, phase: Phase) -> list[CheckResult]:
     results = []
     for pid in phase.prerequisites:
         earlier = plan.phase(pid)
-        found = completion_results(plan, earlier, "prerequisites")
+        found = await anyio.to_thread.run_sync(completion_results, plan, earlier, "prerequisites")
         found += await marker_path_results(plan, earlier, "prerequisites")
         for r in found:
             reason = f"{pid}: {r.reason}"
@@ -370,10 +384,11 @@ def _judge_output(text: str, cmd_expect: str, must: list[str], must_not: list[st
     return None
 
 
-def _read_output(path: Path) -> str:
+def _read_output(path: Path, max_bytes: int) -> str:
+    # the command may run what a worker wrote: its output file may be anything by now
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        return read_head(path, max_bytes).decode("utf-8", errors="replace")
+    except (OSError, FileRefused):
         return ""
 
 
@@ -394,7 +409,7 @@ async def run_verify(ctx: CheckContext, index: int) -> CheckResult:
     except WorkerStartError as exc:
         return CheckResult(name, False, f"cannot run {cmd.run!r}: {exc}")
     took = round(time.monotonic() - started, 3)
-    tail = tail_file(out_path, lines=15, max_bytes=4096)
+    tail = await anyio.to_thread.run_sync(tail_file, out_path, 15, 4096)
     if rc is None:
         return CheckResult(
             name, False, f"{cmd.run!r} timed out after {cmd.timeout}s and was stopped",
@@ -420,7 +435,7 @@ async def run_verify(ctx: CheckContext, index: int) -> CheckResult:
     must_not = [*cmd.must_not_match]
     if cmd.default_must_not_match:
         must_not += defaults.for_kind(ctx.phase.kind)
-    text = await anyio.to_thread.run_sync(_read_output, out_path)
+    text = await anyio.to_thread.run_sync(_read_output, out_path, ctx.max_log_bytes)
     broken = _judge_output(text, cmd.expect, cmd.must_match, must_not)
     if broken is None:
         checked = " and its output" if must_not or cmd.must_match else ""
@@ -442,11 +457,14 @@ async def run_verify(ctx: CheckContext, index: int) -> CheckResult:
     return CheckResult(name, False, reason, details=details)
 
 
+def _file_checks(ctx: CheckContext) -> list[CheckResult]:
+    """The checks that read what the worker wrote (off the event loop: a thread)."""
+    return [check_log(ctx), check_report(ctx), *check_completion(ctx), *check_evidence(ctx)]
+
+
 async def inspect(ctx: CheckContext, log: Logger) -> list[CheckResult]:
     """Every checkpoint, in order, each audited as check.passed / check.failed / check.warning."""
-    results = [check_exit(ctx.outcome), check_log(ctx), check_report(ctx)]
-    results += check_completion(ctx)
-    results += check_evidence(ctx)
+    results = [check_exit(ctx.outcome), *await anyio.to_thread.run_sync(_file_checks, ctx)]
     results += await marker_path_results(ctx.plan, ctx.phase, "marker_paths")
     results += check_changes(ctx)
     for r in results:

@@ -19,7 +19,7 @@ import anyio
 import tomli_w
 
 from . import status
-from .audit import AuditLog, Redactor
+from .audit import AuditLog, Redactor, printable
 from .config import Config, load_config
 from .errors import OrchestrdError, PlanError
 from .importer import add_subcommand as add_import_subcommand
@@ -265,11 +265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except OrchestrdError as exc:
-        print(f"orchestrd: {exc}", file=sys.stderr)
+        print(printable(f"orchestrd: {exc}"), file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # e.g. no permission on state_dir: say which file, no traceback
         where = f" {exc.filename}" if exc.filename else ""
-        print(f"orchestrd:{where}: {exc.strerror or exc}", file=sys.stderr)
+        print(printable(f"orchestrd:{where}: {exc.strerror or exc}"), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -18,6 +18,7 @@ import pydantic
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from .errors import ConfigError, describe_validation_error
+from .fsutil import DEFAULT_MAX_BYTES
 
 SYSTEM_CONFIG = Path("/etc/orchestrd/orchestrd.toml")
 BUNDLED_CONFIG = Path(__file__).with_name("local.toml")
@@ -280,6 +281,10 @@ class CheckSettings(Strict):
     forbid_test_changes: list[PhaseKind] = Field(
         default_factory=lambda: list[PhaseKind](["impl"]),
         description="phase kinds whose workers must not change test files (a phase may override)",
+    )
+    max_evidence_bytes: int = Field(
+        DEFAULT_MAX_BYTES, gt=0,
+        description="a report or completion file larger than this fails its check unread",
     )
     test_globs: Globs = Field(
         default_factory=lambda: list(TEST_GLOBS),

@@ -25,6 +25,7 @@ import watchfiles
 from .audit import CHATTY, AuditLog, Logger, Redactor
 from .config import Config, load_config
 from .errors import ConfigError, OrchestrdError, PlanError, StateError
+from .fsutil import FileRefused, copy_regular
 from .plan import Plan, confine, load_plan
 from .runner import PlanRunner
 from .spool import Accepted, Rejected, Spool, display_name
@@ -190,18 +191,28 @@ class Daemon:
         """Wake the main loop on inotify events, and at least every rescan_interval (a timeout
         of the watcher), so an overflowed or missed event loses nothing."""
         timeout_ms = max(1, int(self.config.spool.rescan_interval * 1000))
-        try:
-            async for _ in watchfiles.awatch(
-                self.spool.inbox, self.spool.control, watch_filter=None, debounce=200, step=1,
-                recursive=False, rust_timeout=timeout_ms, yield_on_timeout=True,
-            ):
-                self._wake()
-        except (OSError, RuntimeError) as exc:
-            # e.g. out of inotify watches: fall back to rescans alone
-            self.log.info("daemon.watch_failed", reason=str(exc))
-            while True:
-                await anyio.sleep(self.config.spool.rescan_interval)
-                self._wake()
+        while True:
+            try:
+                async for _ in watchfiles.awatch(
+                    self.spool.inbox, self.spool.control, watch_filter=None, debounce=200,
+                    step=1, recursive=False, rust_timeout=timeout_ms, yield_on_timeout=True,
+                ):
+                    self._wake()
+            except Exception as exc:  # the watcher must never stop the daemon: sorted below
+                errors = _leaf_errors(exc)
+                if not all(isinstance(e, OSError | RuntimeError) for e in errors):
+                    raise
+                if all(_undecodable_name(e) for e in errors):
+                    # a file name that is not UTF-8, which watchfiles cannot decode: something
+                    # changed, and the scan handles the name; watch again
+                    self._wake()
+                    continue
+                # e.g. out of inotify watches: fall back to rescans alone
+                self.log.info("daemon.watch_failed", reason=describe_failure(exc))
+                break
+        while True:
+            await anyio.sleep(self.config.spool.rescan_interval)
+            self._wake()
 
     async def _main_loop(self, tg: anyio.abc.TaskGroup) -> None:
         self._wake()
@@ -500,6 +511,11 @@ def describe_failure(exc: BaseException) -> str:
     return "; ".join(f"{type(e).__name__}: {e}" for e in _leaf_errors(exc))
 
 
+def _undecodable_name(exc: BaseException) -> bool:
+    """watchfiles' error for an event on a file name that is not UTF-8."""
+    return isinstance(exc, RuntimeError) and "Unable to decode path" in str(exc)
+
+
 def _leaf_errors(exc: BaseException) -> list[BaseException]:
     """The errors inside (nested) exception groups, or `exc` itself: a task group's
     "unhandled errors in a TaskGroup" says nothing a person can act on."""
@@ -514,8 +530,9 @@ def archive_plan(
     """Copy the plan's reports and completion files into its folder, then move it to archive/.
 
     Returns where it went and the evidence not copied, with why. What the repo holds was written
-    by workers: a link leading out of the repo or a link loop is not followed, a file larger than
-    `max_bytes` (max_log_bytes) is not copied, and nothing of it can stop the archiving.
+    by workers: a link leading out of the repo or a link loop is not followed, anything but a
+    regular file (a FIFO, a folder) and a file larger than `max_bytes` (max_log_bytes) is not
+    copied, and nothing of it can stop the archiving.
     """
     evidence = folder.root / "evidence"
     skipped = []
@@ -524,16 +541,15 @@ def archive_plan(
             path = plan.in_plan_dir(rel)
             try:
                 src = confine(plan.repo, path)
-                if not src.is_file():
-                    continue  # never written (or not a file): nothing to keep
-                if (size := src.stat().st_size) > max_bytes:
-                    skipped.append(f"{path}: {size} bytes, over max_log_bytes")
-                    continue
-                dest = evidence / path
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dest)
+                # opened without blocking, and only a regular file is copied: a FIFO here
+                # would hold this thread (and the archiving) forever
+                copy_regular(src, evidence / path, max_bytes, "max_log_bytes", follow=False)
+            except FileNotFoundError:
+                continue  # never written: nothing to keep
             except PlanError:
                 skipped.append(f"{path}: leads out of the repo")
+            except FileRefused as exc:
+                skipped.append(f"{path}: {exc}")
             except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (pathlib)
                 skipped.append(f"{path}: {exc}")
     return folder.archive(archive_dir), skipped

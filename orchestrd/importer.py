@@ -20,6 +20,7 @@ from typing import Any
 import tomli_w
 
 from . import __version__
+from .audit import printable
 from .config import load_config
 from .errors import PlanError
 from .plan import phase_marker_regex, plan_from_dict
@@ -69,7 +70,8 @@ class ParseWarning:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: warning: {self.message}"
+        # file names and quoted lines are someone else's bytes: nothing raw to a terminal
+        return printable(f"{self.file}:{self.line}: warning: {self.message}")
 
 
 @dataclasses.dataclass(frozen=True)

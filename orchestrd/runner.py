@@ -24,6 +24,7 @@ from .checks import (
     inspect,
 )
 from .config import CheckSettings, Config, Policy, WorkerProfile
+from .fsutil import FileRefused, read_head, read_regular, write_file
 from .gitsnap import Git, PhaseGit
 from .plan import Phase, Plan
 from .policy import WatchOutcome, watch
@@ -36,6 +37,7 @@ from .states import (
     check_transition,
 )
 from .worker import (
+    LOG_SCAN_BYTES,
     LocalWorker,
     WorkerSpec,
     WorkerStartError,
@@ -168,10 +170,13 @@ def log_tail_without(log: Path, prompt_file: Path, lines: int) -> str:
     """The end of a worker's log without the prompt the agent echoed into it: the prompt is
     not the worker's output, and the next worker gets its own."""
     try:
-        prompt = prompt_file.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        prompt = read_head(prompt_file, LOG_SCAN_BYTES).decode("utf-8", errors="replace")
+    except (OSError, FileRefused):
         prompt = ""
-    text = log_without_prompt(log, prompt, "[the prompt, echoed by the agent]")
+    try:
+        text = log_without_prompt(log, prompt, "[the prompt, echoed by the agent]")
+    except FileRefused as exc:
+        return f"[orchestrd: the log is not read: it {exc}]"
     return "\n".join(text.splitlines()[-lines:])
 
 
@@ -289,7 +294,11 @@ class PlanRunner:
         else:
             assert phase.prompt_file is not None
             prompt_path = self.plan.repo / self.plan.in_plan_dir(phase.prompt_file)
-            text = prompt_path.read_text(encoding="utf-8", errors="replace")
+            try:  # an earlier phase's worker could have made it a FIFO or a sparse gigabyte
+                raw = read_regular(prompt_path, settings.max_evidence_bytes)
+            except FileRefused as exc:
+                raise WorkerStartError(f"cannot read prompt_file {prompt_path}: {exc}") from None
+            text = raw.decode("utf-8", errors="replace")
         if previous is not None:
             failed, failed_log = previous
             echoed = self.folder.workers / f"prompt-{phase.id}-{n - 1}.md"
@@ -340,8 +349,9 @@ class PlanRunner:
         ps.attempts.append(att)
         try:
             baseline = pgit.baseline.head if pgit.baseline else None
-            spec, env, prompt, flags = self._prepare(
-                phase, config, n, role, report, log_path, previous, baseline
+            # in a thread: it reads the plan's prompt_file and the failed worker's log
+            spec, env, prompt, flags = await anyio.to_thread.run_sync(
+                self._prepare, phase, config, n, role, report, log_path, previous, baseline
             )
             await pgit.start_attempt(f"{phase.id}-{n}")
             async with launch(spec, config.max_log_bytes, policy.stop_grace) as worker:
@@ -393,12 +403,15 @@ class PlanRunner:
                 f"worker profile {profile_name!r} is dangerous "
                 f"({', '.join(profile.dangerous_flags)}) and allow_dangerous_workers is off"
             )
+        prompt_file = self.folder.workers / f"prompt-{phase.id}-{n}.md"
         try:
             prompt = self._prompt(phase, n, role, report, config.checks, previous, baseline)
-            prompt_file = self.folder.workers / f"prompt-{phase.id}-{n}.md"
-            prompt_file.write_text(prompt, encoding="utf-8")
+            # a file name that is not UTF-8 (quoted in a reason) is written as its own bytes
+            write_file(prompt_file, prompt.encode("utf-8", "surrogateescape"))
         except OSError as exc:
             raise WorkerStartError(f"cannot write the prompt: {exc}") from None
+        except FileRefused as exc:
+            raise WorkerStartError(f"cannot write the prompt {prompt_file}: it {exc}") from None
         values = {
             "prompt": prompt, "prompt_file": str(prompt_file), "plan": self.plan.id,
             "phase": phase.id, "attempt": str(n), "log": str(log_path),
@@ -425,7 +438,7 @@ class PlanRunner:
                 set_attempt(att, AttemptStatus.STALLED)
                 log.info(
                     "worker.stalled", polls=outcome.polls, elapsed=round(worker.elapsed(), 3),
-                    log_tail=worker.tail(LOG_TAIL_LINES),
+                    log_tail=await anyio.to_thread.run_sync(worker.tail, LOG_TAIL_LINES),
                 )
                 sig = await worker.stop(policy.stop_grace)
                 set_attempt(att, AttemptStatus.STOPPED)

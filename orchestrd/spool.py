@@ -14,8 +14,10 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from .audit import printable
 from .config import Config
 from .errors import OrchestrdError, PlanError
+from .fsutil import KINDS, FileRefused, fsync_dir, read_head, write_all
 from .plan import Plan, parse_plan_bytes
 from .state import PhaseState, PlanFolder, PlanState, atomic_write, dump_state
 
@@ -190,7 +192,7 @@ class Spool:
         atomic_write(staging.state_file, dump_state(state))
         folder = self.folder(plan.id)
         os.rename(staging.root, folder.root)
-        _fsync_dir(self.plans)
+        fsync_dir(self.plans)
         path.unlink(missing_ok=True)
         return Accepted(plan, folder, state)
 
@@ -230,7 +232,7 @@ class Spool:
                     break
             n += 1
         try:
-            _write_all(fd, (reason + "\n").encode("utf-8", "replace"))
+            write_all(fd, (reason + "\n").encode("utf-8", "replace"))
         finally:
             os.close(fd)
         try:
@@ -249,15 +251,6 @@ class Spool:
             dest = path.with_name(f"{path.name}.corrupt{n}")
         os.replace(path, dest)
         return dest
-
-
-_KINDS = {
-    stat.S_IFDIR: "a directory",
-    stat.S_IFIFO: "a named pipe (FIFO)",
-    stat.S_IFSOCK: "a socket",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-}
 
 
 def read_plan_file(path: Path, max_bytes: int, label: str | None = None) -> tuple[bytes, int]:
@@ -280,7 +273,7 @@ def read_plan_file(path: Path, max_bytes: int, label: str | None = None) -> tupl
             "itself into the inbox"
         )
     if not stat.S_ISREG(st.st_mode):
-        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        kind = KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
         raise PlanError(f"{label}: is {kind}, not a regular file; drop plan files only")
     if st.st_size > max_bytes:
         raise PlanError(
@@ -328,28 +321,15 @@ def check_plan_id(plan_id: str, label: str) -> None:
 
 def display_name(name: str) -> str:
     """A file name as text for messages and the audit log: bytes that are not UTF-8 (kept by
-    os.scandir as surrogates, which no UTF-8 file can hold) become U+FFFD."""
-    return os.fsencode(name).decode("utf-8", "replace")
+    os.scandir as surrogates, which no UTF-8 file can hold) and control characters are shown
+    escaped (`\\xff`, `\\x1b`), so the name is readable and tells the file apart."""
+    return printable(name, newlines=False)
 
 
 def _bounded_name(name: str, limit: int = 200) -> str:
     """`name`, cut to `limit` bytes so `.error` and a `.N` suffix still fit in 255."""
     raw = os.fsencode(name)
     return name if len(raw) <= limit else os.fsdecode(raw[:limit])
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def submitter_allowed(uid: int, allowed: list[str]) -> bool:
@@ -378,7 +358,7 @@ def _user_name(uid: int) -> str:
 
 
 def _same_bytes(path: Path, raw: bytes) -> bool:
-    try:
-        return path.read_bytes() == raw
-    except OSError:
+    try:  # plans/ is where workers' logs are: whatever is there now is read safely
+        return read_head(path, len(raw) + 1) == raw
+    except (OSError, FileRefused):
         return False

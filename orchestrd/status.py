@@ -8,6 +8,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from .audit import printable
 from .errors import StateError
 from .spool import Spool
 from .state import PlanState, load_state
@@ -89,12 +90,13 @@ def _fmt_elapsed(seconds: float | None) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     header = ("PLAN", "STATE", "PHASE", "ATTEMPT", "PID", "ELAPSED")
-    lines = [header]
+    lines: list[tuple[str, ...]] = [header]
     for r in rows:
-        lines.append((
-            r["plan"], r["state"], r.get("phase") or "-", str(r.get("attempt") or "-"),
-            str(r.get("pid") or "-"), _fmt_elapsed(r.get("elapsed")),
-        ))
+        # plan ids and phase ids come from folder names and files others wrote
+        lines.append(tuple(printable(str(c), newlines=False) for c in (
+            r["plan"], r["state"], r.get("phase") or "-", r.get("attempt") or "-",
+            r.get("pid") or "-", _fmt_elapsed(r.get("elapsed")),
+        )))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
            for line in lines]
@@ -104,14 +106,16 @@ def table(rows: list[dict[str, Any]]) -> str:
 def detail(row: dict[str, Any]) -> str:
     lines = [table([row])]
     if row.get("reason"):
-        lines.append(f"reason: {row['reason']}")
+        # a reason may quote what a worker printed: colours, OSC titles, clear-screen
+        lines.append(f"reason: {printable(str(row['reason']))}")
     for phase_id, ps in row.get("phases", {}).items():
         attempts = ", ".join(
             f"#{a['n']} {a['role']} {a['status']}"
             + (f" rc={a['returncode']}" if "returncode" in a else "")
             for a in ps.get("attempts", [])
         )
-        lines.append(f"  {phase_id:<10} {ps['status']:<9} {attempts}")
+        line = f"  {phase_id:<10} {ps['status']:<9} {attempts}"
+        lines.append(printable(line, newlines=False))
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ import anyio.abc
 import anyio.to_thread
 
 from .errors import OrchestrdError
+from .fsutil import FileRefused, open_for_writing, read_tail
 
 _GROUP_POLL = 0.02  # how often a stopping process group is looked at (seconds)
 
@@ -274,22 +275,28 @@ LOG_SCAN_BYTES = 4 * 1024 * 1024  # the end of the log is where runtime errors a
 def log_without_prompt(log: Path, prompt: str, instead: str = "") -> str:
     """The end of a worker's log (LOG_SCAN_BYTES) with the prompt the agent echoed into it
     replaced by `instead`: the prompt is not the worker's output (a remediation prompt even
-    quotes the failed worker's traceback)."""
-    text = tail_file(log, lines=10**9, max_bytes=LOG_SCAN_BYTES)
+    quotes the failed worker's traceback). FileRefused if the worker replaced its log with
+    something else than a file (a FIFO would block the reader)."""
+    try:
+        data, size = read_tail(log, LOG_SCAN_BYTES)
+    except OSError:
+        return ""
+    text = _last_lines(data, size, LOG_SCAN_BYTES, 10**9)
     prompt = prompt.strip()
     return text.replace(prompt, instead) if prompt else text
 
 
 def tail_file(path: Path, lines: int = 40, max_bytes: int = 16384) -> str:
-    """The last `lines` lines of a file, reading at most `max_bytes` from its end."""
+    """The last `lines` lines of a file, reading at most `max_bytes` from its end. The worker
+    may have replaced its log: anything but a regular file is not read ('')."""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read()
-    except OSError:
+        data, size = read_tail(path, max_bytes)
+    except (OSError, FileRefused):
         return ""
+    return _last_lines(data, size, max_bytes, lines)
+
+
+def _last_lines(data: bytes, size: int, max_bytes: int, lines: int) -> str:
     text = data.decode("utf-8", errors="replace")
     if size > max_bytes and "\n" in text:
         # the first line was cut in two: half a line (half a secret, for the redactor) helps
@@ -301,11 +308,13 @@ def tail_file(path: Path, lines: int = 40, max_bytes: int = 16384) -> str:
 async def _open(spec: WorkerSpec) -> anyio.abc.Process:
     try:
         await anyio.Path(spec.log_path.parent).mkdir(parents=True, exist_ok=True)
-        # created (or appended to) up front: a log folder we cannot write fails the start
-        async with await anyio.open_file(spec.log_path, "ab"):
-            pass
+        # created (or appended to) up front: a log folder we cannot write fails the start, and
+        # so does a FIFO an earlier worker left at this path (it would block the log pump)
+        os.close(await anyio.to_thread.run_sync(open_for_writing, spec.log_path, True))
     except OSError as exc:
         raise WorkerStartError(f"cannot open worker log {spec.log_path}: {exc.strerror}") from None
+    except FileRefused as exc:
+        raise WorkerStartError(f"cannot open worker log {spec.log_path}: it {exc}") from None
     if not spec.cwd.is_dir():
         raise WorkerStartError(f"the repo {spec.cwd} does not exist (any more)")
     try:
