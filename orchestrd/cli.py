@@ -25,7 +25,7 @@ from .errors import OrchestrdError, PlanError
 from .importer import add_subcommand as add_import_subcommand
 from .plan import Plan, check_plan_id, load_plan, plan_from_bytes
 from .runner import PlanRunner
-from .spool import RUN_LOCK, Spool, hold_run_lock, lock_held
+from .spool import RUN_LOCK, Spool, hold_run_lock, lock_held, submitter_allowed
 from .state import PhaseState, PlanFolder, PlanRecord, PlanState, load_state
 from .states import PLAN_TERMINAL, PlanStatus
 from .worker import use_pidfd_child_watcher
@@ -242,6 +242,13 @@ def _control(args: argparse.Namespace, kind: str) -> int:
                 f"retried: {exc}"
             ) from None
     if spool.daemon_running():
+        allowed = config.allowed_submitters
+        if allowed and not submitter_allowed(os.geteuid(), allowed):
+            raise OrchestrdError(
+                f"{path}: allowed_submitters: uid {os.geteuid()} is not in allowed_submitters "
+                f"({', '.join(allowed)}), so the daemon would refuse the request; ask as one "
+                "of them or ask the operator to add you"
+            )
         spool.control.mkdir(parents=True, exist_ok=True)
         drop_atomically(spool.control / f"{args.plan}{kind}", b"")
         print(f"{verb} of plan {args.plan} requested from the daemon; see: orchestrd status")

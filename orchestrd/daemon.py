@@ -467,8 +467,11 @@ class Daemon:
         entries = []
         await anyio.to_thread.run_sync(self.spool.remove_staging)
         for folder in await anyio.to_thread.run_sync(self.spool.plan_folders):
-            if lock_held(folder.root / RUN_LOCK):
+            held = lock_held(folder.root / RUN_LOCK)
+            if held:
                 continue  # a live `orchestrd run` owns it, not the daemon
+            if held is False:  # its `orchestrd run` was killed: the daemon adopts the plan
+                (folder.root / RUN_LOCK).unlink(missing_ok=True)
             try:
                 entry = await self._load_entry(folder)
             except Unloadable as exc:

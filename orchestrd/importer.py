@@ -58,6 +58,7 @@ _KIND_WORDS = {
 }  # fmt: skip
 _Key = tuple[int, str]  # a phase's place: `05a` → (5, "a")
 MAX_PHASE_FILE_BYTES = 1024 * 1024
+MAX_IMPORT_BYTES = 32 * 1024 * 1024
 MAX_WARNINGS_PER_KIND = 20
 # a warning's kind: its message without what it quotes and without numbers
 _WARNING_KIND = re.compile(r"'[^']*'|\"[^\"]*\"|`[^`]*`|\d+")
@@ -505,6 +506,11 @@ def _phase_files(phase_dir: Path, warnings: Warnings) -> list[tuple[_Key, Path]]
         else:
             warnings.add(ParseWarning(p, 1, "not a phase: its name has no number prefix "
                                       "(NN-name.md); not imported"))
+    if (total := sum(p.stat().st_size for _, p in out)) > MAX_IMPORT_BYTES:
+        raise PlanError(
+            f"{phase_dir}: its phase files hold {total} bytes, over the import's limit of "
+            f"{MAX_IMPORT_BYTES}; no plan that large fits in [spool] max_plan_bytes — split it"
+        )
     return sorted(out, key=lambda kp: (kp[0], kp[1].name))
 
 

@@ -61,6 +61,17 @@ def test_a_request_from_someone_not_in_allowed_submitters_is_refused(daemon: Dae
     assert started["pid"] not in daemon.live_workers()
 
 
+def test_the_cli_says_at_once_when_the_daemon_would_refuse_its_request(daemon: Daemon) -> None:
+    daemon.start()
+    daemon.submit("c3", worker="stuck")
+    daemon.wait_event("worker.started", plan="c3")
+    daemon.write_config(allowed_submitters=["no-such-group-or-user"])  # as the CLI reads it
+    result = daemon.cli("cancel", "c3")
+    assert result.returncode == 2
+    assert f"uid {os.geteuid()} is not in allowed_submitters" in result.stderr
+    assert os.listdir(daemon.state_dir / "control") == []
+
+
 def test_a_request_that_is_not_a_regular_file_is_refused(daemon: Daemon) -> None:
     daemon.start()
     daemon.submit("c2", worker="stuck")
