@@ -554,7 +554,8 @@ def check_startup(config: Config) -> None:
             "allow_root = true in the config"
         )
     spool = Spool(config.state_dir)
-    # control/ too: a request file there cancels or retries any plan
+    # and the folders whose files it acts on: a request in control/ cancels or retries any
+    # plan, a folder in plans/ runs
     for folder in (spool.root, spool.inbox, spool.control, spool.plans, spool.archive_dir):
         try:
             st = folder.stat()

@@ -143,7 +143,6 @@ class Spool:
             os.unlink(path)  # taken once, whatever it is: a refused request is not tried again
         except FileNotFoundError:
             return None
-        request = ControlRequest(display_name(name), kind.lstrip("."), stem, st.st_uid)
         refused = None
         if not stat.S_ISREG(st.st_mode):
             what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else _KINDS.get(
@@ -164,7 +163,7 @@ class Spool:
                 check_plan_id(stem, label)
             except PlanError as exc:
                 refused = str(exc)
-        return dataclasses.replace(request, refused=refused)
+        return ControlRequest(display_name(name), kind.lstrip("."), stem, st.st_uid, refused)
 
     # -- plans --
 
