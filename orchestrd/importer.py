@@ -509,7 +509,7 @@ def _phase_files(phase_dir: Path, warnings: Warnings) -> list[tuple[_Key, Path]]
     if (total := sum(p.stat().st_size for _, p in out)) > MAX_IMPORT_BYTES:
         raise PlanError(
             f"{phase_dir}: its phase files hold {total} bytes, over the import's limit of "
-            f"{MAX_IMPORT_BYTES}; no plan that large fits in [spool] max_plan_bytes — split it"
+            f"{MAX_IMPORT_BYTES} (each is a worker's prompt, read whole); split the plan folder"
         )
     return sorted(out, key=lambda kp: (kp[0], kp[1].name))
 
