@@ -40,6 +40,10 @@ EVENTS: dict[str, str] = {
         "once per reason"
     ),
     "daemon.request_ignored": "a cancel/retry request that does not apply to the plan's state",
+    "daemon.request_refused": (
+        "a cancel/retry request file not acted on: not a regular file, its owner not in "
+        "allowed_submitters, or no plan id (reason, requester)"
+    ),
     "daemon.watch_failed": "inotify on the inbox failed; the daemon falls back to rescans",
     "plan.accepted": "a file in the inbox passed validation and was moved to plans/<id>/",
     "plan.rejected": "a file in the inbox failed validation; see rejected/<name>.error",
@@ -53,6 +57,10 @@ EVENTS: dict[str, str] = {
     "plan.interrupted": "the daemon stopped while the plan ran; it resumes on restart",
     "plan.archived": "the finished plan's folder was moved to archive/ (its final status)",
     "plan.state_corrupt": "a state file could not be read; it was set aside",
+    "plan.set_aside": (
+        "the plan's file can no longer be loaded (reason): failed if it had not ended, and its "
+        "folder moved to archive/"
+    ),
     "phase.started": "a phase began (its primary worker follows)",
     "phase.skipped": "a phase already passed before a restart or retry",
     "phase.passed": "all checkpoints passed",

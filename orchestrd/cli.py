@@ -19,13 +19,13 @@ import anyio
 import tomli_w
 
 from . import status
-from .audit import AuditLog, Redactor, printable
-from .config import Config, load_config
+from .audit import AuditLog, Logger, Redactor, printable
+from .config import Config, check_state_dir, load_config
 from .errors import OrchestrdError, PlanError
 from .importer import add_subcommand as add_import_subcommand
-from .plan import Plan, load_plan
+from .plan import Plan, check_plan_id, load_plan, plan_from_bytes
 from .runner import PlanRunner
-from .spool import Spool, check_plan_id
+from .spool import RUN_LOCK, Spool, hold_run_lock, lock_held, submitter_allowed
 from .state import PhaseState, PlanFolder, PlanRecord, PlanState, load_state
 from .states import PLAN_TERMINAL, PlanStatus
 from .worker import use_pidfd_child_watcher
@@ -41,9 +41,12 @@ def plan_toml(plan: Plan) -> bytes:
 def _load_plan(path: Path, config: Config) -> Plan:
     """A plan file given on the command line (its repo may be relative to it), checked like
     the daemon checks inbox files."""
-    plan = load_plan(path, config, base_dir=path.resolve().parent)
-    check_plan_id(plan.id, str(path))
-    return plan
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(config.spool.max_plan_bytes + 1)
+    except OSError as exc:
+        raise PlanError(f"{path}: cannot read: {exc.strerror}") from None
+    return plan_from_bytes(raw, path, config, base_dir=path.resolve().parent)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -62,28 +65,28 @@ async def run_foreground(plan: Plan, config: Config, echo: bool) -> PlanStatus:
     from .daemon import describe_failure
     use_pidfd_child_watcher()
     folder = PlanFolder(config.state_dir / "plans" / plan.id)
-    if folder.state_file.exists():
-        old = load_state(folder.state_file)
-        if old.status not in PLAN_TERMINAL and old.status is not PlanStatus.INTERRUPTED:
-            raise OrchestrdError(
-                f"plan {plan.id} is {old.status} in {folder.root} (owned by a daemon?); "
-                f"cancel it first or give this run another id"
-            )
-    if folder.root.exists():
-        folder.archive(config.state_dir / "archive")
-    folder.create()
-    folder.plan_file.write_bytes(plan_toml(plan))
     audit = AuditLog(
         config.audit_path, echo=sys.stderr if echo else None,
         redactor=Redactor.from_config(config),
     )
     log = audit.bind(plan=plan.id)
+    try:
+        if folder.state_file.exists():
+            await _end_earlier_run(folder, log, audit.redactor)
+        if folder.root.exists():
+            folder.archive(config.state_dir / "archive")
+        folder.create()
+        lock_fd = hold_run_lock(folder.root)
+    except BaseException:
+        audit.close()
+        raise
     state = PlanState(plan=plan.id, phases={p.id: PhaseState() for p in plan.phases})
     record = PlanRecord(folder.state_file, state, log, audit.redactor)
-    await record.save()
     runner = PlanRunner(plan, record, folder, lambda: config, log)
     result = PlanStatus.INTERRUPTED
     try:
+        folder.plan_file.write_bytes(plan_toml(plan))
+        await record.save()
         async with anyio.create_task_group() as tg:
 
             async def on_signal() -> None:
@@ -106,12 +109,33 @@ async def run_foreground(plan: Plan, config: Config, echo: bool) -> PlanStatus:
                 await record.set_status(PlanStatus.INTERRUPTED, "interrupted by a signal")
         return result
     finally:
+        os.close(lock_fd)
         audit.close()
 
 
+async def _end_earlier_run(folder: PlanFolder, log: Logger, redact: Redactor) -> None:
+    """An earlier plan of this id must have ended: finished, interrupted, or left `running` by
+    an `orchestrd run` that was killed (no process holds its run.lock), which it records as
+    interrupted now. One a daemon owns is refused."""
+    old = load_state(folder.state_file)
+    if old.status in PLAN_TERMINAL or old.status is PlanStatus.INTERRUPTED:
+        return
+    if old.status is PlanStatus.RUNNING and lock_held(folder.root / RUN_LOCK) is False:
+        record = PlanRecord(folder.state_file, old, log, redact)
+        await record.set_status(
+            PlanStatus.INTERRUPTED, "its `orchestrd run` ended without saving (killed)"
+        )
+        return
+    raise OrchestrdError(
+        f"plan {old.plan} is {old.status} in {folder.root} (owned by a daemon or a running "
+        "`orchestrd run`); cancel it first or give this run another id"
+    )
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    config, _ = load_config(args.config)
+    config, path = load_config(args.config)
     plan = _load_plan(Path(args.plan), config)
+    check_state_dir(config, path)
     status = anyio.run(run_foreground, plan, config, not args.quiet)
     folder = config.state_dir / "plans" / plan.id
     print(f"plan {plan.id}: {status} — audit log {config.audit_path}, files {folder}")
@@ -120,6 +144,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_daemon(args: argparse.Namespace) -> int:
     config, path = load_config(args.config)
+    check_state_dir(config, path)
     from .daemon import run_daemon
 
     # a watchdog SIGABRT (or a fatal error) then shows in the journal where the loop was stuck
@@ -173,6 +198,8 @@ def drop_atomically(dest: Path, data: bytes) -> None:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     config, _ = load_config(args.config)
+    if args.plan is not None:
+        check_plan_id(args.plan, "PLAN_ID")
     # state files are written redacted; this also hides `redact` matches in older ones
     redactor = Redactor.from_config(config)
     rows = [redactor.deep(r) for r in status.collect(Spool(config.state_dir), args.plan)]
@@ -190,6 +217,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _control(args: argparse.Namespace, kind: str) -> int:
     from .daemon import apply_offline
 
+    check_plan_id(args.plan, "PLAN_ID")  # it becomes a path: plans/<id>, control/<id>.retry
     config, path = load_config(args.config)
     spool = Spool(config.state_dir)
     state_file = status.state_path(spool, args.plan)
@@ -201,13 +229,31 @@ def _control(args: argparse.Namespace, kind: str) -> int:
         print(f"plan {args.plan} is already {current}; nothing to cancel")
         return EXIT_FAILED
     if kind == ".retry" and current not in (PlanStatus.FAILED, PlanStatus.CANCELLED):
-        print(f"plan {args.plan} is {current}; only failed or cancelled plans can be retried")
+        active = "" if current in PLAN_TERMINAL else " and still active — cancel it first"
+        print(f"plan {args.plan} is {current}{active}; only failed or cancelled plans can be "
+              "retried")
         return EXIT_FAILED
+    if kind == ".retry":
+        try:
+            load_plan(state_file.parent / "plan.toml", config)
+        except PlanError as exc:
+            raise OrchestrdError(
+                f"plan {args.plan} is {current}, but it cannot be loaded, so it cannot be "
+                f"retried: {exc}"
+            ) from None
     if spool.daemon_running():
+        allowed = config.allowed_submitters
+        if allowed and not submitter_allowed(os.geteuid(), allowed):
+            raise OrchestrdError(
+                f"{path}: allowed_submitters: uid {os.geteuid()} is not in allowed_submitters "
+                f"({', '.join(allowed)}), so the daemon would refuse the request; ask as one "
+                "of them or ask the operator to add you"
+            )
         spool.control.mkdir(parents=True, exist_ok=True)
         drop_atomically(spool.control / f"{args.plan}{kind}", b"")
         print(f"{verb} of plan {args.plan} requested from the daemon; see: orchestrd status")
     else:
+        check_state_dir(config, path)
         after = anyio.run(apply_offline, config, path, args.plan, kind)
         print(f"plan {args.plan}: {after} (no daemon running; applied to the state files)")
     return EXIT_OK

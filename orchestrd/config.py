@@ -39,6 +39,10 @@ def parse_duration(value: object) -> float:
             raise ValueError(f"{value!r} seconds is far too long; write e.g. \"1h\"") from None
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    elif isinstance(value, str) and _DURATION.match(value.strip().removeprefix("-")):
+        raise ValueError(
+            f"{value!r}: a duration must be positive (greater than zero); write e.g. \"30s\""
+        )
     else:
         raise ValueError(
             f"{value!r} is not a duration; write e.g. \"250ms\", \"30s\", \"5m\", \"1h\" "
@@ -87,7 +91,6 @@ class WorkerProfile(Strict):
     """How to start one kind of worker: an argv template and extra environment."""
 
     command: list[str] = Field(
-        min_length=1,
         description="argv; placeholders {prompt} {prompt_file} {plan} {phase} {attempt} {log} "
         "{python}",
     )
@@ -113,6 +116,10 @@ class WorkerProfile(Strict):
     @pydantic.field_validator("command")
     @classmethod
     def _known_placeholders(cls, command: list[str]) -> list[str]:
+        if not command:
+            raise ValueError(
+                'is empty; give the program and its arguments, e.g. ["codex", "exec", "{prompt}"]'
+            )
         for arg in command:
             for name in re.findall(r"\{(\w*)\}", arg):
                 if name not in PLACEHOLDERS:
@@ -338,11 +345,12 @@ class Config(Strict):
 
     @pydantic.model_validator(mode="after")
     def _default_worker_exists(self) -> Config:
-        if self.workers and self.default_worker not in self.workers:
+        # with no profiles at all too: every plan that names none would fail at its first start
+        if self.default_worker not in self.workers:
             raise ValueError(
                 f"default_worker = {self.default_worker!r} names no [workers.*] profile; "
                 f"define [workers.{self.default_worker}] or pick one of: "
-                + ", ".join(sorted(self.workers))
+                + (", ".join(sorted(self.workers)) or "(none defined)")
             )
         return self
 
@@ -415,6 +423,22 @@ def config_from_dict(data: dict[str, Any], source: Path | str) -> Config:
             "audit": audit,
         }
     )
+
+def check_state_dir(config: Config, source: Path | str) -> None:
+    """state_dir must be a folder this user can write, or one it can create; otherwise the
+    first file opened there (the audit log) would be blamed instead of the key."""
+    path = config.state_dir
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    fix = "point state_dir at a folder the daemon's user can write (or create)"
+    if not existing.is_dir():
+        raise ConfigError(f"{source}: state_dir: {str(path)!r} cannot be used: {existing} is "
+                          f"not a folder; {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{source}: state_dir: {str(path)!r} cannot be used: {existing} is "
+                          f"not writable by this user (uid {os.geteuid()}); {fix}")
+
 
 def find_config(explicit: str | os.PathLike[str] | None) -> Path:
     """The config file to use, in lookup order."""

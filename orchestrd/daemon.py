@@ -26,9 +26,18 @@ from .audit import CHATTY, AuditLog, Logger, Redactor
 from .config import Config, load_config
 from .errors import ConfigError, OrchestrdError, PlanError, StateError
 from .fsutil import FileRefused, copy_regular
-from .plan import Plan, confine, load_plan
+from .plan import Plan, check_plan_id, confine, is_plan_id, load_plan
 from .runner import PlanRunner
-from .spool import Accepted, Rejected, Spool, display_name
+from .spool import (
+    RUN_LOCK,
+    Accepted,
+    ControlRequest,
+    Rejected,
+    Spool,
+    display_name,
+    lock_held,
+    requester,
+)
 from .state import PlanFolder, PlanRecord, PlanState, load_state
 from .states import PLAN_TERMINAL, AttemptStatus, InvalidTransition, PlanStatus
 from .systemd import Notifier, NotifyError, watchdog_loop
@@ -51,7 +60,18 @@ class PlanEntry:
     log: Logger
     scope: anyio.CancelScope = dataclasses.field(default_factory=anyio.CancelScope)
     cancel_requested: bool = False
+    requester: dict[str, object] | None = None
+    """Who asked for the cancel or retry in progress (uid, user), for its events."""
     running: bool = False
+
+
+class Unloadable(OrchestrdError):
+    """A plan folder whose state file or plan file cannot be loaded (why); `record` is its
+    state where that could be read."""
+
+    def __init__(self, reason: str, record: PlanRecord | None = None) -> None:
+        super().__init__(reason)
+        self.record = record
 
 
 class Daemon:
@@ -264,52 +284,81 @@ class Daemon:
         return PlanRecord(path, state, log, lambda text: self.audit.redactor(text))
 
     async def _scan_control(self, tg: anyio.abc.TaskGroup) -> None:
+        """Act on the cancel/retry requests in control/, held to the inbox's trust rules."""
         try:
-            requests = sorted(self.spool.control.iterdir())
+            names = await anyio.to_thread.run_sync(self.spool.request_names)
         except OSError as exc:
             self._spool_error("control/", exc)
             return
-        for request in requests:
-            plan_id, kind = request.stem, request.suffix
-            if kind not in (CANCEL, RETRY):
-                continue
+        for name in names:
+            what = f"control/{display_name(name)}"
             try:
-                request.unlink(missing_ok=True)
+                request = await anyio.to_thread.run_sync(
+                    self.spool.take_request, name, self.config.allowed_submitters
+                )
             except OSError as exc:  # e.g. a folder named like a request: not one
-                self._spool_error(f"control/{display_name(request.name)}", exc)
+                self._spool_error(what, exc)
                 continue
-            if plan_id in (".", "..") or display_name(plan_id) != plan_id:
-                self.log.info("daemon.request_ignored", request=kind.lstrip("."),
-                              file=display_name(request.name), reason="not a plan id")
-            elif kind == CANCEL:
-                await self._cancel(plan_id)
+            self._spool_errors.pop(what, None)
+            if request is None:
+                continue
+            if request.refused is not None:
+                plan = {"plan": request.plan_id} if is_plan_id(request.plan_id) else {}
+                self.log.info(
+                    "daemon.request_refused", **plan, request=request.kind, file=request.file,
+                    reason=request.refused, requester=request.requester,
+                )
+            elif request.kind == "cancel":
+                await self._cancel(request)
             else:
-                await self._retry(tg, plan_id)
+                await self._retry(tg, request)
 
-    async def _cancel(self, plan_id: str) -> None:
-        entry = self.entries.get(plan_id)
+    def _ignored(self, request: ControlRequest, reason: str) -> None:
+        self.log.info(
+            "daemon.request_ignored", plan=request.plan_id, request=request.kind, reason=reason,
+            requester=request.requester,
+        )
+
+    async def _cancel(self, request: ControlRequest) -> None:
+        entry = self.entries.get(request.plan_id)
         if entry is None:
-            self.log.info("daemon.request_ignored", plan=plan_id, request="cancel",
-                          reason="the plan is not active")
+            self._ignored(request, "the plan is not active")
             return
+        entry.requester = request.requester
         entry.cancel_requested = True
         entry.scope.cancel()
 
-    async def _retry(self, tg: anyio.abc.TaskGroup, plan_id: str) -> None:
-        if plan_id in self.entries:
+    async def _retry(self, tg: anyio.abc.TaskGroup, request: ControlRequest) -> None:
+        plan_id = request.plan_id
+        if (active := self.entries.get(plan_id)) is not None:
+            self._ignored(
+                request, f"the plan is {active.record.state.status} (active); only a failed or "
+                "cancelled plan can be retried — cancel it first",
+            )
             return
-        archived = self.spool.archive_dir / plan_id
-        if archived.exists() and not (self.spool.plans / plan_id).exists():
-            await anyio.to_thread.run_sync(shutil.move, archived, self.spool.plans / plan_id)
         folder = self.spool.folder(plan_id)
-        entry = await self._load_entry(folder)
-        if entry is None or entry.record.state.status not in (
-            PlanStatus.FAILED, PlanStatus.CANCELLED
-        ):
-            self.log.info("daemon.request_ignored", plan=plan_id, request="retry",
-                          reason="only a failed or cancelled plan can be retried")
+        source = folder if folder.root.exists() else PlanFolder(self.spool.archive_dir / plan_id)
+        if not source.root.exists():
+            self._ignored(request, "no such plan in plans/ or archive/")
             return
-        await entry.record.set_status(PlanStatus.QUEUED, "retry requested")
+        try:
+            entry = await self._load_entry(source)
+        except Unloadable as exc:
+            self._ignored(request, str(exc))
+            return
+        status = entry.record.state.status
+        if status not in (PlanStatus.FAILED, PlanStatus.CANCELLED):
+            self._ignored(request, f"the plan is {status}; only a failed or cancelled plan can "
+                          "be retried")
+            return
+        if source is not folder:  # loaded where it lies first: a plan that cannot run stays
+            await anyio.to_thread.run_sync(shutil.move, source.root, folder.root)
+            record = self._record(folder.state_file, entry.record.state, entry.log)
+            entry = PlanEntry(entry.plan, record, folder, entry.log)
+        entry.requester = request.requester
+        await entry.record.set_status(
+            PlanStatus.QUEUED, "retry requested", requester=request.requester
+        )
         self._start(tg, entry)
 
     # -- plans --
@@ -334,7 +383,9 @@ class Daemon:
                     runner = PlanRunner(plan, record, entry.folder, lambda: self.config, entry.log)
                     await runner.run()
             if entry.cancel_requested and record.state.status not in PLAN_TERMINAL:
-                await record.set_status(PlanStatus.CANCELLED, "cancelled on request")
+                await record.set_status(
+                    PlanStatus.CANCELLED, "cancelled on request", requester=entry.requester
+                )
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 if record.state.status not in PLAN_TERMINAL:
@@ -382,8 +433,9 @@ class Daemon:
             "plan.archived", path=str(dest), status=str(entry.record.state.status), **extra
         )
 
-    async def _load_entry(self, folder: PlanFolder) -> PlanEntry | None:
-        """Plan and state of a folder under plans/, or None (reported) if unusable."""
+    async def _load_entry(self, folder: PlanFolder) -> PlanEntry:
+        """Plan and state of a plan folder; Unloadable (a corrupt state file reported and set
+        aside) if either cannot be loaded."""
         plan_id = folder.root.name
         log = self.audit.bind(plan=plan_id)
         try:
@@ -394,23 +446,47 @@ class Daemon:
                 log.info("plan.state_corrupt", reason=str(exc), moved_to=str(moved))
             elif not any(folder.root.glob("state.toml.corrupt*")):  # reported when set aside
                 log.info("plan.state_corrupt", reason=f"{folder.state_file} is missing")
-            return None
+            raise Unloadable(f"its state file cannot be read: {exc}") from None
         record = self._record(folder.state_file, state, log)
         try:
             plan = load_plan(folder.plan_file, self.config)
         except PlanError as exc:
-            if state.status not in PLAN_TERMINAL:
-                await record.set_status(PlanStatus.FAILED, f"plan no longer valid: {exc}")
-            return None
+            raise Unloadable(f"its plan file cannot be loaded: {exc}", record) from None
         return PlanEntry(plan, record, folder, log)
+
+    async def _set_aside(self, folder: PlanFolder, exc: Unloadable) -> None:
+        """A plan whose plan file can no longer be loaded (a repo gone, a path now leading out
+        of it, a config that changed) can neither run nor be archived with its evidence: it
+        fails if it had not ended, and its folder moves to archive/ as it is."""
+        record = exc.record
+        if record is None:
+            return  # its state file was set aside and reported; the folder stays for a person
+        log = record.log
+        try:
+            if record.state.status not in PLAN_TERMINAL:
+                await record.set_status(PlanStatus.FAILED, f"plan no longer valid: {exc}")
+            dest = await anyio.to_thread.run_sync(folder.archive, self.spool.archive_dir)
+        except (OSError, InvalidTransition) as err:
+            log.info("plan.set_aside", reason=str(exc), status=str(record.state.status),
+                     moved_to=None, error=str(err))
+            return
+        log.info("plan.set_aside", reason=str(exc), status=str(record.state.status),
+                 moved_to=str(dest))
 
     async def _recover(self, tg: anyio.abc.TaskGroup) -> None:
         """Rebuild the queue from plans/: stop leftover workers, resume unfinished plans."""
         entries = []
         await anyio.to_thread.run_sync(self.spool.remove_staging)
         for folder in await anyio.to_thread.run_sync(self.spool.plan_folders):
-            entry = await self._load_entry(folder)
-            if entry is None:
+            held = lock_held(folder.root / RUN_LOCK)
+            if held:
+                continue  # a live `orchestrd run` owns it, not the daemon
+            if held is False:  # its `orchestrd run` was killed: the daemon adopts the plan
+                (folder.root / RUN_LOCK).unlink(missing_ok=True)
+            try:
+                entry = await self._load_entry(folder)
+            except Unloadable as exc:
+                await self._set_aside(folder, exc)
                 continue
             if entry.record.state.status in PLAN_TERMINAL:
                 await self._archive(entry)  # finished, but the archive step was interrupted
@@ -489,7 +565,9 @@ def check_startup(config: Config) -> None:
             "allow_root = true in the config"
         )
     spool = Spool(config.state_dir)
-    for folder in (spool.root, spool.inbox):
+    # and the folders whose files it acts on: a request in control/ cancels or retries any
+    # plan, a folder in plans/ runs
+    for folder in (spool.root, spool.inbox, spool.control, spool.plans, spool.archive_dir):
         try:
             st = folder.stat()
         except FileNotFoundError:
@@ -569,25 +647,39 @@ async def apply_offline(config: Config, config_path: Path | None, plan_id: str, 
 
     Returns the plan's state afterwards; a retried plan runs when the daemon next starts.
     """
+    check_plan_id(plan_id, "PLAN_ID")
     daemon = Daemon(config, config_path, echo=False)
     daemon.spool.ensure()
     daemon.spool.lock()
+    who = requester(os.geteuid())
     try:
-        if kind == RETRY:
-            archived = daemon.spool.archive_dir / plan_id
-            if archived.exists() and not (daemon.spool.plans / plan_id).exists():
-                shutil.move(archived, daemon.spool.plans / plan_id)
         folder = daemon.spool.folder(plan_id)
-        entry = await daemon._load_entry(folder) if folder.root.exists() else None
-        if entry is None:
+        source = folder
+        if kind == RETRY and not folder.root.exists():
+            source = PlanFolder(daemon.spool.archive_dir / plan_id)
+        if not source.root.exists():
             raise OrchestrdError(f"plan {plan_id}: not found in {daemon.spool.plans}")
+        try:
+            entry = await daemon._load_entry(source)
+        except Unloadable as exc:
+            state = exc.record.state.status if exc.record else "unreadable"
+            raise OrchestrdError(
+                f"plan {plan_id} is {state}, but it cannot be loaded, so it cannot be "
+                f"{'cancelled' if kind == CANCEL else 'retried'}: {exc}"
+            ) from None
         status = entry.record.state.status
         if kind == CANCEL and status not in PLAN_TERMINAL:
             await daemon._stop_orphans(entry)
-            await entry.record.set_status(PlanStatus.CANCELLED, "cancelled on request")
+            await entry.record.set_status(
+                PlanStatus.CANCELLED, "cancelled on request", requester=who
+            )
             await daemon._archive(entry)
         elif kind == RETRY and status in (PlanStatus.FAILED, PlanStatus.CANCELLED):
-            await entry.record.set_status(PlanStatus.QUEUED, "retry requested")
+            if source is not folder:
+                shutil.move(source.root, folder.root)
+                record = daemon._record(folder.state_file, entry.record.state, entry.log)
+                entry = PlanEntry(entry.plan, record, folder, entry.log)
+            await entry.record.set_status(PlanStatus.QUEUED, "retry requested", requester=who)
         return str(entry.record.state.status)
     finally:
         daemon.spool.unlock()

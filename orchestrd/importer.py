@@ -23,7 +23,7 @@ from . import __version__
 from .audit import printable
 from .config import load_config
 from .errors import PlanError
-from .plan import phase_marker_regex, plan_from_dict
+from .plan import phase_marker_regex, plan_from_bytes
 
 # `PLAN-20251018-X.P05`: the plan-wide id, then the phase id (P, digits, an optional letter)
 _FULL_ID = re.compile(r"(?<![\w.-])([A-Za-z0-9._-]+)\.(P\d+[A-Za-z]?)(?![\w-])")
@@ -58,6 +58,12 @@ _KIND_WORDS = {
     "impl": "impl", "implementation": "impl", "verify": "verify", "verification": "verify",
 }  # fmt: skip
 _Key = tuple[int, str]  # a phase's place: `05a` → (5, "a")
+MAX_PHASE_FILE_BYTES = 1024 * 1024
+MAX_IMPORT_BYTES = 32 * 1024 * 1024
+MAX_WARNINGS_PER_KIND = 20
+# a warning's kind: its message without what it quotes and without numbers
+_WARNING_KIND = re.compile(r"'[^']*'|\"[^\"]*\"|`[^`]*`|\d+")
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
 _CLOSERS = {"if": "fi", "case": "esac", "{": "}", "for": "done", "while": "done", "until": "done"}
 
 
@@ -74,14 +80,48 @@ class ParseWarning:
         return printable(f"{self.file}:{self.line}: warning: {self.message}")
 
 
+class Warnings:
+    """The import's warnings, at most MAX_WARNINGS_PER_KIND of a kind (a message with its
+    quoted parts and numbers left out); the others are counted and summarised, so a file with
+    a million odd lines costs neither a million lines on stderr nor in the plan's header."""
+
+    def __init__(self) -> None:
+        self.shown: list[ParseWarning] = []
+        self.total = 0
+        self._count: Counter[str] = Counter()
+        self._first: dict[str, ParseWarning] = {}
+
+    def add(self, warning: ParseWarning) -> None:
+        kind = _WARNING_KIND.sub("_", warning.message)
+        self.total += 1
+        self._count[kind] += 1
+        self._first.setdefault(kind, warning)
+        if self._count[kind] <= MAX_WARNINGS_PER_KIND:
+            self.shown.append(warning)
+
+    def summarised(self) -> list[ParseWarning]:
+        """The warnings shown, then one line per kind with more: how many, and the first."""
+        more = [
+            ParseWarning(first.file, first.line, f"{self._count[kind] - MAX_WARNINGS_PER_KIND} "
+                         f"more warning(s) like this one, not shown: {first.message}")
+            for kind, first in self._first.items() if self._count[kind] > MAX_WARNINGS_PER_KIND
+        ]  # fmt: skip
+        return self.shown + more
+
+
 @dataclasses.dataclass(frozen=True)
 class ImportedPlan:
     """A plan dict valid for `Plan`, the warnings, and the notes written as comments per phase."""
 
     plan: dict[str, Any]
-    warnings: list[ParseWarning]
+    warnings: list[ParseWarning]  # summarised: at most MAX_WARNINGS_PER_KIND of a kind
     notes: dict[str, list[str]]  # phase id ("" for the header) → comment lines
     folder: Path  # the source folder, resolved
+    warning_count: int = -1  # all of them, summarised ones included (-1: len(warnings))
+
+    @property
+    def total_warnings(self) -> int:
+        return self.warning_count if self.warning_count >= 0 else len(self.warnings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,11 +338,11 @@ class _PhaseFile:
     """One numbered markdown file being read; its warnings go to the import's shared list."""
 
     path: Path
-    warnings: list[ParseWarning]
+    warnings: Warnings
     sections: list[_Section] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
-        text = self.path.read_bytes().decode("utf-8", errors="replace")
+        text = _read_bounded(self.path).decode("utf-8", errors="replace")
         if "\ufffd" in text:
             self.warn(1, "not UTF-8 text; read with replacement characters, as the worker will")
         lines, unclosed = _scan(text.removeprefix("\ufeff"))
@@ -311,7 +351,7 @@ class _PhaseFile:
         self.sections = _sections(lines)
 
     def warn(self, line: int, message: str) -> None:
-        self.warnings.append(ParseWarning(self.path, line, message))
+        self.warnings.add(ParseWarning(self.path, line, message))
 
     def of(self, key: str) -> list[_Section]:
         return [s for s in self.sections if s.key == key]
@@ -443,15 +483,36 @@ class _PhaseFile:
         return notes
 
 
-def _phase_files(phase_dir: Path, warnings: list[ParseWarning]) -> list[tuple[_Key, Path]]:
+def _read_bounded(path: Path) -> bytes:
+    """A phase file, refused above MAX_PHASE_FILE_BYTES: the worker reads it as its prompt, and
+    parsing tens of megabytes of markdown takes the importer minutes and gigabytes."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_PHASE_FILE_BYTES + 1)
+    except OSError as exc:
+        raise PlanError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_PHASE_FILE_BYTES:
+        raise PlanError(
+            f"{path}: larger than {MAX_PHASE_FILE_BYTES} bytes, the import's limit for one phase "
+            "file (it is the worker's prompt); split the phase or move the bulk to other files"
+        )
+    return raw
+
+
+def _phase_files(phase_dir: Path, warnings: Warnings) -> list[tuple[_Key, Path]]:
     """Numbered markdown files in natural order (1, 01a, 02, …, 10); other .md files warn."""
     out = []
     for p in sorted(q for q in phase_dir.iterdir() if q.is_file() and q.suffix.lower() == ".md"):
         if m := _FILE_NUMBER.match(p.name):
             out.append((_key(m.group(0)), p))
         else:
-            warnings.append(ParseWarning(p, 1, "not a phase: its name has no number prefix "
-                                         "(NN-name.md); not imported"))
+            warnings.add(ParseWarning(p, 1, "not a phase: its name has no number prefix "
+                                      "(NN-name.md); not imported"))
+    if (total := sum(p.stat().st_size for _, p in out)) > MAX_IMPORT_BYTES:
+        raise PlanError(
+            f"{phase_dir}: its phase files hold {total} bytes, over the import's limit of "
+            f"{MAX_IMPORT_BYTES} (each is a worker's prompt, read whole); split the plan folder"
+        )
     return sorted(out, key=lambda kp: (kp[0], kp[1].name))
 
 
@@ -471,7 +532,7 @@ def import_plan_folder(
     plan_dir = folder.resolve().relative_to(repo).as_posix()
     plan_dir = "" if plan_dir == "." else plan_dir
     phase_dir = folder / "plan" if (folder / "plan").is_dir() else folder
-    warnings: list[ParseWarning] = []
+    warnings = Warnings()
     notes: dict[str, list[str]] = {"": []}  # "" → the header
     phases: list[dict[str, Any]] = []
     plan_ids: dict[str, str] = {}  # phase id → its plan id
@@ -494,16 +555,20 @@ def import_plan_folder(
     if not phases:
         raise PlanError("\n".join([
             f"{folder}: no phase files in {phase_dir} (NN-name.md with a '## Phase ID' section "
-            "holding `PLAN-….PNN`); point import at the plan folder", *map(str, warnings),
+            "holding `PLAN-….PNN`); point import at the plan folder",
+            *map(str, warnings.summarised()),
         ]))  # fmt: skip
     plan_id = Counter(plan_ids.values()).most_common(1)[0][0]
-    warnings += [ParseWarning(files[pid], 1, f"Phase ID {other}.{pid} names plan {other}, not "
-                              f"{plan_id}; its marker keeps {other}")
-                 for pid, other in plan_ids.items() if other != plan_id]  # fmt: skip
+    for pid, other in plan_ids.items():
+        if other != plan_id:
+            warnings.add(ParseWarning(files[pid], 1, f"Phase ID {other}.{pid} names plan "
+                                      f"{other}, not {plan_id}; its marker keeps {other}"))
     plan: dict[str, Any] = {"id": plan_id, "repo": str(repo)}
     plan |= {"plan_dir": plan_dir} if plan_dir else {}
     plan |= {"worker": worker} if worker else {}
-    return ImportedPlan(plan | {"phases": phases}, warnings, notes, folder.resolve())
+    return ImportedPlan(
+        plan | {"phases": phases}, warnings.summarised(), notes, folder.resolve(), warnings.total
+    )
 
 
 def render_plan_toml(imported: ImportedPlan, now: datetime.datetime | None = None) -> str:
@@ -512,14 +577,15 @@ def render_plan_toml(imported: ImportedPlan, now: datetime.datetime | None = Non
     when = (now or datetime.datetime.now().astimezone()).isoformat(timespec="seconds")
 
     def comment(text: str) -> str:
-        return "# " + " ".join(text.splitlines()) + "\n"  # one line, whatever the text
+        # one line, whatever the text, and no control character (TOML forbids them there)
+        return "# " + _escape_controls(" ".join(text.splitlines())) + "\n"
 
     head = [
         f"Imported by orchestrd {__version__} (`orchestrd import`) on {when}",
         f"from the markdown plan folder {imported.folder}.",
         "Each phase's prompt is its markdown file: edit the files and import again.",
         *imported.notes.get("", []),
-        f"{len(imported.warnings)} warning(s)" + (":" if imported.warnings else "."),
+        f"{imported.total_warnings} warning(s)" + (":" if imported.warnings else "."),
     ]
     for w in imported.warnings:
         file = w.file.resolve()
@@ -533,6 +599,16 @@ def render_plan_toml(imported: ImportedPlan, now: datetime.datetime | None = Non
     return text
 
 
+def _escape_controls(text: str) -> str:
+    """Control characters (tab excepted) and lone surrogates (bytes of a path that are not
+    UTF-8) as `\\xNN` / `\\uNNNN`: a TOML comment may hold neither."""
+    return _UNPRINTABLE.sub(
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+        else f"\\u{ord(m.group()):04x}",
+        text,
+    )
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
     """Errors are PlanError/ConfigError, which cli.main reports and turns into exit code 2."""
     if not args.output and not args.dry_run:
@@ -541,17 +617,25 @@ def _cmd_import(args: argparse.Namespace) -> int:
     imported = import_plan_folder(Path(args.folder), Path(args.repo), args.worker)
     for w in imported.warnings:
         print(w, file=sys.stderr)
-    text = render_plan_toml(imported)
-    plan = plan_from_dict(imported.plan, args.output or f"{args.folder} (imported)", config)
+    source = args.output or f"{args.folder} (imported)"
+    try:
+        raw = render_plan_toml(imported).encode("utf-8")
+    except UnicodeEncodeError:
+        raise PlanError(
+            f"{source}: a path of the plan ({imported.folder}) is not UTF-8, and a plan file is "
+            "UTF-8 text; rename the folder"
+        ) from None
+    # what is written is checked exactly as `orchestrd validate` would check the file
+    plan = plan_from_bytes(raw, source, config, base_dir=Path(source).resolve().parent)
     if args.dry_run:
-        sys.stdout.write(text)
+        sys.stdout.buffer.write(raw)
         return 0
     try:
-        Path(args.output).write_text(text, encoding="utf-8")
+        Path(args.output).write_bytes(raw)
     except OSError as exc:
         raise PlanError(f"{args.output}: cannot write: {exc.strerror}; pick another path") from None
     print(f"{args.output}: plan {plan.id}, {len(plan.phases)} phases, "
-          f"{len(imported.warnings)} warning(s)", file=sys.stderr)
+          f"{imported.total_warnings} warning(s)", file=sys.stderr)
     return 0
 
 

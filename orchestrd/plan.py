@@ -262,15 +262,6 @@ class Plan(Strict):
     def _plan_dir(cls, v: str) -> str:
         return v if v in ("", ".") else relative_path(v)
 
-    @pydantic.model_validator(mode="after")
-    def _unique_phases(self) -> Plan:
-        seen: set[str] = set()
-        for phase in self.phases:
-            if phase.id in seen:
-                raise ValueError(f"phase id {phase.id!r} appears twice; phase ids must be unique")
-            seen.add(phase.id)
-        return self
-
     def in_plan_dir(self, rel: str) -> str:
         """A plan_dir-relative path as a repo-relative one."""
         return os.path.normpath(os.path.join(self.plan_dir, rel)) if self.plan_dir else rel
@@ -299,6 +290,29 @@ class Plan(Strict):
         return out
 
 
+_PLAN_ID = re.compile(ID_PATTERN)
+
+
+def is_plan_id(text: str) -> bool:
+    return bool(_PLAN_ID.fullmatch(text)) and set(text) != {"."}
+
+
+def check_plan_id(plan_id: str, label: str) -> None:
+    """A plan id names a folder under plans/ and archive/ and a file in control/: every id, from
+    a plan file or from the command line, must follow the rule of a plan file's `id` (the
+    schema's pattern, and not only dots, which would name plans/ itself or state_dir)."""
+    if not _PLAN_ID.fullmatch(plan_id):  # `/`, control characters, too long, empty
+        raise PlanError(
+            f"{label}: id: {plan_id!r} is not a plan id; use letters, digits, "
+            "'.', '_' or '-' (at most 128 characters)"
+        )
+    if set(plan_id) == {"."}:
+        raise PlanError(
+            f"{label}: id: {plan_id!r} names a folder, not a plan; use letters, digits, "
+            "'.', '_' or '-' with at least one letter or digit"
+        )
+
+
 def confine(base: Path, rel: str) -> Path:
     """`base/rel` resolved through symlinks; PlanError if it ends up outside `base`."""
     root = base.resolve()
@@ -316,6 +330,8 @@ def plan_from_dict(
 ) -> Plan:
     """Validate a parsed plan against the schema and the config (profile, repo roots, paths).
 
+    Every problem of a kind is reported at once: the schema's errors come with the phase id
+    errors (duplicates, prerequisites), and the config's checks with each other.
     `base_dir` resolves a relative `repo` (plans given on the command line); plans dropped
     into the inbox have none, so their repo must be absolute.
     """
@@ -323,44 +339,61 @@ def plan_from_dict(
         repo = Path(data["repo"]).expanduser()
         if not repo.is_absolute():
             data = {**data, "repo": str((base_dir / repo).resolve())}
+    problems = phase_id_problems(data, source)
     try:
         plan = Plan.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise PlanError(describe_validation_error(source, Plan, exc)) from None
-    check_prerequisites(plan, source)
+        lines = [describe_validation_error(source, Plan, exc), *problems]
+        raise PlanError("\n".join(lines)) from None
+    if problems:
+        raise PlanError("\n".join(problems))
     check_against_config(plan, source, config)
     return plan
 
 
-def check_prerequisites(plan: Plan, source: Path | str) -> None:
-    """Every `prerequisites` entry names an earlier phase (phases run in file order)."""
+def phase_id_problems(data: dict[str, Any], source: Path | str) -> list[str]:
+    """Phase ids that appear twice, and `prerequisites` that name no earlier phase (phases run
+    in file order), read from the document itself so they show beside the schema's errors."""
+    phases = data.get("phases")
+    if not isinstance(phases, list):
+        return []
+    ids = [p.get("id") if isinstance(p, dict) else None for p in phases]
+    known = {i for i in ids if isinstance(i, str)}
+    out: list[str] = []
     earlier: list[str] = []
-    for i, phase in enumerate(plan.phases):
-        for req in phase.prerequisites:
-            if req not in earlier:
-                where = "a later phase" if req in {p.id for p in plan.phases} else "no phase"
-                if req == phase.id:
-                    where = "this phase itself"
-                raise PlanError(
-                    f"{source}: phases[{i}].prerequisites: {req!r} is {where}; name earlier "
-                    f"phases only ({', '.join(earlier) or 'there are none before ' + phase.id})"
-                )
-        earlier.append(phase.id)
+    for i, (pid, phase) in enumerate(zip(ids, phases, strict=True)):
+        if isinstance(pid, str) and pid in earlier:
+            out.append(f"{source}: phases[{i}].id: phase id {pid!r} appears twice; phase ids "
+                       "must be unique")
+        reqs = phase.get("prerequisites") if isinstance(phase, dict) else None
+        for req in reqs if isinstance(reqs, list) else []:
+            if not isinstance(req, str) or req in earlier:
+                continue
+            where = "a later phase" if req in known else "no phase"
+            where = "this phase itself" if req == pid else where
+            before = ", ".join(earlier) or f"there are none before {pid}"
+            out.append(f"{source}: phases[{i}].prerequisites: {req!r} is {where}; name "
+                       f"earlier phases only ({before})")
+        if isinstance(pid, str):
+            earlier.append(pid)
+    return out
 
 
 def check_against_config(plan: Plan, source: Path | str, config: Config) -> None:
+    """The plan against the config and the disk (profile, repo roots, paths in the repo);
+    PlanError with every problem found, one per line."""
+    errors: list[str] = []
     if not plan.repo.is_absolute():
         raise PlanError(f"{source}: repo: {str(plan.repo)!r} is relative; write an absolute path")
     worker = plan.worker or config.default_worker
     if worker not in config.workers:
         key = "worker" if plan.worker else "(config) default_worker"
         known = ", ".join(sorted(config.workers)) or "none configured"
-        raise PlanError(
+        errors.append(
             f"{source}: {key}: no worker profile {worker!r} in the config; use one of: {known}"
         )
-    flags = config.workers[worker].dangerous_flags
-    if flags and not config.allow_dangerous_workers:
-        raise PlanError(
+    elif (flags := config.workers[worker].dangerous_flags) and not config.allow_dangerous_workers:
+        errors.append(
             f"{source}: worker: profile {worker!r} is dangerous ({', '.join(flags)}: the agent "
             "gets full, unsandboxed access to the repository); the operator must opt in with "
             "allow_dangerous_workers = true in the config, or use another profile"
@@ -368,12 +401,21 @@ def check_against_config(plan: Plan, source: Path | str, config: Config) -> None
     repo = plan.repo.resolve()
     roots = [r.resolve() for r in config.allowed_repo_roots]
     if not any(repo == r or r in repo.parents for r in roots):
-        raise PlanError(
+        errors.append(
             f"{source}: repo: {str(plan.repo)!r} is not inside allowed_repo_roots "
             f"({', '.join(map(str, roots)) or 'none'}); move the checkout or extend the config"
         )
-    if not repo.is_dir():
-        raise PlanError(f"{source}: repo: {str(plan.repo)!r} is not a directory; clone it first")
+    elif not repo.is_dir():
+        errors.append(f"{source}: repo: {str(plan.repo)!r} is not a directory; clone it first")
+    else:
+        errors += _path_problems(plan, repo, source)
+    if errors:
+        raise PlanError("\n".join(errors))
+
+
+def _path_problems(plan: Plan, repo: Path, source: Path | str) -> list[str]:
+    """Report, completion and prompt paths that lead out of the repo, or prompts missing."""
+    errors = []
     for i, phase in enumerate(plan.phases):
         rels = {"report": phase.report_path, "remediation_report": phase.report_for(1)}
         rels.update({f"completion[{j}]": c for j, c in enumerate(phase.completion_paths)})
@@ -383,17 +425,35 @@ def check_against_config(plan: Plan, source: Path | str, config: Config) -> None
             try:
                 confine(repo, plan.in_plan_dir(rel))
             except PlanError as exc:
-                raise PlanError(f"{source}: phases[{i}].{key}: {exc}") from None
+                errors.append(f"{source}: phases[{i}].{key}: {exc}")
         if phase.prompt_file and not (repo / plan.in_plan_dir(phase.prompt_file)).is_file():
-            raise PlanError(
+            errors.append(
                 f"{source}: phases[{i}].prompt_file: {plan.in_plan_dir(phase.prompt_file)!r} "
                 f"does not exist in {repo}; fix the path (it is relative to plan_dir)"
             )
+    return errors
 
 
 def load_plan(path: Path, config: Config, base_dir: Path | None = None) -> Plan:
     """Read and validate a plan file (at most MAX_PLAN_BYTES)."""
     return plan_from_dict(read_toml(path, PlanError, MAX_PLAN_BYTES), path, config, base_dir)
+
+
+def plan_from_bytes(
+    raw: bytes, source: Path | str, config: Config, base_dir: Path | None = None
+) -> Plan:
+    """A plan file's bytes checked as the daemon checks an inbox file: its size against
+    [spool] max_plan_bytes, UTF-8 TOML, the schema, the config, the id. `validate`, `submit`,
+    `run` and `import` (on what it writes) all go through here."""
+    limit = config.spool.max_plan_bytes
+    if len(raw) > limit:
+        raise PlanError(
+            f"{source}: larger than [spool] max_plan_bytes ({limit}), so the daemon would "
+            "reject it unread; split the plan, or put long prompts in prompt_file"
+        )
+    plan = plan_from_dict(parse_toml_bytes(source, raw, PlanError), source, config, base_dir)
+    check_plan_id(plan.id, str(source))
+    return plan
 
 
 def parse_plan_bytes(raw: bytes, source: str, config: Config) -> Plan:

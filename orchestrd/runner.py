@@ -345,8 +345,9 @@ class PlanRunner:
         report = phase.report_for(ps.failures if role == "remediation" else 0)
         log = self.log.bind(phase=phase.id, attempt=n, role=role)
         log_path = self.folder.workers / f"worker-{phase.id}-{n}.log"
+        # recorded in state only once its worker started (or failed to): a cancel before then
+        # must not leave an attempt without its worker.started event and its ledger line
         att = AttemptState(n=n, role=role, log=str(log_path))
-        ps.attempts.append(att)
         try:
             baseline = pgit.baseline.head if pgit.baseline else None
             # in a thread: it reads the plan's prompt_file and the failed worker's log
@@ -360,6 +361,7 @@ class PlanRunner:
                     wlog.info("worker.dangerous", flags=flags)
                 outcome = await self._supervise(worker, att, phase, policy, wlog)
         except WorkerStartError as exc:
+            ps.attempts.append(att)
             set_attempt(att, AttemptStatus.FAILED_TO_START)
             att.failure = str(exc)
             att.ended_at = now_iso()
@@ -426,6 +428,7 @@ class PlanRunner:
         self, worker: LocalWorker, att: AttemptState, phase: Phase, policy: Policy, log: Logger
     ) -> WatchOutcome:
         h = worker.handle
+        self.record.state.phases[phase.id].attempts.append(att)
         att.pid, att.pgid, att.start_time, att.boot_id = h.pid, h.pgid, h.start_time, h.boot_id
         set_attempt(att, AttemptStatus.RUNNING)
         await self.record.save()

@@ -18,10 +18,12 @@ from .audit import printable
 from .config import Config
 from .errors import OrchestrdError, PlanError
 from .fsutil import KINDS, FileRefused, fsync_dir, read_head, write_all
-from .plan import Plan, parse_plan_bytes
+from .plan import Plan, check_plan_id, parse_plan_bytes
 from .state import PhaseState, PlanFolder, PlanState, atomic_write, dump_state
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".swp")
+REQUEST_KINDS = (".cancel", ".retry")
+RUN_LOCK = "run.lock"
 STAGING_SUFFIX = ".accepting"
 
 
@@ -42,6 +44,32 @@ class Rejected:
     name: str
     reason: str
     moved_to: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlRequest:
+    """A cancel/retry request taken from control/: what it asks, who asked (the file's owner),
+    and why it is refused (None: it may be acted on)."""
+
+    file: str
+    kind: str  # "cancel" | "retry"
+    plan_id: str
+    uid: int
+    refused: str | None = None
+
+    @property
+    def requester(self) -> dict[str, object]:
+        return requester(self.uid)
+
+
+def requester(uid: int) -> dict[str, object]:
+    """Who asked for a cancel or retry, for the audit log: the uid, and its user name (None
+    where it has none)."""
+    try:
+        user: str | None = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = None
+    return {"uid": uid, "user": user}
 
 
 class DaemonLockedError(OrchestrdError):
@@ -90,17 +118,54 @@ class Spool:
             self._lock_fd = None
 
     def daemon_running(self) -> bool:
+        return lock_held(self.lock_path) is True
+
+    def holder_alive(self, folder: Path) -> bool:
+        """Whether a process still owns the plan in `folder`: its `orchestrd run` (which holds
+        the folder's run.lock), or else the daemon. A plan left `running` by a killed process
+        is interrupted in fact."""
+        held = lock_held(folder / RUN_LOCK)
+        return held if held is not None else self.daemon_running()
+
+    # -- control requests: the inbox's trust rules for cancel and retry --
+
+    def request_names(self) -> list[str]:
+        """The request files in control/ (the CLI writes each as `.NAME.PID.tmp` first)."""
+        return sorted(e.name for e in os.scandir(self.control) if e.name.endswith(REQUEST_KINDS))
+
+    def take_request(self, name: str, allowed: list[str]) -> ControlRequest | None:
+        """Remove the request file `name` and say what it asks and whether it may: a regular
+        file, owned by someone in `allowed` (allowed_submitters, when set), naming a plan id.
+        None if it vanished; OSError if it cannot be removed (a folder named like one)."""
+        path = self.control / name
+        label = f"control/{display_name(name)}"
+        stem, kind = os.path.splitext(name)
         try:
-            fd = os.open(self.lock_path, os.O_RDONLY)
+            st = os.lstat(path)
+            os.unlink(path)  # taken once, whatever it is: a refused request is not tried again
         except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+            return None
+        refused = None
+        if not stat.S_ISREG(st.st_mode):
+            what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else KINDS.get(
+                stat.S_IFMT(st.st_mode), "not a regular file"
+            )
+            refused = (
+                f"{label}: is {what}, not a regular file; requests are the empty files "
+                "`orchestrd cancel`/`retry` write"
+            )
+        elif allowed and not submitter_allowed(st.st_uid, allowed):
+            refused = (
+                f"{label}: allowed_submitters: owned by {_user_name(st.st_uid)}, who is not in "
+                f"allowed_submitters ({', '.join(allowed)}); ask as one of them or ask the "
+                "operator to add you"
+            )
+        else:
+            try:
+                check_plan_id(stem, label)
+            except PlanError as exc:
+                refused = str(exc)
+        return ControlRequest(display_name(name), kind.lstrip("."), stem, st.st_uid, refused)
 
     # -- plans --
 
@@ -309,14 +374,34 @@ def read_plan_file(path: Path, max_bytes: int, label: str | None = None) -> tupl
         os.close(fd)
 
 
-def check_plan_id(plan_id: str, label: str) -> None:
-    """A plan id names a folder under plans/: `.` and `..` would name plans/ itself or state_dir
-    (the schema's pattern lets them through)."""
-    if plan_id in (".", ".."):
-        raise PlanError(
-            f"{label}: id: {plan_id!r} names a folder, not a plan; use letters, digits, "
-            "'.', '_' or '-' with at least one letter or digit"
-        )
+def lock_held(path: Path) -> bool | None:
+    """Whether some process holds the flock on `path`; None if there is no such file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def hold_run_lock(folder: Path) -> int:
+    """Take `folder/run.lock` for an `orchestrd run` (released when the process ends, however
+    it ends); its descriptor. OrchestrdError if another process holds it."""
+    fd = os.open(folder / RUN_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OrchestrdError(
+            f"{folder}: another `orchestrd run` of this plan is running; wait for it or "
+            "give this run another id"
+        ) from None
+    return fd
 
 
 def display_name(name: str) -> str:

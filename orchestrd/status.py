@@ -74,6 +74,9 @@ def collect(spool: Spool, plan_id: str | None = None) -> list[dict[str, Any]]:
                              "where": where})
                 continue
             row = summary(state, where)
+            if row["state"] == "running" and not spool.holder_alive(folder):
+                # left `running` by a daemon or `orchestrd run` that was killed
+                row.update(state="interrupted", pid=None, reason="no process holds the plan")
             if plan_id is not None:
                 row["phases"] = state.model_dump(mode="json", exclude_none=True)["phases"]
             rows.append(row)

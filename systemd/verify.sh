@@ -80,6 +80,7 @@ expect() {  # path mode: exists as a folder with that mode, owned by orchestrd:o
 expect /var/lib/orchestrd 750
 expect /var/lib/orchestrd/inbox 2770
 expect /var/lib/orchestrd/plans 750
+expect /var/lib/orchestrd/control 2770
 expect /var/lib/orchestrd/rejected 750
 expect /var/lib/orchestrd/archive 750
 expect /var/lib/orchestrd/home 700

@@ -199,7 +199,7 @@ CASES = [
     Case("neg-grace.toml", plan(policy={"stop_grace": -1}),
          ("policy.stop_grace: -1: a duration must be greater than zero",)),
     Case("neg-grace-text.toml", plan(policy={"stop_grace": "-1s"}),
-         ("policy.stop_grace: '-1s' is not a duration", "write e.g.")),
+         ("policy.stop_grace: '-1s': a duration must be positive", "write e.g.")),
     Case("zero-polls.toml", plan(policy={"max_polls": 0}),
          ("policy.max_polls: must be greater than 0",)),
     Case("neg-phase-polls.toml", plan({"policy": {"max_polls": -3}}),
