@@ -61,9 +61,12 @@ _MASK = {"tee", "cat", "sort", "uniq", "less", "more", "column", "cut", "tr"}  #
 _EXIT_1 = re.compile(r"^(?P<cmd>.*\S)\s*&&\s*exit\s+1\s*;?\s*$", re.DOTALL)
 _QUOTED = re.compile(r"'[^']*'|\"(?:[^\"\\]|\\.)*\"|\\.", re.DOTALL)
 _HEREDOC_WORD = re.compile(r"[ \t]*(['\"]?)([\w.-]+)\1")
-# a command that only sets state for the rest of its block: `A=1`, `A=$(…)`, `cd DIR`
+# a command that only sets state for the rest of its block: `A=1`, `A=$(…)`, `cd DIR`,
+# `set -e`, `set -o pipefail`
 _SETS_STATE = re.compile(
-    r"(?:export\s+)?[A-Za-z_]\w*=(?:[^\s'\"]*|'[^']*'|\"[^\"]*\"|\$\(.*\))|cd\s+\S+", re.DOTALL
+    r"(?:export\s+)?[A-Za-z_]\w*=(?:[^\s'\"]*|'[^']*'|\"[^\"]*\"|\$\(.*\))|cd\s+\S+"
+    r"|set(?:\s+[-+]\w+|\s+-o\s+\w+)+",
+    re.DOTALL,
 )
 # `## Title` (any level and case, a trailing colon or "(Mandatory)" allowed) → what it holds
 _SECTIONS = {
@@ -351,16 +354,21 @@ def _command(cmd: _Cmd) -> _Cmd:
     elif (m := _STATUS_ECHO.match(cmd.run)) and _whole(m.group("cmd")):
         cmd.run = m.group("cmd")
         _status_echo(cmd, m)
-    elif (m := _OR_ECHO.match(cmd.run)) and _BAD_NEWS.search(m.group("msg")):
-        if _whole(m.group("cmd")) and "\n" not in m.group("msg"):
-            # `CMD || echo FAIL` always exits 0: the author wants CMD to pass (`&&`: to fail)
-            cmd.run, cmd.expect = m.group("cmd"), "pass" if m.group("op") == "||" else "fail"
+    elif (m := _OR_ECHO.match(cmd.run)) and _echoes_failure(m):
+        # `CMD || echo FAIL` always exits 0: the author wants CMD to pass (`&&`: to fail)
+        cmd.run, cmd.expect = m.group("cmd"), "pass" if m.group("op") == "||" else "fail"
     return cmd
 
 
 def _whole(cmd: str | None) -> bool:
     """A command that stands alone (a split at `;` or `&&` was not inside a quote or a loop)."""
     return bool(cmd) and not shell_unfinished(cmd or "")
+
+
+def _echoes_failure(m: re.Match[str]) -> bool:
+    """`CMD || echo "FAIL: …"`: a one-line echo of bad news after a whole command."""
+    msg = m.group("msg")
+    return bool(_BAD_NEWS.search(msg)) and "\n" not in msg and _whole(m.group("cmd"))
 
 
 def _status_echo(cmd: _Cmd, m: re.Match[str]) -> None:
@@ -392,7 +400,7 @@ _PASSES = re.compile(
 )
 _FAILS = re.compile(r"(?:\w+\s+)?(?:tests?\s+)?(?:fail(?:s|ed|ing|ure)?|red|errors?)")
 _FOUND = re.compile(
-    r"(?:at least one|some|\d+\+|one or more)\s+\w+|(?:matches?\s+)?found|match(?:es)?"
+    r"(?:at least one|some|\d+\+|one or more)\s+\w+|(?:match(?:es)?\s+)?found|match(?:es)?"
 )
 _EXIT = re.compile(
     r"(?:exit(?:s)?\s*(?:code|status)?|returns?)\s*:?\s*(\d+)|non-?zero(?:\s+exit.*)?"

@@ -88,15 +88,18 @@ def contract_trailer(
         f"- When you are done, write the report `{report}` (relative to the repository) with a "
         "line `Status: PASS`, or `Status: FAIL` and what is missing."
         + "".join(f" It needs a line {required[r]}." for r in phase.report_requires),
-        "- Create the completion file(s) " + ", ".join(f"`{c}`" for c in completion)
-        + (
-            " containing the marker(s) " + ", ".join(f"`{m}`" for m in phase.markers)
-            if phase.markers
-            else ""
-        )
-        + "."
-        + "".join(f" Each needs a line {required[r]}." for r in phase.completion_requires),
     ]
+    if completion:  # `completion = []`: an imported phase that names no completion file
+        lines.append(
+            "- Create the completion file(s) " + ", ".join(f"`{c}`" for c in completion)
+            + (
+                " containing the marker(s) " + ", ".join(f"`{m}`" for m in phase.markers)
+                if phase.markers
+                else ""
+            )
+            + "."
+            + "".join(f" Each needs a line {required[r]}." for r in phase.completion_requires)
+        )
     lines += [
         f"- At least {mp.min} file(s) matching `{mp.glob}` must contain the marker(s) too."
         for mp in phase.marker_paths
