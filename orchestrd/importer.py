@@ -419,10 +419,10 @@ def _read_expected(cmd: _Cmd, text: str, line: int, warn: Callable[[int, str], N
             warn(line, f"'# Expected: {text.strip()}': expect = \"fail\" accepts any non-zero "
                  f"exit, not only {code}")
     elif _NO_OUTPUT.fullmatch(said):
-        if _WC.match(last):
+        if _GREP.match(last):
+            cmd.expect = "fail"  # grep exits 1 when it finds nothing (`grep -c` too)
+        elif _WC.match(last):
             cmd.must_match = [r"^\s*0\s*$"]  # the count printed is 0
-        elif _GREP.match(last):
-            cmd.expect = "fail"  # grep exits 1 when it finds nothing
         elif re.search(r"errors?|warnings?|violations?", said):
             cmd.expect = "pass"  # a linter or checker that finds nothing exits 0
         else:

@@ -411,6 +411,8 @@ def _read(block: str) -> tuple[list[dict[str, Any]], list[str]]:
     [
         ('grep -rn "TODO" src/\n# Expected: No matches',
          {"run": 'grep -rn "TODO" src/', "expect": "fail"}),
+        ("grep -c TODO a.ts\n# Expected: 0 results",
+         {"run": "grep -c TODO a.ts", "expect": "fail"}),
         ("grep -rn TODO src/ | wc -l\n# Expected: 0 results",
          {"run": "grep -rn TODO src/ | wc -l", "expect": "pass", "must_match": [r"^\s*0\s*$"]}),
         ("node check.js\n# Expected: exit code 1", {"run": "node check.js", "expect": "fail"}),
