@@ -44,8 +44,8 @@ _EXPECT = re.compile(r"^#+\s*expected\s+to\s+(fail|pass)\b", re.IGNORECASE)
 _EXPECTED = re.compile(r"^#+\s*expected\s*:\s*(?P<text>.*)$", re.IGNORECASE)
 _EXPECTED_AFTER = re.compile(r"^(?P<cmd>.*\S)\s+#+\s*expected\s*:\s*(?P<text>.*)$", re.IGNORECASE)
 # prose after a block: "This should fail because …", "Expected to pass"
-_PROSE = re.compile(r"\b(?:should|must|will|expected\s+to)\s+(?:still\s+)?(fail|pass|succeed)",
-                    re.IGNORECASE)
+_PROSE = re.compile(r"\b(?:should|must|will|expected\s+to)\s+(?:still\s+)?(fail|pass|succeed)"
+                    r"\w*(?P<cond>\s+(?:if|when|unless|once|until)\b)?", re.IGNORECASE)
 # `CMD; [ $? -eq 0 ] && echo "FAIL: …"` (or on the next line): the echo hides CMD's status
 _STATUS_ECHO = re.compile(
     r"^(?:(?P<cmd>.*\S)\s*(?:;|\n)\s*)?(?:\[\s*\$\?\s+-(?P<op>eq|ne)\s+0\s*\]|"
@@ -57,6 +57,7 @@ _BAD_NEWS = re.compile(r"fail|error|found|violat|should not|must not|unexpected"
 _GREP = re.compile(r"^(?:\w+=\S*\s+)*(?:grep|egrep|fgrep|rg|ag|git\s+grep)\b")
 _WC = re.compile(r"^wc\b|^grep\s(?:.*\s)?-\w*c\w*\b")  # prints a count
 _TRIM = {"tail", "head"}  # a last pipe stage that only shortens the output
+_TRIM_WORDS = [[w] for w in _TRIM]
 _MASK = {"tee", "cat", "sort", "uniq", "less", "more", "column", "cut", "tr"}  # exit 0 anyway
 _EXIT_1 = re.compile(r"^(?P<cmd>.*\S)\s*&&\s*exit\s+1\s*;?\s*$", re.DOTALL)
 _QUOTED = re.compile(r"'[^']*'|\"(?:[^\"\\]|\\.)*\"|\\.", re.DOTALL)
@@ -411,7 +412,9 @@ def _read_expected(cmd: _Cmd, text: str, line: int, warn: Callable[[int, str], N
     """`# Expected: …` into expect (and must_match / must_not_match); warns on other forms."""
     said = " ".join(text.strip().strip("*_`'\"").split()).rstrip(".!").lower()
     said = re.sub(r"\s*\(.*\)$", "", said)  # "No matches (stub is gone)"
-    last = _stages(cmd.run)[-1]
+    # the stage whose status counts once a trailing tail/head is dropped (_check_pipe)
+    last = next((s for s in reversed(_stages(cmd.run)) if s.split()[:1] not in _TRIM_WORDS),
+                cmd.run)
     if m := _EXIT.fullmatch(said):
         code = int(m.group(1)) if m.group(1) else 1
         cmd.expect = "pass" if code == 0 else "fail"
@@ -658,6 +661,10 @@ class _PhaseFile:
 
     def prose(self, cmds: list[_Cmd], m: re.Match[str], ln: _Line) -> None:
         """"This should fail because …" after a block: the block's commands expect that."""
+        if m.group("cond"):  # "should fail if the stub is left": says nothing about this run
+            self.warn(ln.no, f"{ln.text.strip()!r} is a condition, not what the block above "
+                      "should do; not read")
+            return
         expect = "fail" if m.group(1).lower() == "fail" else "pass"
         for cmd in cmds:
             cmd.expect = expect
@@ -695,9 +702,9 @@ class _PhaseFile:
             tags = {_key(m.group(1)): m.group(1) for m in _PHASE_REF.finditer(text)}
             refs = [r for r in tags if r != _key(phase_id)]
             if re.match(r"[-*\s]*(?:\*\*)?verification\b", text, re.IGNORECASE) and (
-                codes := _INLINE_CODE.findall(text)
-            ):
-                self.precheck += [{"run": code.strip(), "expect": "pass"} for code in codes]
+                codes := [c.strip() for c in _INLINE_CODE.findall(text) if " " in c.strip()]
+            ):  # a command has arguments: `grep -q … FILE`, not `P04.md`
+                self.precheck += [{"run": code, "expect": "pass"} for code in codes]
             elif text.strip() and not refs:
                 self.warn(no, f"prerequisite not checked by orchestrd: {text.strip()!r}")
             for r in (r for r in refs if r not in earlier):
@@ -744,23 +751,24 @@ def _phase_files(
     return sorted(out, key=lambda kp: (kp[0], kp[2].name)), overviews
 
 
-def _folder_plan_id(folder: Path) -> str:
+def _folder_plan_id(folder: str) -> str:
     """`PLAN-<FOLDER>`: the folder's name upper-cased, other characters than [A-Z0-9._-] as -."""
-    name = re.sub(r"[^A-Z0-9._-]+", "-", folder.resolve().name.upper()).strip("-.")
+    name = re.sub(r"[^A-Z0-9._-]+", "-", folder.upper()).strip("-.")
     return f"PLAN-{name}"[:128].rstrip("-.")
 
 
 def _choose_plan_id(
-    given: str | None, plan_ids: dict[str, str | None], files: dict[str, Path], folder: Path,
+    given: str | None, plan_ids: dict[str, str | None], files: dict[str, Path], folder: str,
     warnings: list[ParseWarning],
 ) -> str:
     """`--id`, else the plan id most Phase IDs name, else `PLAN-<FOLDER>` (warned); phases whose
     Phase ID names another plan, or that have none while others do, warn."""
     named = Counter(v for v in plan_ids.values() if v is not None)
     plan_id = given or (named.most_common(1)[0][0] if named else _folder_plan_id(folder))
-    if not given and not named:
-        warnings.append(ParseWarning(folder, 1, f"no Phase ID in any file: the plan id is "
-                                     f"{plan_id}, from the folder name (give --id to choose)"))
+    if not given and not named:  # said once, at the first phase file
+        warnings.append(ParseWarning(next(iter(files.values())), 1, "no Phase ID in any file: "
+                                     f"the plan id is {plan_id}, from the folder name "
+                                     f"{folder!r} (give --id to choose)"))
     warnings += [ParseWarning(files[pid], 1, f"Phase ID {other}.{pid} names plan {other}, not "
                               f"{plan_id}; its marker keeps {other}")
                  for pid, other in plan_ids.items() if other not in (None, plan_id)]  # fmt: skip
@@ -836,7 +844,7 @@ def import_plan_folder(
             *map(str, warnings),
         ]))  # fmt: skip
     warnings += _overview_counts(overviews, phases)
-    plan_id = _choose_plan_id(plan_id, plan_ids, files, folder, warnings)
+    plan_id = _choose_plan_id(plan_id, plan_ids, files, folder.resolve().name, warnings)
     plan: dict[str, Any] = {"id": plan_id, "repo": str(repo)}
     plan |= {"plan_dir": plan_dir} if plan_dir else {}
     plan |= {"worker": worker} if worker else {}

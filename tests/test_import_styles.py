@@ -279,6 +279,28 @@ def test_worker_command_and_other_sections_are_not_verification(tmp_path: Path) 
            "orchestrd" in warned(imported)
 
 
+def test_conditional_prose_and_non_commands_in_prerequisites_are_not_read(
+    tmp_path: Path,
+) -> None:
+    files = {"01-x.md": f"""# Phase 01
+## Prerequisites
+- Verification: `analysis.md` exists
+## Verification
+{F}bash
+npm test
+{F}
+The build should fail if the stub is left in.
+"""}
+    imported = import_plan_folder(write(tmp_path, "w", files), tmp_path, None)
+    [p01] = imported.plan["phases"]
+    assert p01["verify"] == [{"run": "npm test", "expect": "pass"}] and "precheck" not in p01
+    got = warned(imported)
+    assert "01-x.md:3: prerequisite not checked by orchestrd: '- Verification: `analysis.md` " \
+           "exists'" in got
+    assert "01-x.md:8: 'The build should fail if the stub is left in.' is a condition, not " \
+           "what the block above should do; not read" in got
+
+
 def test_prose_after_a_block_and_the_ambiguous_pipe(tmp_path: Path) -> None:
     imported = import_plan_folder(write(tmp_path, "widget", P_STYLE), tmp_path, None)
     assert phases(imported)["P02"]["verify"] == [{"run": "sh widget.sh 2>&1", "expect": "fail"}]
@@ -361,8 +383,8 @@ def test_a_folder_without_phase_ids_or_markers_gets_ids_from_file_names(tmp_path
     assert phases(imported)["P01a"]["verify"] == [{"run": "grep -q 42 analysis.md",
                                                    "expect": "pass"}]
     got = warned(imported)
-    assert got[-1] == ("old-widget:1: no Phase ID in any file: the plan id is PLAN-OLD-WIDGET, "
-                       "from the folder name (give --id to choose)")
+    assert got[-1] == ("01-analysis.md:1: no Phase ID in any file: the plan id is "
+                       "PLAN-OLD-WIDGET, from the folder name 'old-widget' (give --id to choose)")
     assert got[:-1] == [
         f"{name}:1: no completion file and no `@plan:PLAN.PNN` marker: completion = [] and no "
         "marker check; the phase is judged by its report and verify commands"
@@ -456,6 +478,13 @@ def test_expectation_forms(block: str, expected: dict[str, Any]) -> None:
          "2: 'npm test 2>&1 | head -n 3 | tail -1' is expected to fail, but a pipe's exit status "
          "is its last command's (tail: always 0), so as written it can never fail; imported as "
          "'npm test 2>&1' (the verify log keeps the whole output); write `set -o pipefail` "
+         "(bash) or drop the pipe"),
+        # read on grep, whose status counts once the trailing head is dropped
+        ("grep -rn TODO src | head -3  # Expected: no matches",
+         {"run": "grep -rn TODO src", "expect": "fail"},
+         "1: 'grep -rn TODO src | head -3' is expected to fail, but a pipe's exit status is its "
+         "last command's (head: always 0), so as written it can never fail; imported as "
+         "'grep -rn TODO src' (the verify log keeps the whole output); write `set -o pipefail` "
          "(bash) or drop the pipe"),
         ("npm test | tee out.log", {"run": "npm test | tee out.log", "expect": "pass"},
          "1: 'npm test | tee out.log': a pipe's exit status is its last command's (tee), not "
