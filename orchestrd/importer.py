@@ -267,6 +267,7 @@ class _Cmd:
     expect: str = "pass"
     must_match: list[str] = dataclasses.field(default_factory=list)
     must_not_match: list[str] = dataclasses.field(default_factory=list)
+    said: bool = False  # the block itself says what to expect (a marker, an idiom, Expected:)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"run": "\n".join([*self.state, self.run]), "expect": self.expect}
@@ -322,7 +323,8 @@ def _block_commands(lines: list[tuple[int, str]], warn: Callable[[int, str], Non
         expected = None
         if (m := _EXPECTED_AFTER.match(cmd)) and not shell_unfinished(m.group("cmd")):
             cmd, expected = m.group("cmd"), m.group("text")
-        out.append(_command(_Cmd(start, cmd, state, "fail" if expect_fail else "pass")))
+        out.append(_command(_Cmd(start, cmd, state, "fail" if expect_fail else "pass",
+                                 said=expect_fail)))
         if expected is not None:
             _read_expected(out[-1], expected, start, warn)
         unused, last = 0, len(out)
@@ -351,13 +353,14 @@ def _command(cmd: _Cmd) -> _Cmd:
     """The idioms that turn a command's status around, read into `expect`."""
     m = _EXIT_1.match(cmd.run)  # only where what is left is a whole command (not inside quotes)
     if m and not shell_unfinished(m.group("cmd")):
-        cmd.run, cmd.expect = m.group("cmd"), "fail"
+        cmd.run, cmd.expect, cmd.said = m.group("cmd"), "fail", True
     elif (m := _STATUS_ECHO.match(cmd.run)) and _whole(m.group("cmd")):
         cmd.run = m.group("cmd")
         _status_echo(cmd, m)
     elif (m := _OR_ECHO.match(cmd.run)) and _echoes_failure(m):
         # `CMD || echo FAIL` always exits 0: the author wants CMD to pass (`&&`: to fail)
         cmd.run, cmd.expect = m.group("cmd"), "pass" if m.group("op") == "||" else "fail"
+        cmd.said = True
     return cmd
 
 
@@ -377,7 +380,7 @@ def _status_echo(cmd: _Cmd, m: re.Match[str]) -> None:
     zero_is_bad = (m.group("op") or m.group("op2")) == "eq"
     if not _BAD_NEWS.search(m.group("msg")):
         zero_is_bad = not zero_is_bad  # `&& echo "PASS"`: the echo names the good outcome
-    cmd.expect = "fail" if zero_is_bad else "pass"
+    cmd.expect, cmd.said = "fail" if zero_is_bad else "pass", True
 
 
 def _stages(run: str) -> list[str]:
@@ -415,6 +418,7 @@ def _read_expected(cmd: _Cmd, text: str, line: int, warn: Callable[[int, str], N
     # the stage whose status counts once a trailing tail/head is dropped (_check_pipe)
     last = next((s for s in reversed(_stages(cmd.run)) if s.split()[:1] not in _TRIM_WORDS),
                 cmd.run)
+    was, cmd.said = cmd.said, True
     if m := _EXIT.fullmatch(said):
         code = int(m.group(1)) if m.group(1) else 1
         cmd.expect = "pass" if code == 0 else "fail"
@@ -439,6 +443,7 @@ def _read_expected(cmd: _Cmd, text: str, line: int, warn: Callable[[int, str], N
     elif _FOUND.fullmatch(said) and _GREP.match(last):
         cmd.expect = "pass"
     else:
+        cmd.said = was
         warn(line, f"'# Expected: {text.strip()}' not read; the command is judged by its exit "
              f"code (expect = \"{cmd.expect}\"); add must_match to check its output")
 
@@ -463,6 +468,16 @@ def _check_pipe(cmd: _Cmd, warn: Callable[[int, str], None]) -> None:
         warn(cmd.line, f"{cmd.run!r}: a pipe's exit status is its last command's "
              f"({words[-1]}), not {words[0]}'s; imported as written, expecting {cmd.expect}; "
              "write `set -o pipefail` (bash) or drop the pipe")
+
+
+def _not_commands(heading: str) -> str:
+    """Why blocks under a verification sub-heading are not commands ('' if they are):
+    checks for a person, or the output the commands should print."""
+    if "manual" in heading:
+        return "is under a manual-check heading"
+    if re.search(r"\b(?:output|results?)\b", heading):
+        return "is under an expected-output heading"
+    return ""
 
 
 def _script(lines: list[tuple[int, str]]) -> _Cmd:
@@ -619,13 +634,13 @@ class _PhaseFile:
         """Commands of the shell blocks in the verification sections (and their subsections)."""
         out: list[_Cmd] = []
         for sec in self.of("verify"):
-            manual = False
+            manual = ""  # why the blocks under the current sub-heading are not commands
             block: list[tuple[int, str]] | None = None
             lang, opened = "", 0
             last: list[_Cmd] = []  # the commands of the block just closed, for prose after it
             for ln in [*sec.body, _Line(0, "", "close")]:  # a sentinel closes a cut-off block
                 if ln.kind == "heading":
-                    manual, last = "manual" in _title(ln.text)[0], []
+                    manual, last = _not_commands(_title(ln.text)[0]), []
                 elif ln.kind == "open":
                     block, lang, opened = [], ln.lang, ln.no
                 elif ln.kind == "code" and block is not None:
@@ -648,11 +663,11 @@ class _PhaseFile:
         return [c.as_dict() for c in out]
 
     def block(
-        self, block: list[tuple[int, str]], lang: str, opened: int, manual: bool
+        self, block: list[tuple[int, str]], lang: str, opened: int, manual: str
     ) -> list[_Cmd]:
         """A closed code block of a verification section as commands (a `#!` block: one)."""
         if manual or lang not in _SHELL_LANGS:
-            why = "is under a manual-check heading" if manual else "is not shell"
+            why = manual or "is not shell"
             self.warn(opened, f"code block ```{lang} {why}; not run by orchestrd")
             return []
         if block and block[0][1].lstrip().startswith("#!"):
@@ -667,7 +682,10 @@ class _PhaseFile:
             return
         expect = "fail" if m.group(1).lower() == "fail" else "pass"
         for cmd in cmds:
-            cmd.expect = expect
+            if cmd.said and cmd.expect != expect:
+                self.warn(ln.no, f"{ln.text.strip()!r} says {expect}, but the block says "
+                          f"{cmd.run!r} should {cmd.expect}; kept {cmd.expect}")
+            cmd.expect = cmd.expect if cmd.said else expect
         if len(cmds) > 1:
             self.warn(ln.no, f"{ln.text.strip()!r} follows a block of {len(cmds)} commands; "
                       f"all of them expect {expect}")
@@ -726,7 +744,7 @@ class _PhaseFile:
             elif ln.kind == "code" and block is not None:
                 block.append((ln.no, ln.text))
             elif ln.kind == "close" and block is not None:
-                out += self.block(block, lang, opened, manual=False)
+                out += self.block(block, lang, opened, manual="")
                 block = None
         for cmd in out:
             _check_pipe(cmd, self.warn)

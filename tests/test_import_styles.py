@@ -301,6 +301,28 @@ The build should fail if the stub is left in.
            "what the block above should do; not read" in got
 
 
+def test_the_block_wins_over_prose_and_expected_output_is_not_run(tmp_path: Path) -> None:
+    files = {"01-x.md": f"""# Phase 01
+## Verification
+{F}bash
+# EXPECTED TO FAIL
+npm test
+{F}
+Once implemented, this should pass.
+### Expected Output
+{F}
+FAIL src/widget.test.ts
+{F}
+"""}
+    imported = import_plan_folder(write(tmp_path, "w", files), tmp_path, None)
+    assert imported.plan["phases"][0]["verify"] == [{"run": "npm test", "expect": "fail"}]
+    got = warned(imported)
+    assert "01-x.md:7: 'Once implemented, this should pass.' says pass, but the block says " \
+           "'npm test' should fail; kept fail" in got
+    assert "01-x.md:9: code block ``` is under an expected-output heading; not run by " \
+           "orchestrd" in got
+
+
 def test_prose_after_a_block_and_the_ambiguous_pipe(tmp_path: Path) -> None:
     imported = import_plan_folder(write(tmp_path, "widget", P_STYLE), tmp_path, None)
     assert phases(imported)["P02"]["verify"] == [{"run": "sh widget.sh 2>&1", "expect": "fail"}]
