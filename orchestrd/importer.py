@@ -33,7 +33,7 @@ _FULL_ID = re.compile(rf"(?<![\w.-])([A-Za-z0-9._-]+)\.(P{_NUMBER})(?![\w-]|\.\d
 _CODE_MARKER = re.compile(rf"@plan[:\s]\s*([A-Za-z0-9._-]+)\.(P{_NUMBER})(?![\w-]|\.\d)")
 _PHASE_REF = re.compile(rf"\b(?:(?i:phases?)\s+|P)({_NUMBER})(?![\w-]|\.\d)")
 _FILE_NUMBER = re.compile(rf"^[Pp]?({_NUMBER})(?=[-_. ]|$)")
-_PHASE_TITLE = re.compile(rf"^(?i:phase)\s+P?{_NUMBER}\b")
+_PHASE_TITLE = re.compile(r"\b(?:phase|task|step)\b", re.IGNORECASE)  # `# Phase 05: …`
 _TOTAL_PHASES = re.compile(r"total\s+phases\W*?(\d+)", re.IGNORECASE)
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)")
 _HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
@@ -82,6 +82,7 @@ _SECTIONS = {
 }  # fmt: skip
 # other sections of the convention: they end the section before them, whatever their level
 _ENDERS = {"implementation tasks", "success criteria", "failure recovery", "requirements"}
+_FOR_A_PERSON = re.compile(r"manual|checklist|questions|semantic|holistic|criteria|assessment")
 _SHELL_LANGS = {"", "bash", "sh", "shell", "zsh"}
 _KIND_WORDS = {
     "stub": "stub", "stubs": "stub", "test": "test", "tests": "test", "tdd": "test",
@@ -165,6 +166,17 @@ def _title(raw: str) -> tuple[str, str]:
     return " ".join(name.lower().split()), rest.strip().strip("*_ ")
 
 
+def _section_key(name: str) -> str | None:
+    """What a heading's section holds: a known title, or any other title naming verification
+    or checks (`Structural Verification`, `Anti-Fraud Command Checks`), unless it is for a
+    person to judge (`Semantic Verification Checklist`, `Holistic Assessment`)."""
+    if name in _SECTIONS:
+        return _SECTIONS[name]
+    if re.search(r"\b(?:verification|checks)\b", name) and not _FOR_A_PERSON.search(name):
+        return "verify"
+    return None
+
+
 def _sections(lines: list[_Line]) -> list[_Section]:
     """The known sections. One runs to the next heading at its level or above, or to the next
     known section at any level; `Automated Checks` headings continue a verification section."""
@@ -175,12 +187,12 @@ def _sections(lines: list[_Line]) -> list[_Section]:
         first = heads[k]
         name, inline = _title(lines[first].text)
         k += 1
-        if (key := _SECTIONS.get(name)) is None:
+        if (key := _section_key(name)) is None:
             continue
         while k < len(heads) - 1:
             name2 = _title(lines[heads[k]].text)[0]
-            goes_on = _SECTIONS.get(name2) == key == "verify" or (
-                name2 not in _SECTIONS and lines[heads[k]].level > lines[first].level
+            goes_on = _section_key(name2) == key == "verify" or (
+                _section_key(name2) is None and lines[heads[k]].level > lines[first].level
             )
             if name2 in _ENDERS or not goes_on:
                 break
@@ -393,28 +405,47 @@ def _stages(run: str) -> list[str]:
     return [run[a + 1 : b].strip() for a, b in bounds]
 
 
-_NO_OUTPUT = re.compile(
-    r"(?:no|zero|0)\s+(?:match(?:es)?|results?|output|lines?|hits?|occurrences?|files?|"
-    r"errors?|warnings?|violations?|todos?|instances?)(?:\s+found)?|nothing|empty|none|0"
+_NO_OUTPUT = re.compile(r"(?:no|zero|0|nothing|empty|none)\b.*")
+_NOTHING_BAD = re.compile(
+    r"\b(?:0|no|zero|without)\s+(?:new\s+|\w+\s+)?(?:errors?|warnings?|failures?|"
+    r"regressions?|issues?|problems?|violations?)\b"
 )
-_COUNT = re.compile(r"(\d+)(?:\s+(?:match(?:es)?|results?|lines?|files?|occurrences?))?")
-_PASSES = re.compile(
-    r"(?:all\s+)?(?:\w+\s+)?(?:tests?\s+|checks?\s+)?(?:pass(?:es|ed|ing)?|succeed(?:s|ed)?|"
-    r"success(?:ful)?|ok|green|clean|compiles?|builds?)(?:\s+successfully)?"
-)
-_FAILS = re.compile(r"(?:\w+\s+)?(?:tests?\s+)?(?:fail(?:s|ed|ing|ure)?|red|errors?)")
-_FOUND = re.compile(
-    r"(?:at least one|some|\d+\+|one or more)\s+\w+|(?:match(?:es)?\s+)?found|match(?:es)?"
+_NUMBER_WORDS = {"one": "1", "two": "2", "three": "3", "four": "4", "five": "5"}
+# `3`, `3 matches`, `1 match each`; `3+`, `≥ 3`, `>= 3`, `at least 3 occurrences`
+_COUNT = re.compile(r"(?P<least>≥|>=|at least)?\s*(?P<n>\d+)(?P<plus>\+)?(?:\s+[\w-]+)*")
+_FOUND = re.compile(r"\b(?:exists?|present|found|match(?:es|ing)?|shows?|showing|contains?)\b")
+_FAIL_WORDS = re.compile(r"\bfail\w*|\berrors?\b|\bred\b")
+_PASS_WORDS = re.compile(
+    r"\bpass\w*|\bsucce\w*|\bok\b|\bgreen\b|\bclean\w*|\bcompiles?\b|\bbuilds?\b|\bworks?\b"
 )
 _EXIT = re.compile(
     r"(?:exit(?:s)?\s*(?:code|status)?|returns?)\s*:?\s*(\d+)|non-?zero(?:\s+exit.*)?"
 )
 
 
+def _at_least(n: int) -> str:
+    """A regex for the whole numbers ≥ n: longer ones, then the same length digit by digit."""
+    digits = str(n)
+    alts = [rf"[1-9]\d{{{len(digits)},}}", digits]
+    for i, d in enumerate(digits):
+        if d != "9":
+            alts.append(f"{digits[:i]}[{int(d) + 1}-9]" + (rf"\d{{{len(digits) - i - 1}}}"
+                                                         if i < len(digits) - 1 else ""))
+    return "(?:" + "|".join(alts) + ")"
+
+
+def _said(text: str) -> str:
+    """`# Expected: …` as the claim alone: lower case, no markdown, no aside (`(…)`, `— …`,
+    `, …`)."""
+    said = " ".join(text.strip().strip("*_`'\"").split()).lower()
+    said = re.split(r"\s+[—–]\s*|\s+--?\s+|[,;(]", said)[0]
+    said = " ".join(_NUMBER_WORDS.get(w, w) for w in said.split())
+    return said.strip(" .!:")
+
+
 def _read_expected(cmd: _Cmd, text: str, line: int, warn: Callable[[int, str], None]) -> None:
     """`# Expected: …` into expect (and must_match / must_not_match); warns on other forms."""
-    said = " ".join(text.strip().strip("*_`'\"").split()).rstrip(".!").lower()
-    said = re.sub(r"\s*\(.*\)$", "", said)  # "No matches (stub is gone)"
+    said = _said(text)
     # the stage whose status counts once a trailing tail/head is dropped (_check_pipe)
     last = next((s for s in reversed(_stages(cmd.run)) if s.split()[:1] not in _TRIM_WORDS),
                 cmd.run)
@@ -425,27 +456,49 @@ def _read_expected(cmd: _Cmd, text: str, line: int, warn: Callable[[int, str], N
         if code not in (0, 1):
             warn(line, f"'# Expected: {text.strip()}': expect = \"fail\" accepts any non-zero "
                  f"exit, not only {code}")
+    elif (m := _COUNT.fullmatch(said)) and int(m.group("n")) > 0 and _counts(last):
+        _read_count(cmd, last, m, text, line, warn)
     elif _NO_OUTPUT.fullmatch(said):
         if _GREP.match(last):
             cmd.expect = "fail"  # grep exits 1 when it finds nothing (`grep -c` too)
         elif _WC.match(last):
             cmd.must_match = [r"^\s*0\s*$"]  # the count printed is 0
-        elif re.search(r"errors?|warnings?|violations?", said):
+        elif _NOTHING_BAD.match(said):
             cmd.expect = "pass"  # a linter or checker that finds nothing exits 0
         else:
             cmd.must_not_match = [r"\S"]  # the output must be empty
-    elif (m := _COUNT.fullmatch(said)) and _WC.match(last):
-        cmd.must_match = [rf"^\s*{int(m.group(1))}\s*$"]
-    elif _PASSES.fullmatch(said):
-        cmd.expect = "pass"
-    elif _FAILS.fullmatch(said):
-        cmd.expect = "fail"
-    elif _FOUND.fullmatch(said) and _GREP.match(last):
+    elif _FAIL_WORDS.search(_NOTHING_BAD.sub("", said)):
+        cmd.expect = "fail"  # "Tests exist but fail naturally"
+    elif _FOUND.search(said) and not re.search(r"\bnot?\b", said):
+        cmd.expect = "pass"  # found: grep, test -f, ls exit 0
+    elif _PASS_WORDS.search(said) or _NOTHING_BAD.search(said):
         cmd.expect = "pass"
     else:
         cmd.said = was
         warn(line, f"'# Expected: {text.strip()}' not read; the command is judged by its exit "
              f"code (expect = \"{cmd.expect}\"); add must_match to check its output")
+
+
+def _counts(stage: str) -> bool:
+    """A stage whose output or status a count can be read from: a grep, `wc`, `grep -c`."""
+    return bool(_GREP.match(stage) or _WC.match(stage))
+
+
+def _read_count(
+    cmd: _Cmd, last: str, m: re.Match[str], text: str, line: int,
+    warn: Callable[[int, str], None],
+) -> None:
+    """`3`, `3+`, `≥ 3` (N > 0): the count a `wc -l` or `grep -c` prints; a grep finds some."""
+    n, least = int(m.group("n")), bool(m.group("least") or m.group("plus"))
+    number = _at_least(n) if least else str(n)
+    if _WC.match(last):
+        prefix = "(?:.*:)?" if _GREP.match(last) else ""  # `grep -c` on files: `FILE:N`
+        cmd.must_match = [rf"^{prefix}\s*{number}\s*$"]
+    else:
+        cmd.expect = "pass"  # grep exits 0 when it finds any
+        if n > 1 or not least and "-q" not in last.split():
+            warn(line, f"'# Expected: {text.strip()}': only that grep finds a match is checked, "
+                 "not how many; count with `grep -c` (or `| wc -l`) to check the number")
 
 
 def _check_pipe(cmd: _Cmd, warn: Callable[[int, str], None]) -> None:
@@ -473,7 +526,7 @@ def _check_pipe(cmd: _Cmd, warn: Callable[[int, str], None]) -> None:
 def _not_commands(heading: str) -> str:
     """Why blocks under a verification sub-heading are not commands ('' if they are):
     checks for a person, or the output the commands should print."""
-    if "manual" in heading:
+    if _FOR_A_PERSON.search(heading):
         return "is under a manual-check heading"
     if re.search(r"\b(?:output|results?)\b", heading):
         return "is under an expected-output heading"
@@ -531,9 +584,11 @@ class _PhaseFile:
         return [s for s in self.sections if s.key == key]
 
     def is_phase(self) -> bool:
-        """Phase content: a known section, or a `# Phase 05: …` title."""
-        titled = any(ln.kind == "heading" and _PHASE_TITLE.match(ln.text) for ln in self.lines)
-        return bool(self.sections) or titled
+        """Phase content: a known section, or a title naming a phase, task or step
+        (`# Phase 05: …`, `# Task 11: …`, `# 04 – Parser – TDD Phase`)."""
+        heads = [ln for ln in self.lines if ln.kind == "heading"]
+        titles = [ln for ln in heads if ln.level == 1] or heads[:1]
+        return bool(self.sections) or any(_PHASE_TITLE.search(ln.text) for ln in titles)
 
     def phase_id(self, key: _Key, tag: str) -> tuple[str | None, str]:
         """(plan id, phase id) from the Phase ID section, else from a marker naming this file's
@@ -562,8 +617,8 @@ class _PhaseFile:
         """(plan id or None, phase dict, notes), or None if the file is not a phase (warned)."""
         if not self.of("id") and not self.is_phase():
             self.warn(1, "not a phase: no '## Phase ID' section, no phase sections "
-                      "(Verification, Prerequisites, Completion Marker, …) and no "
-                      "'# Phase NN' title; file not imported")
+                      "(Verification, Prerequisites, Completion Marker, …) and no title "
+                      "naming a phase, task or step; file not imported")
             return None
         plan_id, pid = self.phase_id(key, tag)
         marker = f"@plan:{plan_id}.{pid}" if plan_id else None
@@ -847,10 +902,13 @@ def import_plan_folder(
             continue
         if (parsed := f.to_phase(key, tag, rel, plan_dir, earlier)) is None:
             continue
-        pid_plan, phase, notes[phase["id"]] = parsed
-        if (pid := phase["id"]) in files:
-            raise PlanError(f"{path}: Phase ID: {pid} is also the id of {files[pid]}; give each "
-                            "phase file its own PLAN.PNN id")
+        pid_plan, phase, phase_notes = parsed
+        if (pid := phase["id"]) in files:  # two files numbered alike: the first one is kept
+            warnings.append(ParseWarning(path, 1, f"phase id {pid} is also the id of "
+                                         f"{files[pid].name}; file not imported (give each "
+                                         "phase file its own number or PLAN.PNN id)"))
+            continue
+        notes[pid] = phase_notes
         phases.append(phase)
         plan_ids[pid], files[pid], earlier[_key(pid)] = pid_plan, path, pid
     notes[""] += [f"{p.relative_to(folder).as_posix()} is the plan's overview, not a phase"

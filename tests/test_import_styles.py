@@ -343,7 +343,8 @@ def test_status_idioms_read_as_expectations(tmp_path: Path) -> None:
     ]
     assert phases(imported)["P3"]["verify"] == [
         {"run": "sh test_widget.sh", "expect": "fail"},
-        {"run": 'grep -c "42" test_widget.sh', "expect": "pass", "must_match": [r"^\s*1\s*$"]},
+        {"run": 'grep -c "42" test_widget.sh', "expect": "pass",
+         "must_match": [r"^(?:.*:)?\s*1\s*$"]},
     ]
 
 
@@ -491,8 +492,8 @@ def test_expectation_forms(block: str, expected: dict[str, Any]) -> None:
     [
         ("grep -q x f\n# Expected: exit code 2", {"run": "grep -q x f", "expect": "fail"},
          "2: '# Expected: exit code 2': expect = \"fail\" accepts any non-zero exit, not only 2"),
-        ("./build.sh\n# Expected: a lovely build", {"run": "./build.sh", "expect": "pass"},
-         "2: '# Expected: a lovely build' not read; the command is judged by its exit code "
+        ("./build.sh\n# Expected: a lovely widget", {"run": "./build.sh", "expect": "pass"},
+         "2: '# Expected: a lovely widget' not read; the command is judged by its exit code "
          "(expect = \"pass\"); add must_match to check its output"),
         ("# Expected: nothing", None, "1: '# Expected: nothing' follows no command; not checked"),
         ("# EXPECTED TO FAIL\nnpm test 2>&1 | head -n 3 | tail -1",
