@@ -6,6 +6,7 @@ and run with the bundled demo agent."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tomllib
@@ -433,6 +434,37 @@ def test_markers_in_code_blocks_name_the_plan_and_phase_in_both_forms(tmp_path: 
     assert not [m for m in warned(imported) if "Phase ID" in m]  # the markers gave the ids
 
 
+def test_any_verification_heading_and_titles_naming_a_task(tmp_path: Path) -> None:
+    files = {"11-cache-stub.md": f"""# Task 11: Cache stub
+
+## Structural Verification
+
+{F}bash
+test -f cache.ts
+{F}
+
+### Semantic Verification Checklist
+
+{F}bash
+open the file and read it
+{F}
+
+## Anti-Fraud Command Checks
+
+{F}bash
+grep -rn "TODO" cache.ts
+# Expected: no matches
+{F}
+""", "12-notes.md": "# Task 12: Notes\n\nWrite them down.\n"}
+    imported = import_plan_folder(write(tmp_path, "w", files), tmp_path, None)
+    p11, p12 = imported.plan["phases"]
+    assert p11["verify"] == [{"run": "test -f cache.ts", "expect": "pass"},
+                             {"run": 'grep -rn "TODO" cache.ts', "expect": "fail"}]
+    assert "11-cache-stub.md:11: code block ```bash is under a manual-check heading; not run by " \
+           "orchestrd" in warned(imported)
+    assert (p12["id"], p12["prompt_file"]) == ("P12", "12-notes.md")
+
+
 def test_mixed_folder_warns_on_the_file_without_a_phase_id(tmp_path: Path) -> None:
     files = {"01-a.md": f"## Phase ID\n`{PLAN}.P01`\n",
              "02-b.md": "# Phase 02\n## Verification\n```\ntrue\n```\n"}
@@ -479,6 +511,21 @@ def _read(block: str) -> tuple[list[dict[str, Any]], list[str]]:
         ('grep -q x f && echo "ERROR: x found"', {"run": "grep -q x f", "expect": "fail"}),
         ('grep -q x f || echo "x is fine"', {"run": 'grep -q x f || echo "x is fine"',
                                               "expect": "pass"}),
+        # the forms of a real project's plans, asides included
+        ("grep -rn TODO src\n# Expected: No matches — stubs are gone (P11)",
+         {"run": "grep -rn TODO src", "expect": "fail"}),
+        ("npm test\n# Expected: Tests exist but fail naturally", {"run": "npm test",
+                                                                   "expect": "fail"}),
+        ("npm test\n# Expected: All pass, 0 failures", {"run": "npm test", "expect": "pass"}),
+        ("npm run typecheck\n# Expected: 0 errors", {"run": "npm run typecheck",
+                                                     "expect": "pass"}),
+        ("ls src/a.ts\n# Expected: File exists", {"run": "ls src/a.ts", "expect": "pass"}),
+        ("git diff --stat\n# Expected: No diff",
+         {"run": "git diff --stat", "expect": "pass", "must_not_match": [r"\S"]}),
+        ("npm test -- --run\n# Expected: 7/7 pass", {"run": "npm test -- --run",
+                                                      "expect": "pass"}),
+        ("grep -q api a.ts\n# Expected: 1+ (the import)", {"run": "grep -q api a.ts",
+                                                            "expect": "pass"}),
     ],
 )
 def test_expectation_forms(block: str, expected: dict[str, Any]) -> None:
@@ -509,6 +556,12 @@ def test_expectation_forms(block: str, expected: dict[str, Any]) -> None:
          "last command's (head: always 0), so as written it can never fail; imported as "
          "'grep -rn TODO src' (the verify log keeps the whole output); write `set -o pipefail` "
          "(bash) or drop the pipe"),
+        ("rg -l api src\n# Expected: 3+ files", {"run": "rg -l api src", "expect": "pass"},
+         "2: '# Expected: 3+ files': only that grep finds a match is checked, not how many; "
+         "count with `grep -c` (or `| wc -l`) to check the number"),
+        ("wc -l a.ts\n# Expected: <150 lines for stub", {"run": "wc -l a.ts", "expect": "pass"},
+         "2: '# Expected: <150 lines for stub' not read; the command is judged by its exit code "
+         "(expect = \"pass\"); add must_match to check its output"),
         ("npm test | tee out.log", {"run": "npm test | tee out.log", "expect": "pass"},
          "1: 'npm test | tee out.log': a pipe's exit status is its last command's (tee), not "
          "npm's; imported as written, expecting pass; write `set -o pipefail` (bash) or drop "
@@ -521,6 +574,29 @@ def test_expectations_that_are_not_clear_warn(
     cmds, got = _read(block)
     assert cmds == ([expected] if expected else [])
     assert got == [warning]
+
+
+@pytest.mark.parametrize(
+    ("said", "counts", "others"),
+    [
+        ("3", ["3"], ["2", "4", "13", "30"]),
+        ("3 matches", ["  3"], ["33"]),
+        ("3+", ["3", "9", "10", "3000"], ["0", "2"]),
+        ("≥ 15", ["15", "16", "19", "20", "99", "100"], ["14", "9", "1", "05"]),
+        (">= 109", ["109", "110", "199", "200", "1000"], ["108", "100", "99"]),
+        ("at least 1 occurrence", ["1", "7", "10"], ["0"]),
+    ],
+)
+def test_counts_become_a_must_match_on_the_number_printed(
+    said: str, counts: list[str], others: list[str]
+) -> None:
+    [wc], got = _read(f"grep -r api src | wc -l\n# Expected: {said}")
+    [counted], _ = _read(f"grep -c api a.ts\n# Expected: {said}")
+    assert got == [] and wc["expect"] == counted["expect"] == "pass"
+    [pattern], [per_file] = wc["must_match"], counted["must_match"]
+    assert [n for n in counts if not re.search(pattern, f"{n}\n", re.M)] == []
+    assert [n for n in others if re.search(pattern, f"{n}\n", re.M)] == []
+    assert re.search(per_file, f"a.ts:{counts[0].strip()}\n", re.M)
 
 
 def test_pipes_with_pipefail_or_a_meaningful_last_stage_are_left_alone() -> None:
