@@ -19,6 +19,7 @@ from conftest import make_config, make_plan, phase, run_plan
 
 from orchestrd import cli
 from orchestrd.importer import ImportedPlan, import_plan_folder, render_plan_toml, shell_commands
+from orchestrd.plan import phase_marker_regex
 
 PLAN = "PLAN-20260211-WIDGET"
 F = "```"
@@ -746,3 +747,9 @@ async def test_passing_prechecks_let_the_phase_start(tmp_path: Path) -> None:
                          ("check.passed", "precheck[1]"), ("worker.started", None)]
     out = run.folder / "workers" / "verify-P02-0-0.log"
     assert out.is_file()
+
+
+def test_a_marker_is_not_the_start_of_a_decimal_phase_marker() -> None:
+    marker = phase_marker_regex("@plan:X.P0")
+    assert not marker.search("<!-- @plan:X.P0.5 -->")
+    assert marker.search("done: @plan:X.P0.") and marker.search("@plan X.P0\n")
