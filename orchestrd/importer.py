@@ -1,4 +1,4 @@
-"""`orchestrd import`: a folder of markdown phase files (`plan/01-*.md`, `01a-*.md`, …) as a plan.
+"""`orchestrd import`: a folder of markdown phase files (`plan/01-*.md`, `P0.5-*.md`, …) as a plan.
 
 The worker still reads each whole phase file as its prompt; this module extracts only what the
 daemon checks itself (ids, kind, completion files, verify commands) and reports, with file and
@@ -11,9 +11,11 @@ import argparse
 import dataclasses
 import datetime
 import re
+import shlex
 import sys
 from collections import Counter
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -23,24 +25,50 @@ from . import __version__
 from .audit import printable
 from .config import load_config
 from .errors import PlanError
-from .plan import phase_marker_regex, plan_from_bytes
+from .plan import ID_PATTERN, phase_marker_regex, plan_from_bytes
 
-# `PLAN-20251018-X.P05`: the plan-wide id, then the phase id (P, digits, an optional letter)
-_FULL_ID = re.compile(r"(?<![\w.-])([A-Za-z0-9._-]+)\.(P\d+[A-Za-z]?)(?![\w-])")
-_CODE_MARKER = re.compile(r"@plan[:\s]\s*[A-Za-z0-9._-]+\.P\d+[A-Za-z]?(?![\w-])")
-_PHASE_REF = re.compile(r"\b(?:(?i:phases?)\s+|P)(\d+[A-Za-z]?)(?![\w-])")
-_FILE_NUMBER = re.compile(r"^\d+[A-Za-z]?(?=[-_. ]|$)")
+# a phase number: digits, an optional decimal part (`0.5`), an optional letter (`01a`)
+_NUMBER = r"\d+(?:\.\d+)?[A-Za-z]?"
+# `PLAN-20251018-X.P05`, `PLAN-X.P0.5`: the plan-wide id, then the phase id (P and a number)
+_FULL_ID = re.compile(rf"(?<![\w.-])([A-Za-z0-9._-]+)\.(P{_NUMBER})(?![\w-]|\.\d)")
+_CODE_MARKER = re.compile(rf"@plan[:\s]\s*([A-Za-z0-9._-]+)\.(P{_NUMBER})(?![\w-]|\.\d)")
+_PHASE_REF = re.compile(rf"\b(?:(?i:phases?)\s+|P)({_NUMBER})(?![\w-]|\.\d)")
+_FILE_NUMBER = re.compile(rf"^[Pp]?({_NUMBER})(?=[-_. ]|$)")
+_PHASE_TITLE = re.compile(r"\b(?:phase|task|step)\b", re.IGNORECASE)  # `# Phase 05: …`
+_TOTAL_PHASES = re.compile(r"total\s+phases\W*?(\d+)", re.IGNORECASE)
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)")
 _HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _INLINE_CODE = re.compile(r"`([^`\n]+)`")
 _PATHLIKE = re.compile(r"[^\s`]*[/.][^\s`]*")
 _EXPECT = re.compile(r"^#+\s*expected\s+to\s+(fail|pass)\b", re.IGNORECASE)
+# `# Expected: No matches` on the line after a command, or after it on its line
+_EXPECTED = re.compile(r"^#+\s*expected\s*:\s*(?P<text>.*)$", re.IGNORECASE)
+_EXPECTED_AFTER = re.compile(r"^(?P<cmd>.*\S)\s+#+\s*expected\s*:\s*(?P<text>.*)$", re.IGNORECASE)
+# prose after a block: "This should fail because …", "Expected to pass"
+_PROSE = re.compile(r"\b(?:should|must|will|expected\s+to)\s+(?:still\s+)?(fail|pass|succeed)"
+                    r"\w*(?P<cond>\s+(?:if|when|unless|once|until)\b)?", re.IGNORECASE)
+# `CMD; [ $? -eq 0 ] && echo "FAIL: …"` (or on the next line): the echo hides CMD's status
+_STATUS_ECHO = re.compile(
+    r"^(?:(?P<cmd>.*\S)\s*(?:;|\n)\s*)?(?:\[\s*\$\?\s+-(?P<op>eq|ne)\s+0\s*\]|"
+    r"test\s+\$\?\s+-(?P<op2>eq|ne)\s+0)\s*&&\s*echo\b(?P<msg>.*)$", re.DOTALL
+)
+# `CMD || echo "FAIL: …"` / `CMD && echo "FAIL: …"`: the echo's status is the command's
+_OR_ECHO = re.compile(r"^(?P<cmd>.*\S)\s*(?P<op>&&|\|\|)\s*echo\s+(?P<msg>.*)$", re.DOTALL)
+_BAD_NEWS = re.compile(r"fail|error|found|violat|should not|must not|unexpected", re.IGNORECASE)
+_GREP = re.compile(r"^(?:\w+=\S*\s+)*(?:grep|egrep|fgrep|rg|ag|git\s+grep)\b")
+_WC = re.compile(r"^wc\b|^grep\s(?:.*\s)?-\w*c\w*\b")  # prints a count
+_TRIM = {"tail", "head"}  # a last pipe stage that only shortens the output
+_TRIM_WORDS = [[w] for w in _TRIM]
+_MASK = {"tee", "cat", "sort", "uniq", "less", "more", "column", "cut", "tr"}  # exit 0 anyway
 _EXIT_1 = re.compile(r"^(?P<cmd>.*\S)\s*&&\s*exit\s+1\s*;?\s*$", re.DOTALL)
 _QUOTED = re.compile(r"'[^']*'|\"(?:[^\"\\]|\\.)*\"|\\.", re.DOTALL)
 _HEREDOC_WORD = re.compile(r"[ \t]*(['\"]?)([\w.-]+)\1")
-# a command that only sets state for the rest of its block: `A=1`, `A=$(…)`, `cd DIR`
+# a command that only sets state for the rest of its block: `A=1`, `A=$(…)`, `cd DIR`,
+# `set -e`, `set -o pipefail`
 _SETS_STATE = re.compile(
-    r"(?:export\s+)?[A-Za-z_]\w*=(?:[^\s'\"]*|'[^']*'|\"[^\"]*\"|\$\(.*\))|cd\s+\S+", re.DOTALL
+    r"(?:export\s+)?[A-Za-z_]\w*=(?:[^\s'\"]*|'[^']*'|\"[^\"]*\"|\$\(.*\))|cd\s+\S+"
+    r"|set(?:\s+[-+]\w+|\s+-o\s+\w+)+",
+    re.DOTALL,
 )
 # `## Title` (any level and case, a trailing colon or "(Mandatory)" allowed) → what it holds
 _SECTIONS = {
@@ -48,16 +76,20 @@ _SECTIONS = {
     "required code markers": "markers", "required code marker": "markers",
     "verification commands": "verify", "verification command": "verify",
     "verification": "verify", "automated checks": "verify",
+    "verification tasks": "verify", "verification script": "verify",
+    "verification scripts": "verify",
     "phase completion marker": "completion", "completion marker": "completion",
+    "worker command": "worker",
 }  # fmt: skip
 # other sections of the convention: they end the section before them, whatever their level
 _ENDERS = {"implementation tasks", "success criteria", "failure recovery", "requirements"}
+_FOR_A_PERSON = re.compile(r"manual|checklist|questions|semantic|holistic|criteria|assessment")
 _SHELL_LANGS = {"", "bash", "sh", "shell", "zsh"}
 _KIND_WORDS = {
     "stub": "stub", "stubs": "stub", "test": "test", "tests": "test", "tdd": "test",
     "impl": "impl", "implementation": "impl", "verify": "verify", "verification": "verify",
 }  # fmt: skip
-_Key = tuple[int, str]  # a phase's place: `05a` → (5, "a")
+_Key = tuple[Decimal, str]  # a phase's place: `05a` → (5, "a"), `P0.5` → (0.5, "")
 MAX_PHASE_FILE_BYTES = 1024 * 1024
 MAX_IMPORT_BYTES = 32 * 1024 * 1024
 MAX_WARNINGS_PER_KIND = 20
@@ -99,6 +131,11 @@ class Warnings:
         if self._count[kind] <= MAX_WARNINGS_PER_KIND:
             self.shown.append(warning)
 
+    def __iadd__(self, warnings: list[ParseWarning]) -> Warnings:
+        for w in warnings:
+            self.add(w)
+        return self
+
     def summarised(self) -> list[ParseWarning]:
         """The warnings shown, then one line per kind with more: how many, and the first."""
         more = [
@@ -118,6 +155,7 @@ class ImportedPlan:
     notes: dict[str, list[str]]  # phase id ("" for the header) → comment lines
     folder: Path  # the source folder, resolved
     warning_count: int = -1  # all of them, summarised ones included (-1: len(warnings))
+    files: dict[str, Path] = dataclasses.field(default_factory=dict)  # phase id → its file
 
     @property
     def total_warnings(self) -> int:
@@ -175,6 +213,17 @@ def _title(raw: str) -> tuple[str, str]:
     return " ".join(name.lower().split()), rest.strip().strip("*_ ")
 
 
+def _section_key(name: str) -> str | None:
+    """What a heading's section holds: a known title, or any other title naming verification
+    or checks (`Structural Verification`, `Anti-Fraud Command Checks`), unless it is for a
+    person to judge (`Semantic Verification Checklist`, `Holistic Assessment`)."""
+    if name in _SECTIONS:
+        return _SECTIONS[name]
+    if re.search(r"\b(?:verification|checks)\b", name) and not _FOR_A_PERSON.search(name):
+        return "verify"
+    return None
+
+
 def _sections(lines: list[_Line]) -> list[_Section]:
     """The known sections. One runs to the next heading at its level or above, or to the next
     known section at any level; `Automated Checks` headings continue a verification section."""
@@ -185,12 +234,12 @@ def _sections(lines: list[_Line]) -> list[_Section]:
         first = heads[k]
         name, inline = _title(lines[first].text)
         k += 1
-        if (key := _SECTIONS.get(name)) is None:
+        if (key := _section_key(name)) is None:
             continue
         while k < len(heads) - 1:
             name2 = _title(lines[heads[k]].text)[0]
-            goes_on = _SECTIONS.get(name2) == key == "verify" or (
-                name2 not in _SECTIONS and lines[heads[k]].level > lines[first].level
+            goes_on = _section_key(name2) == key == "verify" or (
+                _section_key(name2) is None and lines[heads[k]].level > lines[first].level
             )
             if name2 in _ENDERS or not goes_on:
                 break
@@ -267,57 +316,279 @@ def _shell_tokens(text: str) -> tuple[list[str], bool]:
     return tokens + ([word] if word else []), bool(heredocs)
 
 
+@dataclasses.dataclass
+class _Cmd:
+    """A verify command being read: the line it starts on, and the block's state before it."""
+
+    line: int
+    run: str
+    state: list[str]
+    expect: str = "pass"
+    must_match: list[str] = dataclasses.field(default_factory=list)
+    must_not_match: list[str] = dataclasses.field(default_factory=list)
+    said: bool = False  # the block itself says what to expect (a marker, an idiom, Expected:)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"run": "\n".join([*self.state, self.run]), "expect": self.expect}
+        out |= {"must_match": self.must_match} if self.must_match else {}
+        return out | ({"must_not_match": self.must_not_match} if self.must_not_match else {})
+
+
 def shell_commands(
     lines: list[tuple[int, str]], warn: Callable[[int, str], None]
-) -> list[dict[str, str]]:
-    """A fenced shell block as verify commands `{"run", "expect"}`.
+) -> list[dict[str, Any]]:
+    """A fenced shell block as verify commands `{"run", "expect"}` (and `must_match`, …).
 
     `# EXPECTED TO FAIL` makes the following commands of the block expect failure (until
-    `# EXPECTED TO PASS`); `CMD && exit 1` becomes `CMD` expecting failure; other comments and
-    blank lines are dropped; a command spanning lines (`\\`, open if/for/…) is kept whole.
-    The block is a script, so a bare `VAR=…` or `cd DIR` is put before each later command.
+    `# EXPECTED TO PASS`); `CMD && exit 1` becomes `CMD` expecting failure; a `# Expected: …`
+    comment after a command is read into its expectation; other comments and blank lines are
+    dropped; a command spanning lines (`\\`, open if/for/…) is kept whole. The block is a
+    script, so a bare `VAR=…` or `cd DIR` is put before each later command.
     """
-    out: list[dict[str, str]] = []
+    cmds = _block_commands(lines, warn)
+    for cmd in cmds:
+        _check_pipe(cmd, warn)
+    return [c.as_dict() for c in cmds]
+
+
+def _block_commands(lines: list[tuple[int, str]], warn: Callable[[int, str], None]) -> list[_Cmd]:
+    out: list[_Cmd] = []
     expect_fail = False
     pending: list[str] = []
     state: list[str] = []  # the block's assignments and cd so far
     start = unused = 0  # unused: the line of a state command no command has used yet
+    last = 0  # the index in `out` + 1 of the command just before, 0 if something came between
     for no, raw in lines:
         stripped = raw.strip()
         if pending:
             pending.append(raw.rstrip())
         elif m := _EXPECT.match(stripped):
-            expect_fail = m.group(1).lower() == "fail"
-            continue
-        elif re.match(r"#+\s*expect", stripped, re.IGNORECASE):
-            warn(no, f"{stripped!r} is not checked: a verify command is judged by its exit code")
+            expect_fail, last = m.group(1).lower() == "fail", 0
             continue
         elif not stripped or stripped.startswith("#"):
+            _comment(stripped, no, out[last - 1] if last else None, warn)
             continue
         else:
             pending, start = [raw.rstrip()], no
         if shell_unfinished(cmd := "\n".join(pending).strip()):
             continue
-        if _SETS_STATE.fullmatch(cmd):
-            state, unused = [*state, cmd], start
-        else:
-            out.append(_command(cmd, expect_fail, state))
-            unused = 0
         pending = []
+        if _SETS_STATE.fullmatch(cmd):
+            state, unused, last = [*state, cmd], start, 0
+            continue
+        if last and (m := _STATUS_ECHO.match(cmd)) and not m.group("cmd"):
+            _status_echo(out[last - 1], m)  # `[ $? -eq 0 ] && echo …` judges the line before
+            continue
+        expected = None
+        if (m := _EXPECTED_AFTER.match(cmd)) and not shell_unfinished(m.group("cmd")):
+            cmd, expected = m.group("cmd"), m.group("text")
+        out.append(_command(_Cmd(start, cmd, state, "fail" if expect_fail else "pass",
+                                 said=expect_fail)))
+        if expected is not None:
+            _read_expected(out[-1], expected, start, warn)
+        unused, last = 0, len(out)
     if pending:
         warn(start, "command unfinished at the end of its block (open quote, if/for/while, "
              "trailing | && || \\ or here-document); imported as written")
-        out.append(_command("\n".join(pending).strip(), expect_fail, state))
+        out.append(_Cmd(start, "\n".join(pending).strip(), state,
+                        "fail" if expect_fail else "pass"))
     elif unused:
         warn(unused, f"{state[-1]!r} ends its block: no command uses it; not imported")
     return out
 
 
-def _command(run: str, expect_fail: bool, state: list[str]) -> dict[str, str]:
-    m = _EXIT_1.match(run)  # only where what is left is a whole command (not inside quotes)
+def _comment(text: str, no: int, prev: _Cmd | None, warn: Callable[[int, str], None]) -> None:
+    """A comment line of a block: `# Expected: …` is read into the command just before it."""
+    if m := _EXPECTED.match(text):
+        if prev is not None:
+            _read_expected(prev, m.group("text"), no, warn)
+        else:
+            warn(no, f"{text!r} follows no command; not checked")
+    elif re.match(r"#+\s*expect", text, re.IGNORECASE):
+        warn(no, f"{text!r} is not checked: a verify command is judged by its exit code")
+
+
+def _command(cmd: _Cmd) -> _Cmd:
+    """The idioms that turn a command's status around, read into `expect`."""
+    m = _EXIT_1.match(cmd.run)  # only where what is left is a whole command (not inside quotes)
     if m and not shell_unfinished(m.group("cmd")):
-        run, expect_fail = m.group("cmd"), True
-    return {"run": "\n".join([*state, run]), "expect": "fail" if expect_fail else "pass"}
+        cmd.run, cmd.expect, cmd.said = m.group("cmd"), "fail", True
+    elif (m := _STATUS_ECHO.match(cmd.run)) and _whole(m.group("cmd")):
+        cmd.run = m.group("cmd")
+        _status_echo(cmd, m)
+    elif (m := _OR_ECHO.match(cmd.run)) and _echoes_failure(m):
+        # `CMD || echo FAIL` always exits 0: the author wants CMD to pass (`&&`: to fail)
+        cmd.run, cmd.expect = m.group("cmd"), "pass" if m.group("op") == "||" else "fail"
+        cmd.said = True
+    return cmd
+
+
+def _whole(cmd: str | None) -> bool:
+    """A command that stands alone (a split at `;` or `&&` was not inside a quote or a loop)."""
+    return bool(cmd) and not shell_unfinished(cmd or "")
+
+
+def _echoes_failure(m: re.Match[str]) -> bool:
+    """`CMD || echo "FAIL: …"`: a one-line echo of bad news after a whole command."""
+    msg = m.group("msg")
+    return bool(_BAD_NEWS.search(msg)) and "\n" not in msg and _whole(m.group("cmd"))
+
+
+def _status_echo(cmd: _Cmd, m: re.Match[str]) -> None:
+    """`[ $? -eq 0 ] && echo "FAIL…"`: status 0 is the bad news, so CMD must fail."""
+    zero_is_bad = (m.group("op") or m.group("op2")) == "eq"
+    if not _BAD_NEWS.search(m.group("msg")):
+        zero_is_bad = not zero_is_bad  # `&& echo "PASS"`: the echo names the good outcome
+    cmd.expect, cmd.said = "fail" if zero_is_bad else "pass", True
+
+
+def _stages(run: str) -> list[str]:
+    """The stages of a one-line pipeline (`a | b`); [run] for anything else."""
+    if "\n" in run:
+        return [run]
+    masked = _QUOTED.sub(lambda q: "_" * len(q.group()), run)
+    cuts = [m.start() for m in re.finditer(r"(?<![|>])\|(?![|&])", masked)]
+    bounds = zip([-1, *cuts], [*cuts, len(run)], strict=True)
+    return [run[a + 1 : b].strip() for a, b in bounds]
+
+
+_NO_OUTPUT = re.compile(r"(?:no|zero|0|nothing|empty|none)\b.*")
+_NOTHING_BAD = re.compile(
+    r"\b(?:0|no|zero|without)\s+(?:new\s+|\w+\s+)?(?:errors?|warnings?|failures?|"
+    r"regressions?|issues?|problems?|violations?)\b"
+)
+_NUMBER_WORDS = {"one": "1", "two": "2", "three": "3", "four": "4", "five": "5"}
+# `3`, `3 matches`, `1 match each`; `3+`, `≥ 3`, `>= 3`, `at least 3 occurrences`
+_COUNT = re.compile(r"(?P<least>≥|>=|at least)?\s*(?P<n>\d+)(?P<plus>\+)?(?:\s+[\w-]+)*")
+_FOUND = re.compile(r"\b(?:exists?|present|found|match(?:es|ing)?|shows?|showing|contains?)\b")
+_FAIL_WORDS = re.compile(r"\bfail\w*|\berrors?\b|\bred\b")
+_PASS_WORDS = re.compile(
+    r"\bpass\w*|\bsucce\w*|\bok\b|\bgreen\b|\bclean\w*|\bcompiles?\b|\bbuilds?\b|\bworks?\b"
+)
+_EXIT = re.compile(
+    r"(?:exit(?:s)?\s*(?:code|status)?|returns?)\s*:?\s*(\d+)|non-?zero(?:\s+exit.*)?"
+)
+
+
+def _at_least(n: int) -> str:
+    """A regex for the whole numbers ≥ n: longer ones, then the same length digit by digit."""
+    digits = str(n)
+    alts = [rf"[1-9]\d{{{len(digits)},}}", digits]
+    for i, d in enumerate(digits):
+        if d != "9":
+            alts.append(f"{digits[:i]}[{int(d) + 1}-9]" + (rf"\d{{{len(digits) - i - 1}}}"
+                                                         if i < len(digits) - 1 else ""))
+    return "(?:" + "|".join(alts) + ")"
+
+
+def _said(text: str) -> str:
+    """`# Expected: …` as the claim alone: lower case, no markdown, no aside (`(…)`, `— …`,
+    `, …`)."""
+    said = " ".join(text.strip().strip("*_`'\"").split()).lower()
+    said = re.split(r"\s+[—–]\s*|\s+--?\s+|[,;(]", said)[0]
+    said = " ".join(_NUMBER_WORDS.get(w, w) for w in said.split())
+    return said.strip(" .!:")
+
+
+def _read_expected(cmd: _Cmd, text: str, line: int, warn: Callable[[int, str], None]) -> None:
+    """`# Expected: …` into expect (and must_match / must_not_match); warns on other forms."""
+    said = _said(text)
+    # the stage whose status counts once a trailing tail/head is dropped (_check_pipe)
+    last = next((s for s in reversed(_stages(cmd.run)) if s.split()[:1] not in _TRIM_WORDS),
+                cmd.run)
+    was, cmd.said = cmd.said, True
+    if m := _EXIT.fullmatch(said):
+        code = int(m.group(1)) if m.group(1) else 1
+        cmd.expect = "pass" if code == 0 else "fail"
+        if code not in (0, 1):
+            warn(line, f"'# Expected: {text.strip()}': expect = \"fail\" accepts any non-zero "
+                 f"exit, not only {code}")
+    elif (m := _COUNT.fullmatch(said)) and int(m.group("n")) > 0 and _counts(last):
+        _read_count(cmd, last, m, text, line, warn)
+    elif _NO_OUTPUT.fullmatch(said):
+        if _GREP.match(last):
+            cmd.expect = "fail"  # grep exits 1 when it finds nothing (`grep -c` too)
+        elif _WC.match(last):
+            cmd.must_match = [r"^\s*0\s*$"]  # the count printed is 0
+        elif _NOTHING_BAD.match(said):
+            cmd.expect = "pass"  # a linter or checker that finds nothing exits 0
+        else:
+            cmd.must_not_match = [r"\S"]  # the output must be empty
+    elif _FAIL_WORDS.search(_NOTHING_BAD.sub("", said)):
+        cmd.expect = "fail"  # "Tests exist but fail naturally"
+    elif _FOUND.search(said) and not re.search(r"\bnot?\b", said):
+        cmd.expect = "pass"  # found: grep, test -f, ls exit 0
+    elif _PASS_WORDS.search(said) or _NOTHING_BAD.search(said):
+        cmd.expect = "pass"
+    else:
+        cmd.said = was
+        warn(line, f"'# Expected: {text.strip()}' not read; the command is judged by its exit "
+             f"code (expect = \"{cmd.expect}\"); add must_match to check its output")
+
+
+def _counts(stage: str) -> bool:
+    """A stage whose output or status a count can be read from: a grep, `wc`, `grep -c`."""
+    return bool(_GREP.match(stage) or _WC.match(stage))
+
+
+def _read_count(
+    cmd: _Cmd, last: str, m: re.Match[str], text: str, line: int,
+    warn: Callable[[int, str], None],
+) -> None:
+    """`3`, `3+`, `≥ 3` (N > 0): the count a `wc -l` or `grep -c` prints; a grep finds some."""
+    n, least = int(m.group("n")), bool(m.group("least") or m.group("plus"))
+    number = _at_least(n) if least else str(n)
+    if _WC.match(last):
+        prefix = "(?:.*:)?" if _GREP.match(last) else ""  # `grep -c` on files: `FILE:N`
+        cmd.must_match = [rf"^{prefix}\s*{number}\s*$"]
+    else:
+        cmd.expect = "pass"  # grep exits 0 when it finds any
+        if n > 1 or not least and "-q" not in last.split():
+            warn(line, f"'# Expected: {text.strip()}': only that grep finds a match is checked, "
+                 "not how many; count with `grep -c` (or `| wc -l`) to check the number")
+
+
+def _check_pipe(cmd: _Cmd, warn: Callable[[int, str], None]) -> None:
+    """A pipe's exit status is its last stage's: `npm test | tail -20` can never fail. Drop a
+    trailing tail/head (the verify log keeps the whole output); warn on other such stages."""
+    stages = _stages(cmd.run)
+    if len(stages) < 2 or "pipefail" in "\n".join([*cmd.state, cmd.run]):
+        return
+    words = [s.split()[0] if s.split() else "" for s in stages]
+    if words[-1] in _TRIM:
+        kept = len(stages) - next(i for i, w in enumerate(reversed(words)) if w not in _TRIM)
+        if kept == len(stages):
+            return
+        before, cmd.run = cmd.run, " | ".join(stages[:kept])
+        warn(cmd.line, f"{before!r} is expected to {cmd.expect}, but a pipe's exit status is "
+             f"its last command's ({words[-1]}: always 0), so as written it can never fail; "
+             f"imported as {cmd.run!r} (the verify log keeps the whole output); write "
+             "`set -o pipefail` (bash) or drop the pipe")
+    elif words[-1] in _MASK and not cmd.must_match:
+        warn(cmd.line, f"{cmd.run!r}: a pipe's exit status is its last command's "
+             f"({words[-1]}), not {words[0]}'s; imported as written, expecting {cmd.expect}; "
+             "write `set -o pipefail` (bash) or drop the pipe")
+
+
+def _not_commands(heading: str) -> str:
+    """Why blocks under a verification sub-heading are not commands ('' if they are):
+    checks for a person, or the output the commands should print."""
+    if _FOR_A_PERSON.search(heading):
+        return "is under a manual-check heading"
+    if re.search(r"\b(?:output|results?)\b", heading):
+        return "is under an expected-output heading"
+    return ""
+
+
+def _script(lines: list[tuple[int, str]]) -> _Cmd:
+    """A block that starts with `#!`: one verify command, the block run by its interpreter."""
+    body = "\n".join(text for _, text in lines).strip()
+    words = shlex.split(body.splitlines()[0][2:])
+    if words and PurePosixPath(words[0]).name == "env":
+        words = [w for w in words[1:] if w != "-S"]
+    if not words or PurePosixPath(words[0]).name == "sh":
+        return _Cmd(lines[0][0], body, [])  # `sh -c` reads the `#!` line as a comment
+    return _Cmd(lines[0][0], f"{shlex.join(words)} -c {shlex.quote(body)}", [])
 
 
 def kind_from_name(stem: str) -> str:
@@ -328,9 +599,10 @@ def kind_from_name(stem: str) -> str:
 
 
 def _key(tag: str) -> _Key:
-    """The order key of `05a` (file name), `5a` (`Phase 5a`) or `P05A` (phase id): (5, "a")."""
+    """The order key of `05a` (file name), `5a` (`Phase 5a`), `P05A` (phase id) or `P0.5`:
+    the number as a number, then the letter: (5, "a"), (0.5, "")."""
     letter = tag[-1].lower() if tag[-1].isalpha() else ""
-    return int(tag.removeprefix("P").removesuffix(tag[-1] if letter else "")), letter
+    return Decimal(tag.lstrip("Pp").removesuffix(tag[-1] if letter else "")), letter
 
 
 @dataclasses.dataclass
@@ -340,6 +612,8 @@ class _PhaseFile:
     path: Path
     warnings: Warnings
     sections: list[_Section] = dataclasses.field(default_factory=list)
+    lines: list[_Line] = dataclasses.field(default_factory=list)
+    precheck: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         text = _read_bounded(self.path).decode("utf-8", errors="replace")
@@ -348,7 +622,7 @@ class _PhaseFile:
         lines, unclosed = _scan(text.removeprefix("\ufeff"))
         if unclosed:
             self.warn(unclosed, "code block never closed; the rest of the file is read as code")
-        self.sections = _sections(lines)
+        self.sections, self.lines = _sections(lines), lines
 
     def warn(self, line: int, message: str) -> None:
         self.warnings.add(ParseWarning(self.path, line, message))
@@ -356,43 +630,67 @@ class _PhaseFile:
     def of(self, key: str) -> list[_Section]:
         return [s for s in self.sections if s.key == key]
 
-    def to_phase(
-        self, key: _Key, rel: str, plan_dir: str, earlier: dict[_Key, str]
-    ) -> tuple[str, dict[str, Any], list[str]] | None:
-        """(plan id, phase dict, notes), or None if the file has no Phase ID (warned)."""
+    def is_phase(self) -> bool:
+        """Phase content: a known section, or a title naming a phase, task or step
+        (`# Phase 05: …`, `# Task 11: …`, `# 04 – Parser – TDD Phase`)."""
+        heads = [ln for ln in self.lines if ln.kind == "heading"]
+        titles = [ln for ln in heads if ln.level == 1] or heads[:1]
+        return bool(self.sections) or any(_PHASE_TITLE.search(ln.text) for ln in titles)
+
+    def phase_id(self, key: _Key, tag: str) -> tuple[str | None, str]:
+        """(plan id, phase id) from the Phase ID section, else from a marker naming this file's
+        number anywhere in the file (code blocks included), else (None, P + the file's number)."""
         ids = [(no, m.group(1), m.group(2)) for sec in self.of("id")
                for no, text in [(sec.line, sec.inline), *((ln.no, ln.text) for ln in sec.body)]
                for m in _FULL_ID.finditer(text)]  # fmt: skip
         if not ids:
-            self.warn(self.of("id")[0].line if self.of("id") else 1, "not a phase: no '## Phase "
-                      "ID' section with a `PLAN-20251018-NAME.P05` id; file not imported")
-            return None
+            own = (m.groups() for ln in self.lines for m in _CODE_MARKER.finditer(ln.text))
+            plan_id, pid = next(((p, q) for p, q in own if _key(q) == key), (None, "P" + tag))
+            if self.of("id"):
+                self.warn(self.of("id")[0].line, "the '## Phase ID' section holds no "
+                          f"`PLAN-….PNN` id; the phase is {pid}, from the file name")
+            return plan_id, pid
         line, plan_id, pid = ids[0]
         if len({(p, q) for _, p, q in ids}) > 1:
             self.warn(ids[1][0], f"more than one Phase ID; the phase is {plan_id}.{pid}")
         if _key(pid) != key:
             self.warn(line, f"Phase ID {pid} does not match the file name's number; the phase "
                       "keeps its place in file order")
-        marker = f"@plan:{plan_id}.{pid}"
-        self.check_code_markers(marker)
+        return plan_id, pid
+
+    def to_phase(
+        self, key: _Key, tag: str, rel: str, plan_dir: str, earlier: dict[_Key, str]
+    ) -> tuple[str | None, dict[str, Any], list[str]] | None:
+        """(plan id or None, phase dict, notes), or None if the file is not a phase (warned)."""
+        if not self.of("id") and not self.is_phase():
+            self.warn(1, "not a phase: no '## Phase ID' section, no phase sections "
+                      "(Verification, Prerequisites, Completion Marker, …) and no title "
+                      "naming a phase, task or step; file not imported")
+            return None
+        plan_id, pid = self.phase_id(key, tag)
+        marker = f"@plan:{plan_id}.{pid}" if plan_id else None
+        if marker:
+            self.check_code_markers(marker)
         phase: dict[str, Any] = {
             "id": pid,
             "kind": kind_from_name(self.path.stem),
             "prompt_file": rel,
             "report": f"reports/{pid}-worker.md",
-            "completion": self.completion(pid, plan_dir),
-            "markers": [marker],
+            "completion": self.completion(pid, plan_dir, marker),
+            "markers": [marker] if marker else [],
         }
         if verify := self.verify():
             phase["verify"] = verify
-        notes = [f"from {rel}", *self.prerequisites(pid, earlier)]
+        notes = [f"from {rel}", *self.prerequisites(pid, earlier), *self.worker_command()]
+        if self.precheck:
+            phase["precheck"] = self.precheck
         number, letter = _key(pid)
         if letter and (parent := earlier.get((number, ""))):
             notes.append(f"{pid} may also append to {parent}'s completion file; only its own "
                          "completion file is checked")
         return plan_id, phase, notes
 
-    def completion(self, phase_id: str, plan_dir: str) -> list[str]:
+    def completion(self, phase_id: str, plan_dir: str, marker: str | None) -> list[str]:
         """The `Create: `…`` paths of the completion section, relative to plan_dir."""
         found: list[str] = []
         for no, text in (line for sec in self.of("completion") for line in sec.text_lines()):
@@ -406,11 +704,18 @@ class _PhaseFile:
                 if PurePosixPath(rel).stem.lower() != phase_id.lower():
                     self.warn(no, f"completion file {span!r} is not named after phase "
                               f"{phase_id}; kept as written")
-        if not found:
+        where = self.of("completion")[0].line if self.of("completion") else 1
+        if not found and marker is None:
+            self.warn(where, "no completion file and no `@plan:PLAN.PNN` marker: completion = "
+                      "[] and no marker check; the phase is judged by its report and verify "
+                      "commands")
+        elif not found:
             found = [f".completed/{phase_id}.md"]
-            where = self.of("completion")[0].line if self.of("completion") else 1
             self.warn(where, "no `Create: `…/.completed/PXX.md`` path in a '## Phase Completion "
                       f"Marker' section; using {found[0]}")
+        elif marker is None:
+            self.warn(where, "no `@plan:PLAN.PNN` marker names this phase: its completion file "
+                      "is checked for existence only")
         return found
 
     def _under(self, line: int, written: str, plan_dir: str) -> str | None:
@@ -427,27 +732,27 @@ class _PhaseFile:
             return None
         return p.as_posix()
 
-    def verify(self) -> list[dict[str, str]]:
+    def verify(self) -> list[dict[str, Any]]:
         """Commands of the shell blocks in the verification sections (and their subsections)."""
-        out: list[dict[str, str]] = []
+        out: list[_Cmd] = []
         for sec in self.of("verify"):
-            manual = False
+            manual = ""  # why the blocks under the current sub-heading are not commands
             block: list[tuple[int, str]] | None = None
             lang, opened = "", 0
+            last: list[_Cmd] = []  # the commands of the block just closed, for prose after it
             for ln in [*sec.body, _Line(0, "", "close")]:  # a sentinel closes a cut-off block
                 if ln.kind == "heading":
-                    manual = "manual" in _title(ln.text)[0]
+                    manual, last = _not_commands(_title(ln.text)[0]), []
                 elif ln.kind == "open":
                     block, lang, opened = [], ln.lang, ln.no
                 elif ln.kind == "code" and block is not None:
                     block.append((ln.no, ln.text))
                 elif ln.kind == "close" and block is not None:
-                    if manual or lang not in _SHELL_LANGS:
-                        why = "is under a manual-check heading" if manual else "is not shell"
-                        self.warn(opened, f"code block ```{lang} {why}; not run by orchestrd")
-                    else:
-                        out += shell_commands(block, self.warn)
+                    last = self.block(block, lang, opened, manual)
+                    out += last
                     block = None
+                elif ln.kind == "text" and last and (m := _PROSE.search(ln.text)):
+                    self.prose(last, m, ln)
                 elif ln.kind == "text" and _INLINE_CODE.search(ln.text) and not manual:
                     self.warn(ln.no, "inline code outside a fenced ```bash block is not run: "
                               f"{ln.text.strip()!r}")
@@ -455,7 +760,48 @@ class _PhaseFile:
             where = self.of("verify")[0].line if self.of("verify") else 1
             self.warn(where, "no commands in a '## Verification Commands' section; the phase "
                       "gets no verify commands")
-        return out
+        for cmd in out:
+            _check_pipe(cmd, self.warn)
+        return [c.as_dict() for c in out]
+
+    def block(
+        self, block: list[tuple[int, str]], lang: str, opened: int, manual: str
+    ) -> list[_Cmd]:
+        """A closed code block of a verification section as commands (a `#!` block: one)."""
+        if manual or lang not in _SHELL_LANGS:
+            why = manual or "is not shell"
+            self.warn(opened, f"code block ```{lang} {why}; not run by orchestrd")
+            return []
+        if block and block[0][1].lstrip().startswith("#!"):
+            return [_script(block)]
+        return _block_commands(block, self.warn)
+
+    def prose(self, cmds: list[_Cmd], m: re.Match[str], ln: _Line) -> None:
+        """"This should fail because …" after a block: the block's commands expect that."""
+        if m.group("cond"):  # "should fail if the stub is left": says nothing about this run
+            self.warn(ln.no, f"{ln.text.strip()!r} is a condition, not what the block above "
+                      "should do; not read")
+            return
+        expect = "fail" if m.group(1).lower() == "fail" else "pass"
+        for cmd in cmds:
+            if cmd.said and cmd.expect != expect:
+                self.warn(ln.no, f"{ln.text.strip()!r} says {expect}, but the block says "
+                          f"{cmd.run!r} should {cmd.expect}; kept {cmd.expect}")
+            cmd.expect = cmd.expect if cmd.said else expect
+        if len(cmds) > 1:
+            self.warn(ln.no, f"{ln.text.strip()!r} follows a block of {len(cmds)} commands; "
+                      f"all of them expect {expect}")
+
+    def worker_command(self) -> list[str]:
+        """The author's `Worker Command` blocks: a hint for whoever runs the plan, never run."""
+        notes = []
+        for sec in self.of("worker"):
+            code = " ".join(ln.text.strip() for ln in sec.body if ln.kind == "code")
+            if code:
+                short = code if len(code) <= 200 else code[:199] + "…"
+                notes.append(f"worker command of the plan's author (line {sec.line}; a hint, "
+                             f"not run by orchestrd): {short}")
+        return notes
 
     def check_code_markers(self, marker: str) -> None:
         """Required Code Markers are the worker's job (in the code); flag copy-paste slips."""
@@ -467,21 +813,44 @@ class _PhaseFile:
                               f"this file's {marker}")
 
     def prerequisites(self, phase_id: str, earlier: dict[_Key, str]) -> list[str]:
-        """Notes for the references to earlier phases (met by file order); other lines warn."""
+        """Notes for the references to earlier phases (met by file order); a `Verification:`
+        line's command (or a shell block) becomes a precheck; other lines warn."""
         notes = []
+        for sec in self.of("prerequisites"):
+            self.precheck += self.prerequisite_blocks(sec)
         for no, text in (line for sec in self.of("prerequisites") for line in sec.text_lines()):
-            refs = [_key(m.group(1)) for m in _PHASE_REF.finditer(text)]
-            refs = [r for r in dict.fromkeys(refs) if r != _key(phase_id)]
-            if text.strip() and not refs:
+            tags = {_key(m.group(1)): m.group(1) for m in _PHASE_REF.finditer(text)}
+            refs = [r for r in tags if r != _key(phase_id)]
+            if re.match(r"[-*\s]*(?:\*\*)?verification\b", text, re.IGNORECASE) and (
+                codes := [c.strip() for c in _INLINE_CODE.findall(text) if " " in c.strip()]
+            ):  # a command has arguments: `grep -q … FILE`, not `P04.md`
+                self.precheck += [{"run": code, "expect": "pass"} for code in codes]
+            elif text.strip() and not refs:
                 self.warn(no, f"prerequisite not checked by orchestrd: {text.strip()!r}")
             for r in (r for r in refs if r not in earlier):
-                self.warn(no, f"prerequisite phase {r[0]:02d}{r[1]} is not an earlier phase of "
+                self.warn(no, f"prerequisite phase {tags[r]} is not an earlier phase of "
                           "this plan; nothing checks it")
             if found := [earlier[r] for r in refs if r in earlier]:
                 notes.append(f"prerequisite {', '.join(found)} (line {no}): met by phase order, "
                              "each phase passes before the next one starts")
         return notes
 
+    def prerequisite_blocks(self, sec: _Section) -> list[dict[str, Any]]:
+        """The shell blocks of a Prerequisites section: commands run before the phase starts."""
+        out: list[_Cmd] = []
+        block: list[tuple[int, str]] | None = None
+        lang, opened = "", 0
+        for ln in sec.body:
+            if ln.kind == "open":
+                block, lang, opened = [], ln.lang, ln.no
+            elif ln.kind == "code" and block is not None:
+                block.append((ln.no, ln.text))
+            elif ln.kind == "close" and block is not None:
+                out += self.block(block, lang, opened, manual="")
+                block = None
+        for cmd in out:
+            _check_pipe(cmd, self.warn)
+        return [c.as_dict() for c in out]
 
 def _read_bounded(path: Path) -> bytes:
     """A phase file, refused above MAX_PHASE_FILE_BYTES: the worker reads it as its prompt, and
@@ -499,28 +868,79 @@ def _read_bounded(path: Path) -> bytes:
     return raw
 
 
-def _phase_files(phase_dir: Path, warnings: Warnings) -> list[tuple[_Key, Path]]:
-    """Numbered markdown files in natural order (1, 01a, 02, …, 10); other .md files warn."""
-    out = []
+def _phase_files(
+    phase_dir: Path, warnings: Warnings
+) -> tuple[list[tuple[_Key, str, Path]], list[Path]]:
+    """Numbered markdown files (`01a-`, `P0.5-`, `P10-`) in order of their number as a number,
+    then the letter, each with its number as written; and the unnumbered overviews. Other .md
+    files warn."""
+    out, overviews = [], []
     for p in sorted(q for q in phase_dir.iterdir() if q.is_file() and q.suffix.lower() == ".md"):
         if m := _FILE_NUMBER.match(p.name):
-            out.append((_key(m.group(0)), p))
+            out.append((_key(m.group(1)), m.group(1), p))
+        elif "overview" in p.stem.lower():
+            overviews.append(p)
         else:
             warnings.add(ParseWarning(p, 1, "not a phase: its name has no number prefix "
-                                      "(NN-name.md); not imported"))
-    if (total := sum(p.stat().st_size for _, p in out)) > MAX_IMPORT_BYTES:
+                                         "(NN-name.md, P05-name.md); not imported"))
+    if (total := sum(p.stat().st_size for _, _, p in out)) > MAX_IMPORT_BYTES:
         raise PlanError(
             f"{phase_dir}: its phase files hold {total} bytes, over the import's limit of "
             f"{MAX_IMPORT_BYTES} (each is a worker's prompt, read whole); split the plan folder"
         )
-    return sorted(out, key=lambda kp: (kp[0], kp[1].name))
+    return sorted(out, key=lambda kp: (kp[0], kp[2].name)), overviews
+
+
+def _folder_plan_id(folder: str) -> str:
+    """`PLAN-<FOLDER>`: the folder's name upper-cased, other characters than [A-Z0-9._-] as -."""
+    name = re.sub(r"[^A-Z0-9._-]+", "-", folder.upper()).strip("-.")
+    return f"PLAN-{name}"[:128].rstrip("-.")
+
+
+def _choose_plan_id(
+    given: str | None, plan_ids: dict[str, str | None], files: dict[str, Path], folder: str,
+    warnings: Warnings,
+) -> str:
+    """`--id`, else the plan id most Phase IDs name, else `PLAN-<FOLDER>` (warned); phases whose
+    Phase ID names another plan, or that have none while others do, warn."""
+    named = Counter(v for v in plan_ids.values() if v is not None)
+    plan_id = given or (named.most_common(1)[0][0] if named else _folder_plan_id(folder))
+    if not given and not named:  # said once, at the first phase file
+        warnings.add(ParseWarning(next(iter(files.values())), 1, "no Phase ID in any file: "
+                                     f"the plan id is {plan_id}, from the folder name "
+                                     f"{folder!r} (give --id to choose)"))
+    warnings += [ParseWarning(files[pid], 1, f"Phase ID {other}.{pid} names plan {other}, not "
+                              f"{plan_id}; its marker keeps {other}")
+                 for pid, other in plan_ids.items() if other not in (None, plan_id)]  # fmt: skip
+    if named:
+        warnings += [ParseWarning(files[pid], 1, f"no Phase ID: the phase is {pid}, from the "
+                                  "file name") for pid, other in plan_ids.items() if other is None]
+    return plan_id
+
+
+def _overview_counts(overviews: list[Path], phases: list[dict[str, Any]]) -> list[ParseWarning]:
+    """An overview's `Total Phases: N` against the phases imported (with or without the
+    lettered ones, which some authors do not count)."""
+    out = []
+    whole = sum(1 for p in phases if not p["id"][-1].isalpha())
+    for path in overviews:
+        text = _read_bounded(path).decode("utf-8", errors="replace")
+        if (m := _TOTAL_PHASES.search(text)) and int(m.group(1)) not in (len(phases), whole):
+            line = text.count("\n", 0, m.start()) + 1
+            out.append(ParseWarning(path, line, f"the overview says {m.group(0)!r}, but "
+                                    f"{len(phases)} phase files were imported "
+                                    f"({', '.join(p['id'] for p in phases)})"))
+    return out
 
 
 def import_plan_folder(
-    folder: Path, repo: Path | None = None, worker: str | None = None
+    folder: Path, repo: Path | None = None, worker: str | None = None, plan_id: str | None = None
 ) -> ImportedPlan:
     """Import a plan folder (holding `plan/NN-*.md`, or the phase files themselves) that lies
-    inside `repo` (default: the current directory); PlanError when there is no usable phase."""
+    inside `repo` (default: the current directory); PlanError when there is no usable phase.
+    `plan_id` (`--id`) names the plan; default: the Phase IDs', else `PLAN-<FOLDER>`."""
+    if plan_id is not None and not re.fullmatch(ID_PATTERN, plan_id):
+        raise PlanError(f"--id: {plan_id!r} is not a plan id; use 1-128 of [A-Za-z0-9._-]")
     repo = (repo or Path.cwd()).resolve()
     if not repo.is_dir():
         raise PlanError(f"{repo}: --repo is not a directory; pass the checkout the plan runs in")
@@ -535,39 +955,45 @@ def import_plan_folder(
     warnings = Warnings()
     notes: dict[str, list[str]] = {"": []}  # "" → the header
     phases: list[dict[str, Any]] = []
-    plan_ids: dict[str, str] = {}  # phase id → its plan id
+    plan_ids: dict[str, str | None] = {}  # phase id → its plan id (None: no Phase ID)
     files: dict[str, Path] = {}
     earlier: dict[_Key, str] = {}  # order key → phase id
-    for key, path in _phase_files(phase_dir, warnings):
+    numbered, overviews = _phase_files(phase_dir, warnings)
+    if phase_dir != folder:  # an overview next to plan/
+        overviews += [p for p in sorted(folder.glob("*.md")) if "overview" in p.stem.lower()]
+    for key, tag, path in numbered:
         rel = path.relative_to(folder).as_posix()
         f = _PhaseFile(path, warnings)
-        if key == (0, "") and "overview" in path.stem.lower() and not f.of("id"):
-            notes[""].append(f"{rel} is the plan's overview, not a phase")
+        if "overview" in path.stem.lower() and not f.of("id"):
+            overviews.append(path)
             continue
-        if (parsed := f.to_phase(key, rel, plan_dir, earlier)) is None:
+        if (parsed := f.to_phase(key, tag, rel, plan_dir, earlier)) is None:
             continue
-        plan_id, phase, notes[phase["id"]] = parsed
-        if (pid := phase["id"]) in files:
-            raise PlanError(f"{path}: Phase ID: {pid} is also the id of {files[pid]}; give each "
-                            "phase file its own PLAN.PNN id")
+        pid_plan, phase, phase_notes = parsed
+        if (pid := phase["id"]) in files:  # two files numbered alike: the first one is kept
+            warnings.add(ParseWarning(path, 1, f"phase id {pid} is also the id of "
+                                         f"{files[pid].name}; file not imported (give each "
+                                         "phase file its own number or PLAN.PNN id)"))
+            continue
+        notes[pid] = phase_notes
         phases.append(phase)
-        plan_ids[pid], files[pid], earlier[_key(pid)] = plan_id, path, pid
+        plan_ids[pid], files[pid], earlier[_key(pid)] = pid_plan, path, pid
+    notes[""] += [f"{p.relative_to(folder).as_posix()} is the plan's overview, not a phase"
+                  for p in overviews]
     if not phases:
         raise PlanError("\n".join([
-            f"{folder}: no phase files in {phase_dir} (NN-name.md with a '## Phase ID' section "
-            "holding `PLAN-….PNN`); point import at the plan folder",
+            f"{folder}: no phase files in {phase_dir} (NN-name.md or P05-name.md with a "
+            "'## Phase ID' section or phase sections); point import at the plan folder",
             *map(str, warnings.summarised()),
         ]))  # fmt: skip
-    plan_id = Counter(plan_ids.values()).most_common(1)[0][0]
-    for pid, other in plan_ids.items():
-        if other != plan_id:
-            warnings.add(ParseWarning(files[pid], 1, f"Phase ID {other}.{pid} names plan "
-                                      f"{other}, not {plan_id}; its marker keeps {other}"))
+    warnings += _overview_counts(overviews, phases)
+    plan_id = _choose_plan_id(plan_id, plan_ids, files, folder.resolve().name, warnings)
     plan: dict[str, Any] = {"id": plan_id, "repo": str(repo)}
     plan |= {"plan_dir": plan_dir} if plan_dir else {}
     plan |= {"worker": worker} if worker else {}
     return ImportedPlan(
-        plan | {"phases": phases}, warnings.summarised(), notes, folder.resolve(), warnings.total
+        plan | {"phases": phases}, warnings.summarised(), notes, folder.resolve(),
+        warning_count=warnings.total, files=files,
     )
 
 
@@ -609,14 +1035,38 @@ def _escape_controls(text: str) -> str:
     )
 
 
+def render_report(imported: ImportedPlan) -> str:
+    """A table per phase, to check an import at a glance: what each phase will be judged on."""
+    by_file = Counter(w.file.resolve() for w in imported.warnings)
+    rows = [("id", "kind", "verify", "fail", "precheck", "markers", "completion", "warnings")]
+    for p in imported.plan["phases"]:
+        file = imported.files.get(p["id"])
+        rows.append((
+            p["id"], p["kind"], str(len(p.get("verify", []))),
+            str(sum(v["expect"] == "fail" for v in p.get("verify", []))),
+            str(len(p.get("precheck", []))), str(len(p["markers"])),
+            ", ".join(p["completion"]) or "-", str(by_file[file.resolve()] if file else 0),
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    other = len(imported.warnings) - sum(by_file[f.resolve()] for f in imported.files.values())
+    tail = f"{other} other warning(s) (overview, folder, files that are not phases)"
+    return "\n".join([*lines, tail]) + "\n"
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
     """Errors are PlanError/ConfigError, which cli.main reports and turns into exit code 2."""
     if not args.output and not args.dry_run:
         raise PlanError("import: nowhere to write; give -o OUT.toml, or --dry-run to print")
     config, _ = load_config(args.config)
-    imported = import_plan_folder(Path(args.folder), Path(args.repo), args.worker)
+    imported = import_plan_folder(Path(args.folder), Path(args.repo), args.worker, args.id)
     for w in imported.warnings:
         print(w, file=sys.stderr)
+    if args.report:
+        sys.stderr.write(render_report(imported))
+    if args.strict and imported.warnings:
+        raise PlanError(f"{args.folder}: {imported.total_warnings} warning(s) and --strict; "
+                        "nothing written (fix the files, or import without --strict)")
     source = args.output or f"{args.folder} (imported)"
     try:
         raw = render_plan_toml(imported).encode("utf-8")
@@ -643,7 +1093,8 @@ def add_subcommand(
     sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     common: argparse.ArgumentParser,
 ) -> None:
-    """Register `import FOLDER -o OUT [--repo DIR] [--worker NAME] [--dry-run] [--config FILE]`."""
+    """Register `import FOLDER -o OUT [--repo DIR] [--worker NAME] [--id ID] [--strict]
+    [--report] [--dry-run] [--config FILE]`."""
     p = sub.add_parser(
         "import", parents=[common], help="turn a folder of markdown phase files into a plan file"
     )
@@ -653,4 +1104,11 @@ def add_subcommand(
                    help="the checkout the plan runs in; FOLDER must be inside it (default: .)")
     p.add_argument("--worker", metavar="NAME", help="worker profile (default: the config's)")
     p.add_argument("--dry-run", action="store_true", help="print the plan instead of writing it")
+    p.add_argument("--id", metavar="PLAN_ID",
+                   help="the plan id (default: the files' Phase IDs, else PLAN-<FOLDER>)")
+    p.add_argument("--strict", action="store_true",
+                   help="any warning is an error (exit 2, nothing written): for CI")
+    p.add_argument("--report", action="store_true",
+                   help="print a table per phase (verify, expect=fail, markers, completion, "
+                   "warnings) on stderr")
     p.set_defaults(func=_cmd_import)

@@ -177,6 +177,11 @@ class Phase(Strict):
     policy: PolicyOverride | None = None
     fail_on_log_errors: bool | None = Field(None, description="overrides [checks]")
     verify: list[VerifyCommand] = Field(default_factory=list)
+    precheck: list[VerifyCommand] = Field(
+        default_factory=list,
+        description="commands run before the phase's first worker (after its prerequisites); "
+        "one that does not end as expected fails the phase before any worker starts",
+    )
 
     @pydantic.field_validator("prompt_file", "report")
     @classmethod
@@ -468,4 +473,5 @@ def phase_marker_regex(marker: str) -> re.Pattern[str]:
     body = re.escape(marker)
     if marker.startswith("@plan:"):
         body = r"@plan[:\s]\s*" + re.escape(marker[len("@plan:") :])
-    return re.compile(r"(?<![\w.-])" + body + r"(?![\w-])")
+    # `(?!\.\d)`: `@plan:X.P0` is not `@plan:X.P0.5` (decimal phase numbers)
+    return re.compile(r"(?<![\w.-])" + body + r"(?![\w-]|\.\d)")

@@ -4,6 +4,7 @@ and remediation workers until the phase passes or the remediations run out.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -22,6 +23,7 @@ from .checks import (
     check_prerequisites,
     failures,
     inspect,
+    run_verify,
 )
 from .config import CheckSettings, Config, Policy, WorkerProfile
 from .fsutil import FileRefused, read_head, read_regular, write_file
@@ -88,15 +90,18 @@ def contract_trailer(
         f"- When you are done, write the report `{report}` (relative to the repository) with a "
         "line `Status: PASS`, or `Status: FAIL` and what is missing."
         + "".join(f" It needs a line {required[r]}." for r in phase.report_requires),
-        "- Create the completion file(s) " + ", ".join(f"`{c}`" for c in completion)
-        + (
-            " containing the marker(s) " + ", ".join(f"`{m}`" for m in phase.markers)
-            if phase.markers
-            else ""
-        )
-        + "."
-        + "".join(f" Each needs a line {required[r]}." for r in phase.completion_requires),
     ]
+    if completion:  # `completion = []`: an imported phase that names no completion file
+        lines.append(
+            "- Create the completion file(s) " + ", ".join(f"`{c}`" for c in completion)
+            + (
+                " containing the marker(s) " + ", ".join(f"`{m}`" for m in phase.markers)
+                if phase.markers
+                else ""
+            )
+            + "."
+            + "".join(f" Each needs a line {required[r]}." for r in phase.completion_requires)
+        )
     lines += [
         f"- At least {mp.min} file(s) matching `{mp.glob}` must contain the marker(s) too."
         for mp in phase.marker_paths
@@ -268,14 +273,17 @@ class PlanRunner:
             )
 
     async def _prerequisites_met(self, phase: Phase) -> bool:
-        """Earlier phases named in `prerequisites` left their markers; else the phase fails
-        before any worker starts (a worker cannot make up for a phase that was not done)."""
-        if not phase.prerequisites:
+        """Earlier phases named in `prerequisites` left their markers and the `precheck`
+        commands end as expected; else the phase fails before any worker starts (a worker
+        cannot make up for a phase that was not done)."""
+        if not phase.prerequisites and not phase.precheck:
             return True
         log = self.log.bind(phase=phase.id)
         results = await check_prerequisites(self.plan, phase)
         for r in results:
             audit(log, r)
+        if not failures(results):
+            results += await self._precheck(phase, log)
         bad = failures(results)
         if not bad:
             return True
@@ -284,6 +292,24 @@ class PlanRunner:
             phase.id, PhaseStatus.FAILED, "phase.failed", describe(bad), attempts=0
         )
         return False
+
+    async def _precheck(self, phase: Phase, log: Logger) -> list[CheckResult]:
+        """The precheck commands, run and judged as verify commands are (output in the
+        workers folder as verify-ID-0-N.log: attempt 0, before the first worker)."""
+        config = self.get_config()
+        ctx = CheckContext(
+            plan=self.plan, phase=phase.model_copy(update={"verify": phase.precheck}),
+            settings=config.checks, outcome=WatchOutcome(0, 0), log_path=Path(os.devnull),
+            output_dir=self.folder.workers, attempt=0, env=base_env(config),
+            grace=config.policy_for(self.plan.policy, phase.policy).stop_grace,
+            max_log_bytes=config.max_log_bytes,
+        )
+        results = []
+        for i in range(len(phase.precheck)):
+            r = dataclasses.replace(await run_verify(ctx, i), name=f"precheck[{i}]")
+            audit(log, r)
+            results.append(r)
+        return results
 
     def _prompt(
         self, phase: Phase, n: int, role: str, report: str, settings: CheckSettings,

@@ -280,8 +280,12 @@ def test_normal_plan_is_imported_field_by_field(tmp_path: Path) -> None:
         assert phase["completion"] == [f".completed/{pid}.md"]
         assert phase["markers"] == [f"@plan:{PLAN}.{pid}"]
         assert phase["verify"] == NORMAL_VERIFY[pid], pid
-        assert set(phase) == {"id", "kind", "prompt_file", "report", "completion", "markers",
-                              "verify"}
+        assert set(phase) - {"precheck"} == {"id", "kind", "prompt_file", "report",
+                                             "completion", "markers", "verify"}
+    # `- Verification: `grep …`` under Prerequisites: run before the phase starts
+    assert plan["phases"][1]["precheck"] == [
+        {"run": f'grep -r "@plan:{PLAN}.P01" project-plans/demo/.completed/', "expect": "pass"}]
+    assert [p for p in plan["phases"] if "precheck" in p] == [plan["phases"][1]]
 
 
 def test_normal_plan_notes_prerequisites_overview_and_a_phases(tmp_path: Path) -> None:
@@ -331,19 +335,25 @@ def test_missing_sections_get_defaults_and_warnings(tmp_path: Path) -> None:
         ),
     })
     imported = import_plan_folder(folder, tmp_path, None)
-    p01, p03 = imported.plan["phases"]
+    p01, p02, p03 = imported.plan["phases"]
     assert (p01["id"], p01["kind"], p03["id"], p03["kind"]) == ("P01", "stub", "P03", "impl")
     assert p01["completion"] == [".completed/P01.md"] and "verify" not in p01
     assert p03["completion"] == [".completed/P03.md"] and "verify" not in p03
+    # no id in its Phase ID section: the id from the file name, no marker, no completion file
+    assert (p02["id"], p02["markers"], p02["completion"]) == ("P02", [], [])
     got = messages(imported)
     assert got[0].startswith("01-bare-stub.md:1: no `Create:")
     assert got[1].startswith("01-bare-stub.md:1: no commands in a '## Verification Commands'")
-    assert got[2].startswith("02-empty-id-tests.md:3: not a phase: no '## Phase ID'")
-    assert got[3].startswith("03-no-commands-implementation.md:5: no `Create:")
-    assert got[4] == ("03-no-commands-implementation.md:4: inline code outside a fenced ```bash "
+    assert got[2] == ("02-empty-id-tests.md:3: the '## Phase ID' section holds no "
+                      "`PLAN-….PNN` id; the phase is P02, from the file name")
+    assert got[3].startswith("02-empty-id-tests.md:1: no completion file and no `@plan:")
+    assert got[4].startswith("02-empty-id-tests.md:7: no commands")
+    assert got[5].startswith("03-no-commands-implementation.md:5: no `Create:")
+    assert got[6] == ("03-no-commands-implementation.md:4: inline code outside a fenced ```bash "
                       "block is not run: 'Run `npm test`.'")
-    assert got[5].startswith("03-no-commands-implementation.md:3: no commands")
-    assert len(got) == 6
+    assert got[7].startswith("03-no-commands-implementation.md:3: no commands")
+    assert got[8] == "02-empty-id-tests.md:1: no Phase ID: the phase is P02, from the file name"
+    assert len(got) == 9
 
 
 def test_odd_headings_levels_case_colons_and_inline_values(tmp_path: Path) -> None:
@@ -436,12 +446,15 @@ def test_files_that_are_not_phases_are_warned_and_left_out(tmp_path: Path) -> No
     imported = import_plan_folder(folder, tmp_path, None)
     assert [p["id"] for p in imported.plan["phases"]] == ["P01", "P01a", "P02", "P03", "P03a"]
     assert messages(imported) == [
-        "notes.md:1: not a phase: its name has no number prefix (NN-name.md); not imported",
-        "04-scratch.md:1: not a phase: no '## Phase ID' section with a "
-        "`PLAN-20251018-NAME.P05` id; file not imported",
+        "notes.md:1: not a phase: its name has no number prefix (NN-name.md, P05-name.md); "
+        "not imported",
+        "04-scratch.md:1: not a phase: no '## Phase ID' section, no phase sections "
+        "(Verification, Prerequisites, Completion Marker, …) and no title naming a phase, task "
+        "or step; file not imported",
     ]
     assert str(imported.warnings[0]).endswith("plan/notes.md:1: warning: not a phase: its name "
-                                              "has no number prefix (NN-name.md); not imported")
+                                              "has no number prefix (NN-name.md, P05-name.md); "
+                                              "not imported")
 
 
 def test_prerequisites_that_are_not_earlier_phases_warn(tmp_path: Path) -> None:
@@ -511,11 +524,14 @@ def test_completion_paths_are_made_relative_to_plan_dir(
         assert any(warning in w.message and w.line == 8 for w in imported.warnings)
 
 
-def test_duplicate_phase_ids_are_an_error(tmp_path: Path) -> None:
+def test_duplicate_phase_ids_warn_and_keep_the_first_file(tmp_path: Path) -> None:
     text = f"## Phase ID\n`{PLAN}.P01`\n"
-    folder = write_folder(tmp_path, {"01-a.md": text, "02-b.md": text})
-    with pytest.raises(PlanError, match=r"02-b\.md: Phase ID: P01 is also the id of .*01-a\.md"):
-        import_plan_folder(folder, tmp_path, None)
+    folder = write_folder(tmp_path, {"01-a.md": text, "02-b.md": text, "02-c.md": "# Phase\n"})
+    imported = import_plan_folder(folder, tmp_path, None)
+    assert [(p["id"], p["prompt_file"]) for p in imported.plan["phases"]] == [
+        ("P01", "plan/01-a.md"), ("P02", "plan/02-c.md")]
+    assert "02-b.md:1: phase id P01 is also the id of 01-a.md; file not imported (give each " \
+           "phase file its own number or PLAN.PNN id)" in messages(imported)
 
 
 def test_folder_outside_the_repo_or_without_phases_is_an_error(tmp_path: Path) -> None:
@@ -609,10 +625,10 @@ def test_shell_blocks_become_whole_commands(block: str, expected: list[tuple[str
 
 
 def test_shell_block_oddities_warn() -> None:
-    cmds, warned = _commands("grep -c x f\n# Expected: 3\nfor x in a b; do\n  echo $x")
-    assert cmds == [("grep -c x f", "pass"), ("for x in a b; do\n  echo $x", "pass")]
-    assert warned[0] == "2: '# Expected: 3' is not checked: a verify command is judged by its " \
-                        "exit code"
+    cmds, warned = _commands("grep x f\n# Expected: 3\nfor x in a b; do\n  echo $x")
+    assert cmds == [("grep x f", "pass"), ("for x in a b; do\n  echo $x", "pass")]
+    assert warned[0] == "2: '# Expected: 3': only that grep finds a match is checked, not how " \
+                        "many; count with `grep -c` (or `| wc -l`) to check the number"
     assert warned[1].startswith("3: command unfinished at the end of its block")
     cmds, warned = _commands("true\nN=$(ls | wc -l)")
     assert cmds == [("true", "pass")]
@@ -712,7 +728,7 @@ def test_cli_dry_run_prints_the_plan_and_warnings(
     assert tomllib.loads(captured.out)["id"] == PLAN
     assert captured.err.splitlines() == [
         f"{folder}/plan/notes.md:1: warning: not a phase: its name has no number prefix "
-        "(NN-name.md); not imported"
+        "(NN-name.md, P05-name.md); not imported"
     ]
 
 
