@@ -1,16 +1,27 @@
-"""Durable plan state: the state.toml model, atomic writes (tmp → fsync → rename → fsync dir),
-loading, and the one choke point through which plan and phase states change.
+"""Durable plan state: the state model, its files (a snapshot plus a journal of changes), loading,
+and the one choke point through which plan and phase states change.
+
+`state.toml` is a whole state (TOML, written atomically: tmp → fsync → rename → fsync dir).
+`state.journal` beside it holds the changes saved since, one line per save: a TOML inline table
+keyed by the save's revision, with the plan's fields and the phases that changed, appended with
+one write(2) and fsync'd. So a save costs what changed, not the plan's length. Loading reads the
+snapshot and replays the journal's lines after its revision; a last line cut off by a crash is
+ignored. When the journal outgrows the snapshot (and when the plan ends) the two are folded into
+a new snapshot, off the event loop.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import anyio.to_thread
 import pydantic
 import tomli_w
@@ -20,12 +31,20 @@ from .audit import Logger
 from .errors import StateError
 from .states import (
     PHASE_TRANSITIONS,
+    PLAN_TERMINAL,
     PLAN_TRANSITIONS,
     AttemptStatus,
     PhaseStatus,
     PlanStatus,
     check_transition,
 )
+
+JOURNAL_SUFFIX = ".journal"
+SNAPSHOT_HEADER = "# orchestrd plan state; the changes saved since are in state.journal\n"
+SNAPSHOT_END = "# end of the plan state\n"
+COMPACT_MIN_BYTES = 64 * 1024
+"""The journal is folded into the snapshot once it is larger than the snapshot and than this
+(a small plan's journal stays until the plan ends)."""
 
 
 def now_iso() -> str:
@@ -58,6 +77,8 @@ class PlanState(BaseModel):
     plan: str
     status: PlanStatus = PlanStatus.QUEUED
     seq: int = 0
+    revision: int = 0
+    """How many times the state was saved: journal lines up to this one are in the snapshot."""
     reason: str | None = None
     submitted_at: str = Field(default_factory=now_iso)
     started_at: str | None = None
@@ -72,67 +93,241 @@ class PlanState(BaseModel):
         return None
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a crash leaves the old or the new file, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
-    try:
-        view = memoryview(data)
-        while view:  # a nearly full disk may take part of it: never rename a short file in
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+def journal_of(state_file: Path) -> Path:
+    """The journal that continues `state_file` (`state.toml` → `state.journal`)."""
+    return state_file.with_suffix(JOURNAL_SUFFIX)
+
+
+def _fsync_dir(path: Path) -> None:
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # a nearly full disk may take part of it
+        view = view[os.write(fd, view) :]
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new file, never a mix."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+    try:
+        _write_all(fd, data)  # never rename a short file in
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
 def _same(text: str) -> str:
     return text
 
 
-def dump_state(
-    state: PlanState,
-    redact: Callable[[str], str] = _same,
-    cache: dict[tuple[str, int], str] | None = None,
-) -> bytes:
-    """state.toml's bytes. Free-text fields (reasons, failures — they quote worker output) go
-    through `redact`; ids, paths and numbers stay as they are, since recovery reads them.
+def _phase_data(ps: PhaseState, redact: Callable[[str], str]) -> dict[str, Any]:
+    """A phase as plain data, its free text (reason, failures quote worker output) redacted."""
+    data: dict[str, Any] = ps.model_dump(mode="json", exclude_none=True)
+    if "reason" in data:
+        data["reason"] = redact(data["reason"])
+    for att in data["attempts"]:
+        if "failure" in att:
+            att["failure"] = redact(att["failure"])
+    return data
 
-    A passed phase never changes again, so with a `cache` its TOML is built once: a save costs
-    the same for the last phase of a long plan as for the first.
-    """
+
+def _head_data(state: PlanState, redact: Callable[[str], str]) -> dict[str, Any]:
     head: dict[str, Any] = state.model_dump(mode="json", exclude_none=True, exclude={"phases"})
     if "reason" in head:
         head["reason"] = redact(head["reason"])
-    parts = [tomli_w.dumps(head)]
-    for phase_id, ps in state.phases.items():
-        key = (phase_id, len(ps.attempts))
-        chunk = cache.get(key) if cache is not None else None
-        if chunk is None:
-            data: dict[str, Any] = ps.model_dump(mode="json", exclude_none=True)
-            if "reason" in data:
-                data["reason"] = redact(data["reason"])
-            for att in data["attempts"]:
-                if "failure" in att:
-                    att["failure"] = redact(att["failure"])
-            chunk = tomli_w.dumps({"phases": {phase_id: data}})
-            if cache is not None and ps.status is PhaseStatus.PASSED:
-                cache[key] = chunk
-        parts.append(chunk)
+    return head
+
+
+def dump_state(state: PlanState, redact: Callable[[str], str] = _same) -> bytes:
+    """state.toml's bytes. Free-text fields (reasons, failures — they quote worker output) go
+    through `redact`; ids, paths and numbers stay as they are, since recovery reads them."""
+    parts = [SNAPSHOT_HEADER + tomli_w.dumps(_head_data(state, redact))]
+    parts += [
+        tomli_w.dumps({"phases": {phase_id: _phase_data(ps, redact)}})
+        for phase_id, ps in state.phases.items()
+    ]
+    parts.append(SNAPSHOT_END)
     return "\n".join(parts).encode()
 
 
+def _check_whole(snapshot: bytes, path: Path) -> None:
+    """A snapshot that a broken disk cut off may still parse (cut between two phases), and
+    the journal would hide the loss: one written here ends with its end line. (One written by
+    a version before the journal starts with its `plan` key and has no end line.)"""
+    if not snapshot.startswith(b"plan = ") and not snapshot.endswith(SNAPSHOT_END.encode()):
+        raise StateError(f"{path}: cut off (its last line is not {SNAPSHOT_END.strip()!r})")
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else _toml_str(key)
+
+
+def _toml_str(text: str) -> str:
+    # JSON's string escapes (\" \\ \n \r \t \b \f \u00XX) are TOML's too; DEL is the one
+    # control character JSON leaves as it is and TOML does not allow
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _inline(value: object) -> str:
+    """`value` as TOML on one line (inline tables and arrays never break)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return _toml_str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_inline(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{_toml_key(k)} = {_inline(v)}" for k, v in value.items())
+        return "{" + items + "}"
+    raise TypeError(f"no TOML for state value {value!r}")
+
+
+def journal_line(
+    state: PlanState, revision: int, phase_ids: tuple[str, ...],
+    redact: Callable[[str], str] = _same,
+) -> bytes:
+    """One save as a journal line: `<revision> = {<the plan's fields>, phases = {<changed>}}`.
+    The plan's fields are always all there (they are few); of the phases, the ones named."""
+    change = _head_data(state, redact)
+    del change["revision"]
+    change["phases"] = {pid: _phase_data(state.phases[pid], redact) for pid in phase_ids}
+    return f"{revision} = {_inline(change)}\n".encode()
+
+
+class _Gap(Exception):
+    """A journal line that does not follow the snapshot: read while it was being replaced."""
+
+
+def _replay(data: dict[str, Any], journal: bytes, where: Path) -> dict[str, Any]:
+    """`data` (a snapshot) with the journal's changes after its revision applied."""
+    lines = journal.split(b"\n")
+    lines.pop()  # after the last newline: nothing, or a line a crash cut off (never saved)
+    revision = data.get("revision", 0)
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            [(key, change)] = tomllib.loads(raw.decode("utf-8")).items()
+            line_revision = int(key)
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as exc:
+            raise StateError(f"{where}: line {number} is not a saved change ({exc})") from None
+        if not isinstance(change, dict):
+            raise StateError(f"{where}: line {number} is not a saved change (not a table)")
+        if line_revision <= revision:
+            continue  # folded into the snapshot already (a crash before the journal went)
+        if line_revision != revision + 1:
+            raise _Gap(f"{where}: line {number} is revision {key}, after {revision}")
+        phases = data["phases"] if isinstance(data.get("phases"), dict) else {}
+        phases.update(change.pop("phases", {}))
+        data = {**change, "revision": line_revision, "phases": phases}
+        revision = line_revision
+    return data
+
+
+def _read_bytes(path: Path) -> tuple[bytes, int]:
+    """The file's bytes and inode (which tells a replaced snapshot from the same one)."""
+    with open(path, "rb") as f:
+        return f.read(), os.fstat(f.fileno()).st_ino
+
+
 def load_state(path: Path) -> PlanState:
+    """The state saved in `path` (state.toml) and its journal."""
+    journal = journal_of(path)
+    for _ in range(5):
+        try:
+            snapshot, inode = _read_bytes(path)
+            _check_whole(snapshot, path)
+            try:
+                changes, _ = _read_bytes(journal)
+            except FileNotFoundError:
+                changes = b""
+            data = _replay(tomllib.loads(snapshot.decode("utf-8")), changes, journal)
+            return PlanState.model_validate(data)
+        except _Gap as gap:
+            # the snapshot was replaced (and the journal emptied) between the two reads: read
+            # both again; a gap under an unchanged snapshot is damage
+            try:
+                replaced = os.stat(path).st_ino != inode
+            except OSError:
+                replaced = True
+            if not replaced:
+                raise StateError(f"{gap}: changes are missing") from None
+        except (
+            OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, pydantic.ValidationError
+        ) as exc:
+            raise StateError(
+                f"{path}: unreadable state file ({type(exc).__name__}: {exc})"
+            ) from None
+    raise StateError(f"{path}: replaced at every read; try again")
+
+
+def _trim_torn_tail(fd: int, size: int) -> int:
+    """Cut a last line that a crash left without its newline, so the next line does not run
+    on from it; the journal's new size."""
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        chunk = os.pread(fd, end - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    os.ftruncate(fd, end)
+    return end
+
+
+def append_change(path: Path, line: bytes, compact: bool = False) -> None:
+    """Append one saved change to `path`'s journal (one write(2), fsync'd); fold the journal
+    into a new snapshot when asked, or when it has outgrown the snapshot."""
+    journal = journal_of(path)
+    fd = os.open(
+        journal, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640
+    )
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        return PlanState.model_validate(data)
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, pydantic.ValidationError) as exc:
-        raise StateError(f"{path}: unreadable state file ({type(exc).__name__}: {exc})") from None
+        size = _trim_torn_tail(fd, os.fstat(fd).st_size)
+        _write_all(fd, line)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    if size == 0:
+        _fsync_dir(path.parent)  # a new journal: its name must survive a crash too
+    size += len(line)
+    if compact or size > max(COMPACT_MIN_BYTES, os.stat(path).st_size):
+        compact_state(path)
+
+
+def compact_state(path: Path) -> None:
+    """Fold the journal into a new snapshot. A crash before the journal is removed leaves
+    lines the snapshot already holds, and loading skips them by their revision."""
+    state = load_state(path)  # already redacted on the way in
+    write_whole_state(path, dump_state(state))
+
+
+def write_whole_state(path: Path, data: bytes, replacing: bool = False) -> None:
+    """Write a whole state to `path` and end its journal. `replacing`: the files there belong
+    to another state (a plan of the same id run before), whose journal goes first."""
+    journal = journal_of(path)
+    if replacing:
+        journal.unlink(missing_ok=True)
+    atomic_write(path, data)
+    journal.unlink(missing_ok=True)
 
 
 _PLAN_EVENTS = {
@@ -146,12 +341,16 @@ _PLAN_EVENTS = {
 
 
 class PlanRecord:
-    """A plan's state file plus the transitions that change it; every change is saved and
-    audited here and nowhere else."""
+    """A plan's state files plus the transitions that change them; every change is saved and
+    audited here and nowhere else.
+
+    A save names the phases it changed (`save(phase_id)`): only those and the plan's own
+    fields are written, so whoever changes a phase's data (attempts too) saves that phase.
+    """
 
     def __init__(
         self, path: Path, state: PlanState, log: Logger,
-        redact: Callable[[str], str] = _same,
+        redact: Callable[[str], str] = _same, on_disk: bool = False,
     ) -> None:
         self.path = path
         self.state = state
@@ -159,15 +358,39 @@ class PlanRecord:
         self.redact = redact
         """Applied to reasons and failures: `orchestrd status` shows them to whoever can read
         state_dir, without the daemon's environment to redact them itself."""
-        self._passed: dict[tuple[str, int], str] = {}
+        self._append = on_disk
+        """The files at `path` hold the state as saved last (loaded from them, or written by
+        the spool): a save appends to the journal. If not, the next save writes it whole."""
+        self._replacing = not on_disk
+        """The files at `path`, if any, hold another state (an older plan of the same id)."""
+        self._lock = anyio.Lock()  # lines reach the journal in revision order
 
-    async def save(self) -> None:
-        data = dump_state(self.state, self.redact, self._passed)
-        try:
-            await anyio.to_thread.run_sync(atomic_write, self.path, data)
-        except OSError as exc:
-            # a write(2) error names no file: say which one could not be saved
-            raise OSError(exc.errno, f"cannot save {self.path}: {exc.strerror}") from None
+    async def save(self, *phase_ids: str, compact: bool = False) -> None:
+        """Save the plan's fields and the phases named (off the event loop); `compact` folds
+        the journal into a whole state.toml as well (as when the plan ends)."""
+        async with self._lock:
+            revision = self.state.revision + 1
+            try:
+                if self._append:
+                    line = journal_line(self.state, revision, phase_ids, self.redact)
+                    await anyio.to_thread.run_sync(append_change, self.path, line, compact)
+                    self.state.revision = revision
+                else:
+                    self.state.revision = revision
+                    await anyio.to_thread.run_sync(self._write_whole)
+                    self._append, self._replacing = True, False
+            except OSError as exc:
+                # what reached the files is unknown: the next save writes the whole state,
+                # under a revision above any line that may have
+                self.state.revision = revision
+                self._append = False
+                # a write(2) error names no file: say which one could not be saved
+                raise OSError(exc.errno, f"cannot save {self.path}: {exc.strerror}") from None
+
+    def _write_whole(self) -> None:
+        # in a thread, while the caller awaits: a new record's first save (nothing else runs
+        # the plan yet), or the one after a failed save
+        write_whole_state(self.path, dump_state(self.state, self.redact), self._replacing)
 
     async def set_status(
         self, new: PlanStatus, reason: str | None = None, save: bool = True, **fields: Any
@@ -185,7 +408,8 @@ class PlanRecord:
         if new is PlanStatus.QUEUED:
             self.state.finished_at = None
         if save:
-            await self.save()
+            # a finished plan is left as one whole state.toml, for its archive and its reader
+            await self.save(compact=new in PLAN_TERMINAL)
         extra = {"reason": reason} if reason else {}
         self.log.info(_PLAN_EVENTS[new], previous=str(old), **extra, **fields)
 
@@ -204,7 +428,7 @@ class PlanRecord:
         if reason is not None or new is PhaseStatus.PASSED:
             ps.reason = reason
         if save:
-            await self.save()
+            await self.save(phase_id)
         if event:
             extra = {"reason": reason} if reason else {}
             self.log.info(event, phase=phase_id, **extra, **fields)
@@ -217,6 +441,7 @@ class PlanFolder:
         self.root = root
         self.plan_file = root / "plan.toml"
         self.state_file = root / "state.toml"
+        self.journal = journal_of(self.state_file)
         self.workers = root / "workers"
         self.ledger = root / "worker-pids.txt"
 
