@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import pydantic
 import tomli_w
@@ -147,16 +148,20 @@ def _head_data(state: PlanState, redact: Callable[[str], str]) -> dict[str, Any]
     return head
 
 
+def _phase_chunk(phase_id: str, data: dict[str, Any]) -> str:
+    return tomli_w.dumps({"phases": {phase_id: data}})
+
+
+def _snapshot(head: dict[str, Any], chunks: list[str]) -> bytes:
+    """state.toml's bytes from the plan's fields and its phases' TOML, in order."""
+    return "\n".join([SNAPSHOT_HEADER + tomli_w.dumps(head), *chunks, SNAPSHOT_END]).encode()
+
+
 def dump_state(state: PlanState, redact: Callable[[str], str] = _same) -> bytes:
     """state.toml's bytes. Free-text fields (reasons, failures — they quote worker output) go
     through `redact`; ids, paths and numbers stay as they are, since recovery reads them."""
-    parts = [SNAPSHOT_HEADER + tomli_w.dumps(_head_data(state, redact))]
-    parts += [
-        tomli_w.dumps({"phases": {phase_id: _phase_data(ps, redact)}})
-        for phase_id, ps in state.phases.items()
-    ]
-    parts.append(SNAPSHOT_END)
-    return "\n".join(parts).encode()
+    chunks = [_phase_chunk(pid, _phase_data(ps, redact)) for pid, ps in state.phases.items()]
+    return _snapshot(_head_data(state, redact), chunks)
 
 
 def _check_whole(snapshot: bytes, path: Path) -> None:
@@ -196,15 +201,11 @@ def _inline(value: object) -> str:
     raise TypeError(f"no TOML for state value {value!r}")
 
 
-def journal_line(
-    state: PlanState, revision: int, phase_ids: tuple[str, ...],
-    redact: Callable[[str], str] = _same,
-) -> bytes:
+def journal_line(revision: int, head: dict[str, Any], phases: dict[str, Any]) -> bytes:
     """One save as a journal line: `<revision> = {<the plan's fields>, phases = {<changed>}}`.
-    The plan's fields are always all there (they are few); of the phases, the ones named."""
-    change = _head_data(state, redact)
-    del change["revision"]
-    change["phases"] = {pid: _phase_data(state.phases[pid], redact) for pid in phase_ids}
+    The plan's fields are always all there (they are few); of the phases, the ones saved."""
+    change = {k: v for k, v in head.items() if k != "revision"}
+    change["phases"] = phases
     return f"{revision} = {_inline(change)}\n".encode()
 
 
@@ -293,9 +294,9 @@ def _trim_torn_tail(fd: int, size: int) -> int:
     return end
 
 
-def append_change(path: Path, line: bytes, compact: bool = False) -> None:
-    """Append one saved change to `path`'s journal (one write(2), fsync'd); fold the journal
-    into a new snapshot when asked, or when it has outgrown the snapshot."""
+def append_change(path: Path, line: bytes) -> bool:
+    """Append one saved change to `path`'s journal (one write(2), fsync'd); whether the
+    journal has outgrown the snapshot (then it is time to fold it into a new one)."""
     journal = journal_of(path)
     fd = os.open(
         journal, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640
@@ -308,26 +309,23 @@ def append_change(path: Path, line: bytes, compact: bool = False) -> None:
         os.close(fd)
     if size == 0:
         _fsync_dir(path.parent)  # a new journal: its name must survive a crash too
-    size += len(line)
-    if compact or size > max(COMPACT_MIN_BYTES, os.stat(path).st_size):
-        compact_state(path)
-
-
-def compact_state(path: Path) -> None:
-    """Fold the journal into a new snapshot. A crash before the journal is removed leaves
-    lines the snapshot already holds, and loading skips them by their revision."""
-    state = load_state(path)  # already redacted on the way in
-    write_whole_state(path, dump_state(state))
+    return size + len(line) > max(COMPACT_MIN_BYTES, os.stat(path).st_size)
 
 
 def write_whole_state(path: Path, data: bytes, replacing: bool = False) -> None:
-    """Write a whole state to `path` and end its journal. `replacing`: the files there belong
-    to another state (a plan of the same id run before), whose journal goes first."""
+    """Write a whole state to `path` and end its journal. A crash before the journal is gone
+    leaves lines the snapshot holds already, which loading skips by their revision.
+    `replacing`: the files there belong to another state (a plan of the same id run before),
+    whose journal goes first."""
     journal = journal_of(path)
     if replacing:
         journal.unlink(missing_ok=True)
     atomic_write(path, data)
     journal.unlink(missing_ok=True)
+
+
+def _write_snapshot(path: Path, head: dict[str, Any], chunks: list[str]) -> None:
+    write_whole_state(path, _snapshot(head, chunks))
 
 
 _PLAN_EVENTS = {
@@ -363,18 +361,30 @@ class PlanRecord:
         the spool): a save appends to the journal. If not, the next save writes it whole."""
         self._replacing = not on_disk
         """The files at `path`, if any, hold another state (an older plan of the same id)."""
+        self._chunks: dict[str, str] = {}
+        """Each phase's TOML as saved last: a new snapshot is these joined, not the plan
+        serialised again (nor the files parsed again)."""
         self._lock = anyio.Lock()  # lines reach the journal in revision order
 
     async def save(self, *phase_ids: str, compact: bool = False) -> None:
-        """Save the plan's fields and the phases named (off the event loop); `compact` folds
-        the journal into a whole state.toml as well (as when the plan ends)."""
+        """Save the plan's fields and the phases named, off the event loop; `compact` (or a
+        journal grown past the snapshot) folds the journal into a new whole state.toml."""
         async with self._lock:
             revision = self.state.revision + 1
             try:
                 if self._append:
-                    line = journal_line(self.state, revision, phase_ids, self.redact)
-                    await anyio.to_thread.run_sync(append_change, self.path, line, compact)
-                    self.state.revision = revision
+                    head = _head_data(self.state, self.redact)
+                    phases = {
+                        pid: _phase_data(self.state.phases[pid], self.redact)
+                        for pid in phase_ids
+                    }
+                    line = journal_line(revision, head, phases)
+                    for pid, data in phases.items():
+                        self._chunks[pid] = _phase_chunk(pid, data)
+                    grown = await anyio.to_thread.run_sync(append_change, self.path, line)
+                    self.state.revision = head["revision"] = revision
+                    if compact or grown:
+                        await self._compact(head)
                 else:
                     self.state.revision = revision
                     await anyio.to_thread.run_sync(self._write_whole)
@@ -387,10 +397,31 @@ class PlanRecord:
                 # a write(2) error names no file: say which one could not be saved
                 raise OSError(exc.errno, f"cannot save {self.path}: {exc.strerror}") from None
 
+    async def _compact(self, head: dict[str, Any]) -> None:
+        """A new snapshot at the revision just appended, from the phases' TOML as saved."""
+        order = list(self.state.phases)
+        missing = [pid for pid in order if pid not in self._chunks]
+        for n, pid in enumerate(missing, 1):
+            # phases this record has not saved (as loaded, or pending): built once, on the
+            # loop a slice at a time, since a thread doing it would hold the GIL and stall
+            # the loop for longer
+            self._chunks[pid] = _phase_chunk(
+                pid, _phase_data(self.state.phases[pid], self.redact)
+            )
+            if n % 100 == 0:
+                await anyio.lowlevel.checkpoint()
+        chunks = [self._chunks[pid] for pid in order]
+        await anyio.to_thread.run_sync(_write_snapshot, self.path, head, chunks)
+
     def _write_whole(self) -> None:
         # in a thread, while the caller awaits: a new record's first save (nothing else runs
         # the plan yet), or the one after a failed save
-        write_whole_state(self.path, dump_state(self.state, self.redact), self._replacing)
+        head = _head_data(self.state, self.redact)
+        self._chunks = {
+            pid: _phase_chunk(pid, _phase_data(ps, self.redact))
+            for pid, ps in self.state.phases.items()
+        }
+        write_whole_state(self.path, _snapshot(head, list(self._chunks.values())), self._replacing)
 
     async def set_status(
         self, new: PlanStatus, reason: str | None = None, save: bool = True, **fields: Any
