@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""orchestrd benchmarks: reaction latency, throughput against a bare asyncio loop, scale.
+"""orchestrd benchmarks: reaction latency, throughput against a bare asyncio loop, scale, and
+a 10,000-phase plan.
 
-    python bench/run.py                 # all three at the issue's sizes
-    python bench/run.py --quick         # all three, small N, ≤ 60 s
-    python bench/run.py --only scale    # one (or a comma list: reaction,throughput,scale)
+    python bench/run.py                 # all four at the issue's sizes
+    python bench/run.py --quick         # all four, small N, ≤ 60 s
+    python bench/run.py --only scale    # one (or a comma list: reaction,throughput,scale,longplan)
     python bench/run.py --json          # also write bench/results/latest.json
     python bench/run.py --profile       # also py-spy the daemon under each load (bench/results/)
 
@@ -865,7 +866,7 @@ def bench_longplan(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     longest gap between two polls of the probe beyond its interval (an event-loop stall
     another plan sees)."""
     n = args.long_phases
-    window = 8.0 if args.quick else args.long_window
+    window = 5.0 if args.quick else args.long_window
     interval = 0.05
     sleeper = {"command": ["/bin/sleep", str(args.sleep)], "env": {}}
     d = BenchDaemon(
@@ -883,7 +884,7 @@ def bench_longplan(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         d.wait(lambda: any(e["plan"] == "LONG" for e in d.audit.of("worker.started")),
                120, "the long plan's first worker", interval=0.05)
         accepted = next(e["_t"] for e in d.audit.of("plan.accepted") if e["plan"] == "LONG")
-        time.sleep(1.0)  # past the first saves
+        time.sleep(0.5)  # past the first saves
         pid = d.pid
         (u0, s0), (mu0, ms0), w0 = proc_cpu_split(pid), thread_cpu_split(pid), proc_wchar(pid)
         lo = time.time()
@@ -937,7 +938,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace], tuple[str, dict[str, Any]]]] =
 
 def main(argv: list[str] | None = None) -> int:  # noqa: C901 - option handling
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small N, all three in ≤ 60 s")
+    p.add_argument("--quick", action="store_true", help="small N, all four in ≤ 60 s")
     p.add_argument("--only", default="", help="comma list of: " + ", ".join(BENCHES))
     p.add_argument("--json", action="store_true", help="write bench/results/latest.json")
     p.add_argument("--out", type=Path, default=None, help="write the JSON results here instead")
