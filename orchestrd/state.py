@@ -6,8 +6,8 @@ and the one choke point through which plan and phase states change.
 keyed by the save's revision, with the plan's fields and the phases that changed, appended with
 one write(2) and fsync'd. So a save costs what changed, not the plan's length. Loading reads the
 snapshot and replays the journal's lines after its revision; a last line cut off by a crash is
-ignored. When the journal outgrows the snapshot (and when the plan ends) the two are folded into
-a new snapshot, off the event loop.
+ignored. When the journal outgrows the snapshot (and when the plan ends) a new snapshot replaces
+both: each phase's TOML as last saved, joined and written in a thread (nothing is parsed again).
 """
 
 from __future__ import annotations
