@@ -281,7 +281,7 @@ class Daemon:
             self.log.info("daemon.spool_error", file=what, reason=reason)
 
     def _record(self, path: Path, state: PlanState, log: Logger) -> PlanRecord:
-        return PlanRecord(path, state, log, lambda text: self.audit.redactor(text))
+        return PlanRecord(path, state, log, lambda text: self.audit.redactor(text), on_disk=True)
 
     async def _scan_control(self, tg: anyio.abc.TaskGroup) -> None:
         """Act on the cancel/retry requests in control/, held to the inbox's trust rules."""
@@ -439,10 +439,13 @@ class Daemon:
         plan_id = folder.root.name
         log = self.audit.bind(plan=plan_id)
         try:
-            state = load_state(folder.state_file)
+            # off the loop: a long plan's state takes a while to read
+            state = await anyio.to_thread.run_sync(load_state, folder.state_file)
         except StateError as exc:
             if folder.state_file.exists():
                 moved = self.spool.set_aside(folder.state_file)
+                if folder.journal.exists():  # its changes, kept beside it for a person
+                    self.spool.set_aside(folder.journal)
                 log.info("plan.state_corrupt", reason=str(exc), moved_to=str(moved))
             elif not any(folder.root.glob("state.toml.corrupt*")):  # reported when set aside
                 log.info("plan.state_corrupt", reason=f"{folder.state_file} is missing")
@@ -512,6 +515,7 @@ class Daemon:
         """Stop the workers the plan's state file says were running (if still the same
         processes), and record them as stopped."""
         grace = self.config.policy_for(entry.plan.policy).stop_grace
+        changed = []
         for phase_id, ps in entry.record.state.phases.items():
             for att in ps.attempts:
                 live = (AttemptStatus.STARTING, AttemptStatus.RUNNING, AttemptStatus.STALLED)
@@ -523,11 +527,13 @@ class Daemon:
                 )
                 sig = await stop_orphan(handle, grace)
                 att.status = AttemptStatus.STOPPED
+                changed.append(phase_id)
                 entry.log.info(
                     "worker.orphan_stopped", phase=phase_id, attempt=att.n, pid=att.pid,
                     signal=sig.name if sig else None,
                 )
-        await entry.record.save()
+        if changed:
+            await entry.record.save(*dict.fromkeys(changed))
 
     async def _stop_strays(self, entries: list[PlanEntry]) -> None:
         """Stop what the state files cannot know: a worker started just before a crash (its PID

@@ -457,7 +457,7 @@ class PlanRunner:
         self.record.state.phases[phase.id].attempts.append(att)
         att.pid, att.pgid, att.start_time, att.boot_id = h.pid, h.pgid, h.start_time, h.boot_id
         set_attempt(att, AttemptStatus.RUNNING)
-        await self.record.save()
+        await self.record.save(phase.id)
         who = f"{phase.id} attempt={att.n} role={att.role} pid={h.pid}"
         self.folder.append_ledger(who)
         log.info("worker.started", log=h.log, command=worker.argv[0])
@@ -497,4 +497,4 @@ class PlanRunner:
                     self.folder.append_ledger(f"{who} stopped={sig.name if sig else 'gone'}")
             att.ended_at = now_iso()
             with anyio.CancelScope(shield=True):
-                await self.record.save()
+                await self.record.save(phase.id)
