@@ -24,6 +24,7 @@ from .config import Config, load_config
 from .errors import OrchestrdError, PlanError
 from .importer import add_subcommand as add_import_subcommand
 from .plan import Plan, load_plan
+from .privsep import separation
 from .runner import PlanRunner
 from .spool import Spool, check_plan_id
 from .state import PhaseState, PlanFolder, PlanRecord, PlanState, load_state
@@ -78,6 +79,9 @@ async def run_foreground(plan: Plan, config: Config, echo: bool) -> PlanStatus:
         redactor=Redactor.from_config(config),
     )
     log = audit.bind(plan=plan.id)
+    if echo:
+        on, why = separation(config)
+        print(f"orchestrd: privilege_separation = {str(on).lower()} ({why})", file=sys.stderr)
     state = PlanState(plan=plan.id, phases={p.id: PhaseState() for p in plan.phases})
     record = PlanRecord(folder.state_file, state, log, audit.redactor)
     await record.save()

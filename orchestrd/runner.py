@@ -4,8 +4,11 @@ and remediation workers until the phase passes or the remediations run out.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,9 +27,11 @@ from .checks import (
     inspect,
 )
 from .config import CheckSettings, Config, Policy, WorkerProfile
+from .errors import OrchestrdError
 from .gitsnap import Git, PhaseGit
 from .plan import Phase, Plan
 from .policy import WatchOutcome, watch
+from .privsep import Identity, handoff_root, identity_for, make_handoff
 from .state import AttemptState, PhaseState, PlanFolder, PlanRecord, now_iso
 from .states import (
     ATTEMPT_TRANSITIONS,
@@ -175,6 +180,20 @@ def log_tail_without(log: Path, prompt_file: Path, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+@dataclasses.dataclass
+class Handoff:
+    """Who the attempt's worker runs as, and its hand-off folder (None: as the daemon)."""
+
+    identity: Identity | None
+    folder: Path | None = None
+
+    async def remove(self) -> None:
+        if self.folder is not None:
+            await anyio.to_thread.run_sync(
+                functools.partial(shutil.rmtree, self.folder, ignore_errors=True)
+            )
+
+
 def describe(failed: list[CheckResult]) -> str:
     return "; ".join(f"{r.name}: {r.reason}" for r in failed).replace("\0", "")
 
@@ -300,8 +319,11 @@ class PlanRunner:
     def _env(
         self, config: Config, profile: WorkerProfile, phase: Phase, n: int, role: str,
         report: str, log_path: Path, previous: tuple[list[CheckResult], Path] | None,
+        handoff: Handoff,
     ) -> dict[str, str]:
         env = base_env(config)
+        if handoff.identity is not None:
+            env.update(handoff.identity.env())
         env.update(profile.env)
         env.update(
             ORCHESTRD_PLAN_ID=self.plan.id,
@@ -317,7 +339,9 @@ class PlanRunner:
             ORCHESTRD_LOG=str(log_path),
         )
         if previous is not None:
-            env["ORCHESTRD_FAILED_LOG"] = str(previous[1])
+            # the worker user cannot open the state folder: it reads a copy
+            failed = handoff.folder / "failed.log" if handoff.folder else previous[1]
+            env["ORCHESTRD_FAILED_LOG"] = str(failed)
             env["ORCHESTRD_FAILURE"] = describe(previous[0])
         return env
 
@@ -340,7 +364,7 @@ class PlanRunner:
         ps.attempts.append(att)
         try:
             baseline = pgit.baseline.head if pgit.baseline else None
-            spec, env, prompt, flags = self._prepare(
+            spec, env, prompt, flags, handoff = await self._prepare(
                 phase, config, n, role, report, log_path, previous, baseline
             )
             await pgit.start_attempt(f"{phase.id}-{n}")
@@ -375,14 +399,20 @@ class PlanRunner:
             log_path=log_path, output_dir=self.folder.workers, attempt=n, env=env,
             grace=policy.stop_grace, max_log_bytes=config.max_log_bytes, prompt=prompt,
             report=report, changes=diff, git_problem=pgit.problem,
+            identity=spec.identity, pid_namespace=spec.pid_namespace,
         )
-        return await inspect(ctx, wlog), log_path
+        try:
+            return await inspect(ctx, wlog), log_path
+        finally:
+            with anyio.CancelScope(shield=True):
+                await handoff.remove()
 
-    def _prepare(
+    async def _prepare(
         self, phase: Phase, config: Config, n: int, role: str, report: str, log_path: Path,
         previous: tuple[list[CheckResult], Path] | None, baseline: str | None,
-    ) -> tuple[WorkerSpec, dict[str, str], str, list[str]]:
-        """The worker's spec, env, prompt and dangerous flags; WorkerStartError if impossible."""
+    ) -> tuple[WorkerSpec, dict[str, str], str, list[str], Handoff]:
+        """The worker's spec, env, prompt, dangerous flags and hand-off folder;
+        WorkerStartError if impossible."""
         profile_name = self.plan.worker or config.default_worker
         profile = config.workers.get(profile_name)
         if profile is None:
@@ -394,20 +424,32 @@ class PlanRunner:
                 f"({', '.join(profile.dangerous_flags)}) and allow_dangerous_workers is off"
             )
         try:
+            identity = identity_for(config, profile)
             prompt = self._prompt(phase, n, role, report, config.checks, previous, baseline)
             prompt_file = self.folder.workers / f"prompt-{phase.id}-{n}.md"
             prompt_file.write_text(prompt, encoding="utf-8")
+            handoff = Handoff(identity)
+            if identity is not None:
+                handoff.folder = await anyio.to_thread.run_sync(
+                    make_handoff, handoff_root(config), f"{self.plan.id}-{phase.id}-{n}",
+                    identity, prompt, previous[1] if previous else None,
+                )
+                prompt_file = handoff.folder / "prompt.md"
         except OSError as exc:
             raise WorkerStartError(f"cannot write the prompt: {exc}") from None
+        except OrchestrdError as exc:  # the worker user is gone since the start
+            raise WorkerStartError(str(exc)) from None
         values = {
             "prompt": prompt, "prompt_file": str(prompt_file), "plan": self.plan.id,
             "phase": phase.id, "attempt": str(n), "log": str(log_path),
             "python": sys.executable,
         }
         argv = render_command(profile, values)
-        env = self._env(config, profile, phase, n, role, report, log_path, previous)
-        spec = WorkerSpec(argv, env, self.plan.repo, log_path)
-        return spec, env, prompt, profile.dangerous_flags
+        env = self._env(config, profile, phase, n, role, report, log_path, previous, handoff)
+        spec = WorkerSpec(
+            argv, env, self.plan.repo, log_path, identity, config.worker_pid_namespace
+        )
+        return spec, env, prompt, profile.dangerous_flags, handoff
 
     async def _supervise(
         self, worker: LocalWorker, att: AttemptState, phase: Phase, policy: Policy, log: Logger

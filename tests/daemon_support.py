@@ -112,6 +112,8 @@ class Daemon:
         }
         if os.geteuid() == 0 and "allow_root" in Config.model_fields:
             data["allow_root"] = True  # CI containers run tests as root
+            # …with no other user the venv (under /root) and tmp_path are open to
+            data["allow_root_workers"] = True
         data.update(overrides)
         return data
 

@@ -1,0 +1,236 @@
+"""Privilege separation (issue #22): workers and verify commands run as their own user, alone in
+a user+PID namespace, and cannot touch the daemon, its files or other plans' workers; a forged
+state.toml alone never makes recovery skip a phase.
+
+Run as root with a worker user the session creates (`orchestrd-test-worker`); skipped, with the
+reason, otherwise. Everything a worker must reach lives under a 0755 scratch folder in /tmp (the
+venv and pytest's tmp_path are root's alone), and its agent runs with the system python.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import AGENTS, read_events
+from daemon_support import TERMINAL_EVENTS, Daemon, alive, wait_for
+
+from orchestrd.privsep import resolve
+from orchestrd.state import dump_state, load_state
+from orchestrd.states import PhaseStatus
+
+USER = "orchestrd-test-worker"
+SYSTEM_PYTHON = "/usr/bin/python3"
+AGENT = AGENTS / "privsep_agent.py"
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists(SYSTEM_PYTHON) or not shutil.which("useradd"),
+    reason="needs root (to create a worker user and switch to it), useradd and /usr/bin/python3",
+)
+
+
+@pytest.fixture(scope="session")
+def worker_user() -> Iterator[pwd.struct_passwd]:
+    base = Path(tempfile.mkdtemp(prefix="orchestrd-privsep-home-"))
+    base.chmod(0o755)
+    created = False
+    try:
+        pw = pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
+             str(base / "home"), "--shell", "/usr/sbin/nologin", USER],
+            check=True,
+        )
+        created = True
+        pw = pwd.getpwnam(USER)
+    home = Path(pw.pw_dir)
+    home.mkdir(parents=True, exist_ok=True)
+    os.chown(home, pw.pw_uid, pw.pw_gid)
+    resolve.cache_clear()
+    yield pw
+    if created:
+        subprocess.run(["userdel", USER], check=False)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="orchestrd-privsep-"))
+    path.chmod(0o755)  # the worker must reach its repo under it; state_dir stays 0750 root's
+    yield path
+    if not os.environ.get("KEEP"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def sep_daemon(scratch: Path, worker_user: pwd.struct_passwd) -> Iterator[Daemon]:
+    d = Daemon(scratch)
+    yield d
+    leftovers = d.cleanup()
+    assert not leftovers, f"workers outlived the daemon: {leftovers}"
+
+
+def agent(**env: object) -> dict[str, Any]:
+    return {
+        "command": [SYSTEM_PYTHON, str(AGENT), "{prompt_file}"],
+        "env": {k: str(v) for k, v in env.items()},
+    }
+
+
+def configure(d: Daemon, **profile_env: object) -> None:
+    d.write_config(
+        allow_root_workers=False, worker_user=USER, default_worker="agent",
+        workers={"agent": agent(
+            AGENT_AUDIT=d.audit_path, AGENT_CONTROL=d.state_dir / "control",
+            AGENT_DAEMON_PID_FILE=d.tmp / "daemon.pid", **profile_env,
+        )},
+    )
+
+
+def worker_repo(d: Daemon, name: str, pw: pwd.struct_passwd, git: bool = False) -> Path:
+    repo = d.repo(name)
+    if git:
+        subprocess.run(["git", "init", "-q", str(repo)], check=True)
+        (repo / "README").write_text("x\n")
+        subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+        subprocess.run(
+            ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit",
+             "-qm", "init"], check=True,
+        )
+    for path in (repo, *repo.rglob("*")):
+        os.chown(path, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
+    return repo
+
+
+def facts(repo: Path, phase: str = "P01", attempt: int = 1) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((repo / ".agent" / f"{phase}-{attempt}.json").read_text())
+    return data
+
+
+def end(d: Daemon, plan_id: str) -> dict[str, Any]:
+    return wait_for(
+        lambda: next((e for e in d.events() if e["event"] in TERMINAL_EVENTS
+                      and e.get("plan") == plan_id), None),
+        what=f"{plan_id} to end",
+    )
+
+
+def test_a_hostile_worker_cannot_forge_state_kill_the_daemon_or_other_plans_workers(
+    sep_daemon: Daemon, worker_user: pwd.struct_passwd
+) -> None:
+    d, pw = sep_daemon, worker_user
+    configure(d)
+    worker_repo(d, "hostile", pw)
+    other = worker_repo(d, "other", pw)
+    hold = other / "hold"
+    hold.touch()
+    os.chown(hold, pw.pw_uid, pw.pw_gid)
+    d.start()
+    (d.tmp / "daemon.pid").write_text(str(d.pid))
+    started = d.events("daemon.started")[-1]
+    assert started["privilege_separation"] is True
+
+    # another plan's worker, of the same worker user, waits while the hostile one runs
+    held = d.plan_data("B", repo="other")
+    held["worker"] = "held"
+    d.write_config(
+        allow_root_workers=False, worker_user=USER, default_worker="agent",
+        workers={
+            "agent": agent(AGENT_AUDIT=d.audit_path, AGENT_CONTROL=d.state_dir / "control",
+                           AGENT_DAEMON_PID_FILE=d.tmp / "daemon.pid", AGENT_ATTACK=1),
+            "held": agent(AGENT_HOLD_FILE=hold),
+        },
+    )
+    d.send(signal.SIGHUP)
+    wait_for(lambda: d.events("daemon.reloaded"), what="reload")
+    d.drop("B.toml", held)
+    other_pid = int(wait_for(lambda: (other / "hold.pid").exists() and
+                             (other / "hold.pid").read_text(), what="B's worker"))
+    d.submit("A", repo="hostile", phases=("P01", "P02", "P03"))
+    assert end(d, "A")["event"] == "plan.succeeded", [e["reason"] for e in d.events("check.failed")]
+
+    got = facts(d.repo("hostile"))
+    assert got["forge_state"] == "EACCES"
+    assert got["append_audit"] == "EACCES"
+    assert got["write_plans"] == "EACCES"
+    assert got["write_control"] == "EACCES"
+    assert got["kill_daemon"] in ("EPERM", "ESRCH")
+    assert alive(d.pid), "the daemon was killed by its worker"
+    assert alive(other_pid), "kill -9 -1 in one worker killed another plan's worker"
+    # every phase really ran (no forged pass), each by its own worker
+    passed = [e["phase"] for e in d.events("phase.passed") if e["plan"] == "A"]
+    assert passed == ["P01", "P02", "P03"]
+    assert not d.events("phase.skipped")
+    hold.unlink()
+    assert end(d, "B")["event"] == "plan.succeeded"
+
+
+def test_workers_and_verify_commands_run_as_the_worker_user_on_a_repo_it_owns(
+    sep_daemon: Daemon, worker_user: pwd.struct_passwd
+) -> None:
+    d, pw = sep_daemon, worker_user
+    configure(d)
+    repo = worker_repo(d, "r", pw, git=True)
+    d.start()
+    plan = d.plan_data("V", repo="r")
+    plan["phases"][0]["verify"] = [{"run": "id -u > verify-uid.txt; echo $HOME >> verify-uid.txt",
+                                    "expect": "pass"}]
+    d.drop("V.toml", plan)
+    assert end(d, "V")["event"] == "plan.succeeded"
+    got = facts(repo)
+    assert (got["uid"], got["euid"], got["gid"]) == (pw.pw_uid, pw.pw_uid, pw.pw_gid)
+    assert (got["home"], got["user"], got["logname"]) == (pw.pw_dir, USER, USER)
+    assert got["groups"] == [pw.pw_gid]
+    assert got["read_prompt"] == "ok"
+    assert (repo / "verify-uid.txt").read_text().split() == [str(pw.pw_uid), pw.pw_dir]
+    # git snapshots still work on a repo owned by another user
+    changes = [e for e in d.events("worker.changes") if e["plan"] == "V"]
+    assert changes and "dubious" not in json.dumps(d.events())
+    # the daemon's own files stay private: nothing in state_dir is open to others
+    for path in (d.state_dir, d.state_dir / "plans", d.audit_path):
+        assert os.stat(path).st_mode & 0o007 == 0, path
+
+
+def test_root_without_worker_user_refuses_to_start(sep_daemon: Daemon) -> None:
+    sep_daemon.write_config(allow_root_workers=False)
+    proc = sep_daemon.start(wait=False)
+    assert proc.wait(timeout=20) == 2
+    assert "without worker_user" in sep_daemon.stderr()
+
+
+def test_recovery_does_not_skip_phases_on_a_forged_state_file_alone(
+    sep_daemon: Daemon,
+) -> None:
+    """Same-user mode (defence in depth): state.toml says P01–P03 passed, the audit log has no
+    phase.passed for them: reported, and every phase runs."""
+    d = sep_daemon
+    d.write_config()  # the helper's default: workers as the daemon's user
+    d.start()
+    d.hold("F")
+    d.submit("F", worker="held", phases=("P01", "P02", "P03"))
+    wait_for(lambda: d.events("worker.started"), what="a worker")
+    d.send(signal.SIGKILL)
+    assert d.proc is not None
+    d.proc.wait()
+    state_file = d.state_dir / "plans" / "F" / "state.toml"
+    forged = load_state(state_file)
+    for ps in forged.phases.values():
+        ps.status = PhaseStatus.PASSED
+    state_file.write_bytes(dump_state(forged))
+    d.release("F")
+    d.start()
+    assert end(d, "F")["event"] == "plan.succeeded"
+    mismatch = [e for e in d.events("plan.state_mismatch") if e["plan"] == "F"]
+    assert mismatch and set(mismatch[0]["phases"]) >= {"P02", "P03"}
+    passed = [e["phase"] for e in read_events(d.audit_path, "phase.passed") if e["plan"] == "F"]
+    assert passed == ["P01", "P02", "P03"]
