@@ -26,7 +26,8 @@ from .errors import ConfigError
 # Every event orchestrd emits, with what it means. The README's event table is generated from,
 # and tested against, this mapping.
 EVENTS: dict[str, str] = {
-    "daemon.started": "the daemon is up and serving (after recovery)",
+    "daemon.started": "the daemon is up and serving (after recovery); privilege_separation "
+    "says whether workers run as worker_user, privilege_separation_reason why (not)",
     "daemon.stopping": "SIGTERM/SIGINT received (daemon or `orchestrd run`): stopping workers",
     "daemon.stopped": "the daemon exited cleanly",
     "daemon.recovered": "a plan found running or queued in state_dir at start-up was resumed",
@@ -52,6 +53,8 @@ EVENTS: dict[str, str] = {
     "plan.interrupted": "the daemon stopped while the plan ran; it resumes on restart",
     "plan.archived": "the finished plan's folder was moved to archive/ (its final status)",
     "plan.state_corrupt": "a state file could not be read; it was set aside",
+    "plan.state_mismatch": "state.toml says phases passed that the audit log never saw pass "
+    "(phases); they run again",
     "phase.started": "a phase began (its primary worker follows)",
     "phase.skipped": "a phase already passed before a restart or retry",
     "phase.passed": "all checkpoints passed",

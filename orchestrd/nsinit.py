@@ -42,6 +42,9 @@ def become(uid: int, gid: int, groups: list[int]) -> None:
     os.setgroups(groups)
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
+    # the repo is shared with the daemon through the worker group: its work stays readable to
+    # the daemon, and nothing is open to others
+    os.umask(0o007)
     libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
     # a uid change makes /proc/self root's (not dumpable): the maps below could not be written
     libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
