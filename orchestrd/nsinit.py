@@ -1,10 +1,11 @@
-"""Start a worker as its own user, alone in a new user + PID namespace.
+"""Start a worker alone in a new user + PID + mount namespace, as the worker's user.
 
-Run by the daemon (as the daemon's user, with `python -I -S`: nothing but the standard library)
-as `nsinit.py UID GID GROUPS PIDNS LOG -- ARGV...`. It switches to the worker's user, then
-(PIDNS=1) unshares a user and a PID namespace: inside, `kill -9 -1`, `pkill -f python` and
-`killall node` reach only this attempt's own processes, never the daemon or other plans' workers,
-which share the same uid. Three processes:
+The daemon starts this (`python -I -S nsinit.py PIDNS LOG -- ARGV...`, nothing but the standard
+library) already switched to the worker's user: Python's subprocess does setgroups/setresgid/
+setresuid in the child, with the daemon's capabilities, before exec; nothing here needs any.
+With PIDNS=1 it unshares a user, a PID and a mount namespace: inside, `kill -9 -1`,
+`pkill -f python` and `killall node` reach only this attempt's own processes (it gets a /proc of
+its own), never the daemon or other plans' workers, which share the same uid. Three processes:
 
 - this one (the daemon's child, leader of the worker's session): forwards SIGTERM/SIGINT/SIGHUP,
   exits as the worker did;
@@ -23,11 +24,10 @@ import ctypes
 import os
 import signal
 import sys
-import warnings  # noqa: F401 - os.execvp imports it lazily, maybe after the uid change
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 1, 4, 47, 4
+PR_SET_PDEATHSIG = 1
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -36,18 +36,6 @@ def fail(what: str, code: int) -> None:
     err = ctypes.get_errno()
     os.write(1, f"orchestrd nsinit: {what}: {os.strerror(err) if err else ''}\n".encode())
     os._exit(code)
-
-
-def become(uid: int, gid: int, groups: list[int]) -> None:
-    os.setgroups(groups)
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    # the repo is shared with the daemon through the worker group: its work stays readable to
-    # the daemon, and nothing is open to others
-    os.umask(0o007)
-    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    # a uid change makes /proc/self root's (not dumpable): the maps below could not be written
-    libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
 
 
 def enter_namespaces(uid: int, gid: int) -> None:
@@ -109,13 +97,13 @@ def init(argv: list[str]) -> None:
 
 def main() -> None:
     args = sys.argv[1:]
-    sep = args.index("--")
-    uid, gid, groups, pidns = int(args[0]), int(args[1]), args[2], args[3] == "1"
-    argv = args[sep + 1 :]
-    become(uid, gid, [int(g) for g in groups.split(",") if g])
+    pidns, argv = args[0] == "1", args[args.index("--") + 1 :]
+    # the repo is shared with the daemon through the worker group: the work stays readable to
+    # the daemon, and nothing is open to others
+    os.umask(0o007)
     if not pidns:
         run(argv)
-    enter_namespaces(uid, gid)
+    enter_namespaces(os.getuid(), os.getgid())
     child = os.fork()
     if child == 0:
         init(argv)

@@ -14,6 +14,7 @@ import pwd
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from .config import Config, WorkerProfile
 from .errors import ConfigError
@@ -32,6 +33,11 @@ class Identity:
     gid: int
     groups: tuple[int, ...]
     home: str
+
+    def process_kwargs(self) -> dict[str, Any]:
+        """What subprocess needs to start a program as this user (setgroups, setresgid,
+        setresuid in the child, before exec)."""
+        return {"user": self.uid, "group": self.gid, "extra_groups": list(self.groups)}
 
     def env(self) -> dict[str, str]:
         """What a login as this user sets: agent CLIs keep their logins under HOME."""
@@ -120,13 +126,13 @@ def clear_ambient_capabilities() -> None:
     libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
 
 
-def wrap(argv: list[str], who: Identity, pid_namespace: bool, log: Path) -> list[str]:
-    """The argv that runs `argv` as `who` through nsinit (see there); `log` lets recovery find
-    it by its command line, which any user may read (unlike its environment)."""
-    groups = ",".join(map(str, who.groups))
+def wrap(argv: list[str], pid_namespace: bool, log: Path) -> list[str]:
+    """The argv that runs `argv` through nsinit (see there), started as the worker's user;
+    `log` lets recovery find it by its command line, which any user may read (unlike its
+    environment). The interpreter must be one the worker user may execute."""
     return [
-        sys.executable, "-I", "-S", str(NSINIT), str(who.uid), str(who.gid), groups,
-        "1" if pid_namespace else "0", str(log), "--", *argv,
+        sys.executable, "-I", "-S", str(NSINIT), "1" if pid_namespace else "0", str(log), "--",
+        *argv,
     ]
 
 

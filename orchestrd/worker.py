@@ -321,7 +321,8 @@ async def _open(spec: WorkerSpec) -> anyio.abc.Process:
             raise WorkerStartError(
                 f"cannot execute {argv[0]!r}: not found; is it installed and on PATH?"
             )
-        argv = wrap(argv, spec.identity, spec.pid_namespace, spec.log_path)
+        argv = wrap(argv, spec.pid_namespace, spec.log_path)
+    as_user = spec.identity.process_kwargs() if spec.identity is not None else {}
     try:
         return await anyio.open_process(
             argv,
@@ -331,8 +332,15 @@ async def _open(spec: WorkerSpec) -> anyio.abc.Process:
             cwd=spec.cwd,
             env=dict(spec.env),
             start_new_session=True,
+            **as_user,
         )
     except OSError as exc:
+        if spec.identity is not None and isinstance(exc, PermissionError):
+            raise WorkerStartError(
+                f"cannot start a worker as {spec.identity.user}: {exc.strerror}; that user must "
+                f"be able to execute {argv[0]} and read orchestrd's package (install it outside "
+                "any private home folder, e.g. /opt/orchestrd)"
+            ) from None
         raise WorkerStartError(
             f"cannot execute {spec.argv[0]!r}: {exc.strerror or exc}"
             + ("; is it installed and on PATH?" if isinstance(exc, FileNotFoundError) else "")
@@ -423,8 +431,8 @@ def nsinit_processes(under: Path) -> dict[int, str]:
             argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if len(argv) > 8 and argv[3] == marker and argv[8].startswith(root):
-            found[int(entry.name)] = os.fsdecode(argv[8])
+        if len(argv) > 5 and argv[3] == marker and argv[5].startswith(root):
+            found[int(entry.name)] = os.fsdecode(argv[5])
     return found
 
 

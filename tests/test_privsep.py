@@ -14,6 +14,7 @@ import os
 import pwd
 import shutil
 import signal
+import site
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ from orchestrd.state import dump_state, load_state
 from orchestrd.states import PhaseStatus
 
 USER = "orchestrd-test-worker"
+DAEMON_USER = "orchestrd-test-daemon"
+CAPS = "+setuid,+setgid,+kill"
 SYSTEM_PYTHON = "/usr/bin/python3"
 AGENT = AGENTS / "privsep_agent.py"
 
@@ -38,21 +41,24 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def _user(name: str, home: Path) -> tuple[pwd.struct_passwd, bool]:
+    """The system user `name` (with its own group), created if missing; and whether it was."""
+    try:
+        return pwd.getpwnam(name), False
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
+             str(home), "--shell", "/usr/sbin/nologin", name],
+            check=True,
+        )
+        return pwd.getpwnam(name), True
+
+
 @pytest.fixture(scope="session")
 def worker_user() -> Iterator[pwd.struct_passwd]:
     base = Path(tempfile.mkdtemp(prefix="orchestrd-privsep-home-"))
     base.chmod(0o755)
-    created = False
-    try:
-        pw = pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
-             str(base / "home"), "--shell", "/usr/sbin/nologin", USER],
-            check=True,
-        )
-        created = True
-        pw = pwd.getpwnam(USER)
+    pw, created = _user(USER, base / "home")
     home = Path(pw.pw_dir)
     home.mkdir(parents=True, exist_ok=True)
     os.chown(home, pw.pw_uid, pw.pw_gid)
@@ -61,6 +67,17 @@ def worker_user() -> Iterator[pwd.struct_passwd]:
     if created:
         subprocess.run(["userdel", USER], check=False)
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def daemon_user(worker_user: pwd.struct_passwd) -> Iterator[pwd.struct_passwd]:
+    """The unit's `orchestrd`: a member of the worker's group (it reads the repos), never the
+    other way round."""
+    pw, created = _user(DAEMON_USER, Path("/nonexistent"))
+    subprocess.run(["usermod", "-aG", USER, DAEMON_USER], check=True)
+    yield pw
+    if created:
+        subprocess.run(["userdel", DAEMON_USER], check=False)
 
 
 @pytest.fixture
@@ -72,9 +89,22 @@ def scratch() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+class SepDaemon(Daemon):
+    """The daemon run by the system python (workers, started as the worker user, execute the
+    daemon's interpreter: the venv's lies under /root), with the venv's packages."""
+
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp)
+        self.python = SYSTEM_PYTHON
+
+    def start(self, wait: bool = True, **env: str) -> subprocess.Popen[bytes]:
+        path = os.pathsep.join([str(Path(__file__).parent.parent), *site.getsitepackages()])
+        return super().start(wait, PYTHONPATH=path, **env)
+
+
 @pytest.fixture
 def sep_daemon(scratch: Path, worker_user: pwd.struct_passwd) -> Iterator[Daemon]:
-    d = Daemon(scratch)
+    d = SepDaemon(scratch)
     yield d
     leftovers = d.cleanup()
     assert not leftovers, f"workers outlived the daemon: {leftovers}"
@@ -110,6 +140,19 @@ def worker_repo(d: Daemon, name: str, pw: pwd.struct_passwd, git: bool = False) 
     for path in (repo, *repo.rglob("*")):
         os.chown(path, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
     return repo
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(")") + 2 :].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
 
 
 def facts(repo: Path, phase: str = "P01", attempt: int = 1) -> dict[str, Any]:
@@ -234,3 +277,55 @@ def test_recovery_does_not_skip_phases_on_a_forged_state_file_alone(
     assert mismatch and set(mismatch[0]["phases"]) >= {"P02", "P03"}
     passed = [e["phase"] for e in read_events(d.audit_path, "phase.passed") if e["plan"] == "F"]
     assert passed == ["P01", "P02", "P03"]
+
+
+def test_a_daemon_with_only_setuid_setgid_kill_runs_workers_with_no_capabilities(
+    sep_daemon: Daemon, worker_user: pwd.struct_passwd, daemon_user: pwd.struct_passwd
+) -> None:
+    """As the unit runs it (User=orchestrd, AmbientCapabilities=CAP_SETUID CAP_SETGID
+    CAP_KILL): workers get none of the three; a worker left by a killed daemon is found and
+    stopped after the restart (CAP_KILL, its recorded process group)."""
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv (util-linux) is needed to start the daemon with capabilities")
+    d, pw = sep_daemon, worker_user
+    d.prefix = [
+        "setpriv", f"--reuid={DAEMON_USER}", f"--regid={DAEMON_USER}", "--init-groups",
+        f"--inh-caps={CAPS}", f"--ambient-caps={CAPS}",
+    ]
+    for path in (d.state_dir, d.tmp / "state-handoff"):
+        path.mkdir()
+        os.chown(path, daemon_user.pw_uid, pw.pw_gid if "handoff" in path.name else -1)
+    (d.tmp / "state-handoff").chmod(0o2750)  # as tmpfiles makes it: the daemon cannot chown
+    d.state_dir.chmod(0o750)
+    repo = worker_repo(d, "r", pw, git=True)
+    for path in (repo, *repo.rglob("*")):
+        path.chmod(path.stat().st_mode | 0o070)
+    hold = repo / "hold"
+    hold.touch()
+    os.chown(hold, pw.pw_uid, pw.pw_gid)
+    configure(d, AGENT_HOLD_FILE=hold)
+    d.start()
+    plan = d.plan_data("K", repo="r")
+    plan["phases"][0]["verify"] = [{"run": "grep ^Cap /proc/self/status > caps.txt",
+                                    "expect": "pass"}]
+    d.drop("K.toml", plan)
+    wait_for(lambda: (repo / "hold.pid").exists(), what="the worker")
+    pid = d.events("worker.started")[-1]["pid"]  # nsinit; the agent is its grandchild
+    agent_pid = children(children(pid)[0])[0]
+    status = Path(f"/proc/{agent_pid}/status").read_text()
+    caps = dict(line.split(":\t") for line in status.splitlines() if line.startswith("Cap"))
+    assert all(int(caps[k], 16) == 0 for k in ("CapInh", "CapPrm", "CapEff", "CapAmb")), caps
+    assert f"Uid:\t{pw.pw_uid}\t{pw.pw_uid}" in status
+
+    d.send(signal.SIGKILL)
+    assert d.proc is not None
+    d.proc.wait()
+    assert alive(pid), "the worker died with the daemon: nothing left to recover"
+    d.start()
+    wait_for(lambda: not alive(pid), what="the leftover worker to be stopped")
+    assert d.events("worker.orphan_stopped")
+    hold.unlink()
+    assert end(d, "K")["event"] == "plan.succeeded"
+    caps_txt = (repo / "caps.txt").read_text()
+    assert all(line.endswith("0000000000000000") for line in caps_txt.splitlines()
+               if not line.startswith("CapBnd")), caps_txt
