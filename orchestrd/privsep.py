@@ -164,14 +164,26 @@ def make_handoff(
     return folder
 
 
+def git_scratch(root: Path, plan_id: str, who: Identity) -> Path:
+    """Where the daemon's git, run as the worker user, keeps its temporary index: a folder of
+    the worker group (0770) under the hand-off root. Blocking: call through a thread."""
+    root.mkdir(mode=0o750, parents=True, exist_ok=True)
+    if root.stat().st_gid != who.gid:
+        _give_group(root, who.gid, 0o750)
+    folder = root / f"{plan_id}.git-scratch"
+    folder.mkdir(exist_ok=True)
+    _give_group(folder, who.gid, 0o770)
+    return folder
+
+
 def _give_group(path: Path, gid: int, mode: int) -> None:
     os.chmod(path, mode)
     if os.stat(path).st_gid == gid:
-        return  # inherited from a setgid hand-off root (the unit's daemon has no CAP_CHOWN)
+        return  # inherited from a setgid hand-off root
     try:
-        os.chown(path, -1, gid)
+        os.chown(path, -1, gid)  # root, or a member of the group (the unit's orchestrd user)
     except PermissionError:
         raise OSError(
-            f"cannot give {path} to group {gid}: make its folder belong to the worker group "
-            "and setgid (systemd/orchestrd.tmpfiles does: 2750 orchestrd:orchestrd-worker)"
+            f"cannot give {path} to group {gid}: make the daemon's user a member of the worker "
+            "group (systemd/orchestrd.sysusers does: m orchestrd orchestrd-worker)"
         ) from None

@@ -31,7 +31,7 @@ from .errors import OrchestrdError
 from .gitsnap import Git, PhaseGit
 from .plan import Phase, Plan
 from .policy import WatchOutcome, watch
-from .privsep import Identity, handoff_root, identity_for, make_handoff
+from .privsep import Identity, git_scratch, handoff_root, identity_for, make_handoff
 from .state import AttemptState, PhaseState, PlanFolder, PlanRecord, now_iso
 from .states import (
     ATTEMPT_TRANSITIONS,
@@ -256,7 +256,7 @@ class PlanRunner:
             return False
         config = self.get_config()
         # the phase's workers are judged on what they changed since the phase began
-        pgit = PhaseGit(Git(self.plan.repo, self.folder.workers, config.checks.git_timeout))
+        pgit = PhaseGit(await self._git(config))
         previous: tuple[list[CheckResult], Path] | None = None
         while True:
             config = self.get_config()
@@ -280,6 +280,18 @@ class PlanRunner:
                 attempt=len(ps.attempts) + 1, remediation=ps.failures,
                 max_remediations=policy.max_remediations,
             )
+
+    async def _git(self, config: Config) -> Git:
+        """git for the plan's repo, run as its workers' user when they have one (the repo's
+        config is theirs to write); its temporary index then lives where that user can write."""
+        profile = config.workers.get(self.plan.worker or config.default_worker)
+        identity = identity_for(config, profile)  # ConfigError (the user is gone): plan fails
+        scratch = self.folder.workers
+        if identity is not None:
+            scratch = await anyio.to_thread.run_sync(
+                git_scratch, handoff_root(config), self.plan.id, identity
+            )
+        return Git(self.plan.repo, scratch, config.checks.git_timeout, identity)
 
     async def _prerequisites_met(self, phase: Phase) -> bool:
         """Earlier phases named in `prerequisites` left their markers; else the phase fails

@@ -222,7 +222,7 @@ def test_workers_and_verify_commands_run_as_the_worker_user_on_a_repo_it_owns(
     sep_daemon: Daemon, worker_user: pwd.struct_passwd
 ) -> None:
     d, pw = sep_daemon, worker_user
-    configure(d)
+    configure(d, AGENT_GIT_TRAP=1)
     repo = worker_repo(d, "r", pw, git=True)
     d.start()
     plan = d.plan_data("V", repo="r")
@@ -239,6 +239,8 @@ def test_workers_and_verify_commands_run_as_the_worker_user_on_a_repo_it_owns(
     # git snapshots still work on a repo owned by another user
     changes = [e for e in d.events("worker.changes") if e["plan"] == "V"]
     assert changes and "dubious" not in json.dumps(d.events())
+    # …and the daemon's git runs as the worker user: the repo's config cannot run code as root
+    assert set((repo / ".git" / "trap-ran-as").read_text().split()) == {str(pw.pw_uid)}
     # the daemon's own files stay private: nothing in state_dir is open to others
     for path in (d.state_dir, d.state_dir / "plans", d.audit_path):
         assert os.stat(path).st_mode & 0o007 == 0, path

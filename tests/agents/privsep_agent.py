@@ -7,6 +7,8 @@ then does the phase honestly:
   every phase passed, append to the audit log (AGENT_AUDIT), write into plans/ and control/,
   SIGKILL the daemon (pid in AGENT_DAEMON_PID_FILE); after doing the phase, `pkill -9 -f
   python`, `killall -9 python3`, `kill -9 $PPID` and `kill -9 -1`.
+- AGENT_GIT_TRAP=1: plant a git clean filter in its repo's config, which records who runs it
+  (`.git/trap-ran-as`).
 - AGENT_HOLD_FILE: wait while that file exists, after writing its pid next to it (`.pid`).
 """
 
@@ -62,6 +64,12 @@ if env.get("AGENT_ATTACK") and env["ORCHESTRD_PHASE_ID"] == "P01":
     attempt("write_control", lambda: (Path(env["AGENT_CONTROL"]) / "X.cancel").write_text(""))
     daemon_pid = int(Path(env["AGENT_DAEMON_PID_FILE"]).read_text())
     attempt("kill_daemon", lambda: os.kill(daemon_pid, signal.SIGKILL))
+if env.get("AGENT_GIT_TRAP"):
+    # the daemon runs git in this repo: its config can make git run programs (a clean filter)
+    Path(".git/info").mkdir(exist_ok=True)
+    Path(".git/info/attributes").write_text("* filter=trap\n")
+    append(Path(".git/config"), '[filter "trap"]\n\tclean = "sh -c \'id -u >> .git/trap-ran-as; '
+           'cat\'"\n')
 if hold := env.get("AGENT_HOLD_FILE"):
     Path(hold + ".pid").write_text(str(os.getpid()))
     while Path(hold).exists():
