@@ -9,6 +9,7 @@ import functools
 import os
 import re
 import shutil
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +28,9 @@ from .checks import (
     inspect,
 )
 from .config import CheckSettings, Config, Policy, WorkerProfile
-from .errors import OrchestrdError
+from .errors import OrchestrdError, PlanError
 from .gitsnap import Git, PhaseGit
-from .plan import Phase, Plan
+from .plan import Phase, Plan, confine
 from .policy import WatchOutcome, watch
 from .privsep import Identity, git_scratch, handoff_root, identity_for, make_handoff
 from .state import AttemptState, PhaseState, PlanFolder, PlanRecord, now_iso
@@ -194,6 +195,21 @@ class Handoff:
             )
 
 
+MAX_PROMPT_FILE = 4 * 1024 * 1024
+
+
+def read_prompt_file(plan: Plan, rel: str) -> str:
+    """A phase's prompt file, which an earlier phase's worker may have replaced: read by the
+    daemon (perhaps as root), so a link leading out of the repo is refused (PlanError; it would
+    hand the daemon's files to the next worker), and so is anything but a regular file."""
+    path = confine(plan.repo, plan.in_plan_dir(rel))
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PlanError(f"the prompt file {rel!r} is not a regular file")
+        return f.read(MAX_PROMPT_FILE).decode("utf-8", errors="replace")
+
+
 def describe(failed: list[CheckResult]) -> str:
     return "; ".join(f"{r.name}: {r.reason}" for r in failed).replace("\0", "")
 
@@ -319,8 +335,7 @@ class PlanRunner:
             text = phase.prompt
         else:
             assert phase.prompt_file is not None
-            prompt_path = self.plan.repo / self.plan.in_plan_dir(phase.prompt_file)
-            text = prompt_path.read_text(encoding="utf-8", errors="replace")
+            text = read_prompt_file(self.plan, phase.prompt_file)
         if previous is not None:
             failed, failed_log = previous
             echoed = self.folder.workers / f"prompt-{phase.id}-{n - 1}.md"
@@ -437,7 +452,10 @@ class PlanRunner:
             )
         try:
             identity = identity_for(config, profile)
-            prompt = self._prompt(phase, n, role, report, config.checks, previous, baseline)
+            # reads files workers could have touched: off the event loop
+            prompt = await anyio.to_thread.run_sync(
+                self._prompt, phase, n, role, report, config.checks, previous, baseline
+            )
             prompt_file = self.folder.workers / f"prompt-{phase.id}-{n}.md"
             prompt_file.write_text(prompt, encoding="utf-8")
             handoff = Handoff(identity)
@@ -448,7 +466,7 @@ class PlanRunner:
                 )
                 prompt_file = handoff.folder / "prompt.md"
         except OSError as exc:
-            raise WorkerStartError(f"cannot write the prompt: {exc}") from None
+            raise WorkerStartError(f"cannot prepare the prompt: {exc}") from None
         except OrchestrdError as exc:  # the worker user is gone since the start
             raise WorkerStartError(str(exc)) from None
         values = {

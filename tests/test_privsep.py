@@ -331,3 +331,22 @@ def test_a_daemon_with_only_setuid_setgid_kill_runs_workers_with_no_capabilities
     caps_txt = (repo / "caps.txt").read_text()
     assert all(line.endswith("0000000000000000") for line in caps_txt.splitlines()
                if not line.startswith("CapBnd")), caps_txt
+
+
+def test_a_prompt_file_made_a_link_out_of_the_repo_is_not_read_for_the_next_worker(
+    sep_daemon: Daemon, worker_user: pwd.struct_passwd
+) -> None:
+    d, pw = sep_daemon, worker_user
+    configure(d, AGENT_PROMPT_LINK="p02.md")
+    repo = worker_repo(d, "r", pw)
+    (repo / "p02.md").write_text("Do P02.\n")
+    os.chown(repo / "p02.md", pw.pw_uid, pw.pw_gid)
+    d.start()
+    plan = d.plan_data("L", repo="r", phases=("P01", "P02"))
+    plan["phases"][1]["prompt_file"] = "p02.md"
+    del plan["phases"][1]["prompt"]
+    d.drop("L.toml", plan)
+    assert end(d, "L")["event"] == "plan.failed"
+    start = [e for e in d.events("worker.failed_to_start") if e["plan"] == "L"]
+    assert start and "outside" in start[0]["reason"]
+    assert not (repo / ".agent" / "P02-1.json").exists()

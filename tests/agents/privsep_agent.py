@@ -9,6 +9,8 @@ then does the phase honestly:
   python`, `killall -9 python3`, `kill -9 $PPID` and `kill -9 -1`.
 - AGENT_GIT_TRAP=1: plant a git clean filter in its repo's config, which records who runs it
   (`.git/trap-ran-as`).
+- AGENT_PROMPT_LINK=<path> (phase P01): replace that (the next phase's prompt file) with a
+  link to its plan's state.toml, which the daemon would read and hand on.
 - AGENT_HOLD_FILE: wait while that file exists, after writing its pid next to it (`.pid`).
 """
 
@@ -70,6 +72,10 @@ if env.get("AGENT_GIT_TRAP"):
     Path(".git/info/attributes").write_text("* filter=trap\n")
     append(Path(".git/config"), '[filter "trap"]\n\tclean = "sh -c \'id -u >> .git/trap-ran-as; '
            'cat\'"\n')
+if (link := env.get("AGENT_PROMPT_LINK")) and env["ORCHESTRD_PHASE_ID"] == "P01":
+    # the next phase's prompt file, which the daemon reads: made a link to its state file
+    Path(link).unlink()
+    Path(link).symlink_to(plan_dir / "state.toml")
 if hold := env.get("AGENT_HOLD_FILE"):
     Path(hold + ".pid").write_text(str(os.getpid()))
     while Path(hold).exists():
