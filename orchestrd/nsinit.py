@@ -20,16 +20,21 @@ LOG is not used here: it names the attempt for recovery, which reads command lin
 
 from __future__ import annotations
 
-import ctypes
+# `_signal`, the C module, not `signal` (which builds enums): each worker and verify command
+# starts this interpreter, and that import alone costs as much as the rest of it
+import _signal as signal  # type: ignore[import-not-found]  # (no stub)
+import ctypes  # Python 3.11 has no os.unshare
 import os
-import signal
 import sys
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
 PR_SET_PDEATHSIG = 1
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-libc = ctypes.CDLL(None, use_errno=True)
+
+
+def libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def fail(what: str, code: int) -> None:
@@ -39,7 +44,7 @@ def fail(what: str, code: int) -> None:
 
 
 def enter_namespaces(uid: int, gid: int) -> None:
-    if libc.unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS) != 0:
+    if libc().unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS) != 0:
         fail(
             "cannot create a user+pid namespace (are unprivileged user namespaces disabled? "
             "sysctl kernel.unprivileged_userns_clone / user.max_user_namespaces; or set "
@@ -76,16 +81,17 @@ def mount_proc() -> None:
     """A /proc of this namespace: `pkill`/`ps` see only the attempt's own processes, and no
     other worker's environment or command line. Without it (a /proc the kernel will not
     mount again, e.g. partly masked in a container) signals stay confined all the same."""
-    private = libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0
-    if not private or libc.mount(b"proc", b"/proc", b"proc",
-                                 MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
+    c = libc()
+    private = c.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0
+    if not private or c.mount(b"proc", b"/proc", b"proc",
+                              MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
         err = ctypes.get_errno()
         os.write(1, f"orchestrd nsinit: /proc not remounted ({os.strerror(err)}); the "
                     "worker sees the host's processes, cannot signal them\n".encode())
 
 
 def init(argv: list[str]) -> None:
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     mount_proc()
     worker = os.fork()
     if worker == 0:
