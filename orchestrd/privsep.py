@@ -88,7 +88,7 @@ def separation(config: Config) -> tuple[bool, str]:
     """(privilege_separation, reason) for `daemon.started` and the run's first line."""
     able, why = can_switch_users()
     if not config.worker_user and os.geteuid() == 0:
-        return False, "allow_root_workers = true: workers run as root"
+        return False, "running as root without worker_user: workers run as root"
     if not config.worker_user:
         return False, "worker_user is not set: workers run as the daemon's user"
     if not able:
@@ -106,15 +106,25 @@ def identity_for(config: Config, profile: WorkerProfile | None) -> Identity | No
 
 
 def check_identities(config: Config) -> None:
-    """Every worker user and group of the config exists and is not root (ConfigError)."""
+    """Every worker user and group of the config exists, is not root, and is not in the
+    daemon's group (its files are 0640: the group may read them). ConfigError otherwise."""
+    found = []
     if config.worker_user:
-        resolve(config.worker_user, config.worker_group)
+        found.append(("worker_user", resolve(config.worker_user, config.worker_group)))
     for name, profile in config.workers.items():
         if profile.worker_user or profile.worker_group:
-            resolve(
+            key = f"workers.{name}.worker_user"
+            found.append((key, resolve(
                 profile.worker_user or config.worker_user or "",
-                profile.worker_group or config.worker_group,
-                f"workers.{name}.worker_user",
+                profile.worker_group or config.worker_group, key,
+            )))
+    for key, who in found:
+        if os.getegid() in who.groups:
+            name = grp.getgrgid(os.getegid()).gr_name
+            raise ConfigError(
+                f"{key} = {who.user!r} is in the daemon's group {name!r}, which may read the "
+                f"daemon's files; take it out (gpasswd -d {who.user} {name}) or pick another "
+                "worker_group"
             )
 
 

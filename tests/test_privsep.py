@@ -21,13 +21,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+import tomli_w
 from conftest import AGENTS, read_events
 from daemon_support import TERMINAL_EVENTS, Daemon, alive, wait_for
 
-from orchestrd.privsep import resolve
+from orchestrd.privsep import resolve, wrap
 from orchestrd.state import dump_state, load_state
 from orchestrd.states import PhaseStatus
+from orchestrd.worker import nsinit_processes, stop_processes
 
 USER = "orchestrd-test-worker"
 DAEMON_USER = "orchestrd-test-daemon"
@@ -350,3 +353,55 @@ def test_a_prompt_file_made_a_link_out_of_the_repo_is_not_read_for_the_next_work
     start = [e for e in d.events("worker.failed_to_start") if e["plan"] == "L"]
     assert start and "outside" in start[0]["reason"]
     assert not (repo / ".agent" / "P02-1.json").exists()
+
+
+def test_a_worker_user_in_the_daemons_group_is_refused(sep_daemon: Daemon) -> None:
+    sep_daemon.write_config(allow_root_workers=False, worker_user=USER, worker_group="root")
+    proc = sep_daemon.start(wait=False)
+    assert proc.wait(timeout=20) == 2
+    assert "is in the daemon's group 'root'" in sep_daemon.stderr()
+
+
+def test_without_a_worker_user_the_daemon_and_a_run_say_privilege_separation_is_off(
+    sep_daemon: Daemon, scratch: Path
+) -> None:
+    d = sep_daemon
+    d.write_config()  # the helper's default: allow_root_workers, no worker_user
+    d.start()
+    started = d.events("daemon.started")[-1]
+    assert started["privilege_separation"] is False
+    assert "without worker_user" in started["privilege_separation_reason"]
+    plan = d.tmp / "plan.toml"
+    plan.write_text(tomli_w.dumps(d.plan_data("R", phases=("P01",))))
+    done = subprocess.run(
+        [SYSTEM_PYTHON, "-m", "orchestrd", "run", str(plan), "--config", str(d.config_path)],
+        cwd=d.tmp, env=d.env(PYTHONPATH=os.pathsep.join(
+            [str(Path(__file__).parent.parent), *site.getsitepackages()])),
+        capture_output=True, text=True, timeout=60,
+    )
+    first = done.stderr.splitlines()[0]
+    assert first.startswith("orchestrd: privilege_separation = false (running as root")
+
+
+def test_a_leftover_worker_is_found_by_nsinits_command_line_and_stopped(
+    scratch: Path, worker_user: pwd.struct_passwd
+) -> None:
+    """What recovery relies on when the daemon may not read the worker user's environment."""
+    pw = worker_user
+    plans = scratch / "plans"
+    log = plans / "X" / "workers" / "worker-P01-1.log"
+    who = resolve(USER, None)
+    proc = subprocess.Popen(
+        [SYSTEM_PYTHON, *wrap(["sleep", "30"], True, log)[1:]], start_new_session=True,
+        stdout=subprocess.DEVNULL, **who.process_kwargs(),
+    )
+    try:
+        found = wait_for(lambda: nsinit_processes(plans), what="nsinit by its command line")
+        assert found[proc.pid] == str(log)
+        assert Path(f"/proc/{proc.pid}/status").read_text().count(f"\t{pw.pw_uid}") >= 4
+        assert anyio.run(stop_processes, sorted(found), 0.5) is not None
+        proc.wait(timeout=5)
+        assert not nsinit_processes(plans)
+    finally:
+        proc.kill()
+        proc.wait()
