@@ -17,6 +17,7 @@ import signal
 import site
 import subprocess
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -405,3 +406,22 @@ def test_a_leftover_worker_is_found_by_nsinits_command_line_and_stopped(
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_remediation_worker_reads_the_failed_log_through_its_hand_off_folder(
+    sep_daemon: Daemon, worker_user: pwd.struct_passwd
+) -> None:
+    d, pw = sep_daemon, worker_user
+    configure(d, AGENT_FAIL_FIRST=1)
+    data = d.config_data(**{k: v for k, v in tomllib.loads(d.config_path.read_text()).items()})
+    data["policy"]["max_remediations"] = 1
+    d.write_config(**data)
+    repo = worker_repo(d, "r", pw)
+    d.start()
+    d.submit("M", repo="r")
+    assert end(d, "M")["event"] == "plan.succeeded"
+    got = facts(repo, "P01", 2)
+    assert got["read_failed_log"] == "ok" and got["read_prompt"] == "ok"
+    failed_log = Path(got["failed_log"])
+    assert d.state_dir not in failed_log.parents  # a copy, not the daemon's own file
+    assert not failed_log.exists()  # removed when its attempt ended

@@ -11,6 +11,7 @@ then does the phase honestly:
   (`.git/trap-ran-as`).
 - AGENT_PROMPT_LINK=<path> (phase P01): replace that (the next phase's prompt file) with a
   link to its plan's state.toml, which the daemon would read and hand on.
+- AGENT_FAIL_FIRST=1: attempt 1 exits 1 without doing the phase (a remediation follows).
 - AGENT_HOLD_FILE: wait while that file exists, after writing its pid next to it (`.pid`).
 """
 
@@ -80,9 +81,13 @@ if hold := env.get("AGENT_HOLD_FILE"):
     Path(hold + ".pid").write_text(str(os.getpid()))
     while Path(hold).exists():
         time.sleep(0.02)
+facts["failed_log"] = env.get("ORCHESTRD_FAILED_LOG")
 out = Path(".agent") / f"{env['ORCHESTRD_PHASE_ID']}-{env['ORCHESTRD_ATTEMPT']}.json"
 out.parent.mkdir(exist_ok=True)
 out.write_text(json.dumps(facts), encoding="utf-8")
+if env.get("AGENT_FAIL_FIRST") and env["ORCHESTRD_ATTEMPT"] == "1":
+    print("attempt 1 gives up: the remediation worker must read this", flush=True)
+    sys.exit(1)
 _agent.finish_passing()
 sys.stdout.flush()
 if env.get("AGENT_ATTACK") and env["ORCHESTRD_PHASE_ID"] == "P01":
