@@ -152,15 +152,13 @@ def handoff_root(config: Config) -> Path:
     return config.state_dir.with_name(f"{config.state_dir.name}-handoff")
 
 
-def make_handoff(
-    root: Path, name: str, who: Identity, prompt: str, failed_log: Path | None
-) -> Path:
+def make_handoff(folder: Path, who: Identity, prompt: str, failed_log: Path | None) -> None:
     """A folder only the daemon writes and the worker's group reads (0750/0640): the prompt and
     a copy of the failed attempt's log. Blocking: call through a thread."""
+    root = folder.parent
     root.mkdir(mode=0o750, parents=True, exist_ok=True)
     if root.stat().st_gid != who.gid:
         _give_group(root, who.gid, 0o750)  # made by the daemon: tmpfiles makes it otherwise
-    folder = root / name
     shutil.rmtree(folder, ignore_errors=True)  # a crash's leftover of the same attempt
     folder.mkdir(mode=0o750)
     files = [folder]
@@ -171,7 +169,6 @@ def make_handoff(
         files.append(folder / "failed.log")
     for path in files:
         _give_group(path, who.gid, 0o750 if path.is_dir() else 0o640)
-    return folder
 
 
 def git_scratch(root: Path, plan_id: str, who: Identity) -> Path:

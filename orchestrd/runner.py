@@ -330,7 +330,9 @@ class PlanRunner:
     def _prompt(
         self, phase: Phase, n: int, role: str, report: str, settings: CheckSettings,
         previous: tuple[list[CheckResult], Path] | None, baseline: str | None,
+        shown_log: Path | None = None,
     ) -> str:
+        """`shown_log`: where the worker finds the failed log (its hand-off copy)."""
         if phase.prompt is not None:
             text = phase.prompt
         else:
@@ -340,7 +342,7 @@ class PlanRunner:
             failed, failed_log = previous
             echoed = self.folder.workers / f"prompt-{phase.id}-{n - 1}.md"
             tail = log_tail_without(failed_log, echoed, LOG_TAIL_LINES)
-            text += remediation_section(failed, failed_log, tail, baseline)
+            text += remediation_section(failed, shown_log or failed_log, tail, baseline)
         return text + contract_trailer(self.plan, phase, n, role, report, settings)
 
     def _env(
@@ -452,17 +454,20 @@ class PlanRunner:
             )
         try:
             identity = identity_for(config, profile)
+            handoff = Handoff(identity)
+            if identity is not None:
+                handoff.folder = handoff_root(config) / f"{self.plan.id}-{phase.id}-{n}"
+            shown = handoff.folder / "failed.log" if handoff.folder else None
             # reads files workers could have touched: off the event loop
             prompt = await anyio.to_thread.run_sync(
-                self._prompt, phase, n, role, report, config.checks, previous, baseline
+                self._prompt, phase, n, role, report, config.checks, previous, baseline, shown
             )
             prompt_file = self.folder.workers / f"prompt-{phase.id}-{n}.md"
             prompt_file.write_text(prompt, encoding="utf-8")
-            handoff = Handoff(identity)
-            if identity is not None:
-                handoff.folder = await anyio.to_thread.run_sync(
-                    make_handoff, handoff_root(config), f"{self.plan.id}-{phase.id}-{n}",
-                    identity, prompt, previous[1] if previous else None,
+            if identity is not None and handoff.folder is not None:
+                await anyio.to_thread.run_sync(
+                    make_handoff, handoff.folder, identity, prompt,
+                    previous[1] if previous else None,
                 )
                 prompt_file = handoff.folder / "prompt.md"
         except OSError as exc:

@@ -422,6 +422,7 @@ def test_a_remediation_worker_reads_the_failed_log_through_its_hand_off_folder(
     assert end(d, "M")["event"] == "plan.succeeded"
     got = facts(repo, "P01", 2)
     assert got["read_failed_log"] == "ok" and got["read_prompt"] == "ok"
+    assert got["prompt_names_failed_log"] is True
     failed_log = Path(got["failed_log"])
     assert d.state_dir not in failed_log.parents  # a copy, not the daemon's own file
     assert not failed_log.exists()  # removed when its attempt ended

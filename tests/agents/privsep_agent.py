@@ -53,6 +53,8 @@ prompt_file = Path(sys.argv[1])
 attempt("read_prompt", prompt_file.read_text)
 if failed := env.get("ORCHESTRD_FAILED_LOG"):
     attempt("read_failed_log", Path(failed).read_text)
+    if facts["read_prompt"] == "ok":
+        facts["prompt_names_failed_log"] = failed in prompt_file.read_text()
 log = Path(env["ORCHESTRD_LOG"])
 plan_dir = log.parent.parent
 if env.get("AGENT_ATTACK") and env["ORCHESTRD_PHASE_ID"] == "P01":
