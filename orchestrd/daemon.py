@@ -391,7 +391,7 @@ class Daemon:
                 log.info("plan.state_corrupt", reason=f"{folder.state_file} is missing")
             return None
         record = self._record(folder.state_file, state, log)
-        await self._check_passed(record, log)
+        await self._check_passed(record, folder, log)
         try:
             plan = load_plan(folder.plan_file, self.config)
         except PlanError as exc:
@@ -400,17 +400,20 @@ class Daemon:
             return None
         return PlanEntry(plan, record, folder, log)
 
-    async def _check_passed(self, record: PlanRecord, log: Logger) -> None:
-        """A phase counts as passed only if the audit log recorded its `phase.passed`: a state
-        file (which a worker of the daemon's own user could rewrite) claiming more is reported
-        and those phases run again."""
+    async def _check_passed(self, record: PlanRecord, folder: PlanFolder, log: Logger) -> None:
+        """A phase counts as passed only if the daemon recorded it: a `passed` line in the
+        plan's ledger, or its `phase.passed` in the audit log (plans from before the ledger
+        had it; the audit log may have been rotated since). A state file claiming more — a
+        worker of the daemon's own user could rewrite it — is reported, those phases rerun."""
         state = record.state
         claimed = [p for p, ps in state.phases.items() if ps.status is PhaseStatus.PASSED]
         if not claimed:
             return
-        proven = await anyio.to_thread.run_sync(
-            passed_in_audit, self.config.audit_path, state.plan
-        )
+        proven = await anyio.to_thread.run_sync(passed_in_ledger, folder.ledger)
+        if not proven.issuperset(claimed):
+            proven |= await anyio.to_thread.run_sync(
+                passed_in_audit, self.config.audit_path, state.plan
+            )
         unproven = [p for p in claimed if p not in proven]
         if not unproven:
             return
@@ -533,6 +536,15 @@ def check_startup(config: Config) -> None:
                 f"{folder} is owned by uid {st.st_uid}, not by the daemon's user "
                 f"(uid {os.geteuid()}) or root; chown it to the daemon's user"
             )
+
+
+def passed_in_ledger(path: Path) -> set[str]:
+    """The phases with a `<time> <phase> passed` line in a plan's ledger."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return set()
+    return {words[1] for line in lines if len(words := line.split()) == 3 and words[2] == "passed"}
 
 
 def passed_in_audit(path: Path, plan_id: str) -> set[str]:

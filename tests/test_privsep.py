@@ -29,8 +29,8 @@ from conftest import AGENTS, read_events
 from daemon_support import TERMINAL_EVENTS, Daemon, alive, wait_for
 
 from orchestrd.privsep import resolve, wrap
-from orchestrd.state import dump_state, load_state
-from orchestrd.states import PhaseStatus
+from orchestrd.state import PhaseState, PlanState, dump_state, load_state
+from orchestrd.states import PhaseStatus, PlanStatus
 from orchestrd.worker import nsinit_processes, stop_processes
 
 USER = "orchestrd-test-worker"
@@ -426,3 +426,28 @@ def test_a_remediation_worker_reads_the_failed_log_through_its_hand_off_folder(
     failed_log = Path(got["failed_log"])
     assert d.state_dir not in failed_log.parents  # a copy, not the daemon's own file
     assert not failed_log.exists()  # removed when its attempt ended
+
+
+def test_recovery_skips_a_phase_its_ledger_records_as_passed_even_after_the_audit_log_rotated(
+    sep_daemon: Daemon,
+) -> None:
+    """state.toml says P01–P03 passed; the plan's ledger (the daemon's own record) has P01's
+    pass only, and the audit log is gone (rotated): P01 is skipped, P02 and P03 run."""
+    d = sep_daemon
+    d.write_config()
+    folder = d.state_dir / "plans" / "G"
+    (folder / "workers").mkdir(parents=True)
+    (folder / "plan.toml").write_text(tomli_w.dumps(d.plan_data("G", phases=("P01", "P02", "P03"))))
+    state = PlanState(plan="G", status=PlanStatus.RUNNING, seq=1, phases={
+        p: PhaseState(status=PhaseStatus.PASSED) for p in ("P01", "P02", "P03")
+    })
+    (folder / "state.toml").write_bytes(dump_state(state))
+    (folder / "worker-pids.txt").write_text(
+        "2026-01-01T00:00:00+00:00 P01 attempt=1 role=primary pid=1 exited=0\n"
+        "2026-01-01T00:00:01+00:00 P01 passed\n"
+    )
+    d.start()
+    assert end(d, "G")["event"] == "plan.succeeded"
+    assert [e["phases"] for e in d.events("plan.state_mismatch")] == [["P02", "P03"]]
+    assert [e["phase"] for e in d.events("phase.skipped")] == ["P01"]
+    assert [e["phase"] for e in d.events("phase.passed")] == ["P02", "P03"]
