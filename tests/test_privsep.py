@@ -451,3 +451,24 @@ def test_recovery_skips_a_phase_its_ledger_records_as_passed_even_after_the_audi
     assert [e["phases"] for e in d.events("plan.state_mismatch")] == [["P02", "P03"]]
     assert [e["phase"] for e in d.events("phase.skipped")] == ["P01"]
     assert [e["phase"] for e in d.events("phase.passed")] == ["P02", "P03"]
+
+
+def test_without_a_pid_namespace_the_worker_user_still_gets_eperm_on_the_daemon(
+    sep_daemon: Daemon, worker_user: pwd.struct_passwd
+) -> None:
+    """worker_pid_namespace = false: the worker sees the daemon (its parent) and gets EPERM."""
+    d, pw = sep_daemon, worker_user
+    configure(d, AGENT_ATTACK=1)
+    data = tomllib.loads(d.config_path.read_text())
+    d.write_config(**{**data, "worker_pid_namespace": False})
+    worker_repo(d, "r", pw)
+    d.start()
+    (d.tmp / "daemon.pid").write_text(str(d.pid))
+    d.submit("N", repo="r", phases=("P01", "P02"))
+    assert end(d, "N")["event"] == "plan.succeeded"
+    got = facts(d.repo("r"))
+    assert got["ppid_is_daemon"] is True
+    assert (got["kill_parent"], got["kill_daemon"]) == ("EPERM", "EPERM")
+    assert (got["forge_state"], got["append_audit"]) == ("EACCES", "EACCES")
+    assert alive(d.pid)
+    assert [e["phase"] for e in d.events("phase.passed")] == ["P01", "P02"]

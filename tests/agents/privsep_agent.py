@@ -69,6 +69,8 @@ if env.get("AGENT_ATTACK") and env["ORCHESTRD_PHASE_ID"] == "P01":
     attempt("write_control", lambda: (Path(env["AGENT_CONTROL"]) / "X.cancel").write_text(""))
     daemon_pid = int(Path(env["AGENT_DAEMON_PID_FILE"]).read_text())
     attempt("kill_daemon", lambda: os.kill(daemon_pid, signal.SIGKILL))
+    facts["ppid_is_daemon"] = os.getppid() == daemon_pid
+    attempt("kill_parent", lambda: os.kill(os.getppid(), signal.SIGKILL))
 if env.get("AGENT_GIT_TRAP"):
     # the daemon runs git in this repo: its config can make git run programs (a clean filter)
     Path(".git/info").mkdir(exist_ok=True)
