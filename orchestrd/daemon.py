@@ -425,7 +425,8 @@ class Daemon:
         await record.save()
         log.info(
             "plan.state_mismatch", phases=unproven,
-            reason="state.toml says passed; the audit log has no phase.passed for them",
+            reason="state.toml says passed; neither the plan's ledger nor the audit log "
+            "records their pass",
         )
 
     async def _recover(self, tg: anyio.abc.TaskGroup) -> None:

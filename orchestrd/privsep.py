@@ -133,6 +133,7 @@ def clear_ambient_capabilities() -> None:
     runs: ambient ones survive exec and a uid change between two non-root users. Cleared, the
     daemon keeps them (permitted, effective) and every program it starts gets none."""
     libc = ctypes.CDLL(None, use_errno=True)
+    # fails (EINVAL) only on kernels before 4.3, which have no ambient set to clear
     libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
 
 
