@@ -401,15 +401,15 @@ class Daemon:
         return PlanEntry(plan, record, folder, log)
 
     async def _check_passed(self, record: PlanRecord, folder: PlanFolder, log: Logger) -> None:
-        """A phase counts as passed only if the daemon recorded it: a `passed` line in the
-        plan's ledger, or its `phase.passed` in the audit log (plans from before the ledger
+        """A phase counts as passed only if the daemon recorded it: a line in the plan's
+        `phases-passed.txt`, or its `phase.passed` in the audit log (plans from before the ledger
         had it; the audit log may have been rotated since). A state file claiming more — a
         worker of the daemon's own user could rewrite it — is reported, those phases rerun."""
         state = record.state
         claimed = [p for p, ps in state.phases.items() if ps.status is PhaseStatus.PASSED]
         if not claimed:
             return
-        proven = await anyio.to_thread.run_sync(passed_in_ledger, folder.ledger)
+        proven = await anyio.to_thread.run_sync(recorded_passes, folder.passes)
         if not proven.issuperset(claimed):
             proven |= await anyio.to_thread.run_sync(
                 passed_in_audit, self.config.audit_path, state.plan
@@ -425,7 +425,7 @@ class Daemon:
         await record.save()
         log.info(
             "plan.state_mismatch", phases=unproven,
-            reason="state.toml says passed; neither the plan's ledger nor the audit log "
+            reason="state.toml says passed; neither phases-passed.txt nor the audit log "
             "records their pass",
         )
 
@@ -539,13 +539,13 @@ def check_startup(config: Config) -> None:
             )
 
 
-def passed_in_ledger(path: Path) -> set[str]:
-    """The phases with a `<time> <phase> passed` line in a plan's ledger."""
+def recorded_passes(path: Path) -> set[str]:
+    """The phases in a plan's `phases-passed.txt` (`<ts> <phase>` lines)."""
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except FileNotFoundError:
         return set()
-    return {words[1] for line in lines if len(words := line.split()) == 3 and words[2] == "passed"}
+    return {words[1] for line in lines if len(words := line.split()) == 2}
 
 
 def passed_in_audit(path: Path, plan_id: str) -> set[str]:

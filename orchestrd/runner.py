@@ -284,7 +284,7 @@ class PlanRunner:
                 await self.record.set_phase(phase.id, PhaseStatus.PASSED, "phase.passed")
                 # the daemon's own record, next to the state: recovery believes a pass only
                 # with it (or the audit log's phase.passed), never state.toml alone
-                self.folder.append_ledger(f"{phase.id} passed")
+                self.folder.append_ledger(phase.id, self.folder.passes)
                 return True
             ps.failures += 1
             if ps.failures > policy.max_remediations:

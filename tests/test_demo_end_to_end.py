@@ -40,5 +40,4 @@ def test_demo_plan_runs_end_to_end_with_the_bundled_demo_worker(tmp_path: Path) 
     assert "@plan:DEMO-calc.P03" in (repo / "plan/.completed/P03.md").read_text()
     folder = tmp_path / "state/plans/DEMO-calc"
     assert tomllib.loads((folder / "state.toml").read_text())["status"] == "succeeded"
-    # a start and an end per worker, and each phase's `passed` (recovery's proof)
-    assert len((folder / "worker-pids.txt").read_text().splitlines()) == 12
+    assert len((folder / "worker-pids.txt").read_text().splitlines()) == 8

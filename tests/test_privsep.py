@@ -428,10 +428,10 @@ def test_a_remediation_worker_reads_the_failed_log_through_its_hand_off_folder(
     assert not failed_log.exists()  # removed when its attempt ended
 
 
-def test_recovery_skips_a_phase_its_ledger_records_as_passed_even_after_the_audit_log_rotated(
+def test_recovery_skips_a_phase_the_daemon_recorded_as_passed_though_the_audit_log_rotated(
     sep_daemon: Daemon,
 ) -> None:
-    """state.toml says P01–P03 passed; the plan's ledger (the daemon's own record) has P01's
+    """state.toml says P01–P03 passed; phases-passed.txt (the daemon's own record) has P01's
     pass only, and the audit log is gone (rotated): P01 is skipped, P02 and P03 run."""
     d = sep_daemon
     d.write_config()
@@ -442,10 +442,7 @@ def test_recovery_skips_a_phase_its_ledger_records_as_passed_even_after_the_audi
         p: PhaseState(status=PhaseStatus.PASSED) for p in ("P01", "P02", "P03")
     })
     (folder / "state.toml").write_bytes(dump_state(state))
-    (folder / "worker-pids.txt").write_text(
-        "2026-01-01T00:00:00+00:00 P01 attempt=1 role=primary pid=1 exited=0\n"
-        "2026-01-01T00:00:01+00:00 P01 passed\n"
-    )
+    (folder / "phases-passed.txt").write_text("2026-01-01T00:00:01+00:00 P01\n")
     d.start()
     assert end(d, "G")["event"] == "plan.succeeded"
     assert [e["phases"] for e in d.events("plan.state_mismatch")] == [["P02", "P03"]]
