@@ -89,8 +89,7 @@ def scratch() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="orchestrd-privsep-"))
     path.chmod(0o755)  # the worker must reach its repo under it; state_dir stays 0750 root's
     yield path
-    if not os.environ.get("KEEP"):
-        shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 class SepDaemon(Daemon):
