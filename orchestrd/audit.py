@@ -27,7 +27,8 @@ from .fsutil import write_all
 # Every event orchestrd emits, with what it means. The README's event table is generated from,
 # and tested against, this mapping.
 EVENTS: dict[str, str] = {
-    "daemon.started": "the daemon is up and serving (after recovery)",
+    "daemon.started": "the daemon is up and serving (after recovery); privilege_separation "
+    "says whether workers run as worker_user, privilege_separation_reason why (not)",
     "daemon.stopping": "SIGTERM/SIGINT received (daemon or `orchestrd run`): stopping workers",
     "daemon.stopped": "the daemon exited cleanly",
     "daemon.recovered": "a plan found running or queued in state_dir at start-up was resumed",
@@ -61,6 +62,8 @@ EVENTS: dict[str, str] = {
         "the plan's file can no longer be loaded (reason): failed if it had not ended, and its "
         "folder moved to archive/"
     ),
+    "plan.state_mismatch": "state.toml says phases passed that the audit log never saw pass "
+    "(phases); they run again",
     "phase.started": "a phase began (its primary worker follows)",
     "phase.skipped": "a phase already passed before a restart or retry",
     "phase.passed": "all checkpoints passed",

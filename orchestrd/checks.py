@@ -22,6 +22,7 @@ from .fsutil import DEFAULT_MAX_BYTES, FileRefused, read_head, read_regular
 from .gitsnap import Diff
 from .plan import MarkerPath, Phase, Plan, confine, glob_prefix, glob_regex, phase_marker_regex
 from .policy import WatchOutcome
+from .privsep import Identity
 from .worker import WorkerSpec, WorkerStartError, launch, log_without_prompt, tail_file
 
 # How to repair each rule a check names, for the remediation prompt.
@@ -75,6 +76,9 @@ class CheckContext:
     """What the phase's workers changed in the repo; None when git cannot tell."""
     git_problem: str | None = None
     """Why `changes` is None (not a git checkout, git failed)."""
+    identity: Identity | None = None
+    """Verify commands run as the worker's user (None: as the daemon's)."""
+    pid_namespace: bool = True
 
     @property
     def report_path(self) -> str:
@@ -399,7 +403,10 @@ async def run_verify(ctx: CheckContext, index: int) -> CheckResult:
     out_path = ctx.output_dir / f"verify-{ctx.phase.id}-{ctx.attempt}-{index}.log"
     name = f"verify[{index}]"
     started = time.monotonic()
-    spec = WorkerSpec([*ctx.settings.verify_shell, cmd.run], ctx.env, ctx.plan.repo, out_path)
+    spec = WorkerSpec(
+        [*ctx.settings.verify_shell, cmd.run], ctx.env, ctx.plan.repo, out_path, ctx.identity,
+        ctx.pid_namespace,
+    )
     rc: int | None = None
     try:
         # launched like a worker: own process group, output capped, nothing left behind

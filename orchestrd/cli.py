@@ -24,6 +24,7 @@ from .config import Config, check_state_dir, load_config
 from .errors import OrchestrdError, PlanError
 from .importer import add_subcommand as add_import_subcommand
 from .plan import Plan, check_plan_id, load_plan, plan_from_bytes
+from .privsep import separation
 from .runner import PlanRunner
 from .spool import RUN_LOCK, Spool, hold_run_lock, lock_held, submitter_allowed
 from .state import PhaseState, PlanFolder, PlanRecord, PlanState, load_state
@@ -70,6 +71,9 @@ async def run_foreground(plan: Plan, config: Config, echo: bool) -> PlanStatus:
         redactor=Redactor.from_config(config),
     )
     log = audit.bind(plan=plan.id)
+    if echo:
+        on, why = separation(config)
+        print(f"orchestrd: privilege_separation = {str(on).lower()} ({why})", file=sys.stderr)
     try:
         if folder.state_file.exists():
             await _end_earlier_run(folder, log, audit.redactor)

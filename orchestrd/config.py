@@ -98,6 +98,8 @@ class WorkerProfile(Strict):
     dangerous: bool = Field(
         False, description="gives the worker unsandboxed access (also inferred from its flags)"
     )
+    worker_user: str | None = Field(None, description="overrides the config's worker_user")
+    worker_group: str | None = Field(None, description="overrides the config's worker_group")
 
     @property
     def dangerous_flags(self) -> list[str]:
@@ -331,7 +333,28 @@ class Config(Strict):
     allow_dangerous_workers: bool = Field(
         False, description="let plans use profiles that bypass the agent's sandbox"
     )
-    allow_root: bool = Field(False, description="let the daemon run as root")
+    allow_root: bool = Field(
+        False, description="let the daemon run as root (workers then need a worker_user)"
+    )
+    allow_root_workers: bool = Field(
+        False, description="let a root daemon without worker_user run workers as root: only "
+        "for throwaway containers where root is the only user (CI)"
+    )
+    worker_user: str | None = Field(
+        None, description="workers and verify commands run as this user (privilege separation); "
+        "needs root or CAP_SETUID+CAP_SETGID, else workers run as the daemon's user"
+    )
+    worker_group: str | None = Field(
+        None, description="the workers' primary group; default: worker_user's own"
+    )
+    worker_pid_namespace: bool = Field(
+        True, description="each worker alone in a user+PID namespace: its kill -9 -1 or "
+        "pkill reaches no other plan's workers (needs unprivileged user namespaces)"
+    )
+    handoff_dir: Path | None = Field(
+        None, description="per-attempt folders the worker user reads its prompt and the failed "
+        "log from; default <state_dir>-handoff"
+    )
     allowed_submitters: list[str] = Field(
         default_factory=list,
         description="users/groups whose inbox files are accepted; empty: anyone who can write",
@@ -421,6 +444,8 @@ def config_from_dict(data: dict[str, Any], source: Path | str) -> Config:
                 for i, r in enumerate(cfg.allowed_repo_roots)
             ],
             "audit": audit,
+            "handoff_dir": _absolute(cfg.handoff_dir, source, "handoff_dir")
+            if cfg.handoff_dir else None,
         }
     )
 

@@ -19,6 +19,7 @@ import anyio
 import anyio.to_thread
 
 from .errors import OrchestrdError
+from .privsep import Identity
 
 STATUS_LINES = 200  # `git status` lines kept in an audit event
 CHANGED_FILES = 500  # changed paths kept in an audit event
@@ -77,20 +78,31 @@ def _git_env() -> dict[str, str]:
 class Git:
     """git commands in one repository (a checkout or a folder inside one), each with a timeout."""
 
-    def __init__(self, repo: Path, scratch: Path, timeout: float) -> None:
+    def __init__(
+        self, repo: Path, scratch: Path, timeout: float, identity: Identity | None = None
+    ) -> None:
         self.repo = repo
         self.scratch = scratch
         self.timeout = timeout
+        self.identity = identity
+        """Run git as the worker's user: the repo's config (core.fsmonitor, filters) is the
+        worker's to write, and must not run anything with the daemon's rights."""
 
     async def _run(self, args: tuple[str, ...], index: Path | None) -> tuple[int, str, str]:
         env = _git_env()
+        as_user = self.identity.process_kwargs() if self.identity else {}
+        env.update(self.identity.env() if self.identity else {})
         if index is not None:
             env["GIT_INDEX_FILE"] = str(index)
-        argv = ["git", "-c", "core.quotePath=false", *args]
+        # a repo owned by the worker user is "dubious" to git: trust exactly this checkout
+        top = next((d for d in (self.repo, *self.repo.parents) if (d / ".git").exists()), None)
+        argv = ["git", "-c", "core.quotePath=false", "-c", f"safe.directory={top or self.repo}",
+                "-c", "core.fsmonitor=false", *args]
         try:
             with anyio.fail_after(self.timeout):
                 done = await anyio.run_process(
-                    argv, cwd=self.repo, env=env, check=False, stdin=subprocess.DEVNULL
+                    argv, cwd=self.repo, env=env, check=False, stdin=subprocess.DEVNULL,
+                    **as_user,
                 )
         except TimeoutError:
             raise GitError(f"git {args[0]} timed out after {self.timeout}s") from None
@@ -189,6 +201,7 @@ def _copy_or_remove(src: Path | None, dest: Path) -> None:
         dest.unlink()
     if src is not None and src.is_file():
         shutil.copyfile(src, dest)
+        os.chmod(dest, 0o644)  # git may run as the worker user: a copy of its own index
 
 
 def _unquote(path: str) -> str:

@@ -5,8 +5,10 @@ and remediation workers until the phase passes or the remediations run out.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,10 +28,12 @@ from .checks import (
     run_verify,
 )
 from .config import CheckSettings, Config, Policy, WorkerProfile
+from .errors import OrchestrdError, PlanError
 from .fsutil import FileRefused, read_head, read_regular, write_file
 from .gitsnap import Git, PhaseGit
-from .plan import Phase, Plan
+from .plan import Phase, Plan, confine
 from .policy import WatchOutcome, watch
+from .privsep import Identity, git_scratch, handoff_root, identity_for, make_handoff
 from .state import AttemptState, PhaseState, PlanFolder, PlanRecord, now_iso
 from .states import (
     ATTEMPT_TRANSITIONS,
@@ -185,6 +189,36 @@ def log_tail_without(log: Path, prompt_file: Path, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+@dataclasses.dataclass
+class Handoff:
+    """Who the attempt's worker runs as, and its hand-off folder (None: as the daemon)."""
+
+    identity: Identity | None
+    folder: Path | None = None
+
+    async def remove(self) -> None:
+        if self.folder is not None:
+            await anyio.to_thread.run_sync(
+                functools.partial(shutil.rmtree, self.folder, ignore_errors=True)
+            )
+
+
+MAX_PROMPT_FILE = 4 * 1024 * 1024
+
+
+def read_prompt_file(plan: Plan, rel: str) -> str:
+    """A phase's prompt file, which an earlier phase's worker may have replaced: read by the
+    daemon (perhaps as root), so a link leading out of the repo is refused (PlanError; it would
+    hand the daemon's files to the next worker), and so is anything but a regular file (a FIFO
+    would block) or a file over MAX_PROMPT_FILE."""
+    path = confine(plan.repo, plan.in_plan_dir(rel))
+    try:
+        raw = read_regular(path, MAX_PROMPT_FILE, "the prompt file limit", follow=False)
+    except FileRefused as exc:
+        raise PlanError(f"the prompt file {rel!r}: {exc}") from None
+    return raw.decode("utf-8", errors="replace")
+
+
 def describe(failed: list[CheckResult]) -> str:
     return "; ".join(f"{r.name}: {r.reason}" for r in failed).replace("\0", "")
 
@@ -247,7 +281,7 @@ class PlanRunner:
             return False
         config = self.get_config()
         # the phase's workers are judged on what they changed since the phase began
-        pgit = PhaseGit(Git(self.plan.repo, self.folder.workers, config.checks.git_timeout))
+        pgit = PhaseGit(await self._git(config))
         previous: tuple[list[CheckResult], Path] | None = None
         while True:
             config = self.get_config()
@@ -257,6 +291,9 @@ class PlanRunner:
             bad = failures(results)
             if not bad:
                 await self.record.set_phase(phase.id, PhaseStatus.PASSED, "phase.passed")
+                # the daemon's own record, next to the state: recovery believes a pass only
+                # with it (or the audit log's phase.passed), never state.toml alone
+                self.folder.append_ledger(phase.id, self.folder.passes)
                 return True
             ps.failures += 1
             if ps.failures > policy.max_remediations:
@@ -271,6 +308,18 @@ class PlanRunner:
                 attempt=len(ps.attempts) + 1, remediation=ps.failures,
                 max_remediations=policy.max_remediations,
             )
+
+    async def _git(self, config: Config) -> Git:
+        """git for the plan's repo, run as its workers' user when they have one (the repo's
+        config is theirs to write); its temporary index then lives where that user can write."""
+        profile = config.workers.get(self.plan.worker or config.default_worker)
+        identity = identity_for(config, profile)  # ConfigError (the user is gone): plan fails
+        scratch = self.folder.workers
+        if identity is not None:
+            scratch = await anyio.to_thread.run_sync(
+                git_scratch, handoff_root(config), self.plan.id, identity
+            )
+        return Git(self.plan.repo, scratch, config.checks.git_timeout, identity)
 
     async def _prerequisites_met(self, phase: Phase) -> bool:
         """Earlier phases named in `prerequisites` left their markers and the `precheck`
@@ -314,29 +363,29 @@ class PlanRunner:
     def _prompt(
         self, phase: Phase, n: int, role: str, report: str, settings: CheckSettings,
         previous: tuple[list[CheckResult], Path] | None, baseline: str | None,
+        shown_log: Path | None = None,
     ) -> str:
+        """`shown_log`: where the worker finds the failed log (its hand-off copy)."""
         if phase.prompt is not None:
             text = phase.prompt
         else:
             assert phase.prompt_file is not None
-            prompt_path = self.plan.repo / self.plan.in_plan_dir(phase.prompt_file)
-            try:  # an earlier phase's worker could have made it a FIFO or a sparse gigabyte
-                raw = read_regular(prompt_path, settings.max_evidence_bytes)
-            except FileRefused as exc:
-                raise WorkerStartError(f"cannot read prompt_file {prompt_path}: {exc}") from None
-            text = raw.decode("utf-8", errors="replace")
+            text = read_prompt_file(self.plan, phase.prompt_file)
         if previous is not None:
             failed, failed_log = previous
             echoed = self.folder.workers / f"prompt-{phase.id}-{n - 1}.md"
             tail = log_tail_without(failed_log, echoed, LOG_TAIL_LINES)
-            text += remediation_section(failed, failed_log, tail, baseline)
+            text += remediation_section(failed, shown_log or failed_log, tail, baseline)
         return text + contract_trailer(self.plan, phase, n, role, report, settings)
 
     def _env(
         self, config: Config, profile: WorkerProfile, phase: Phase, n: int, role: str,
         report: str, log_path: Path, previous: tuple[list[CheckResult], Path] | None,
+        handoff: Handoff,
     ) -> dict[str, str]:
         env = base_env(config)
+        if handoff.identity is not None:
+            env.update(handoff.identity.env())
         env.update(profile.env)
         env.update(
             ORCHESTRD_PLAN_ID=self.plan.id,
@@ -352,7 +401,9 @@ class PlanRunner:
             ORCHESTRD_LOG=str(log_path),
         )
         if previous is not None:
-            env["ORCHESTRD_FAILED_LOG"] = str(previous[1])
+            # the worker user cannot open the state folder: it reads a copy
+            failed = handoff.folder / "failed.log" if handoff.folder else previous[1]
+            env["ORCHESTRD_FAILED_LOG"] = str(failed)
             env["ORCHESTRD_FAILURE"] = describe(previous[0])
         return env
 
@@ -376,9 +427,8 @@ class PlanRunner:
         att = AttemptState(n=n, role=role, log=str(log_path))
         try:
             baseline = pgit.baseline.head if pgit.baseline else None
-            # in a thread: it reads the plan's prompt_file and the failed worker's log
-            spec, env, prompt, flags = await anyio.to_thread.run_sync(
-                self._prepare, phase, config, n, role, report, log_path, previous, baseline
+            spec, env, prompt, flags, handoff = await self._prepare(
+                phase, config, n, role, report, log_path, previous, baseline
             )
             await pgit.start_attempt(f"{phase.id}-{n}")
             async with launch(spec, config.max_log_bytes, policy.stop_grace) as worker:
@@ -413,14 +463,20 @@ class PlanRunner:
             log_path=log_path, output_dir=self.folder.workers, attempt=n, env=env,
             grace=policy.stop_grace, max_log_bytes=config.max_log_bytes, prompt=prompt,
             report=report, changes=diff, git_problem=pgit.problem,
+            identity=spec.identity, pid_namespace=spec.pid_namespace,
         )
-        return await inspect(ctx, wlog), log_path
+        try:
+            return await inspect(ctx, wlog), log_path
+        finally:
+            with anyio.CancelScope(shield=True):
+                await handoff.remove()
 
-    def _prepare(
+    async def _prepare(
         self, phase: Phase, config: Config, n: int, role: str, report: str, log_path: Path,
         previous: tuple[list[CheckResult], Path] | None, baseline: str | None,
-    ) -> tuple[WorkerSpec, dict[str, str], str, list[str]]:
-        """The worker's spec, env, prompt and dangerous flags; WorkerStartError if impossible."""
+    ) -> tuple[WorkerSpec, dict[str, str], str, list[str], Handoff]:
+        """The worker's spec, env, prompt, dangerous flags and hand-off folder;
+        WorkerStartError if impossible."""
         profile_name = self.plan.worker or config.default_worker
         profile = config.workers.get(profile_name)
         if profile is None:
@@ -433,22 +489,43 @@ class PlanRunner:
             )
         prompt_file = self.folder.workers / f"prompt-{phase.id}-{n}.md"
         try:
-            prompt = self._prompt(phase, n, role, report, config.checks, previous, baseline)
+            identity = identity_for(config, profile)
+            handoff = Handoff(identity)
+            if identity is not None:
+                handoff.folder = handoff_root(config) / f"{self.plan.id}-{phase.id}-{n}"
+            shown = handoff.folder / "failed.log" if handoff.folder else None
+            # reads files workers could have touched: off the event loop
+            prompt = await anyio.to_thread.run_sync(
+                self._prompt, phase, n, role, report, config.checks, previous, baseline, shown
+            )
+            prompt_file = self.folder.workers / f"prompt-{phase.id}-{n}.md"
             # a file name that is not UTF-8 (quoted in a reason) is written as its own bytes
-            write_file(prompt_file, prompt.encode("utf-8", "surrogateescape"))
+            await anyio.to_thread.run_sync(
+                write_file, prompt_file, prompt.encode("utf-8", "surrogateescape")
+            )
+            if identity is not None and handoff.folder is not None:
+                await anyio.to_thread.run_sync(
+                    make_handoff, handoff.folder, identity, prompt,
+                    previous[1] if previous else None,
+                )
+                prompt_file = handoff.folder / "prompt.md"
         except OSError as exc:
-            raise WorkerStartError(f"cannot write the prompt: {exc}") from None
+            raise WorkerStartError(f"cannot prepare the prompt: {exc}") from None
         except FileRefused as exc:
             raise WorkerStartError(f"cannot write the prompt {prompt_file}: it {exc}") from None
+        except OrchestrdError as exc:  # the worker user is gone since the start
+            raise WorkerStartError(str(exc)) from None
         values = {
             "prompt": prompt, "prompt_file": str(prompt_file), "plan": self.plan.id,
             "phase": phase.id, "attempt": str(n), "log": str(log_path),
             "python": sys.executable,
         }
         argv = render_command(profile, values)
-        env = self._env(config, profile, phase, n, role, report, log_path, previous)
-        spec = WorkerSpec(argv, env, self.plan.repo, log_path)
-        return spec, env, prompt, profile.dangerous_flags
+        env = self._env(config, profile, phase, n, role, report, log_path, previous, handoff)
+        spec = WorkerSpec(
+            argv, env, self.plan.repo, log_path, identity, config.worker_pid_namespace
+        )
+        return spec, env, prompt, profile.dangerous_flags, handoff
 
     async def _supervise(
         self, worker: LocalWorker, att: AttemptState, phase: Phase, policy: Policy, log: Logger

@@ -475,14 +475,19 @@ class PlanFolder:
         self.journal = journal_of(self.state_file)
         self.workers = root / "workers"
         self.ledger = root / "worker-pids.txt"
+        self.passes = root / "phases-passed.txt"
+        """`<ts> <phase>` per phase that passed: recovery's proof, beside state.toml's word."""
 
     def create(self) -> None:
         self.workers.mkdir(parents=True, exist_ok=True)
 
-    def append_ledger(self, line: str) -> None:
+    def append_ledger(self, line: str, path: Path | None = None) -> None:
         """One line, one write(2) on an O_APPEND descriptor: whole even if the daemon dies, and
-        no buffered file object per line on the event loop."""
-        fd = os.open(self.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        no buffered file object per line on the event loop. `path`: another file than the
+        PID ledger (`passes`)."""
+        fd = os.open(
+            path or self.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
+        )
         try:
             os.write(fd, f"{now_iso()} {line}\n".encode())
         finally:

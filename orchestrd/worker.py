@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import anyio.to_thread
 
 from .errors import OrchestrdError
 from .fsutil import FileRefused, open_for_writing, read_tail
+from .privsep import NSINIT, Identity, wrap
 
 _GROUP_POLL = 0.02  # how often a stopping process group is looked at (seconds)
 
@@ -57,6 +59,10 @@ class WorkerSpec:
     env: Mapping[str, str]
     cwd: Path
     log_path: Path
+    identity: Identity | None = None
+    """Run as this user (through nsinit); None: as the daemon's user."""
+    pid_namespace: bool = True
+    """With an identity: alone in a user+PID namespace (see nsinit)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,17 +323,33 @@ async def _open(spec: WorkerSpec) -> anyio.abc.Process:
         raise WorkerStartError(f"cannot open worker log {spec.log_path}: it {exc}") from None
     if not spec.cwd.is_dir():
         raise WorkerStartError(f"the repo {spec.cwd} does not exist (any more)")
+    argv = list(spec.argv)
+    if spec.identity is not None:
+        # nsinit reports an exec failure only in the log: find a missing binary here
+        if argv and shutil.which(argv[0], path=spec.env.get("PATH", os.defpath)) is None:
+            raise WorkerStartError(
+                f"cannot execute {argv[0]!r}: not found; is it installed and on PATH?"
+            )
+        argv = wrap(argv, spec.pid_namespace, spec.log_path)
+    as_user = spec.identity.process_kwargs() if spec.identity is not None else {}
     try:
         return await anyio.open_process(
-            list(spec.argv),
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=spec.cwd,
             env=dict(spec.env),
             start_new_session=True,
+            **as_user,
         )
     except OSError as exc:
+        if spec.identity is not None and isinstance(exc, PermissionError):
+            raise WorkerStartError(
+                f"cannot start a worker as {spec.identity.user}: {exc.strerror}; that user must "
+                f"be able to execute {argv[0]} and read orchestrd's package (install it outside "
+                "any private home folder, e.g. /opt/orchestrd)"
+            ) from None
         raise WorkerStartError(
             f"cannot execute {spec.argv[0]!r}: {exc.strerror or exc}"
             + ("; is it installed and on PATH?" if isinstance(exc, FileNotFoundError) else "")
@@ -401,6 +423,25 @@ def processes_with_env(name: str, under: Path) -> dict[int, str]:
                 if item[len(prefix) :].startswith(root):
                     found[int(entry.name)] = os.fsdecode(item[len(prefix) :])
                 break
+    return found
+
+
+def nsinit_processes(under: Path) -> dict[int, str]:
+    """Live nsinit processes (workers run as the worker user) whose attempt log is inside
+    `under`, with that log. Their environment is not this user's to read; their command line
+    is anyone's, and the processes inside their namespace die with them."""
+    found = {}
+    root = os.fsencode(under) + b"/"
+    marker = os.fsencode(NSINIT)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 5 and argv[3] == marker and argv[5].startswith(root):
+            found[int(entry.name)] = os.fsdecode(argv[5])
     return found
 
 
