@@ -6,8 +6,10 @@ commands (run by the daemon itself, judged by exit code and output).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
+import stat
 import time
 from pathlib import Path
 
@@ -37,9 +39,12 @@ FIXES: dict[str, str] = {
     "output shows (a bad option, a missing module, no tests found), then run it yourself",
     "must_match": "the command's output must show the expected result; run it yourself and "
     "fix what is missing",
+    "stale": "the file is the same as before this phase began (left by an earlier run or plan): "
+    "do this phase's work, then write the file anew with this attempt's real results",
 }
 MAX_FINDINGS = 20  # per check and file: enough to act on, short enough to read
 MARKER_FILE_BYTES = 4 * 1024 * 1024  # a marker sits in a source file, not in a huge one
+FINGERPRINT_BYTES = 64 * 1024 * 1024  # hashed of a contract file (its size is compared too)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +79,8 @@ class CheckContext:
     """What the phase's workers changed in the repo; None when git cannot tell."""
     git_problem: str | None = None
     """Why `changes` is None (not a git checkout, git failed)."""
+    stale: frozenset[str] = frozenset()
+    """Contract files (repo-relative) no worker of the phase wrote: unchanged since it began."""
 
     @property
     def report_path(self) -> str:
@@ -137,13 +144,97 @@ def _read_in_repo(plan: Plan, rel: str) -> tuple[str, str | None]:
         return path, None
 
 
+@dataclasses.dataclass(frozen=True)
+class Fingerprint:
+    content: str
+    """size and SHA-256 of the first FINGERPRINT_BYTES"""
+    mtime_ns: int
+
+
+def fingerprint(path: Path) -> Fingerprint | None:
+    """A regular file's content hash and mtime; None if it is missing or no regular file (a
+    FIFO is never waited on)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        digest = hashlib.sha256()
+        left = FINGERPRINT_BYTES
+        while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+            digest.update(chunk)
+            left -= len(chunk)
+    return Fingerprint(f"{st.st_size}:{digest.hexdigest()}", st.st_mtime_ns)
+
+
+class ContractBaseline:
+    """A phase's contract files (its report, remediation reports and completion files) as they
+    were before its first worker started: one that is still the same after an attempt was left
+    by an earlier run or plan, and is no evidence of this phase's work."""
+
+    def __init__(self, plan: Plan, phase: Phase) -> None:
+        self.plan = plan
+        self.phase = phase
+        self.before: dict[str, Fingerprint | None] = {}
+
+    def paths(self, remediations: int) -> list[str]:
+        """Repo-relative paths of the primary's and `remediations` remediation reports and of
+        the completion files."""
+        reports = [self.phase.report_for(k) for k in range(remediations + 1)]
+        return [self.plan.in_plan_dir(p) for p in (*reports, *self.phase.completion_paths)]
+
+    def _prints(self, paths: list[str]) -> list[Fingerprint | None]:
+        prints = []
+        for rel in paths:
+            try:
+                prints.append(fingerprint(confine(self.plan.repo, rel)))
+            except PlanError:  # leads out of the repo: its own check says so
+                prints.append(None)
+        return prints
+
+    async def take(self, paths: list[str]) -> None:
+        """Record the paths not recorded yet (a report path first named by a reloaded config
+        with more remediations is recorded before the worker that writes it)."""
+        new = [p for p in dict.fromkeys(paths) if p not in self.before]
+        prints = await anyio.to_thread.run_sync(self._prints, new)
+        self.before.update(zip(new, prints, strict=True))
+
+    async def stale(self, paths: list[str], mtime: bool) -> frozenset[str]:
+        """The paths present before the phase and byte-identical now (and, with `mtime`, for
+        repos without git, with the same modification time)."""
+        paths = [p for p in paths if self.before.get(p) is not None]
+        now = await anyio.to_thread.run_sync(self._prints, paths)
+        return frozenset(
+            p for p, after in zip(paths, now, strict=True)
+            if after is not None
+            and (was := self.before[p]) is not None
+            and after.content == was.content
+            and (not mtime or after.mtime_ns == was.mtime_ns)
+        )
+
+
+def stale_result(name: str, path: str) -> CheckResult:
+    return violation(
+        name, path, 0, "stale",
+        "unchanged since the phase began: no worker of this phase wrote it, so it is no "
+        "evidence of this phase's work",
+    )
+
+
 def check_report(ctx: CheckContext) -> CheckResult:
     path, text = _read_in_repo(ctx.plan, ctx.report_path)
     if text is None:
         return CheckResult("report", False, f"{path} is missing; the worker must write it")
     if text.startswith("\0"):
         return CheckResult("report", False, text[1:])
-    status = evidence.report_status(text)
+    if path in ctx.stale:
+        return stale_result("report", path)
+    status, disagree = evidence.report_status(text)
+    if disagree:
+        return violation("report", path, 0, "contradiction", disagree)
     if status is None:
         return CheckResult("report", False, f"{path} has no 'Status: PASS' or 'Status: FAIL' line")
     if status == "PASS":
@@ -151,13 +242,19 @@ def check_report(ctx: CheckContext) -> CheckResult:
     return CheckResult("report", False, f"{path} says Status: FAIL")
 
 
-def completion_results(plan: Plan, phase: Phase, name: str = "completion") -> list[CheckResult]:
-    """Each completion file of `phase` exists and holds every marker (boundary-matched)."""
+def completion_results(
+    plan: Plan, phase: Phase, name: str = "completion", stale: frozenset[str] = frozenset()
+) -> list[CheckResult]:
+    """Each completion file of `phase` exists, was written in the phase (not `stale`) and holds
+    every marker (boundary-matched)."""
     results = []
     for rel in phase.completion_paths:
         path, text = _read_in_repo(plan, rel)
         if text is None:
             results.append(CheckResult(name, False, f"{path} is missing"))
+            continue
+        if path in stale:
+            results.append(stale_result(name, path))
             continue
         if text.startswith("\0"):
             results.append(CheckResult(name, False, text[1:]))
@@ -173,12 +270,12 @@ def completion_results(plan: Plan, phase: Phase, name: str = "completion") -> li
 
 
 def check_completion(ctx: CheckContext) -> list[CheckResult]:
-    return completion_results(ctx.plan, ctx.phase)
+    return completion_results(ctx.plan, ctx.phase, stale=ctx.stale)
 
 
 def check_evidence(ctx: CheckContext) -> list[CheckResult]:
-    """The evidence rules on the report and every completion file that exist (a missing one has
-    failed its own check already)."""
+    """The evidence rules on the report and every completion file that exist and were written
+    in the phase (a missing or stale one has failed its own check already)."""
     phase, settings = ctx.phase, ctx.settings
     rules = phase.evidence_rules if phase.evidence_rules is not None else settings.evidence_rules
     files = [(ctx.report_path, True, phase.report_requires)]
@@ -187,7 +284,7 @@ def check_evidence(ctx: CheckContext) -> list[CheckResult]:
     checked = []
     for rel, is_report, requires in files:
         path, text = _read_in_repo(ctx.plan, rel)
-        if text is None or text.startswith("\0"):
+        if text is None or text.startswith("\0") or path in ctx.stale:
             continue
         checked.append(path)
         found = evidence.check_text(

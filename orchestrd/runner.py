@@ -17,6 +17,7 @@ from .checks import (
     FIXES,
     CheckContext,
     CheckResult,
+    ContractBaseline,
     audit,
     change_rules,
     check_prerequisites,
@@ -238,12 +239,18 @@ class PlanRunner:
         config = self.get_config()
         # the phase's workers are judged on what they changed since the phase began
         pgit = PhaseGit(Git(self.plan.repo, self.folder.workers, config.checks.git_timeout))
+        # and a report or completion file none of them wrote is no evidence of their work
+        contract = ContractBaseline(self.plan, phase)
+        policy = config.policy_for(self.plan.policy, phase.policy)
+        await contract.take(contract.paths(policy.max_remediations))
         previous: tuple[list[CheckResult], Path] | None = None
         while True:
             config = self.get_config()
             policy = config.policy_for(self.plan.policy, phase.policy)
             role = "primary" if ps.failures == 0 else "remediation"
-            results, log_path = await self.attempt(phase, config, policy, role, previous, pgit)
+            results, log_path = await self.attempt(
+                phase, config, policy, role, previous, (pgit, contract)
+            )
             bad = failures(results)
             if not bad:
                 await self.record.set_phase(phase.id, PhaseStatus.PASSED, "phase.passed")
@@ -328,8 +335,9 @@ class PlanRunner:
         policy: Policy,
         role: str,
         previous: tuple[list[CheckResult], Path] | None,
-        pgit: PhaseGit,
+        baselines: tuple[PhaseGit, ContractBaseline],
     ) -> tuple[list[CheckResult], Path]:
+        pgit, contract = baselines
         ps = self.record.state.phases[phase.id]
         n = len(ps.attempts) + 1
         # remediation k writes its own report: the failed one stays as it was
@@ -343,6 +351,8 @@ class PlanRunner:
             spec, env, prompt, flags = self._prepare(
                 phase, config, n, role, report, log_path, previous, baseline
             )
+            mine = [self.plan.in_plan_dir(p) for p in (report, *phase.completion_paths)]
+            await contract.take(mine)
             await pgit.start_attempt(f"{phase.id}-{n}")
             async with launch(spec, config.max_log_bytes, policy.stop_grace) as worker:
                 wlog = log.bind(pid=worker.handle.pid)
@@ -368,13 +378,15 @@ class PlanRunner:
         changes, diff = await pgit.end_attempt(f"{phase.id}-{n}")
         if changes is not None:
             wlog.info("worker.changes", **changes)
+        # without git, a file rewritten with the same text is told apart by its mtime
+        stale = await contract.stale(mine, mtime=pgit.problem is not None)
         # the attempt's end was just saved; checking restarts the phase like running does
         await self.record.set_phase(phase.id, PhaseStatus.CHECKING, None, save=False)
         ctx = CheckContext(
             plan=self.plan, phase=phase, settings=config.checks, outcome=outcome,
             log_path=log_path, output_dir=self.folder.workers, attempt=n, env=env,
             grace=policy.stop_grace, max_log_bytes=config.max_log_bytes, prompt=prompt,
-            report=report, changes=diff, git_problem=pgit.problem,
+            report=report, changes=diff, git_problem=pgit.problem, stale=stale,
         )
         return await inspect(ctx, wlog), log_path
 

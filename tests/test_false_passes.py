@@ -1,0 +1,153 @@
+"""False passes of the trust core, each from an issue (#11, #23): evidence an earlier run left
+behind, a Status PASS quoted in a fenced block, changes hidden from git by index flags, ignore
+rules or repo-configured programs, and an uncapped worker.changes event — with real git
+repositories, real processes and the real runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import agent_profile, make_config, make_plan, phase, run_plan
+
+from orchestrd.checks import CheckContext, check_report
+from orchestrd.config import CheckSettings
+from orchestrd.plan import Plan
+from orchestrd.policy import WatchOutcome
+
+pytestmark = pytest.mark.anyio
+
+STALE_REPORT = "# P01 worker report\n\nStatus: PASS\n"
+STALE_COMPLETION = "# P01 done\n- @plan:T.P01\n"
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=30
+    )
+    return done.stdout
+
+
+def git_repo(path: Path, files: dict[str, str] | None = None) -> Path:
+    files = {".gitignore": ".agent/\n__pycache__/\n", "README.md": "# x\n", **(files or {})}
+    for rel, text in files.items():
+        (path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (path / rel).write_text(text)
+    git(path, "init", "-q")
+    git(path, "config", "user.name", "Test")
+    git(path, "config", "user.email", "test@example.invalid")
+    git(path, "config", "commit.gpgsign", "false")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "initial")
+    return path
+
+
+def failed(events: list[dict[str, Any]]) -> list[tuple[str, str | None, str | None]]:
+    return [(e["check"], e.get("rule"), e.get("file")) for e in events]
+
+
+# -- 1. stale evidence --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_git", [True, False])
+async def test_report_and_completion_left_by_an_earlier_run_are_stale(
+    tmp_path: Path, with_git: bool
+) -> None:
+    files = {"reports/P01-worker.md": STALE_REPORT, ".completed/P01.md": STALE_COMPLETION}
+    repo = tmp_path / "repo"
+    if with_git:
+        git_repo(repo, files)  # committed by an earlier run
+    else:
+        for rel, text in files.items():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            (repo / rel).write_text(text)
+    config = make_config(
+        tmp_path, policy={"max_remediations": 0}, workers={"idle": agent_profile("idle")}
+    )
+    run = await run_plan(config, make_plan(tmp_path, repo=repo, worker="idle"))
+    assert run.status == "failed"
+    assert failed(run.events("check.failed")) == [
+        ("report", "stale", "reports/P01-worker.md"),
+        ("completion", "stale", ".completed/P01.md"),
+    ]
+    [report] = [e for e in run.events("check.failed") if e["check"] == "report"]
+    assert report["reason"] == (
+        "reports/P01-worker.md: unchanged since the phase began: no worker of this phase wrote "
+        "it, so it is no evidence of this phase's work [rule: stale]"
+    )
+    assert not [e for e in run.events("check.passed") if e["check"] == "evidence"]
+
+
+async def test_a_file_rewritten_by_the_worker_is_fresh_even_with_the_same_text(
+    tmp_path: Path,
+) -> None:
+    # without git the mtime tells a rewrite from a leftover; a file absent before is fresh
+    repo = tmp_path / "repo"
+    (repo / "reports").mkdir(parents=True)
+    (repo / "reports/P01-worker.md").write_text("# P01 worker report\n\nStatus: PASS\n")
+    os.utime(repo / "reports/P01-worker.md", (1_000_000, 1_000_000))
+    run = await run_plan(make_config(tmp_path), make_plan(tmp_path, repo=repo))
+    assert run.status == "succeeded", run.events("check.failed")
+
+
+async def test_remediation_is_told_how_to_repair_a_stale_file(tmp_path: Path) -> None:
+    repo = git_repo(
+        tmp_path / "repo",
+        {"reports/P01-worker.md": STALE_REPORT, ".completed/P01.md": STALE_COMPLETION},
+    )
+    config = make_config(
+        tmp_path, policy={"max_remediations": 1}, workers={"idle": agent_profile("idle")}
+    )
+    run = await run_plan(config, make_plan(tmp_path, repo=repo, worker="idle"))
+    assert run.status == "failed"
+    prompt = (run.folder / "workers/prompt-P01-2.md").read_text()
+    assert "- stale: the file is the same as before this phase began" in prompt
+    # the remediation's own report path was absent before: missing, not stale
+    second = [e for e in run.events("check.failed") if e["attempt"] == 2]
+    assert failed(second) == [
+        ("report", None, None), ("completion", "stale", ".completed/P01.md"),
+    ]
+
+
+# -- 3. Status lines in fenced blocks -----------------------------------------------------------
+
+
+def _report_ctx(tmp_path: Path, text: str) -> CheckContext:
+    repo = tmp_path / "repo"
+    (repo / "reports").mkdir(parents=True)
+    (repo / "reports/P01-worker.md").write_text(text)
+    plan = Plan.model_validate(
+        {"id": "T", "repo": str(repo), "phases": [{"id": "P01", "prompt": "x"}]}
+    )
+    return CheckContext(
+        plan=plan, phase=plan.phases[0], settings=CheckSettings(),
+        outcome=WatchOutcome(0, 1), log_path=tmp_path / "log", output_dir=tmp_path,
+        attempt=1, env={}, grace=0.1,
+    )
+
+
+def test_a_status_pass_quoted_in_a_fence_after_a_fail_is_no_verdict(tmp_path: Path) -> None:
+    text = "# Report\n\nStatus: FAIL\n\nEarlier report:\n```\nStatus: PASS\n```\n"
+    result = check_report(_report_ctx(tmp_path, text))
+    assert not result.ok
+    assert result.reason == "reports/P01-worker.md says Status: FAIL"
+
+
+def test_a_status_only_inside_a_fence_is_no_status(tmp_path: Path) -> None:
+    result = check_report(_report_ctx(tmp_path, "# Report\n\n~~~\nStatus: PASS\n~~~\n"))
+    assert not result.ok
+    assert "has no 'Status: PASS' or 'Status: FAIL' line" in result.reason
+
+
+def test_two_verdicts_outside_fences_that_disagree_are_a_contradiction(tmp_path: Path) -> None:
+    result = check_report(_report_ctx(tmp_path, "Status: FAIL\n\nfixed it.\n\nStatus: PASS\n"))
+    assert not result.ok
+    assert result.details["rule"] == "contradiction"
+    assert result.reason == (
+        "reports/P01-worker.md: Status: PASS (line 5) and Status: FAIL (line 1) disagree; a "
+        "report has one verdict [rule: contradiction]"
+    )
