@@ -21,9 +21,10 @@ from .audit import Logger
 from .config import CheckSettings
 from .errors import PlanError
 from .gitsnap import Diff
+from .judge import Match, StreamJudge, scan_file
 from .plan import MarkerPath, Phase, Plan, confine, glob_prefix, glob_regex, phase_marker_regex
 from .policy import WatchOutcome
-from .worker import WorkerSpec, WorkerStartError, launch, log_without_prompt, tail_file
+from .worker import WorkerSpec, WorkerStartError, launch, tail_file
 
 # How to repair each rule a check names, for the remediation prompt.
 FIXES: dict[str, str] = {
@@ -115,19 +116,18 @@ def check_exit(outcome: WatchOutcome) -> CheckResult:
     return CheckResult("exit_code", False, how)
 
 
-def check_log(ctx: CheckContext) -> CheckResult:
+async def check_log(ctx: CheckContext) -> CheckResult:
     fatal = (
         ctx.phase.fail_on_log_errors
         if ctx.phase.fail_on_log_errors is not None
         else ctx.settings.fail_on_log_errors
     )
-    text = log_without_prompt(ctx.log_path, ctx.prompt)
-    for pattern in ctx.settings.log_error_patterns:
-        for line in text.splitlines():
-            if re.search(pattern, line):
-                return CheckResult(
-                    "log_errors", False, f"log matches {pattern!r}: {line.strip()[:200]}", fatal
-                )
+    patterns = ctx.settings.log_error_patterns
+    # the whole log (its head and tail when it was cut), not only its end
+    found = await anyio.to_thread.run_sync(scan_file, ctx.log_path, patterns, ctx.prompt)
+    for pattern in patterns:
+        if m := found.get(pattern):
+            return CheckResult("log_errors", False, f"log matches {pattern!r}: {m.text}", fatal)
     return CheckResult("log_errors", True, "no runtime error patterns in the log")
 
 
@@ -450,47 +450,53 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
     ]
 
 
-def _judge_output(text: str, cmd_expect: str, must: list[str], must_not: list[str]) -> (
-    tuple[str, int, str, str] | None
-):
+def _first_broken(
+    found: dict[str, Match], must: list[str], must_not: list[str]
+) -> tuple[str, int, str, str] | None:
     """The first output rule broken: (rule, line, pattern, the line's text), or None."""
     for pattern in must_not:
-        if m := re.search(pattern, text, re.MULTILINE):
-            line = text.count("\n", 0, m.start()) + 1
-            start = text.rfind("\n", 0, m.start()) + 1
-            end = text.find("\n", m.start())
-            quote = text[start : end if end != -1 else len(text)].strip()[:160]
-            return "must_not_match", line, pattern, quote
+        if m := found.get(pattern):
+            return "must_not_match", m.line, pattern, m.text
     for pattern in must:
-        if not re.search(pattern, text, re.MULTILINE):
+        if pattern not in found:
             return "must_match", 0, pattern, ""
     return None
 
 
-def _read_output(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-async def run_verify(ctx: CheckContext, index: int) -> CheckResult:
+async def run_verify(ctx: CheckContext, index: int, log: Logger) -> CheckResult:
     """Run one verify command in the repo, in its own process group, output to a file; judge it
-    by its exit code, then by its output (must_match / must_not_match)."""
+    by its exit code, then by its whole output (must_match / must_not_match), however much of
+    it the file keeps (a cut is logged: check.output_truncated)."""
     cmd = ctx.phase.verify[index]
     out_path = ctx.output_dir / f"verify-{ctx.phase.id}-{ctx.attempt}-{index}.log"
     name = f"verify[{index}]"
+    wanted = cmd.expect == "pass"
+    defaults = (
+        ctx.settings.expect_pass_must_not_match if wanted
+        else ctx.settings.expect_fail_must_not_match
+    )
+    must_not = [*cmd.must_not_match]
+    if cmd.default_must_not_match:
+        must_not += defaults.for_kind(ctx.phase.kind)
+    # judged as it streams: the file keeps only the head and the tail of a long output
+    judge = StreamJudge([*must_not, *cmd.must_match])
     started = time.monotonic()
     spec = WorkerSpec([*ctx.settings.verify_shell, cmd.run], ctx.env, ctx.plan.repo, out_path)
     rc: int | None = None
     try:
         # launched like a worker: own process group, output capped, nothing left behind
-        async with launch(spec, ctx.max_log_bytes, ctx.grace) as proc:
+        async with launch(spec, ctx.max_log_bytes, ctx.grace, judge.feed) as proc:
             with anyio.move_on_after(cmd.timeout):
                 rc = await proc.wait()
     except WorkerStartError as exc:
         return CheckResult(name, False, f"cannot run {cmd.run!r}: {exc}")
     took = round(time.monotonic() - started, 3)
+    if proc.dropped_bytes:
+        log.info(
+            "check.output_truncated", check=name, output=str(out_path),
+            max_log_bytes=ctx.max_log_bytes, output_bytes=proc.output_bytes,
+            dropped_bytes=proc.dropped_bytes,
+        )
     tail = tail_file(out_path, lines=15, max_bytes=4096)
     if rc is None:
         return CheckResult(
@@ -498,7 +504,6 @@ async def run_verify(ctx: CheckContext, index: int) -> CheckResult:
             details={"command": cmd.run, "output": str(out_path), "output_tail": tail},
         )
     passed = rc == 0
-    wanted = cmd.expect == "pass"
     details: dict[str, object] = {
         "command": cmd.run,
         "returncode": rc,
@@ -510,15 +515,7 @@ async def run_verify(ctx: CheckContext, index: int) -> CheckResult:
     if passed != wanted:
         reason = f"{cmd.run!r} exited {rc} but was expected to {cmd.expect}"
         return CheckResult(name, False, reason, details=details)
-    defaults = (
-        ctx.settings.expect_pass_must_not_match if wanted
-        else ctx.settings.expect_fail_must_not_match
-    )
-    must_not = [*cmd.must_not_match]
-    if cmd.default_must_not_match:
-        must_not += defaults.for_kind(ctx.phase.kind)
-    text = await anyio.to_thread.run_sync(_read_output, out_path)
-    broken = _judge_output(text, cmd.expect, cmd.must_match, must_not)
+    broken = _first_broken(judge.close(), cmd.must_match, must_not)
     if broken is None:
         checked = " and its output" if must_not or cmd.must_match else ""
         reason = f"{cmd.run!r} exited {rc} as expected ({cmd.expect}){checked}"
@@ -541,7 +538,7 @@ async def run_verify(ctx: CheckContext, index: int) -> CheckResult:
 
 async def inspect(ctx: CheckContext, log: Logger) -> list[CheckResult]:
     """Every checkpoint, in order, each audited as check.passed / check.failed / check.warning."""
-    results = [check_exit(ctx.outcome), check_log(ctx), check_report(ctx)]
+    results = [check_exit(ctx.outcome), await check_log(ctx), check_report(ctx)]
     results += check_completion(ctx)
     results += check_evidence(ctx)
     results += await marker_path_results(ctx.plan, ctx.phase, "marker_paths")
@@ -549,7 +546,7 @@ async def inspect(ctx: CheckContext, log: Logger) -> list[CheckResult]:
     for r in results:
         audit(log, r)
     for i in range(len(ctx.phase.verify)):
-        r = await run_verify(ctx, i)
+        r = await run_verify(ctx, i, log)
         audit(log, r)
         results.append(r)
     return results

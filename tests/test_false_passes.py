@@ -5,14 +5,13 @@ repositories, real processes and the real runner."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import agent_profile, make_config, make_plan, phase, run_plan
+from conftest import agent_profile, make_config, make_plan, run_plan
 
 from orchestrd.checks import CheckContext, check_report
 from orchestrd.config import CheckSettings
