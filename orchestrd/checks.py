@@ -40,6 +40,9 @@ FIXES: dict[str, str] = {
     "output shows (a bad option, a missing module, no tests found), then run it yourself",
     "must_match": "the command's output must show the expected result; run it yourself and "
     "fix what is missing",
+    "git_tampering": "restore .git/config, .git/info/ and .git/hooks/ as they were when the phase "
+    "began, and remove any .gitignore that ignores itself; never change how git sees the "
+    "repository",
     "stale": "the file is the same as before this phase began (left by an earlier run or plan): "
     "do this phase's work, then write the file anew with this attempt's real results",
 }
@@ -397,16 +400,26 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
         n for n, on in (("protect", protect), ("forbid_test_changes", forbid_tests),
                         ("forbidden_patterns", patterns)) if on
     ]
-    if not in_force:
-        return []
     diff = ctx.changes
+    # how git sees the repo is never a worker's to change, whatever rules are in force
+    tampering = [
+        violation(
+            "git_tampering", c.path, 0, "git_tampering",
+            f"{c.path} {_VERB.get(c.status, c.status)} during the phase"
+            + (": a .gitignore git ignores hides itself and what it names"
+               if c.path.endswith(".gitignore") else ": it decides how git sees the repository"),
+        )
+        for c in (diff.tampered if diff is not None else [])
+    ]
+    if not in_force:
+        return tampering
     if diff is None:
         why = ctx.git_problem or "no git snapshot"
         return [CheckResult("git", False, f"{why}; not checked: {', '.join(in_force)}", False)]
     exempt = ctx.plan.contract_files()
     protected = [glob_regex(g) for g in protect]
     tests = [glob_regex(g) for g in ctx.settings.test_globs]
-    results: list[CheckResult] = []
+    results: list[CheckResult] = tampering
     is_test: dict[str, bool] = {}
     for change in diff.files:
         path = change.path

@@ -238,7 +238,8 @@ class PlanRunner:
             return False
         config = self.get_config()
         # the phase's workers are judged on what they changed since the phase began
-        pgit = PhaseGit(Git(self.plan.repo, self.folder.workers, config.checks.git_timeout))
+        git = Git(self.plan.repo, self.folder.workers, config.checks.git_timeout)
+        pgit = PhaseGit(git, tuple(config.checks.test_globs))
         # and a report or completion file none of them wrote is no evidence of their work
         contract = ContractBaseline(self.plan, phase)
         policy = config.policy_for(self.plan.policy, phase.policy)
