@@ -5,13 +5,14 @@ repositories, real processes and the real runner."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import agent_profile, make_config, make_plan, run_plan
+from conftest import agent_profile, make_config, make_plan, phase, run_plan
 
 from orchestrd.checks import CheckContext, check_report
 from orchestrd.config import CheckSettings
@@ -150,3 +151,90 @@ def test_two_verdicts_outside_fences_that_disagree_are_a_contradiction(tmp_path:
         "reports/P01-worker.md: Status: PASS (line 5) and Status: FAIL (line 1) disagree; a "
         "report has one verdict [rule: contradiction]"
     )
+
+
+# -- 2. changes hidden from git -----------------------------------------------------------------
+
+
+async def run_trick(tmp_path: Path, trick: str, **env: str) -> Any:
+    repo = git_repo(
+        tmp_path / "repo",
+        {
+            "calc.py": "def add(a, b):\n    return 0\n",
+            "tests/test_calc.py": "from calc import add\n\ndef test_add():\n"
+            "    assert add(2, 3) == 5\n",
+        },
+    )
+    config = make_config(
+        tmp_path, policy={"max_remediations": 0},
+        workers={"hide": agent_profile("git_hide", AGENT_TRICK=trick, **env)},
+    )
+    plan = make_plan(tmp_path, repo=repo, worker="hide", phases=[phase("P01", kind="impl")])
+    return await run_plan(config, plan)
+
+
+@pytest.mark.parametrize("flag", ["skip-worktree", "assume-unchanged"])
+async def test_index_flags_do_not_hide_an_edited_test(tmp_path: Path, flag: str) -> None:
+    run = await run_trick(tmp_path, flag)
+    assert run.status == "failed"
+    assert failed(run.events("check.failed")) == [
+        ("test_changes", "forbid_test_changes", "tests/test_calc.py"),
+    ]
+    [changes] = run.events("worker.changes")
+    assert "M tests/test_calc.py" in changes["changed"]
+
+
+async def test_an_exclude_the_worker_adds_hides_nothing_and_is_reported(tmp_path: Path) -> None:
+    run = await run_trick(tmp_path, "exclude")
+    assert run.status == "failed"
+    assert failed(run.events("check.failed")) == [
+        ("git_tampering", "git_tampering", ".git/info/exclude"),
+        ("test_changes", "forbid_test_changes", "conftest.py"),
+    ]
+    [tamper] = [e for e in run.events("check.failed") if e["check"] == "git_tampering"]
+    assert tamper["reason"] == (
+        ".git/info/exclude: .git/info/exclude modified during the phase: it decides how git "
+        "sees the repository [rule: git_tampering]"
+    )
+
+
+async def test_a_gitignore_that_ignores_itself_and_a_new_test_is_seen(tmp_path: Path) -> None:
+    run = await run_trick(tmp_path, "gitignore")
+    assert run.status == "failed"
+    assert failed(run.events("check.failed")) == [
+        ("git_tampering", "git_tampering", "tests/.gitignore"),
+        ("test_changes", "forbid_test_changes", "tests/test_extra.py"),
+    ]
+    prompt_rules = run.events("phase.failed")[0]["reason"]
+    assert "a .gitignore git ignores hides itself and what it names" in prompt_rules
+
+
+async def test_no_program_the_repo_config_names_is_run_by_the_daemon(tmp_path: Path) -> None:
+    mark = tmp_path / "ran"
+    run = await run_trick(tmp_path, "programs", AGENT_MARK=str(mark))
+    assert run.status == "failed"
+    ran = sorted(p.name for p in os.scandir(tmp_path) if p.name.startswith("ran-"))
+    assert ran == ["ran-hook.sh"]  # the worker's own script: nothing ever ran it
+    checks = failed(run.events("check.failed"))
+    assert ("git_tampering", "git_tampering", ".git/config") in checks
+    assert ("git_tampering", "git_tampering", ".git/hooks/post-index-change") in checks
+    assert ("test_changes", "forbid_test_changes", "tests/test_calc.py") in checks
+
+
+# -- 5. worker.changes stays small --------------------------------------------------------------
+
+
+async def test_worker_changes_is_capped_and_says_what_was_cut(tmp_path: Path) -> None:
+    run = await run_trick(tmp_path, "many-files", AGENT_FILES="3000")
+    line = next(
+        raw for raw in run.config.audit_path.read_text().splitlines()
+        if '"worker.changes"' in raw
+    )
+    assert len(line) < 64 * 1024, len(line)
+    changes = json.loads(line)
+    assert changes["changed_count"] == 3002  # the files, the report, the completion file
+    assert len(changes["changed"]) == 500
+    assert changes["cut"] == {
+        "diffstat": 2902, "after.status": 2802, "changed": 2502,
+    }
+    assert changes["diffstat"].splitlines()[-1].startswith(" 3002 files changed")

@@ -1,0 +1,62 @@
+"""An implementation phase that weakens a test and hides it from git instead of implementing,
+by the trick named in $AGENT_TRICK:
+
+- `skip-worktree` / `assume-unchanged`: flags the test in the user's index, then rewrites it;
+- `exclude`: appends conftest.py to .git/info/exclude and writes a conftest that passes all;
+- `gitignore`: a new tests/.gitignore that ignores itself and a new test file;
+- `programs`: configures an fsmonitor, filter drivers, a textconv and an external diff, each
+  touching $AGENT_MARK-<what> if anyone ever runs it (and changes a test: they would hide it);
+- `many-files`: no trick, $AGENT_FILES new files (for the size of worker.changes).
+
+Then it writes a PASS report and the completion files, and exits 0.
+"""
+
+import os
+import subprocess
+from pathlib import Path
+
+import _agent
+
+
+def git(*args: str) -> None:
+    subprocess.run(["git", *args], check=True, capture_output=True)
+
+
+def spy(what: str) -> str:
+    return f"sh -c 'touch {os.environ['AGENT_MARK']}-{what}; cat'"
+
+
+_agent.start("git-hide")
+trick = os.environ["AGENT_TRICK"]
+test = Path("tests/test_calc.py")
+if trick in ("skip-worktree", "assume-unchanged"):
+    git("update-index", f"--{trick}", str(test))
+    test.write_text("def test_add():\n    assert True\n")
+elif trick == "exclude":
+    with open(".git/info/exclude", "a") as f:
+        f.write("conftest.py\n")
+    Path("conftest.py").write_text(
+        "import pytest\n\n@pytest.hookimpl(tryfirst=True)\n"
+        "def pytest_runtest_call(item):\n    return True\n"
+    )
+elif trick == "gitignore":
+    Path("tests/.gitignore").write_text(".gitignore\ntest_extra.py\n")
+    Path("tests/test_extra.py").write_text("def test_nothing():\n    pass\n")
+elif trick == "programs":
+    Path("tests/test_calc.py").write_text("def test_add():\n    assert True\n")
+    Path(".gitattributes").write_text("*.py filter=evil diff=evil\n")
+    hook = Path(os.environ["AGENT_MARK"] + "-hook.sh")
+    hook.write_text(f"#!/bin/sh\ntouch {os.environ['AGENT_MARK']}-fsmonitor\n")
+    hook.chmod(0o755)
+    git("config", "core.fsmonitor", str(hook))
+    git("config", "filter.evil.clean", spy("clean"))
+    git("config", "filter.evil.process", spy("process"))
+    git("config", "diff.evil.textconv", spy("textconv"))
+    git("config", "diff.external", spy("external"))
+    Path(".git/hooks/post-index-change").write_text(f"#!/bin/sh\n{spy('hook')}\n")
+    Path(".git/hooks/post-index-change").chmod(0o755)
+elif trick == "many-files":
+    Path("data").mkdir()
+    for i in range(int(os.environ["AGENT_FILES"])):
+        Path(f"data/generated-file-with-a-longish-name-{i:05d}.txt").write_text(f"{i}\n")
+_agent.finish_passing()
