@@ -63,7 +63,8 @@ EVENTS: dict[str, str] = {
     "worker.stalled": "the worker outlived its last poll (log_tail)",
     "worker.stopped": "the worker's process group was signalled (signal, why)",
     "worker.exited": "the worker process ended (returncode)",
-    "worker.changes": "git snapshot around the attempt: HEAD, status, diff stat before/after",
+    "worker.changes": "git snapshot around the attempt: HEAD, status, diff stat before/after "
+    "(capped; `cut` counts what was left out)",
     "worker.log_truncated": "the worker's output went over max_log_bytes; its head and tail were "
     "kept in the log, the middle dropped",
     "worker.orphan_stopped": "a worker recorded as live by a previous run was stopped (signal; "
