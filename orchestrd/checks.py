@@ -127,7 +127,11 @@ async def check_log(ctx: CheckContext) -> CheckResult:
     )
     patterns = ctx.settings.log_error_patterns
     # the whole log (its head and tail when it was cut), not only its end
-    found = await anyio.to_thread.run_sync(scan_file, ctx.log_path, patterns, ctx.prompt)
+    # bounded: a worker may write to its log file directly, past the pump's cap
+    limit = ctx.max_log_bytes + 64 * 1024
+    found = await anyio.to_thread.run_sync(
+        scan_file, ctx.log_path, patterns, ctx.prompt, limit
+    )
     for pattern in patterns:
         if m := found.get(pattern):
             return CheckResult("log_errors", False, f"log matches {pattern!r}: {m.text}", fatal)

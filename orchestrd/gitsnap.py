@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import shutil
 import stat
 import subprocess
 from collections.abc import Mapping
@@ -46,6 +47,14 @@ SAFE_CONFIG = (
     "core.sshCommand=false", "protocol.allow=never", "log.showSignature=false",
     "core.pager=cat", "gc.auto=0", "core.bare=false",
 )
+
+
+SNAPSHOT_REPO = "snapshot.git"  # in the plan's workers/ folder, for as long as the plan runs
+
+
+def drop_snapshots(scratch: Path) -> None:
+    """Remove a finished plan's snapshot repository (a thread: it may hold many objects)."""
+    shutil.rmtree(scratch / SNAPSHOT_REPO, ignore_errors=True)
 
 
 class GitError(OrchestrdError):
@@ -167,7 +176,7 @@ class Git:
     def __init__(self, repo: Path, scratch: Path, timeout: float) -> None:
         self.repo = repo
         self.scratch = scratch
-        self.shadow = scratch / "snapshot.git"
+        self.shadow = scratch / SNAPSHOT_REPO
         self.timeout = timeout
         self._top: str | None = None
         self._common: Path | None = None
@@ -291,8 +300,10 @@ class Git:
             await self.pin_ignores()
         head = (await self.run("rev-parse", "--verify", "-q", "HEAD", ok=(0, 1))).strip() or None
         tree = await self.working_tree(tag)
+        # submodules: their own config may name programs too
         status = await self.run(
-            "status", "--porcelain", "--untracked-files=all", "--", ".",
+            "status", "--porcelain", "--untracked-files=all", "--ignore-submodules=all", "--",
+            ".",
             extra=await self._filter_overrides(),
         )
         diffstat = ""

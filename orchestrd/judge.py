@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import os
 import re
-from collections.abc import Iterable
+import stat
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 WINDOW = 16 * 1024  # characters of earlier output a match may reach back into
@@ -82,25 +84,47 @@ class StreamJudge:
         self._window = keep
 
 
-def scan_file(path: Path, patterns: Iterable[str], without: str = "") -> dict[str, Match]:
-    """Every pattern's first match in a whole file, read piece by piece, with every occurrence
-    of `without` (an echoed prompt) taken out first (a thread: it reads the file)."""
+def _pieces(path: Path, limit: int) -> Iterator[bytes]:
+    """A file piece by piece; over `limit` bytes (a log the pump capped, written to directly
+    besides) only its first and last `limit // 2`."""
+    # never waits on a FIFO put where the log was
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return
+        size = st.st_size
+        left = limit // 2 if size > limit else size
+        while left > 0 and (piece := f.read(min(READ_BYTES, left))):
+            left -= len(piece)
+            yield piece
+        if size > limit:
+            f.seek(size - limit // 2)
+            while piece := f.read(READ_BYTES):
+                yield piece
+
+
+def scan_file(
+    path: Path, patterns: Iterable[str], without: str = "", limit: int = 1 << 62
+) -> dict[str, Match]:
+    """Every pattern's first match in a whole file (its head and tail beyond `limit`), read
+    piece by piece, with every occurrence of `without` (an echoed prompt) taken out first (a
+    thread: it reads the file)."""
     judge = StreamJudge(patterns)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     without = without.strip()
     # the end of a piece may hold the start of `without`: it waits for the next piece
     hold = max(len(without) - 1, 0)
+    blank = "\n" * without.count("\n")  # what stands in for it: line numbers stay true
     carry = ""
     try:
-        with open(path, "rb") as f:
-            while piece := f.read(READ_BYTES):
-                text = carry + decoder.decode(piece)
-                if without:
-                    text = text.replace(without, "")
-                carry = text[max(len(text) - hold, 0) :] if hold else ""
-                judge.feed_text(text[: len(text) - len(carry)])
+        for piece in _pieces(path, limit):
+            text = carry + decoder.decode(piece)
+            if without:
+                text = text.replace(without, blank)
+            carry = text[max(len(text) - hold, 0) :] if hold else ""
+            judge.feed_text(text[: len(text) - len(carry)])
     except OSError:
         return {}
     text = carry + decoder.decode(b"", final=True)
-    judge.feed_text(text.replace(without, "") if without else text)
+    judge.feed_text(text.replace(without, blank) if without else text)
     return judge.close()

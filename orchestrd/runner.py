@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 
 from .audit import Logger
 from .checks import (
@@ -25,7 +26,7 @@ from .checks import (
     inspect,
 )
 from .config import CheckSettings, Config, Policy, WorkerProfile
-from .gitsnap import Git, PhaseGit
+from .gitsnap import Git, PhaseGit, drop_snapshots
 from .plan import Phase, Plan
 from .policy import WatchOutcome, watch
 from .state import AttemptState, PhaseState, PlanFolder, PlanRecord, now_iso
@@ -215,8 +216,11 @@ class PlanRunner:
             if not await self.run_phase(phase):
                 reason = f"phase {phase.id} failed: {state.phases[phase.id].reason}"
                 await self.record.set_status(PlanStatus.FAILED, reason, phase=phase.id)
+                await anyio.to_thread.run_sync(drop_snapshots, self.folder.workers)
                 return PlanStatus.FAILED
         await self.record.set_status(PlanStatus.SUCCEEDED)
+        # kept while the plan may resume (its index spares hashing every file again)
+        await anyio.to_thread.run_sync(drop_snapshots, self.folder.workers)
         return PlanStatus.SUCCEEDED
 
     async def run_phase(self, phase: Phase) -> bool:

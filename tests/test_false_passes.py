@@ -182,6 +182,7 @@ async def test_index_flags_do_not_hide_an_edited_test(tmp_path: Path, flag: str)
     ]
     [changes] = run.events("worker.changes")
     assert "M tests/test_calc.py" in changes["changed"]
+    assert not (run.folder / "workers/snapshot.git").exists()  # gone with the plan
 
 
 async def test_an_exclude_the_worker_adds_hides_nothing_and_is_reported(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import anyio
 import pytest
 from conftest import agent_profile, make_config, make_plan, phase, run_plan
 
-from orchestrd.judge import Match, StreamJudge
+from orchestrd.judge import READ_BYTES, Match, StreamJudge, scan_file
 from orchestrd.worker import WorkerSpec, launch
 
 pytestmark = pytest.mark.anyio
@@ -87,3 +87,12 @@ def test_patterns_match_across_chunk_boundaries_with_their_line() -> None:
         r"^Ran 0 tests$": Match(r"^Ran 0 tests$", 2, "Ran 0 tests"),
         r"FAILED \(errors=\d+\)": Match(r"FAILED \(errors=\d+\)", 3, "FAILED (errors=2)é"),
     }
+
+
+def test_a_log_scan_skips_the_echoed_prompt_even_across_pieces(tmp_path: Path) -> None:
+    prompt = "Fix this:\nTraceback (most recent call last):\nValueError: old\n"
+    filler = "x" * (READ_BYTES - 20) + "\n"  # the prompt straddles the first piece's end
+    log = tmp_path / "w.log"
+    log.write_text(filler + prompt + "working\nError: real one\n")
+    found = scan_file(log, [r"Traceback", r"\bError:"], prompt)
+    assert found == {r"\bError:": Match(r"\bError:", 6, "Error: real one")}
