@@ -292,10 +292,12 @@ class Git:
         assert self._common is not None and self._gitdir is not None
         return await anyio.to_thread.run_sync(_git_files, self._common, self._gitdir)
 
-    async def snapshot(self, tag: str, watch: tuple[str, ...] = ()) -> Snapshot:
+    async def snapshot(
+        self, tag: str, watch: tuple[str, ...] = (), opaque: tuple[str, ...] = ()
+    ) -> Snapshot:
         """HEAD, the working tree, `git status`, the diffstat against HEAD, and the ignored
-        files matching the `watch` globs. The ignore rules outside the tree are pinned at the
-        first snapshot unless `pin_ignores` ran before."""
+        files matching the `watch` globs outside the `opaque` folders. The ignore rules outside
+        the tree are pinned at the first snapshot unless `pin_ignores` ran before."""
         if self._top is None:
             await self.pin_ignores()
         head = (await self.run("rev-parse", "--verify", "-q", "HEAD", ok=(0, 1))).strip() or None
@@ -312,7 +314,7 @@ class Git:
                 await self.run("diff", "--shortstat", "--relative", "--no-ext-diff",
                                "--no-textconv", head, tree, shadow=True)
             ).strip()
-        hidden = await self.hidden(watch)
+        hidden = await self.hidden(watch, opaque)
         lines = status.splitlines()
         return Snapshot(head, tree, lines[:STATUS_LINES], diffstat, len(lines), hidden)
 
@@ -337,10 +339,21 @@ class Git:
             raise GitError(f"snapshot {tag}: git write-tree gave no tree")
         return tree
 
-    async def hidden(self, watch: tuple[str, ...]) -> dict[str, str]:
-        """Ignored (untracked) files matching `watch` or named `.gitignore`, with blob ids."""
+    async def ignored_folders(self) -> tuple[str, ...]:
+        """The ignored folders there are now (node_modules/, .venv/, build/…): what they hold
+        is not the workers' to hide in, and walking them at every snapshot would cost."""
+        out = await self.run(
+            "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory",
+            shadow=True,
+        )
+        return tuple(p for p in out.split("\0") if p.endswith("/"))
+
+    async def hidden(self, watch: tuple[str, ...], opaque: tuple[str, ...]) -> dict[str, str]:
+        """Ignored (untracked) files matching `watch` or named `.gitignore`, outside the
+        `opaque` folders, with blob ids."""
         globs = [*watch, "**/.gitignore"]
         specs = [f":(glob){g}" for g in globs]
+        specs += [f":(exclude,literal){d}" for d in opaque]
         out = await self.run(
             "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--", *specs,
             shadow=True,
@@ -440,6 +453,8 @@ class PhaseGit:
         self.baseline: Snapshot | None = None
         self.before: Snapshot | None = None
         self.git_files: dict[str, str | None] = {}
+        self.opaque: tuple[str, ...] = ()
+        """Folders ignored at the baseline: ignored files in them are not compared."""
         self.touched: set[str] = set()
         self._checked = False
 
@@ -453,7 +468,8 @@ class PhaseGit:
             if self.baseline is None:
                 await self.git.pin_ignores()
                 self.git_files = await self.git.git_files()
-            self.before = await self.git.snapshot(f"{tag}-before", self.watch)
+                self.opaque = await self.git.ignored_folders()
+            self.before = await self.git.snapshot(f"{tag}-before", self.watch, self.opaque)
         except GitError as exc:
             self.problem, self.before = str(exc), None
             return
@@ -467,7 +483,7 @@ class PhaseGit:
         if self.problem is not None or before is None or self.baseline is None:
             return None, None
         try:
-            after = await self.git.snapshot(f"{tag}-after", self.watch)
+            after = await self.git.snapshot(f"{tag}-after", self.watch, self.opaque)
             mine = await self.git.changed(before.tree, after.tree)
             self.touched.update(c.path for c in mine)
             event = await self._event(before, after, mine)

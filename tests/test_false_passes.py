@@ -160,6 +160,8 @@ async def run_trick(tmp_path: Path, trick: str, **env: str) -> Any:
     repo = git_repo(
         tmp_path / "repo",
         {
+            ".gitignore": ".agent/\n__pycache__/\nnode_modules/\n",
+            "node_modules/.keep": "",
             "calc.py": "def add(a, b):\n    return 0\n",
             "tests/test_calc.py": "from calc import add\n\ndef test_add():\n"
             "    assert add(2, 3) == 5\n",
@@ -220,6 +222,15 @@ async def test_no_program_the_repo_config_names_is_run_by_the_daemon(tmp_path: P
     assert ("git_tampering", "git_tampering", ".git/config") in checks
     assert ("git_tampering", "git_tampering", ".git/hooks/post-index-change") in checks
     assert ("test_changes", "forbid_test_changes", "tests/test_calc.py") in checks
+
+
+async def test_test_files_in_a_folder_ignored_before_the_phase_are_not_compared(
+    tmp_path: Path,
+) -> None:
+    # node_modules/ was there (and ignored) at the baseline: what a package brings is not a
+    # test the worker changed
+    run = await run_trick(tmp_path, "deps")
+    assert run.status == "succeeded", run.events("check.failed")
 
 
 # -- 5. worker.changes stays small --------------------------------------------------------------

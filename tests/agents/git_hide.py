@@ -6,7 +6,9 @@ by the trick named in $AGENT_TRICK:
 - `gitignore`: a new tests/.gitignore that ignores itself and a new test file;
 - `programs`: configures an fsmonitor, filter drivers, a textconv and an external diff, each
   touching $AGENT_MARK-<what> if anyone ever runs it (and changes a test: they would hide it);
-- `many-files`: no trick, $AGENT_FILES new files (for the size of worker.changes).
+- `many-files`: no trick, $AGENT_FILES new files (for the size of worker.changes);
+- `deps`: no trick either: implements add, and installs a package whose tests land in the
+  ignored node_modules/ (there before the phase).
 
 Then it writes a PASS report and the completion files, and exits 0.
 """
@@ -55,6 +57,10 @@ elif trick == "programs":
     git("config", "diff.external", spy("external"))
     Path(".git/hooks/post-index-change").write_text(f"#!/bin/sh\n{spy('hook')}\n")
     Path(".git/hooks/post-index-change").chmod(0o755)
+elif trick == "deps":
+    Path("calc.py").write_text("def add(a, b):\n    return a + b\n")
+    Path("node_modules/left-pad/tests").mkdir(parents=True)
+    Path("node_modules/left-pad/tests/test_pad.py").write_text("def test_pad():\n    pass\n")
 elif trick == "many-files":
     Path("data").mkdir()
     for i in range(int(os.environ["AGENT_FILES"])):
