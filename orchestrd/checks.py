@@ -394,8 +394,27 @@ def change_rules(
 _VERB = {"A": "added", "M": "modified", "D": "deleted", "T": "changed (type)"}
 
 
+def _tampering(diff: Diff | None) -> list[CheckResult]:
+    """How git sees the repo is never a worker's to change, whatever rules are in force."""
+    return _capped(
+        [
+            violation(
+                "git_tampering", c.path, 0, "git_tampering",
+                f"{c.path} {_VERB.get(c.status, c.status)} during the phase"
+                + (": a .gitignore git ignores hides itself and what it names"
+                   if c.path.endswith(".gitignore")
+                   else ": it decides how git sees the repository"),
+            )
+            for c in (diff.tampered if diff is not None else [])
+        ],
+        "git_tampering",
+    )
+
+
 def check_changes(ctx: CheckContext) -> list[CheckResult]:
-    """protect, forbid_test_changes and forbidden_patterns on what the phase's workers changed.
+    """protect, forbid_test_changes and forbidden_patterns on what the phase's workers changed,
+    and git tampering. Each rule's findings are capped (MAX_FINDINGS): a worker that changes
+    10,000 files gets a readable verdict, not 10,000 events.
 
     The plan's report and completion files are what workers are asked to write: never counted.
     """
@@ -405,16 +424,7 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
                         ("forbidden_patterns", patterns)) if on
     ]
     diff = ctx.changes
-    # how git sees the repo is never a worker's to change, whatever rules are in force
-    tampering = [
-        violation(
-            "git_tampering", c.path, 0, "git_tampering",
-            f"{c.path} {_VERB.get(c.status, c.status)} during the phase"
-            + (": a .gitignore git ignores hides itself and what it names"
-               if c.path.endswith(".gitignore") else ": it decides how git sees the repository"),
-        )
-        for c in (diff.tampered if diff is not None else [])
-    ]
+    tampering = _tampering(diff)
     if not in_force:
         return tampering
     if diff is None:
@@ -423,7 +433,7 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
     exempt = ctx.plan.contract_files()
     protected = [glob_regex(g) for g in protect]
     tests = [glob_regex(g) for g in ctx.settings.test_globs]
-    results: list[CheckResult] = tampering
+    found: dict[str, list[CheckResult]] = {"protect": [], "test_changes": []}
     is_test: dict[str, bool] = {}
     for change in diff.files:
         path = change.path
@@ -433,15 +443,33 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
         line = diff.first_line.get(path, 0)
         verb = _VERB.get(change.status, change.status)
         if any(p.match(path) for p in protected):
-            results.append(violation("protect", path, line, "protect", f"protected file {verb}"))
+            found["protect"].append(
+                violation("protect", path, line, "protect", f"protected file {verb}")
+            )
         if forbid_tests and is_test[path]:
-            results.append(
+            found["test_changes"].append(
                 violation(
                     "test_changes", path, line, "forbid_test_changes",
                     f"test file {verb} in a {ctx.phase.kind} phase; tests are fixed before "
                     "the implementation",
                 )
             )
+    results = tampering + [r for name, rs in found.items() for r in _capped(rs, name)]
+    results += _capped(_forbidden(diff, patterns, is_test, exempt), "forbidden_patterns")
+    if results:
+        return results
+    return [
+        CheckResult(
+            "changes", True,
+            f"{len(diff.files)} changed file(s); {', '.join(in_force)}: ok",
+        )
+    ]
+
+
+def _forbidden(
+    diff: Diff, patterns: list[str], is_test: dict[str, bool], exempt: list[re.Pattern[str]]
+) -> list[CheckResult]:
+    """Lines the workers added to non-test files that match a forbidden pattern."""
     compiled = [re.compile(p) for p in patterns]
     hits = []
     for added in diff.added:
@@ -456,15 +484,7 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
                     )
                 )
                 break
-    results += _capped(hits, "forbidden_patterns")
-    if results:
-        return results
-    return [
-        CheckResult(
-            "changes", True,
-            f"{len(diff.files)} changed file(s); {', '.join(in_force)}: ok",
-        )
-    ]
+    return hits
 
 
 def _first_broken(

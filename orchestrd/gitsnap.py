@@ -246,9 +246,13 @@ class Git:
         rc, out, _ = await self._run(("config", "-z", "--name-only", "--get-regexp", "^filter[.]"))
         # filter.<name>.<key>, where the name may hold dots itself
         names = {n[7 : n.rindex(".")] for n in out.split("\0") if n.count(".") >= 2}
-        keys = ("clean", "smudge", "process")
+        # required=false: an emptied driver that is required would fail `git status` (LFS)
+        keys = ("clean", "smudge", "process", "required")
         names = names if rc == 0 else set()
-        return tuple(x for n in sorted(names) for k in keys for x in ("-c", f"filter.{n}.{k}="))
+        return tuple(
+            x for n in sorted(names) for k in keys
+            for x in ("-c", f"filter.{n}.{k}=" + ("false" if k == "required" else ""))
+        )
 
     async def pin_ignores(self) -> None:
         """Create our snapshot repository (once) and pin the ignore rules from outside the tree

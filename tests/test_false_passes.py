@@ -250,3 +250,11 @@ async def test_worker_changes_is_capped_and_says_what_was_cut(tmp_path: Path) ->
         "diffstat": 2902, "after.status": 2802, "changed": 2502,
     }
     assert changes["diffstat"].splitlines()[-1].startswith(" 3002 files changed")
+
+
+async def test_findings_per_rule_are_capped(tmp_path: Path) -> None:
+    run = await run_trick(tmp_path, "many-files", AGENT_FILES="30", AGENT_DIR="tests")
+    assert run.status == "failed"
+    found = [e for e in run.events("check.failed") if e["check"] == "test_changes"]
+    assert len(found) == 21
+    assert found[-1]["reason"] == "… and 10 more like these"

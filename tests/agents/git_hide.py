@@ -6,7 +6,8 @@ by the trick named in $AGENT_TRICK:
 - `gitignore`: a new tests/.gitignore that ignores itself and a new test file;
 - `programs`: configures an fsmonitor, filter drivers, a textconv and an external diff, each
   touching $AGENT_MARK-<what> if anyone ever runs it (and changes a test: they would hide it);
-- `many-files`: no trick, $AGENT_FILES new files (for the size of worker.changes);
+- `many-files`: $AGENT_FILES new files in $AGENT_DIR (data/: for the size of worker.changes;
+  tests/: for the number of findings);
 - `deps`: no trick either: implements add, and installs a package whose tests land in the
   ignored node_modules/ (there before the phase).
 
@@ -62,7 +63,8 @@ elif trick == "deps":
     Path("node_modules/left-pad/tests").mkdir(parents=True)
     Path("node_modules/left-pad/tests/test_pad.py").write_text("def test_pad():\n    pass\n")
 elif trick == "many-files":
-    Path("data").mkdir()
+    folder = Path(os.environ.get("AGENT_DIR", "data"))
+    folder.mkdir(exist_ok=True)
     for i in range(int(os.environ["AGENT_FILES"])):
-        Path(f"data/generated-file-with-a-longish-name-{i:05d}.txt").write_text(f"{i}\n")
+        (folder / f"generated-file-with-a-longish-name-{i:05d}.txt").write_text(f"{i}\n")
 _agent.finish_passing()
