@@ -96,6 +96,8 @@ def contract_trailer(
         )
         + "."
         + "".join(f" Each needs a line {required[r]}." for r in phase.completion_requires),
+        "- Write both in this attempt: a report or completion file left as it was before this "
+        "phase began (by an earlier run or plan) is no evidence.",
     ]
     lines += [
         f"- At least {mp.min} file(s) matching `{mp.glob}` must contain the marker(s) too."
@@ -243,7 +245,9 @@ class PlanRunner:
         config = self.get_config()
         # the phase's workers are judged on what they changed since the phase began
         git = Git(self.plan.repo, self.folder.workers, config.checks.git_timeout)
-        pgit = PhaseGit(git, tuple(config.checks.test_globs))
+        # ignored files matching these are compared too: hiding one from git hides nothing
+        watch = (*config.checks.test_globs, *self.plan.protected_globs(phase))
+        pgit = PhaseGit(git, tuple(dict.fromkeys(watch)))
         # and a report or completion file none of them wrote is no evidence of their work
         contract = ContractBaseline(self.plan, phase)
         policy = config.policy_for(self.plan.policy, phase.policy)
