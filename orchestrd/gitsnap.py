@@ -45,8 +45,11 @@ SAFE_CONFIG = (
     "core.untrackedCache=false", "core.splitIndex=false", "core.ignoreStat=false",
     "core.trustctime=true", "core.checkStat=default", "core.attributesFile=/dev/null",
     "core.sshCommand=false", "protocol.allow=never", "log.showSignature=false",
-    "core.pager=cat", "gc.auto=0", "core.bare=false",
+    "core.pager=cat", "gc.auto=0", "core.bare=false", f"core.excludesFile={os.devnull}",
 )
+# In our snapshot repository only: its work tree is the user's; its ignore rules from outside
+# the tree are the ones pinned in its info/exclude (the user's default excludes file is live).
+_SHADOW_ONLY = frozenset({"core.bare=false", f"core.excludesFile={os.devnull}"})
 
 
 SNAPSHOT_REPO = "snapshot.git"  # in the plan's workers/ folder, for as long as the plan runs
@@ -153,10 +156,12 @@ def _regular(base: Path, paths: list[str]) -> list[str]:
     return regular
 
 
-def _git_files(common: Path, gitdir: Path) -> dict[str, str | None]:
+def _git_files(common: Path, gitdir: Path, excludes: Path | None) -> dict[str, str | None]:
     """What decides how git sees and runs in the repository: config, info/exclude,
-    info/attributes, every hook (a thread: it reads files)."""
+    info/attributes, every hook, the core.excludesFile (a thread: it reads files)."""
     found: dict[str, str | None] = {}
+    if excludes is not None:
+        found[f"core.excludesFile {excludes}"] = _digest(excludes)
     for rel in ("config", "info/exclude", "info/attributes"):
         found[f".git/{rel}"] = _digest(common / rel)
     found[".git/config.worktree"] = _digest(gitdir / "config.worktree")
@@ -181,6 +186,7 @@ class Git:
         self._top: str | None = None
         self._common: Path | None = None
         self._gitdir: Path | None = None
+        self._excludes: Path | None = None
 
     async def _run(
         self, args: tuple[str, ...], shadow: bool = False, extra: tuple[str, ...] = ()
@@ -189,7 +195,7 @@ class Git:
         if shadow:
             assert self._top is not None
             env.update(GIT_DIR=str(self.shadow), GIT_WORK_TREE=self._top)
-        safe = [x for c in SAFE_CONFIG if shadow or c != "core.bare=false" for x in ("-c", c)]
+        safe = [x for c in SAFE_CONFIG if shadow or c not in _SHADOW_ONLY for x in ("-c", c)]
         argv = ["git", *safe, *extra, *args]
         try:
             with anyio.fail_after(self.timeout):
@@ -269,24 +275,28 @@ class Git:
         await (shadow / "info/exclude").write_bytes(rules)
 
     def _ignore_rules(self) -> bytes:
-        assert self._common is not None
+        assert self._common is not None and self._top is not None
+        self._excludes = self._excludes_file(Path(self._top))
         rules = b""
-        for path in (self._common / "info/exclude", self._excludes_file()):
+        for path in (self._common / "info/exclude", self._excludes):
             if path is not None and os.path.isfile(path):
                 with open(path, "rb") as f:
                     rules += f.read(GIT_FILE_BYTES) + b"\n"
         return rules
 
-    def _excludes_file(self) -> Path | None:
+    def _excludes_file(self, top: Path) -> Path | None:
         # read with the user's own config, at the baseline only (before any worker ran)
         env = {k: v for k, v in _git_env().items() if k != "GIT_CONFIG_GLOBAL"}
-        done = subprocess.run(
-            ["git", "config", "--path", "--get", "core.excludesFile"], cwd=self.repo, env=env,
-            capture_output=True, text=True, timeout=self.timeout, check=False,
-            stdin=subprocess.DEVNULL,
-        )
+        try:
+            done = subprocess.run(
+                ["git", "config", "--path", "--get", "core.excludesFile"], cwd=self.repo,
+                env=env, capture_output=True, text=True, timeout=self.timeout, check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise GitError(f"git config core.excludesFile failed: {exc}") from None
         if done.returncode == 0 and done.stdout.strip():
-            return Path(done.stdout.strip()).expanduser()
+            return top / Path(done.stdout.strip()).expanduser()  # relative: to the top
         config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
         return Path(config_home) / "git" / "ignore"
 
@@ -294,7 +304,9 @@ class Git:
         if self._common is None or self._gitdir is None:
             await self._locate()
         assert self._common is not None and self._gitdir is not None
-        return await anyio.to_thread.run_sync(_git_files, self._common, self._gitdir)
+        return await anyio.to_thread.run_sync(
+            _git_files, self._common, self._gitdir, self._excludes
+        )
 
     async def snapshot(
         self, tag: str, watch: tuple[str, ...] = (), opaque: tuple[str, ...] = ()

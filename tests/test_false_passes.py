@@ -201,6 +201,21 @@ async def test_an_exclude_the_worker_adds_hides_nothing_and_is_reported(tmp_path
     )
 
 
+async def test_the_users_excludes_file_is_pinned_at_the_baseline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ignore = tmp_path / "xdg/git/ignore"
+    ignore.parent.mkdir(parents=True)
+    ignore.write_text("*.swp\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    run = await run_trick(tmp_path, "global-exclude", AGENT_IGNORE=str(ignore))
+    assert run.status == "failed"
+    assert failed(run.events("check.failed")) == [
+        ("git_tampering", "git_tampering", f"core.excludesFile {ignore}"),
+        ("test_changes", "forbid_test_changes", "conftest.py"),
+    ]
+
+
 async def test_a_gitignore_that_ignores_itself_and_a_new_test_is_seen(tmp_path: Path) -> None:
     run = await run_trick(tmp_path, "gitignore")
     assert run.status == "failed"
