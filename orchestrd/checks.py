@@ -83,6 +83,8 @@ class CheckContext:
     """What the phase's workers changed in the repo; None when git cannot tell."""
     git_problem: str | None = None
     """Why `changes` is None (not a git checkout, git failed)."""
+    git_broken: bool = False
+    """git worked when the phase began and failed after an attempt: no warning, a failure."""
     stale: frozenset[str] = frozenset()
     """Contract files (repo-relative) no worker of the phase wrote: unchanged since it began."""
 
@@ -425,11 +427,26 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
     ]
     diff = ctx.changes
     tampering = _tampering(diff)
+    if ctx.git_broken:
+        # a worker that breaks the repo must not thereby escape the rules
+        tampering.append(
+            CheckResult(
+                "git_tampering", False,
+                f"git worked when the phase began, now: {ctx.git_problem}; restore the "
+                "repository [rule: git_tampering]",
+                details={"rule": "git_tampering"},
+            )
+        )
     if not in_force:
         return tampering
     if diff is None:
         why = ctx.git_problem or "no git snapshot"
-        return [CheckResult("git", False, f"{why}; not checked: {', '.join(in_force)}", False)]
+        return [
+            *tampering,
+            CheckResult(
+                "git", False, f"{why}; not checked: {', '.join(in_force)}", ctx.git_broken
+            ),
+        ]
     exempt = ctx.plan.contract_files()
     protected = [glob_regex(g) for g in protect]
     tests = [glob_regex(g) for g in ctx.settings.test_globs]

@@ -478,8 +478,8 @@ class PhaseGit:
         if not self._checked:
             self._checked = True
             self.problem = await self.git.problem()
-        if self.problem is not None:
-            return
+        if self.problem is not None and self.baseline is None:
+            return  # no checkout (or git failed before the phase began): no git rules
         try:
             if self.baseline is None:
                 await self.git.pin_ignores()
@@ -489,8 +489,14 @@ class PhaseGit:
         except GitError as exc:
             self.problem, self.before = str(exc), None
             return
+        self.problem = None  # git works again (a remediation repaired what a worker broke)
         if self.baseline is None:
             self.baseline = self.before
+
+    @property
+    def broken(self) -> bool:
+        """git worked when the phase began and fails now: a worker broke the repository."""
+        return self.baseline is not None and self.problem is not None
 
     async def end_attempt(self, tag: str) -> tuple[dict[str, object] | None, Diff | None]:
         """(fields of the worker.changes event, the phase's diff for the rules) — (None, None)

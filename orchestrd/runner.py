@@ -395,7 +395,8 @@ class PlanRunner:
             plan=self.plan, phase=phase, settings=config.checks, outcome=outcome,
             log_path=log_path, output_dir=self.folder.workers, attempt=n, env=env,
             grace=policy.stop_grace, max_log_bytes=config.max_log_bytes, prompt=prompt,
-            report=report, changes=diff, git_problem=pgit.problem, stale=stale,
+            report=report, changes=diff, git_problem=pgit.problem, git_broken=pgit.broken,
+            stale=stale,
         )
         return await inspect(ctx, wlog), log_path
 

@@ -239,6 +239,15 @@ async def test_no_program_the_repo_config_names_is_run_by_the_daemon(tmp_path: P
     assert ("test_changes", "forbid_test_changes", "tests/test_calc.py") in checks
 
 
+async def test_a_repository_broken_during_the_phase_fails_it(tmp_path: Path) -> None:
+    run = await run_trick(tmp_path, "break-head")
+    assert run.status == "failed"
+    assert [(e["check"], e.get("rule")) for e in run.events("check.failed")] == [
+        ("git_tampering", "git_tampering"), ("git", None),
+    ]
+    assert run.events("check.warning") == []
+
+
 async def test_test_files_in_a_folder_ignored_before_the_phase_are_not_compared(
     tmp_path: Path,
 ) -> None:

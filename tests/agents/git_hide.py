@@ -7,6 +7,7 @@ by the trick named in $AGENT_TRICK:
 - `gitignore`: a new tests/.gitignore that ignores itself and a new test file;
 - `programs`: configures an fsmonitor, filter drivers, a textconv and an external diff, each
   touching $AGENT_MARK-<what> if anyone ever runs it (and changes a test: they would hide it);
+- `break-head`: rewrites the test, then writes garbage into .git/HEAD (git fails from then on);
 - `many-files`: $AGENT_FILES new files in $AGENT_DIR (data/: for the size of worker.changes;
   tests/: for the number of findings);
 - `deps`: no trick either: implements add, and installs a package whose tests land in the
@@ -63,6 +64,9 @@ elif trick == "programs":
     git("config", "diff.external", spy("external"))
     Path(".git/hooks/post-index-change").write_text(f"#!/bin/sh\n{spy('hook')}\n")
     Path(".git/hooks/post-index-change").chmod(0o755)
+elif trick == "break-head":
+    test.write_text("def test_add():\n    assert True\n")
+    Path(".git/HEAD").write_text("garbage\n")
 elif trick == "deps":
     Path("calc.py").write_text("def add(a, b):\n    return a + b\n")
     Path("node_modules/left-pad/tests").mkdir(parents=True)
