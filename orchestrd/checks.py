@@ -510,7 +510,7 @@ def _first_broken(
     """The first output rule broken: (rule, line, pattern, the line's text), or None."""
     for pattern in must_not:
         if m := found.get(pattern):
-            return "must_not_match", m.line, pattern, m.text
+            return "must_not_match", m.line, pattern, m.text[:160]
     for pattern in must:
         if pattern not in found:
             return "must_match", 0, pattern, ""

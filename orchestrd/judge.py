@@ -17,6 +17,7 @@ from pathlib import Path
 
 WINDOW = 16 * 1024  # characters of earlier output a match may reach back into
 READ_BYTES = 1024 * 1024  # one read of a file judged from disk
+QUOTE_CHARS = 200  # of the line a match is on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Match:
     line: int
     """1-based line of the match's start."""
     text: str
-    """That line, stripped, at most 160 characters."""
+    """That line, stripped, at most QUOTE_CHARS characters."""
 
 
 class StreamJudge:
@@ -73,7 +74,7 @@ class StreamJudge:
             if m := rx.search(text):
                 start = text.rfind("\n", 0, m.start()) + 1
                 end = text.find("\n", m.start())
-                quote = text[start : end if end != -1 else len(text)].strip()[:160]
+                quote = text[start : end if end != -1 else len(text)].strip()[:QUOTE_CHARS]
                 line = self._line + text.count("\n", 0, m.start())
                 self.found[pattern] = Match(pattern, line, quote)
         keep = text[-WINDOW:]
