@@ -35,7 +35,8 @@ CHANGED_FILES = 500  # changed paths kept in an audit event
 DIFFSTAT_LINES = 100  # per-file lines of a diffstat kept in an audit event (and its summary)
 COMMITS = 50  # commits listed in an audit event
 LINE_CHARS = 300  # one path, status or diffstat line in an audit event
-GIT_FILE_BYTES = 1024 * 1024  # hashed of one file under .git (config, a hook)
+GIT_FILE_BYTES = 64 * 1024 * 1024  # hashed of one file under .git (config, a hook)
+IGNORE_BYTES = 1024 * 1024  # read of an exclude file pinned for a phase
 HOOK_FILES = 1000  # entries of .git/hooks/ compared
 _HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(?P<start>\d+)(?:,(?P<count>\d+))? @@")
 # Every git call: nothing the repository's config or a worker names is run, and the stat data
@@ -134,17 +135,21 @@ def _cap_lines(lines: list[str], keep: int, cut: dict[str, int], key: str) -> li
 
 
 def _digest(path: Path) -> str | None:
-    """Size and hash of a regular file's first GIT_FILE_BYTES; None when missing; a mode for
-    anything else (never opened, so a FIFO is never waited on)."""
+    """Size, mode and hash of a regular file's first GIT_FILE_BYTES; None when missing; the
+    mode of anything else (never opened, so a FIFO is never waited on)."""
+    digest = hashlib.sha256()
     try:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode):
             return f"mode {stat.filemode(st.st_mode)}"
         with open(path, "rb") as f:
-            data = f.read(GIT_FILE_BYTES)
+            left = GIT_FILE_BYTES
+            while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+                digest.update(chunk)
+                left -= len(chunk)
     except OSError:
         return None
-    return f"{st.st_size}:{st.st_mode & 0o777:o}:{hashlib.sha256(data).hexdigest()}"
+    return f"{st.st_size}:{st.st_mode & 0o777:o}:{digest.hexdigest()}"
 
 
 def _regular(base: Path, paths: list[str]) -> list[str]:
@@ -281,7 +286,7 @@ class Git:
         for path in (self._common / "info/exclude", self._excludes):
             if path is not None and os.path.isfile(path):
                 with open(path, "rb") as f:
-                    rules += f.read(GIT_FILE_BYTES) + b"\n"
+                    rules += f.read(IGNORE_BYTES) + b"\n"
         return rules
 
     def _excludes_file(self, top: Path) -> Path | None:
