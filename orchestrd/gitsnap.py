@@ -35,9 +35,9 @@ CHANGED_FILES = 500  # changed paths kept in an audit event
 DIFFSTAT_LINES = 100  # per-file lines of a diffstat kept in an audit event (and its summary)
 COMMITS = 50  # commits listed in an audit event
 LINE_CHARS = 300  # one path, status or diffstat line in an audit event
-GIT_FILE_BYTES = 64 * 1024 * 1024  # hashed of one file under .git (config, a hook)
+GIT_FILE_BYTES = 4 * 1024 * 1024  # hashed of one file under .git (with its size and mode)
 IGNORE_BYTES = 1024 * 1024  # read of an exclude file pinned for a phase
-HOOK_FILES = 1000  # entries of .git/hooks/ compared
+HOOK_FILES = 200  # entries of .git/hooks/ compared (bounds the time a snapshot takes)
 _HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(?P<start>\d+)(?:,(?P<count>\d+))? @@")
 # Every git call: nothing the repository's config or a worker names is run, and the stat data
 # of our own index is never trusted blindly.
