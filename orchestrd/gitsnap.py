@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -172,9 +173,11 @@ def _git_files(common: Path, gitdir: Path, excludes: Path | None) -> dict[str, s
     found[".git/config.worktree"] = _digest(gitdir / "config.worktree")
     hooks = common / "hooks"
     with contextlib.suppress(OSError):
-        for n, entry in enumerate(sorted(hooks.rglob("*"))):
-            if n >= HOOK_FILES:
-                break
+        entries = list(itertools.islice(hooks.rglob("*"), HOOK_FILES + 1))
+        if len(entries) > HOOK_FILES:  # walked no further: the same answer while it stays so
+            found[".git/hooks/"] = f"more than {HOOK_FILES} entries"
+            return found
+        for entry in sorted(entries):
             found[f".git/hooks/{entry.relative_to(hooks).as_posix()}"] = _digest(entry)
     return found
 
