@@ -18,7 +18,6 @@ from .checks import (
     FIXES,
     CheckContext,
     CheckResult,
-    ContractBaseline,
     audit,
     change_rules,
     check_prerequisites,
@@ -26,6 +25,7 @@ from .checks import (
     inspect,
 )
 from .config import CheckSettings, Config, Policy, WorkerProfile
+from .contract import ContractBaseline
 from .gitsnap import Git, PhaseGit, drop_snapshots
 from .plan import Phase, Plan
 from .policy import WatchOutcome, watch
