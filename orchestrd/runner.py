@@ -217,12 +217,12 @@ class PlanRunner:
                 continue
             if not await self.run_phase(phase):
                 reason = f"phase {phase.id} failed: {state.phases[phase.id].reason}"
-                await self.record.set_status(PlanStatus.FAILED, reason, phase=phase.id)
                 await anyio.to_thread.run_sync(drop_snapshots, self.folder.workers)
+                await self.record.set_status(PlanStatus.FAILED, reason, phase=phase.id)
                 return PlanStatus.FAILED
-        await self.record.set_status(PlanStatus.SUCCEEDED)
         # kept while the plan may resume (its index spares hashing every file again)
         await anyio.to_thread.run_sync(drop_snapshots, self.folder.workers)
+        await self.record.set_status(PlanStatus.SUCCEEDED)
         return PlanStatus.SUCCEEDED
 
     async def run_phase(self, phase: Phase) -> bool:

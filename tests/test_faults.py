@@ -123,6 +123,7 @@ def test_a_gigabyte_of_output_is_cut_at_max_log_bytes_and_the_daemon_stays_small
 
     daemon.submit("flood", worker="flood")
     daemon.wait_event("plan.succeeded", plan="flood", timeout=60)
+    daemon.wait_event("plan.archived", plan="flood", timeout=60)  # the log is read from there
 
     peak = rss_kib(daemon.pid, "VmHWM")  # the most it ever held, the flood included
     assert peak - before < 64 * 1024, f"RSS grew from {before} KiB to a peak of {peak} KiB"
