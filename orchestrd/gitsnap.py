@@ -417,15 +417,21 @@ class Git:
                            a, b, shadow=True)
         ).rstrip()
 
-    async def commits(self, a: str | None, b: str | None) -> list[str]:
-        """Commits made between two HEADs (none if HEAD did not move forward)."""
+    async def commits(self, a: str | None, b: str | None) -> tuple[list[str], int]:
+        """The first COMMITS commits made between two HEADs (none if HEAD did not move
+        forward), and how many there are."""
         if b is None or a == b:
-            return []
+            return [], 0
         span = b if a is None else f"{a}..{b}"
         out = await self.run(
-            "log", "--oneline", "--no-decorate", "--no-show-signature", "-n", str(COMMITS), span,
+            "log", "--oneline", "--no-decorate", "--no-show-signature", "-n", str(COMMITS + 1),
+            span,
         )
-        return out.splitlines()
+        lines = out.splitlines()
+        if len(lines) <= COMMITS:
+            return lines, len(lines)
+        count = await self.run("rev-list", "--count", span)
+        return lines[:COMMITS], int(count.strip() or 0)
 
 
 def _unquote(path: str) -> str:
@@ -552,7 +558,9 @@ class PhaseGit:
         diffstat = _cap_lines(stat_lines[:-1], DIFFSTAT_LINES, cut, "diffstat")
         if stat_lines:
             diffstat.append(_cap(stat_lines[-1]))  # the summary: N files changed, …
-        commits = await self.git.commits(before.head, after.head)
+        commits, n_commits = await self.git.commits(before.head, after.head)
+        if n_commits > len(commits):
+            cut["commits"] = n_commits - len(commits)
         event: dict[str, object] = {
             "before": {**before.as_event(),
                        "status": _cap_lines(before.status, STATUS_LINES, cut, "before.status")},
@@ -562,7 +570,7 @@ class PhaseGit:
                                   "changed"),
             "changed_count": len(mine),
             "diffstat": "\n".join(diffstat),
-            "commits": _cap_lines(commits, COMMITS, cut, "commits"),
+            "commits": [_cap(c) for c in commits],
         }
         if cut:
             event["cut"] = cut

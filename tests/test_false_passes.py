@@ -16,6 +16,7 @@ from conftest import agent_profile, make_config, make_plan, phase, run_plan
 
 from orchestrd.checks import CheckContext, check_report
 from orchestrd.config import CheckSettings
+from orchestrd.gitsnap import COMMITS, Git, PhaseGit
 from orchestrd.plan import Plan
 from orchestrd.policy import WatchOutcome
 
@@ -282,3 +283,17 @@ async def test_findings_per_rule_are_capped(tmp_path: Path) -> None:
     found = [e for e in run.events("check.failed") if e["check"] == "test_changes"]
     assert len(found) == 21
     assert found[-1]["reason"] == "… and 10 more like these"
+
+
+async def test_commits_are_listed_up_to_a_cap_and_counted(tmp_path: Path) -> None:
+    repo = git_repo(tmp_path / "repo")
+    g = Git(repo, tmp_path / "scratch", timeout=10)
+    before = await g.snapshot("t")
+    for i in range(COMMITS + 3):
+        git(repo, "commit", "-q", "--allow-empty", "-m", f"commit {i} " + "x" * 400)
+    after = await g.snapshot("t")
+    commits, count = await g.commits(before.head, after.head)
+    assert (len(commits), count) == (COMMITS, COMMITS + 3)
+    event = await PhaseGit(g)._event(before, after, [])
+    assert event["cut"] == {"commits": 3}
+    assert all(len(c) <= 300 for c in event["commits"])  # type: ignore[attr-defined]

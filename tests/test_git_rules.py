@@ -93,9 +93,8 @@ async def test_commits_are_compared_as_trees(tmp_path: Path) -> None:
     after = await g.snapshot("t")
     assert before.head != after.head and after.status == []
     assert [(c.status, c.path) for c in await g.changed(before.tree, after.tree)] == [("A", "x.py")]
-    assert [c.split(" ", 1)[1] for c in await g.commits(before.head, after.head)] == [
-        "worker commit"
-    ]
+    commits, count = await g.commits(before.head, after.head)
+    assert [c.split(" ", 1)[1] for c in commits] == ["worker commit"] and count == 1
 
 
 async def test_a_folder_that_is_no_checkout_or_an_ignored_one_is_named(tmp_path: Path) -> None:
