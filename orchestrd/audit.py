@@ -75,13 +75,17 @@ EVENTS: dict[str, str] = {
     "worker.stalled": "the worker outlived its last poll (log_tail)",
     "worker.stopped": "the worker's process group was signalled (signal, why)",
     "worker.exited": "the worker process ended (returncode)",
-    "worker.changes": "git snapshot around the attempt: HEAD, status, diff stat before/after",
-    "worker.log_truncated": "the worker's output went over max_log_bytes; the rest was dropped",
+    "worker.changes": "git snapshot around the attempt: HEAD, status, diff stat before/after "
+    "(capped; `cut` counts what was left out)",
+    "worker.log_truncated": "the worker's output went over max_log_bytes; its head and tail were "
+    "kept in the log, the middle dropped",
     "worker.orphan_stopped": "a worker recorded as live by a previous run was stopped (signal; "
     "null: it was already gone)",
     "check.passed": "one checkpoint passed (check, reason)",
     "check.failed": "one checkpoint failed (check, reason)",
     "check.warning": "a checkpoint found something worth reading that does not fail the phase",
+    "check.output_truncated": "a verify command's output went over max_log_bytes; its head and "
+    "tail were kept in its file, the middle dropped (it was judged whole)",
     "remediation.started": "a remediation attempt begins (failure)",
 }
 

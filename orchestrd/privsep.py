@@ -172,18 +172,6 @@ def make_handoff(folder: Path, who: Identity, prompt: str, failed_log: Path | No
         _give_group(path, who.gid, 0o750 if path.is_dir() else 0o640)
 
 
-def git_scratch(root: Path, plan_id: str, who: Identity) -> Path:
-    """Where the daemon's git, run as the worker user, keeps its temporary index: a folder of
-    the worker group (0770) under the hand-off root. Blocking: call through a thread."""
-    root.mkdir(mode=0o750, parents=True, exist_ok=True)
-    if root.stat().st_gid != who.gid:
-        _give_group(root, who.gid, 0o750)
-    folder = root / f"{plan_id}.git-scratch"
-    folder.mkdir(exist_ok=True)
-    _give_group(folder, who.gid, 0o770)
-    return folder
-
-
 def _give_group(path: Path, gid: int, mode: int) -> None:
     os.chmod(path, mode)
     if os.stat(path).st_gid == gid:

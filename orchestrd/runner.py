@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 
 from .audit import Logger
 from .checks import (
@@ -28,12 +29,13 @@ from .checks import (
     run_verify,
 )
 from .config import CheckSettings, Config, Policy, WorkerProfile
+from .contract import ContractBaseline
 from .errors import OrchestrdError, PlanError
 from .fsutil import FileRefused, read_head, read_regular, write_file
-from .gitsnap import Git, PhaseGit
+from .gitsnap import Git, PhaseGit, drop_snapshots
 from .plan import Phase, Plan, confine
 from .policy import WatchOutcome, watch
-from .privsep import Identity, git_scratch, handoff_root, identity_for, make_handoff
+from .privsep import Identity, handoff_root, identity_for, make_handoff
 from .state import AttemptState, PhaseState, PlanFolder, PlanRecord, now_iso
 from .states import (
     ATTEMPT_TRANSITIONS,
@@ -94,6 +96,8 @@ def contract_trailer(
         f"- When you are done, write the report `{report}` (relative to the repository) with a "
         "line `Status: PASS`, or `Status: FAIL` and what is missing."
         + "".join(f" It needs a line {required[r]}." for r in phase.report_requires),
+        "- Write the report and completion files in this attempt: one left as it was before "
+        "this phase began (by an earlier run or plan) is no evidence.",
     ]
     if completion:  # `completion = []`: an imported phase that names no completion file
         lines.append(
@@ -257,8 +261,11 @@ class PlanRunner:
                 continue
             if not await self.run_phase(phase):
                 reason = f"phase {phase.id} failed: {state.phases[phase.id].reason}"
+                await anyio.to_thread.run_sync(drop_snapshots, self.folder.workers)
                 await self.record.set_status(PlanStatus.FAILED, reason, phase=phase.id)
                 return PlanStatus.FAILED
+        # kept while the plan may resume (its index spares hashing every file again)
+        await anyio.to_thread.run_sync(drop_snapshots, self.folder.workers)
         await self.record.set_status(PlanStatus.SUCCEEDED)
         return PlanStatus.SUCCEEDED
 
@@ -281,13 +288,22 @@ class PlanRunner:
             return False
         config = self.get_config()
         # the phase's workers are judged on what they changed since the phase began
-        pgit = PhaseGit(await self._git(config))
+        git = self._git(config)
+        # ignored files matching these are compared too: hiding one from git hides nothing
+        watch = (*config.checks.test_globs, *self.plan.protected_globs(phase))
+        pgit = PhaseGit(git, tuple(dict.fromkeys(watch)))
+        # and a report or completion file none of them wrote is no evidence of their work
+        contract = ContractBaseline(self.plan, phase)
+        policy = config.policy_for(self.plan.policy, phase.policy)
+        await contract.take(contract.paths(policy.max_remediations))
         previous: tuple[list[CheckResult], Path] | None = None
         while True:
             config = self.get_config()
             policy = config.policy_for(self.plan.policy, phase.policy)
             role = "primary" if ps.failures == 0 else "remediation"
-            results, log_path = await self.attempt(phase, config, policy, role, previous, pgit)
+            results, log_path = await self.attempt(
+                phase, config, policy, role, previous, (pgit, contract)
+            )
             bad = failures(results)
             if not bad:
                 await self.record.set_phase(phase.id, PhaseStatus.PASSED, "phase.passed")
@@ -309,17 +325,14 @@ class PlanRunner:
                 max_remediations=policy.max_remediations,
             )
 
-    async def _git(self, config: Config) -> Git:
-        """git for the plan's repo, run as its workers' user when they have one (the repo's
-        config is theirs to write); its temporary index then lives where that user can write."""
+    def _git(self, config: Config) -> Git:
+        """git for the plan's repo. What reads the repo's own config (status, rev-parse) runs
+        as its workers' user when they have one: that config is theirs to write. Snapshots are
+        built as the daemon in a repository of our own in the plan's folder, out of their
+        reach."""
         profile = config.workers.get(self.plan.worker or config.default_worker)
         identity = identity_for(config, profile)  # ConfigError (the user is gone): plan fails
-        scratch = self.folder.workers
-        if identity is not None:
-            scratch = await anyio.to_thread.run_sync(
-                git_scratch, handoff_root(config), self.plan.id, identity
-            )
-        return Git(self.plan.repo, scratch, config.checks.git_timeout, identity)
+        return Git(self.plan.repo, self.folder.workers, config.checks.git_timeout, identity)
 
     async def _prerequisites_met(self, phase: Phase) -> bool:
         """Earlier phases named in `prerequisites` left their markers and the `precheck`
@@ -346,16 +359,21 @@ class PlanRunner:
         """The precheck commands, run and judged as verify commands are (output in the
         workers folder as verify-ID-0-N.log: attempt 0, before the first worker)."""
         config = self.get_config()
+        # run as the workers are: the commands come from the plan, as verify's do
+        profile = config.workers.get(self.plan.worker or config.default_worker)
+        identity = identity_for(config, profile)
+        env = base_env(config) | (identity.env() if identity else {})
         ctx = CheckContext(
             plan=self.plan, phase=phase.model_copy(update={"verify": phase.precheck}),
             settings=config.checks, outcome=WatchOutcome(0, 0), log_path=Path(os.devnull),
-            output_dir=self.folder.workers, attempt=0, env=base_env(config),
+            output_dir=self.folder.workers, attempt=0, env=env,
             grace=config.policy_for(self.plan.policy, phase.policy).stop_grace,
-            max_log_bytes=config.max_log_bytes,
+            max_log_bytes=config.max_log_bytes, identity=identity,
+            pid_namespace=config.worker_pid_namespace,
         )
         results = []
         for i in range(len(phase.precheck)):
-            r = dataclasses.replace(await run_verify(ctx, i), name=f"precheck[{i}]")
+            r = dataclasses.replace(await run_verify(ctx, i, log), name=f"precheck[{i}]")
             audit(log, r)
             results.append(r)
         return results
@@ -414,8 +432,9 @@ class PlanRunner:
         policy: Policy,
         role: str,
         previous: tuple[list[CheckResult], Path] | None,
-        pgit: PhaseGit,
+        baselines: tuple[PhaseGit, ContractBaseline],
     ) -> tuple[list[CheckResult], Path]:
+        pgit, contract = baselines
         ps = self.record.state.phases[phase.id]
         n = len(ps.attempts) + 1
         # remediation k writes its own report: the failed one stays as it was
@@ -430,6 +449,8 @@ class PlanRunner:
             spec, env, prompt, flags, handoff = await self._prepare(
                 phase, config, n, role, report, log_path, previous, baseline
             )
+            mine = [self.plan.in_plan_dir(p) for p in (report, *phase.completion_paths)]
+            await contract.take(mine)
             await pgit.start_attempt(f"{phase.id}-{n}")
             async with launch(spec, config.max_log_bytes, policy.stop_grace) as worker:
                 wlog = log.bind(pid=worker.handle.pid)
@@ -456,14 +477,16 @@ class PlanRunner:
         changes, diff = await pgit.end_attempt(f"{phase.id}-{n}")
         if changes is not None:
             wlog.info("worker.changes", **changes)
+        # without git, a file rewritten with the same text is told apart by its mtime
+        stale = await contract.stale(mine, mtime=pgit.problem is not None)
         # the attempt's end was just saved; checking restarts the phase like running does
         await self.record.set_phase(phase.id, PhaseStatus.CHECKING, None, save=False)
         ctx = CheckContext(
             plan=self.plan, phase=phase, settings=config.checks, outcome=outcome,
             log_path=log_path, output_dir=self.folder.workers, attempt=n, env=env,
             grace=policy.stop_grace, max_log_bytes=config.max_log_bytes, prompt=prompt,
-            report=report, changes=diff, git_problem=pgit.problem,
-            identity=spec.identity, pid_namespace=spec.pid_namespace,
+            report=report, changes=diff, git_problem=pgit.problem, git_broken=pgit.broken,
+            stale=stale, identity=spec.identity, pid_namespace=spec.pid_namespace,
         )
         try:
             return await inspect(ctx, wlog), log_path
