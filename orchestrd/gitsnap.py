@@ -204,11 +204,16 @@ class Git:
         self._excludes: Path | None = None
 
     async def _run(
-        self, args: tuple[str, ...], shadow: bool = False, extra: tuple[str, ...] = ()
+        self, args: tuple[str, ...], shadow: bool = False, extra: tuple[str, ...] = (),
+        mine: bool = False,
     ) -> tuple[int, str, str]:
+        """`shadow`: in our snapshot repository; `mine`: a command on our own files only (it
+        creates the snapshot repository), run as the daemon."""
         env = _git_env()
         as_user: dict[str, Any] = {}
-        if shadow:
+        if mine:
+            pass  # the daemon's own folder, no repository config read
+        elif shadow:
             # our own repository: its config is ours, so it runs as the daemon (which workers
             # cannot write into)
             assert self._top is not None
@@ -241,11 +246,11 @@ class Git:
 
     async def run(
         self, *args: str, shadow: bool = False, ok: tuple[int, ...] = (0,),
-        extra: tuple[str, ...] = (),
+        extra: tuple[str, ...] = (), mine: bool = False,
     ) -> str:
         """stdout of a git command in the repo (or in our snapshot repository, `shadow`);
         GitError unless its exit code is in `ok`."""
-        rc, out, err = await self._run(args, shadow, extra)
+        rc, out, err = await self._run(args, shadow, extra, mine)
         if rc not in ok:
             last = err.splitlines()[-1] if err else ""
             raise GitError(f"git {args[0]} exited {rc}: {last}")
@@ -297,7 +302,7 @@ class Git:
         assert self._common is not None
         shadow = anyio.Path(self.shadow)
         if not await (shadow / "HEAD").exists():
-            await self.run("init", "--bare", "-q", "--template=", str(self.shadow))
+            await self.run("init", "--bare", "-q", "--template=", str(self.shadow), mine=True)
         await (shadow / "objects/info").mkdir(parents=True, exist_ok=True)
         await (shadow / "info").mkdir(exist_ok=True)
         await (shadow / "objects/info/alternates").write_text(f"{self._common / 'objects'}\n")

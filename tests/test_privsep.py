@@ -225,8 +225,14 @@ def test_workers_and_verify_commands_run_as_the_worker_user_on_a_repo_it_owns(
     sep_daemon: Daemon, worker_user: pwd.struct_passwd
 ) -> None:
     d, pw = sep_daemon, worker_user
-    configure(d, AGENT_GIT_TRAP=1)
+    configure(d)
     repo = worker_repo(d, "r", pw, git=True)
+    # the repo's config is its owner's to write (an earlier plan's worker): a clean filter in
+    # it would make git run a program wherever the daemon runs git
+    (repo / ".git" / "info").mkdir(exist_ok=True)
+    (repo / ".git" / "info" / "attributes").write_text("* filter=trap\n")
+    with open(repo / ".git" / "config", "a") as f:
+        f.write('[filter "trap"]\n\tclean = "sh -c \'id -u >> .git/trap-ran-as; cat\'"\n')
     d.start()
     plan = d.plan_data("V", repo="r")
     plan["phases"][0]["verify"] = [{"run": "id -u > verify-uid.txt; echo $HOME >> verify-uid.txt",
@@ -242,8 +248,10 @@ def test_workers_and_verify_commands_run_as_the_worker_user_on_a_repo_it_owns(
     # git snapshots still work on a repo owned by another user
     changes = [e for e in d.events("worker.changes") if e["plan"] == "V"]
     assert changes and "dubious" not in json.dumps(d.events())
-    # …and the daemon's git runs as the worker user: the repo's config cannot run code as root
-    assert set((repo / ".git" / "trap-ran-as").read_text().split()) == {str(pw.pw_uid)}
+    # …and the repo's config cannot run code as the daemon: the daemon's git runs no filter,
+    # and what reads the repo's config runs as the worker user besides
+    ran = repo / ".git" / "trap-ran-as"
+    assert not ran.exists() or set(ran.read_text().split()) == {str(pw.pw_uid)}
     # the daemon's own files stay private: nothing in state_dir is open to others
     for path in (d.state_dir, d.state_dir / "plans", d.audit_path):
         assert os.stat(path).st_mode & 0o007 == 0, path

@@ -7,8 +7,6 @@ then does the phase honestly:
   every phase passed, append to the audit log (AGENT_AUDIT), write into plans/ and control/,
   SIGKILL the daemon (pid in AGENT_DAEMON_PID_FILE); after doing the phase, `pkill -9 -f
   python`, `killall -9 python3`, `kill -9 $PPID` and `kill -9 -1`.
-- AGENT_GIT_TRAP=1: plant a git clean filter in its repo's config, which records who runs it
-  (`.git/trap-ran-as`).
 - AGENT_PROMPT_LINK=<path> (phase P01): replace that (the next phase's prompt file) with a
   link to its plan's state.toml, which the daemon would read and hand on.
 - AGENT_FAIL_FIRST=1: attempt 1 exits 1 without doing the phase (a remediation follows).
@@ -71,12 +69,6 @@ if env.get("AGENT_ATTACK") and env["ORCHESTRD_PHASE_ID"] == "P01":
     attempt("kill_daemon", lambda: os.kill(daemon_pid, signal.SIGKILL))
     facts["ppid_is_daemon"] = os.getppid() == daemon_pid
     attempt("kill_parent", lambda: os.kill(os.getppid(), signal.SIGKILL))
-if env.get("AGENT_GIT_TRAP"):
-    # the daemon runs git in this repo: its config can make git run programs (a clean filter)
-    Path(".git/info").mkdir(exist_ok=True)
-    Path(".git/info/attributes").write_text("* filter=trap\n")
-    append(Path(".git/config"), '[filter "trap"]\n\tclean = "sh -c \'id -u >> .git/trap-ran-as; '
-           'cat\'"\n')
 if (link := env.get("AGENT_PROMPT_LINK")) and env["ORCHESTRD_PHASE_ID"] == "P01":
     # the next phase's prompt file, which the daemon reads: made a link to its state file
     Path(link).unlink()
