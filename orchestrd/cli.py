@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 import tomli_w
 
-from . import status
+from . import logs, status, tail
 from .audit import AuditLog, Redactor
 from .config import Config, load_config
 from .errors import OrchestrdError, PlanError
@@ -28,7 +28,6 @@ from .runner import PlanRunner
 from .spool import Spool, check_plan_id
 from .state import PhaseState, PlanFolder, PlanRecord, PlanState, load_state
 from .states import PLAN_TERMINAL, PlanStatus
-from .tail import add_subcommand as add_tail_subcommand
 from .worker import use_pidfd_child_watcher
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -258,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: _control(a, ".retry"))
 
     add_import_subcommand(sub, common)
-    add_tail_subcommand(sub, common)
+    for operator_command in (tail, logs):
+        operator_command.add_subcommand(sub, common)
     return parser
 
 
