@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 import tomli_w
 
-from . import logs, status, tail
+from . import logs, report, status, tail
 from .audit import AuditLog, Redactor
 from .config import Config, load_config
 from .errors import OrchestrdError, PlanError
@@ -114,6 +114,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     plan = _load_plan(Path(args.plan), config)
     status = anyio.run(run_foreground, plan, config, not args.quiet)
     folder = config.state_dir / "plans" / plan.id
+    report.write_report(config, folder)
     print(f"plan {plan.id}: {status} — audit log {config.audit_path}, files {folder}")
     return EXIT_OK if status is PlanStatus.SUCCEEDED else EXIT_FAILED
 
@@ -257,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: _control(a, ".retry"))
 
     add_import_subcommand(sub, common)
-    for operator_command in (tail, logs):
+    for operator_command in (tail, logs, report):
         operator_command.add_subcommand(sub, common)
     return parser
 

@@ -26,6 +26,7 @@ from .audit import CHATTY, AuditLog, Logger, Redactor
 from .config import Config, load_config
 from .errors import ConfigError, OrchestrdError, PlanError, StateError
 from .plan import Plan, confine, load_plan
+from .report import archive_report
 from .runner import PlanRunner
 from .spool import Accepted, Rejected, Spool, display_name
 from .state import PlanFolder, PlanRecord, PlanState, load_state
@@ -364,7 +365,8 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - a finished plan must never stop the daemon
             entry.log.info("plan.archived", reason=f"archive failed, left in plans/: {exc}")
             return
-        extra = {"evidence_skipped": skipped} if skipped else {}
+        extra: dict[str, object] = {"evidence_skipped": skipped} if skipped else {}
+        extra |= await archive_report(self.config, dest)
         # the status too: a plan found finished at start-up may have lost its plan.succeeded
         # (or .failed) event with the daemon that saved the state and was killed
         entry.log.info(

@@ -263,7 +263,9 @@ def _print(line: bytes, data: dict[str, Any], args: argparse.Namespace, out: Tex
 
 
 def since_time(text: str) -> dt.datetime:
-    """`10m`, `12h`, `2d` before now, or an ISO-8601 time."""
+    """`10m`, `12h`, `2d` before now, `now`, or an ISO-8601 time."""
+    if text == "now":
+        return dt.datetime.now().astimezone()
     stamp = parse_ts(text)
     if stamp is not None:
         return stamp
@@ -314,6 +316,7 @@ def add_subcommand(
     p.add_argument("--plan", metavar="ID", help="only this plan's events")
     p.add_argument("--phase", metavar="P", help="only this phase's events")
     p.add_argument("--event", metavar="GLOB", help="only events named so, e.g. 'check.*'")
-    p.add_argument("--since", metavar="WHEN", help="only events after: 10m, 12h, or ISO time")
+    p.add_argument("--since", metavar="WHEN",
+                   help="only events after: 10m, 12h, now, or an ISO time")
     p.add_argument("--json", action="store_true", help="the matching JSON lines, unchanged")
     p.set_defaults(func=_cmd_tail)
