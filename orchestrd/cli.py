@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 import tomli_w
 
-from . import logs, report, status, tail
+from . import doctor, install, logs, report, status, tail
 from .audit import AuditLog, Redactor
 from .config import Config, load_config
 from .errors import OrchestrdError, PlanError
@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: _control(a, ".retry"))
 
     add_import_subcommand(sub, common)
-    for operator_command in (tail, logs, report):
+    for operator_command in (tail, logs, report, install, doctor):
         operator_command.add_subcommand(sub, common)
     return parser
 
