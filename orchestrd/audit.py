@@ -71,6 +71,9 @@ EVENTS: dict[str, str] = {
     "check.failed": "one checkpoint failed (check, reason)",
     "check.warning": "a checkpoint found something worth reading that does not fail the phase",
     "remediation.started": "a remediation attempt begins (failure)",
+    "notify.sent": "a notification was delivered (for_event, target, attempts)",
+    "notify.failed": "a notification attempt failed (HTTP status or returncode, reason); "
+    "retried after retry_in, or gave_up after retry_for",
 }
 
 FIRST_KEYS = ("ts", "event", "plan", "phase", "attempt", "role", "pid")

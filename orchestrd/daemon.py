@@ -25,6 +25,7 @@ import watchfiles
 from .audit import CHATTY, AuditLog, Logger, Redactor
 from .config import Config, load_config
 from .errors import ConfigError, OrchestrdError, PlanError, StateError
+from .notify import run_notifier
 from .plan import Plan, confine, load_plan
 from .report import archive_report
 from .runner import PlanRunner
@@ -91,6 +92,7 @@ class Daemon:
             with anyio.open_signal_receiver(*signals) as received:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._handle_signals, received, tg.cancel_scope)
+                    await tg.start(run_notifier, lambda: self.config, self.log)
                     await self._recover(tg)
                     tg.start_soon(self._watch_inbox)
                     tg.start_soon(self._main_loop, tg)
@@ -357,6 +359,9 @@ class Daemon:
         """Keep a finished plan's folder with copies of its reports and completion files.
         Never raises: a plan folder that cannot be moved stays in plans/ (and is tried again
         at the next start)."""
+        # report.md before the move too: an archived folder always has one (then rewritten
+        # with the archive's paths)
+        await archive_report(self.config, entry.folder.root)
         try:
             dest, skipped = await anyio.to_thread.run_sync(
                 archive_plan, entry.plan, entry.folder, self.spool.archive_dir,

@@ -249,6 +249,12 @@ class LineFollower:
         self._buf = data[end:]
         return data[:end].splitlines()
 
+    def position(self) -> tuple[int, int] | None:
+        """(inode, offset) just after the last whole line returned; None with no file open."""
+        if self._f is None:
+            return None
+        return self._ino, self._f.tell() - len(self._buf)
+
     def close(self) -> None:
         if self._f is not None:
             self._f.close()
