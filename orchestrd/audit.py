@@ -40,6 +40,7 @@ EVENTS: dict[str, str] = {
     ),
     "daemon.request_ignored": "a cancel/retry request that does not apply to the plan's state",
     "daemon.watch_failed": "inotify on the inbox failed; the daemon falls back to rescans",
+    "daemon.metrics_failed": "[metrics] textfile could not be written (reason); once per reason",
     "plan.accepted": "a file in the inbox passed validation and was moved to plans/<id>/",
     "plan.rejected": "a file in the inbox failed validation; see rejected/<name>.error",
     "plan.queued": "the plan waits for a worker slot",

@@ -25,6 +25,7 @@ import watchfiles
 from .audit import CHATTY, AuditLog, Logger, Redactor
 from .config import Config, load_config
 from .errors import ConfigError, OrchestrdError, PlanError, StateError
+from .metrics import run_metrics
 from .notify import run_notifier
 from .plan import Plan, confine, load_plan
 from .report import archive_report
@@ -93,6 +94,7 @@ class Daemon:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._handle_signals, received, tg.cancel_scope)
                     await tg.start(run_notifier, lambda: self.config, self.log)
+                    await tg.start(run_metrics, lambda: self.config, self.log)
                     await self._recover(tg)
                     tg.start_soon(self._watch_inbox)
                     tg.start_soon(self._main_loop, tg)
