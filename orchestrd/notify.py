@@ -89,15 +89,14 @@ class Outbox:
         for entry in entries:
             atomic_write(self.dir / f"{entry['id']}.json", json.dumps(entry).encode())
 
-    def due(self, now: float) -> list[tuple[Path, dict[str, Any]]]:
+    def pending(self) -> list[tuple[Path, dict[str, Any]]]:
         out = []
         for path in sorted(self.dir.glob("*.json")):
             try:
                 entry = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue  # removed meanwhile, or not ours: never sent half-read
-            if entry["next_try"] <= now:
-                out.append((path, entry))
+            out.append((path, entry))
         return out
 
     def load_cursor(self) -> tuple[int, int] | None:
@@ -139,6 +138,8 @@ class Notifier:
         self.log = log
         self.outbox = Outbox(config().state_dir)
         self._inflight: set[Path] = set()
+        self._next_due = 0.0
+        """When the outbox next holds something due (wall time): it is only listed then."""
         self._seq = 0
 
     async def run(
@@ -197,14 +198,24 @@ class Notifier:
                 })
         if entries:
             await anyio.to_thread.run_sync(self.outbox.put, entries)
+            self._due_at(0.0)
         return len(entries)
+
+    def _due_at(self, when: float) -> None:
+        self._next_due = min(self._next_due, when)
 
     async def _deliver_loop(self, client: httpx.AsyncClient, tg: anyio.abc.TaskGroup) -> None:
         while True:
-            for path, entry in await anyio.to_thread.run_sync(self.outbox.due, time.time()):
-                if path not in self._inflight:
-                    self._inflight.add(path)
-                    tg.start_soon(self._deliver, client, path, entry)
+            now = time.time()
+            if now >= self._next_due:
+                self._next_due = now + MAX_BACKOFF  # an idle outbox is listed now and then
+                entries = await anyio.to_thread.run_sync(self.outbox.pending)
+                for path, entry in entries:
+                    if entry["next_try"] > now:
+                        self._due_at(entry["next_try"])
+                    elif path not in self._inflight:
+                        self._inflight.add(path)
+                        tg.start_soon(self._deliver, client, path, entry)
             await anyio.sleep(STEP)
 
     def _report_file(self, event: dict[str, Any]) -> Path | None:
@@ -222,6 +233,7 @@ class Notifier:
             report = await anyio.to_thread.run_sync(self._report_file, event)
             if (report is None and event.get("event") in PLAN_ENDS
                     and time.time() - entry["created"] < REPORT_WAIT):
+                self._due_at(time.time() + STEP)
                 return  # its report.md is being written: the next round sends both
             target = NotifyTarget.model_validate(entry["target"])
             try:
@@ -257,6 +269,7 @@ class Notifier:
         else:
             entry["next_try"] = now + delay
             await anyio.to_thread.run_sync(atomic_write, path, json.dumps(entry).encode())
+            self._due_at(entry["next_try"])
 
     async def _send(
         self, client: httpx.AsyncClient, target: NotifyTarget, event: dict[str, Any],
