@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import shutil
 import stat
 from importlib import resources
@@ -17,6 +18,7 @@ from .spool import Spool
 
 SYSTEM_CONFIG = Path("/etc/orchestrd/orchestrd.toml")
 SYSTEM_STATE = Path("/var/lib/orchestrd")
+SERVICE_USER = "orchestrd"
 
 # Agent CLIs a system config gets a profile for when found on PATH (the commands of
 # config/orchestrd.toml; see /README "Worker profiles").
@@ -80,21 +82,37 @@ def system_config_text(roots: list[str], state_dir: Path = SYSTEM_STATE) -> str:
     )
 
 
+def service_user() -> tuple[int, int] | None:
+    """The `orchestrd` user's uid and gid when it exists and we may give it files (root)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pw = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        return None
+    return pw.pw_uid, pw.pw_gid
+
+
 def make_spool(state_dir: Path, system: bool) -> list[str]:
     """The folders the daemon serves, with the modes its start checks accept (the system
-    inbox setgid and group-writable for submitters, as systemd/orchestrd.tmpfiles makes it)."""
+    inbox setgid and group-writable for submitters, as systemd/orchestrd.tmpfiles makes it),
+    owned by the service user on a system install when it exists."""
     spool = Spool(state_dir)
     spool.ensure()
+    owner = service_user() if system else None
     made = []
     for folder, mode in ((spool.root, 0o750), (spool.inbox, 0o2770 if system else 0o700),
                          (spool.plans, 0o750), (spool.rejected, 0o750),
                          (spool.archive_dir, 0o750), (spool.control, 0o770)):
+        if owner is not None:
+            os.chown(folder, *owner)
         os.chmod(folder, mode)
-        made.append(f"{folder} {stat.filemode(folder.stat().st_mode)}")
+        st = folder.stat()
+        made.append(f"{folder} {stat.filemode(st.st_mode)} uid {st.st_uid}")
     return made
 
 
-def _write_new(path: Path, text: str) -> None:
+def _write_new(path: Path, text: str, system: bool = False) -> None:
     if path.exists():
         raise OrchestrdError(f"{path} exists already; move it away or edit it (`orchestrd "
                              f"doctor --config {path}` checks it)")
@@ -104,6 +122,8 @@ def _write_new(path: Path, text: str) -> None:
     with open(path, "x", encoding="utf-8") as f:
         f.write(text)
     os.chmod(path, 0o640)
+    if system and (owner := service_user()) is not None:
+        os.chown(path, 0, owner[1])  # root:orchestrd 0640: the daemon reads, cannot change it
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -111,7 +131,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
         path = Path(args.config) if args.config else SYSTEM_CONFIG
         roots = args.repo_root or ["/srv/repos"]
         text = system_config_text(roots, Path(args.state_dir) if args.state_dir else SYSTEM_STATE)
-        _write_new(path, text)
+        _write_new(path, text, system=True)
         state_dir = Path(args.state_dir) if args.state_dir else SYSTEM_STATE
         made = make_spool(state_dir, system=True)
         steps = [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 import httpx
+import pydantic
 
 from . import status
 from .audit import Logger, Redactor
@@ -54,12 +56,13 @@ def wanted(target: NotifyTarget, event: str) -> bool:
     return any(fnmatch.fnmatchcase(event, pattern) for pattern in target.on)
 
 
-def describe(target: dict[str, Any]) -> str:
+def describe(target: NotifyTarget) -> str:
     """A target as it may appear in the audit log: a webhook's path is often its secret."""
-    if target.get("url"):
-        url = httpx.URL(target["url"])
+    if target.url is not None:
+        url = httpx.URL(target.url)
         return f"{url.scheme}://{url.host}"
-    return str(target["command"][0])
+    assert target.command is not None
+    return target.command[0]
 
 
 def summary(event: dict[str, Any]) -> str:
@@ -69,6 +72,21 @@ def summary(event: dict[str, Any]) -> str:
     if event.get("reason"):
         text += f" — {event['reason']}"
     return text
+
+
+class Entry(pydantic.BaseModel):
+    """One pending delivery: the target as configured when the event was read (a reload does
+    not redirect what is already queued) and the event as the audit log has it."""
+
+    id: str
+    target: NotifyTarget
+    event: dict[str, Any]
+    created: float
+    attempts: int = 0
+    next_try: float
+
+    def dump(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
 
 
 class Outbox:
@@ -85,19 +103,24 @@ class Outbox:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.failed.mkdir(exist_ok=True, mode=0o750)
 
-    def put(self, entries: list[dict[str, Any]]) -> None:
+    def put(self, entries: list[Entry]) -> None:
         for entry in entries:
-            atomic_write(self.dir / f"{entry['id']}.json", json.dumps(entry).encode())
+            atomic_write(self.dir / f"{entry.id}.json", entry.dump())
 
-    def pending(self) -> list[tuple[Path, dict[str, Any]]]:
-        out = []
+    def pending(self) -> tuple[list[tuple[Path, Entry]], list[str]]:
+        """The entries waiting, and the names of files that were no entry (moved to failed/)."""
+        out, bad = [], []
         for path in sorted(self.dir.glob("*.json")):
             try:
-                entry = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue  # removed meanwhile, or not ours: never sent half-read
+                entry = Entry.model_validate_json(path.read_bytes())
+            except FileNotFoundError:
+                continue  # delivered meanwhile
+            except pydantic.ValidationError:
+                os.replace(path, self.failed / path.name)
+                bad.append(path.name)
+                continue
             out.append((path, entry))
-        return out
+        return out, bad
 
     def load_cursor(self) -> tuple[int, int] | None:
         try:
@@ -139,6 +162,8 @@ class Notifier:
         self.outbox = Outbox(config().state_dir)
         self._inflight: set[Path] = set()
         self._next_due = 0.0
+        self._trouble: str | None = None
+        """The outbox's last write error, reported once."""
         """When the outbox next holds something due (wall time): it is only listed then."""
         self._seq = 0
 
@@ -152,7 +177,7 @@ class Notifier:
         backlog, follower = await anyio.to_thread.run_sync(resume, path, cursor)
         task_status.started()
         try:
-            async with httpx.AsyncClient() as client, anyio.create_task_group() as tg:
+            async with httpx.AsyncClient(timeout=None) as client, anyio.create_task_group() as tg:
                 tg.start_soon(self._deliver_loop, client, tg)
                 await self._take(backlog)
                 await self._follow(follower)
@@ -160,20 +185,43 @@ class Notifier:
             follower.close()
 
     async def _follow(self, follower: LineFollower) -> None:
+        """Lines → outbox; the cursor is saved only once what was read is in the outbox."""
         saved_at = 0.0
         saved: tuple[int, int] | None = None
+        unsaved: list[Entry] = []
         while True:
-            lines = await anyio.to_thread.run_sync(follower.read)
-            took = await self._take(lines)
-            place = follower.position()
-            now = time.monotonic()
-            if place is not None and place != saved and (took or now - saved_at > CURSOR_EVERY):
-                await anyio.to_thread.run_sync(self.outbox.save_cursor, *place)
-                saved, saved_at = place, now
+            unsaved += self._entries(await anyio.to_thread.run_sync(follower.read))
+            place, now = follower.position(), time.monotonic()
+            try:
+                if unsaved:
+                    await anyio.to_thread.run_sync(self.outbox.put, unsaved)
+                    took, unsaved = True, []
+                    self._due_at(0.0)
+                else:
+                    took = False
+                if place is not None and place != saved and (
+                        took or now - saved_at > CURSOR_EVERY):
+                    await anyio.to_thread.run_sync(self.outbox.save_cursor, *place)
+                    saved, saved_at = place, now
+                self._trouble = None
+            except OSError as exc:  # a full disk: keep the entries, try again next step
+                self._outbox_error(exc)
             await anyio.sleep(STEP)
 
-    async def _take(self, lines: list[bytes]) -> int:
-        """Write an outbox entry per (line, target) that wants it; how many."""
+    def _outbox_error(self, exc: OSError) -> None:
+        reason = f"outbox {exc.filename or self.outbox.dir}: {exc.strerror or exc}"
+        if reason != self._trouble:  # once per reason, not every step
+            self.log.info("notify.failed", reason=reason)
+        self._trouble = reason
+
+    async def _take(self, lines: list[bytes]) -> None:
+        """The backlog read at start-up into the outbox (a failure here stops the notifier's
+        start, and the daemon's: nothing is lost)."""
+        if entries := self._entries(lines):
+            await anyio.to_thread.run_sync(self.outbox.put, entries)
+
+    def _entries(self, lines: list[bytes]) -> list[Entry]:
+        """An outbox entry per (line, target) that wants it."""
         targets = self.config().notify
         entries = []
         for line in lines:
@@ -190,16 +238,10 @@ class Notifier:
                 continue  # a line torn by a crash: not an event
             for target in chosen:
                 self._seq += 1
-                entries.append({
-                    "id": f"{time.time_ns()}-{os.getpid()}-{self._seq}",
-                    "target": target.model_dump(mode="json", exclude_none=True),
-                    "event": event, "created": time.time(), "attempts": 0,
-                    "next_try": time.time(),
-                })
-        if entries:
-            await anyio.to_thread.run_sync(self.outbox.put, entries)
-            self._due_at(0.0)
-        return len(entries)
+                now = time.time()
+                entries.append(Entry(id=f"{time.time_ns()}-{os.getpid()}-{self._seq}",
+                                     target=target, event=event, created=now, next_try=now))
+        return entries
 
     def _due_at(self, when: float) -> None:
         self._next_due = min(self._next_due, when)
@@ -209,10 +251,18 @@ class Notifier:
             now = time.time()
             if now >= self._next_due:
                 self._next_due = now + MAX_BACKOFF  # an idle outbox is listed now and then
-                entries = await anyio.to_thread.run_sync(self.outbox.pending)
+                try:
+                    entries, bad = await anyio.to_thread.run_sync(self.outbox.pending)
+                except OSError as exc:
+                    self._outbox_error(exc)
+                    entries, bad = [], []
+                for name in bad:
+                    self.log.info("notify.failed", reason=f"{self.outbox.dir / name}: not an "
+                                  "outbox entry (hand-edited, or from another version); moved "
+                                  "to failed/", gave_up=True)
                 for path, entry in entries:
-                    if entry["next_try"] > now:
-                        self._due_at(entry["next_try"])
+                    if entry.next_try > now:
+                        self._due_at(entry.next_try)
                     elif path not in self._inflight:
                         self._inflight.add(path)
                         tg.start_soon(self._deliver, client, path, entry)
@@ -227,49 +277,51 @@ class Notifier:
             return None
         return state.parent / "report.md"
 
-    async def _deliver(self, client: httpx.AsyncClient, path: Path, entry: dict[str, Any]) -> None:
+    async def _deliver(self, client: httpx.AsyncClient, path: Path, entry: Entry) -> None:
         try:
-            event = entry["event"]
+            event, target = entry.event, entry.target
             report = await anyio.to_thread.run_sync(self._report_file, event)
             if (report is None and event.get("event") in PLAN_ENDS
-                    and time.time() - entry["created"] < REPORT_WAIT):
+                    and time.time() - entry.created < REPORT_WAIT):
                 self._due_at(time.time() + STEP)
                 return  # its report.md is being written: the next round sends both
-            target = NotifyTarget.model_validate(entry["target"])
             try:
                 with anyio.fail_after(target.timeout):
                     await self._send(client, target, event, report)
             except (DeliveryError, TimeoutError, httpx.HTTPError, OSError) as exc:
                 await self._failed(path, entry, target, exc)
                 return
-            await anyio.to_thread.run_sync(path.unlink)
+            await anyio.to_thread.run_sync(functools.partial(path.unlink, missing_ok=True))
             self.log.info("notify.sent", for_event=event.get("event"), plan=event.get("plan"),
-                          target=describe(entry["target"]), attempts=entry["attempts"] + 1)
+                          target=describe(target), attempts=entry.attempts + 1)
+        except OSError as exc:  # the outbox entry could not be updated: tried again later
+            self._outbox_error(exc)
+            self._due_at(time.time() + STEP)
         finally:
             self._inflight.discard(path)
 
     async def _failed(
-        self, path: Path, entry: dict[str, Any], target: NotifyTarget, exc: Exception
+        self, path: Path, entry: Entry, target: NotifyTarget, exc: Exception
     ) -> None:
-        entry["attempts"] += 1
+        entry.attempts += 1
         fields = exc.fields if isinstance(exc, DeliveryError) else {}
         reason = f"timed out after {target.timeout}s" if isinstance(exc, TimeoutError) else (
             str(exc) or type(exc).__name__)
         now = time.time()
-        delay = min(target.backoff * 2 ** (entry["attempts"] - 1), MAX_BACKOFF)
-        gave_up = now + delay - entry["created"] > target.retry_for
-        event = entry["event"]
+        delay = min(target.backoff * 2 ** (entry.attempts - 1), MAX_BACKOFF)
+        gave_up = now + delay - entry.created > target.retry_for
+        event = entry.event
         self.log.info(
             "notify.failed", for_event=event.get("event"), plan=event.get("plan"),
-            target=describe(entry["target"]), attempts=entry["attempts"], reason=reason,
+            target=describe(target), attempts=entry.attempts, reason=reason,
             **fields, **({"gave_up": True} if gave_up else {"retry_in": round(delay, 3)}),
         )
         if gave_up:
             await anyio.to_thread.run_sync(os.replace, path, self.outbox.failed / path.name)
         else:
-            entry["next_try"] = now + delay
-            await anyio.to_thread.run_sync(atomic_write, path, json.dumps(entry).encode())
-            self._due_at(entry["next_try"])
+            entry.next_try = now + delay
+            await anyio.to_thread.run_sync(atomic_write, path, entry.dump())
+            self._due_at(entry.next_try)
 
     async def _send(
         self, client: httpx.AsyncClient, target: NotifyTarget, event: dict[str, Any],

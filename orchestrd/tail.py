@@ -136,28 +136,36 @@ def seek_since(f: BinaryIO, size: int, since: dt.datetime) -> int:
     return lo
 
 
-def _candidates(f: BinaryIO, start: int, needle: bytes | None) -> Iterator[bytes]:
+class _Reader:
     """Whole lines from `start` on (the first one skipped if `start` cut it) that contain
-    `needle`; a last line without its newline is left for a follower."""
-    f.seek(start)
-    rest = b""
-    skip_first = start > 0
-    while chunk := f.read(CHUNK):
-        data = rest + chunk
-        end = data.rfind(b"\n") + 1
-        data, rest = data[:end], data[end:]
-        pos = 0
-        if skip_first and end:
-            pos = data.find(b"\n") + 1
-            skip_first = False
-        if needle is None:
-            yield from data[pos:].splitlines()
-            continue
-        while (hit := data.find(needle, pos)) >= 0:
-            line_start = data.rfind(b"\n", 0, hit) + 1
-            line_end = data.find(b"\n", hit)
-            yield data[line_start:line_end]
-            pos = line_end + 1
+    `needle`; `offset` ends up just after the last whole line, where a follower goes on (a line
+    being written as the file is read is left to it)."""
+
+    def __init__(self, f: BinaryIO, start: int, needle: bytes | None) -> None:
+        self.f, self.start, self.needle = f, start, needle
+        self.offset = start
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.f.seek(self.start)
+        rest = b""
+        skip_first = self.start > 0
+        while chunk := self.f.read(CHUNK):
+            data = rest + chunk
+            end = data.rfind(b"\n") + 1
+            data, rest = data[:end], data[end:]
+            self.offset += end
+            pos = 0
+            if skip_first and end:
+                pos = data.find(b"\n") + 1
+                skip_first = False
+            if self.needle is None:
+                yield from data[pos:].splitlines()
+                continue
+            while (hit := data.find(self.needle, pos)) >= 0:
+                line_start = data.rfind(b"\n", 0, hit) + 1
+                line_end = data.find(b"\n", hit)
+                yield data[line_start:line_end]
+                pos = line_end + 1
 
 
 def scan(path: Path, filt: Filter) -> tuple[list[bytes], int]:
@@ -165,27 +173,9 @@ def scan(path: Path, filt: Filter) -> tuple[list[bytes], int]:
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         start = seek_since(f, size, filt.since) if filt.since is not None else 0
-        lines = [ln for ln in _candidates(f, start, filt.needle()) if filt.match(ln) is not None]
-        f.seek(0, os.SEEK_END)
-        end = f.tell()
-        f.seek(max(0, end - 1))
-        # a line being written at this moment belongs to the follower, once it is whole
-        last_nl = end if f.read(1) == b"\n" or end == 0 else _last_newline(f, end)
-    return lines, last_nl
-
-
-def _last_newline(f: BinaryIO, end: int) -> int:
-    step = 4096
-    pos = end
-    while pos > 0:
-        lo = max(0, pos - step)
-        f.seek(lo)
-        block = f.read(pos - lo)
-        idx = block.rfind(b"\n")
-        if idx >= 0:
-            return lo + idx + 1
-        pos = lo
-    return 0
+        reader = _Reader(f, start, filt.needle())
+        lines = [ln for ln in reader if filt.match(ln) is not None]
+    return lines, reader.offset
 
 
 class LineFollower:
