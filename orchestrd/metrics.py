@@ -125,19 +125,19 @@ async def run_metrics(
     failing: str | None = None
     try:
         while True:
-            metrics.observe_lines(await anyio.to_thread.run_sync(follower.read))
             cfg = config()
             now = anyio.current_time()
-            if cfg.metrics.textfile is not None and now >= next_write:
-                next_write = now + cfg.metrics.interval
-                try:
+            try:
+                metrics.observe_lines(await anyio.to_thread.run_sync(follower.read))
+                if cfg.metrics.textfile is not None and now >= next_write:
+                    next_write = now + cfg.metrics.interval
                     await anyio.to_thread.run_sync(write_textfile, metrics, cfg)
                     failing = None
-                except OSError as exc:
-                    reason = f"{exc.filename or cfg.metrics.textfile}: {exc.strerror or exc}"
-                    if reason != failing:  # once per reason, not every interval
-                        log.info("daemon.metrics_failed", reason=reason)
-                    failing = reason
+            except OSError as exc:  # metrics must never stop supervision
+                reason = f"{exc.filename or cfg.metrics.textfile}: {exc.strerror or exc}"
+                if reason != failing:  # once per reason, not every interval
+                    log.info("daemon.metrics_failed", reason=reason)
+                failing = reason
             await anyio.sleep(STEP)
     finally:
         follower.close()

@@ -175,3 +175,16 @@ def test_a_failing_command_is_retried_and_reported_with_its_exit_code(
     flag.touch()
     (sent,) = daemon.wait_event("notify.sent", plan="C1")
     assert sent["attempts"] >= 2 and sent["for_event"] == "plan.succeeded"
+
+
+def test_an_unreadable_outbox_entry_is_set_aside_with_an_event(daemon: Daemon) -> None:
+    daemon.write_config(notify=[fast(command=["true"])])
+    outbox = daemon.state_dir / "notify" / "outbox"
+    outbox.mkdir(parents=True)
+    (outbox / "junk.json").write_text('{"id": "junk"}')
+    daemon.start()
+    (event,) = daemon.wait_event("notify.failed")
+    assert "junk.json: not an outbox entry" in event["reason"] and event["gave_up"] is True
+    assert (daemon.state_dir / "notify" / "failed" / "junk.json").exists()
+    daemon.submit("J1")
+    daemon.wait_event("notify.sent", plan="J1")  # the notifier goes on
