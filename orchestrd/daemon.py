@@ -361,9 +361,6 @@ class Daemon:
         """Keep a finished plan's folder with copies of its reports and completion files.
         Never raises: a plan folder that cannot be moved stays in plans/ (and is tried again
         at the next start)."""
-        # report.md before the move too: an archived folder always has one (then rewritten
-        # with the archive's paths)
-        await archive_report(self.config, entry.folder.root)
         try:
             dest, skipped = await anyio.to_thread.run_sync(
                 archive_plan, entry.plan, entry.folder, self.spool.archive_dir,

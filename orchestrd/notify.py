@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import re
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ STEP = 0.2
 MAX_BACKOFF = 300.0
 REPORT_WAIT = 30.0
 """A plan's end is sent with its report.md, written just after: wait this long for it."""
+ARCHIVED_REPORT_WAIT = 5.0
 CURSOR_EVERY = 2.0
 PLAN_ENDS = frozenset({"plan.succeeded", "plan.failed", "plan.cancelled"})
 _EVENT = re.compile(rb'"event": "([^"]*)"')
@@ -268,27 +270,34 @@ class Notifier:
                         tg.start_soon(self._deliver, client, path, entry)
             await anyio.sleep(STEP)
 
-    def _report_file(self, event: dict[str, Any]) -> Path | None:
+    def _report_file(self, event: dict[str, Any]) -> tuple[Path | None, bool]:
+        """The plan's report.md if it is there; and whether the plan is archived already."""
         plan = event.get("plan")
         if not isinstance(plan, str):
-            return None
-        state = status.state_path(Spool(self.config().state_dir), plan)
-        if state is None or not (state.parent / "report.md").exists():
-            return None
-        return state.parent / "report.md"
+            return None, False
+        spool = Spool(self.config().state_dir)
+        state = status.state_path(spool, plan)
+        if state is None:
+            return None, False
+        report = state.parent / "report.md"
+        return (report if report.exists() else None), state.parent.parent == spool.archive_dir
 
     async def _deliver(self, client: httpx.AsyncClient, path: Path, entry: Entry) -> None:
         try:
             event, target = entry.event, entry.target
-            report = await anyio.to_thread.run_sync(self._report_file, event)
+            report, archived = await anyio.to_thread.run_sync(self._report_file, event)
+            age = time.time() - entry.created
+            # the daemon writes report.md just after moving the folder to archive/; archived
+            # long ago without one, the daemon died in between: send without it
             if (report is None and event.get("event") in PLAN_ENDS
-                    and time.time() - entry.created < REPORT_WAIT):
+                    and age < (ARCHIVED_REPORT_WAIT if archived else REPORT_WAIT)):
                 self._due_at(time.time() + STEP)
                 return  # its report.md is being written: the next round sends both
             try:
                 with anyio.fail_after(target.timeout):
                     await self._send(client, target, event, report)
-            except (DeliveryError, TimeoutError, httpx.HTTPError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever a delivery meets, it is
+                # retried and reported (notify.failed); a notification never stops the daemon
                 await self._failed(path, entry, target, exc)
                 return
             await anyio.to_thread.run_sync(functools.partial(path.unlink, missing_ok=True))
@@ -364,18 +373,32 @@ def _expand(header: str, value: str) -> str:
 
 
 async def _run_command(argv: list[str], event: dict[str, Any], report: Path | None) -> None:
-    """The command with the event on stdin and a minimal environment (no daemon secrets)."""
+    """The command with the event on stdin and a minimal environment (no daemon secrets).
+    A command that never reads its stdin (`true`, a curl with its own body) is fine."""
     env = {
         "PATH": _MINIMAL_PATH, "LANG": "C.UTF-8", "HOME": os.environ.get("HOME", "/"),
         "ORCHESTRD_EVENT": str(event.get("event")),
         "ORCHESTRD_REPORT_FILE": str(report) if report else "",
     }
-    done = await anyio.run_process(argv, input=(json.dumps(event) + "\n").encode(), env=env,
-                                   check=False)
-    if done.returncode != 0:
-        tail = done.stderr.decode(errors="replace").strip()[-200:]
-        raise DeliveryError(f"exited {done.returncode}" + (f": {tail}" if tail else ""),
-                            returncode=done.returncode)
+    stderr = bytearray()
+    async with await anyio.open_process(argv, env=env, stdout=subprocess.DEVNULL) as proc:
+        assert proc.stdin is not None and proc.stderr is not None
+        errors = proc.stderr
+
+        async def feed(stdin: anyio.abc.ByteSendStream) -> None:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await stdin.send((json.dumps(event) + "\n").encode())
+            await stdin.aclose()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(feed, proc.stdin)
+            async for chunk in errors:
+                stderr += chunk[: max(0, 4096 - len(stderr))]
+        returncode = await proc.wait()
+    if returncode != 0:
+        tail = stderr.decode(errors="replace").strip()[-200:]
+        raise DeliveryError(f"exited {returncode}" + (f": {tail}" if tail else ""),
+                            returncode=returncode)
 
 
 async def run_notifier(
