@@ -90,6 +90,8 @@ class Filter:
             return f'"plan": {json.dumps(self.plan)}'.encode()
         if self.phase is not None:
             return f'"phase": {json.dumps(self.phase)}'.encode()
+        if self.event is not None and (prefix := re.split(r"[*?\[]", self.event)[0]):
+            return f'"event": {json.dumps(prefix)[:-1]}'.encode()  # the quote left open
         return None
 
     def match(self, line: bytes) -> dict[str, Any] | None:
