@@ -176,6 +176,12 @@ class Notifier:
         await anyio.to_thread.run_sync(self.outbox.ensure)
         path = self.config().audit_path
         cursor = await anyio.to_thread.run_sync(self.outbox.load_cursor)
+        if not self.config().notify:
+            # nothing wanted, and no cursor kept: a later start with targets begins at the
+            # end, not at a stale place that would send old events again
+            cursor = None
+            await anyio.to_thread.run_sync(
+                functools.partial(self.outbox.cursor.unlink, missing_ok=True))
         backlog, follower = await anyio.to_thread.run_sync(resume, path, cursor)
         task_status.started()
         try:
@@ -201,7 +207,8 @@ class Notifier:
                     self._due_at(0.0)
                 else:
                     took = False
-                if place is not None and place != saved and (
+                # no targets, no cursor writes: a busy daemon without notifications pays nothing
+                if place is not None and place != saved and self.config().notify and (
                         took or now - saved_at > CURSOR_EVERY):
                     await anyio.to_thread.run_sync(self.outbox.save_cursor, *place)
                     saved, saved_at = place, now
