@@ -120,7 +120,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     live = not (args.quiet or args.plain) and sys.stdout.isatty()
     status = anyio.run(run_foreground, plan, config, not (args.quiet or live), live)
     folder = config.state_dir / "plans" / plan.id
-    report.write_report(config, folder)
+    report.write_after_run(config, folder)
     print(f"plan {plan.id}: {status} — audit log {config.audit_path}, files {folder}")
     return EXIT_OK if status is PlanStatus.SUCCEEDED else EXIT_FAILED
 

@@ -183,6 +183,15 @@ def write_report(config: Config, folder: Path) -> Path:
     return dest
 
 
+def write_after_run(config: Config, folder: Path) -> None:
+    """`orchestrd run`'s report.md; a report that cannot be written is said, and the run's
+    exit code stays the plan's."""
+    try:
+        write_report(config, folder)
+    except (OSError, OrchestrdError, ValueError) as exc:
+        print(f"orchestrd: {folder / REPORT_NAME} not written: {exc}", file=sys.stderr)
+
+
 async def archive_report(config: Config, folder: Path) -> dict[str, str]:
     """Write `report.md` off the event loop; the field for the plan.archived event (where it
     is, or why there is none: a report must never stop the daemon)."""
