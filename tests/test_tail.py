@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -129,3 +130,37 @@ def test_since_on_a_large_log_reads_only_its_end(tmp_path: Path) -> None:
     out = subprocess.run([*cmd, "--event", "plan.*"], capture_output=True, text=True, check=True)
     assert out.stdout == ""
     assert time.monotonic() - t0 < 6
+
+
+def test_tail_on_a_terminal_colours_events_by_outcome(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    rows = [("phase.passed", "P01"), ("check.failed", "P02"), ("check.warning", "P02"),
+            ("phase.started", "P03")]
+    log.write_text("".join(
+        json.dumps({"ts": f"2026-01-01T00:00:0{i}.000000+00:00", "event": name, "plan": "T",
+                    "phase": phase}) + "\n" for i, (name, phase) in enumerate(rows)))
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}"\ndefault_worker = "w"\n[workers.w]\ncommand = ["true"]\n'
+    )
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrd", "tail", "--config", str(config)],
+                            stdout=slave, env=env)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=10) == 0
+    text = out.decode()
+    assert "\033[32mphase.passed\033[0m" in text  # green
+    assert "\033[31mcheck.failed\033[0m" in text  # red
+    assert "\033[33mcheck.warning\033[0m" in text  # yellow
+    assert "phase.started " in text and "plan=T phase=P03" in text
