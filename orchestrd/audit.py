@@ -46,6 +46,7 @@ EVENTS: dict[str, str] = {
         "allowed_submitters, or no plan id (reason, requester)"
     ),
     "daemon.watch_failed": "inotify on the inbox failed; the daemon falls back to rescans",
+    "daemon.metrics_failed": "[metrics] textfile could not be written (reason); once per reason",
     "plan.accepted": "a file in the inbox passed validation and was moved to plans/<id>/",
     "plan.rejected": "a file in the inbox failed validation; see rejected/<name>.error",
     "plan.queued": "the plan waits for a worker slot",
@@ -87,6 +88,9 @@ EVENTS: dict[str, str] = {
     "check.output_truncated": "a verify command's output went over max_log_bytes; its head and "
     "tail were kept in its file, the middle dropped (it was judged whole)",
     "remediation.started": "a remediation attempt begins (failure)",
+    "notify.sent": "a notification was delivered (for_event, target, attempts)",
+    "notify.failed": "a notification attempt failed (HTTP status or returncode, reason); "
+    "retried after retry_in, or gave_up after retry_for",
 }
 
 FIRST_KEYS = ("ts", "event", "plan", "phase", "attempt", "role", "pid")

@@ -314,6 +314,49 @@ class SpoolSettings(Strict):
     )
 
 
+DEFAULT_NOTIFY_ON = [
+    "plan.succeeded", "plan.failed", "plan.paused", "phase.failed", "daemon.reload_failed",
+    "profile.parked", "profile.blocked",
+]
+
+
+class NotifyTarget(Strict):
+    """One `[[notify]]` entry: which events, and a command or a URL to send them to."""
+
+    on: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_NOTIFY_ON),
+        description="event names or globs (`check.*`); notify.* events are never sent",
+    )
+    command: list[str] | None = Field(
+        None, min_length=1,
+        description="argv; the event JSON on stdin, the report in $ORCHESTRD_REPORT_FILE",
+    )
+    url: str | None = Field(None, pattern=r"^https?://", description="HTTP POST to this URL")
+    format: Literal["json", "slack", "ntfy"] = Field(
+        "json", description="url only: the event, {\"text\": …}, or ntfy's plain text"
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="url only; `$NAME`/`${NAME}` in a value is the daemon's environment variable",
+    )
+    timeout: Duration = Field(10.0, description="one delivery attempt is stopped after this")
+    retry_for: Duration = Field(3600.0, description="retried with backoff for this long")
+    backoff: Duration = Field(5.0, description="first retry after this, doubling up to 5 min")
+
+    @pydantic.model_validator(mode="after")
+    def _one_destination(self) -> NotifyTarget:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give either command = [argv] or url = \"https://…\", not both")
+        return self
+
+
+class MetricsSettings(Strict):
+    textfile: Path | None = Field(
+        None, description="write Prometheus metrics here (node_exporter's textfile collector)"
+    )
+    interval: Duration = Field(15.0, description="how often the textfile is rewritten")
+
+
 class Config(Strict):
     state_dir: Path = Field(Path("/var/lib/orchestrd"), description="plans/<id>/ live here")
     default_worker: str = Field("codex", description="profile used when a plan names none")
@@ -365,6 +408,10 @@ class Config(Strict):
     max_log_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="a worker log is cut at this size (rest counted)"
     )
+    notify: list[NotifyTarget] = Field(
+        default_factory=list, description="[[notify]]: where events are sent, at least once"
+    )
+    metrics: MetricsSettings = MetricsSettings()
 
     @pydantic.model_validator(mode="after")
     def _default_worker_exists(self) -> Config:

@@ -27,8 +27,11 @@ from .audit import CHATTY, AuditLog, Logger, Redactor
 from .config import Config, load_config
 from .errors import ConfigError, OrchestrdError, PlanError, StateError
 from .fsutil import FileRefused, copy_regular
+from .metrics import run_metrics
+from .notify import run_notifier
 from .plan import Plan, check_plan_id, confine, is_plan_id, load_plan
 from .privsep import check_identities, clear_ambient_capabilities, separation
+from .report import archive_report
 from .runner import PlanRunner
 from .spool import (
     RUN_LOCK,
@@ -115,6 +118,8 @@ class Daemon:
             with anyio.open_signal_receiver(*signals) as received:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._handle_signals, received, tg.cancel_scope)
+                    await tg.start(run_notifier, lambda: self.config, self.log)
+                    await tg.start(run_metrics, lambda: self.config, self.log)
                     await self._recover(tg)
                     tg.start_soon(self._watch_inbox)
                     tg.start_soon(self._main_loop, tg)
@@ -432,7 +437,8 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - a finished plan must never stop the daemon
             entry.log.info("plan.archived", reason=f"archive failed, left in plans/: {exc}")
             return
-        extra = {"evidence_skipped": skipped} if skipped else {}
+        extra: dict[str, object] = {"evidence_skipped": skipped} if skipped else {}
+        extra |= await archive_report(self.config, dest)
         # the status too: a plan found finished at start-up may have lost its plan.succeeded
         # (or .failed) event with the daemon that saved the state and was killed
         entry.log.info(
