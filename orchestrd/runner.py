@@ -219,7 +219,7 @@ def read_prompt_file(plan: Plan, rel: str) -> str:
     try:
         raw = read_regular(path, MAX_PROMPT_FILE, "the prompt file limit", follow=False)
     except FileRefused as exc:
-        raise PlanError(f"the prompt file {rel!r}: {exc}") from None
+        raise PlanError(f"prompt_file {plan.in_plan_dir(rel)}: {exc}") from None
     return raw.decode("utf-8", errors="replace")
 
 
