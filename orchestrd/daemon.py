@@ -103,6 +103,12 @@ class Daemon:
         self.spool.lock()
         use_pidfd_child_watcher()
         self._announce_dangerous()
+        listener = None
+        if self.config.http is not None:
+            from .web import Listener  # starlette and uvicorn only when asked for
+
+            # before anything runs: a port in use stops start-up with the key named
+            listener = Listener.bind(self.config.http, self.config_path)
         try:
             # Signals are caught from before READY=1 until every worker is stopped: one more
             # SIGTERM/SIGINT/SIGHUP during shutdown waits in the receiver instead of killing
@@ -114,6 +120,9 @@ class Daemon:
                     await self._recover(tg)
                     tg.start_soon(self._watch_inbox)
                     tg.start_soon(self._main_loop, tg)
+                    if listener is not None:
+                        url = await tg.start(listener.serve, self)
+                        print(f"orchestrd: status page at {url}", file=sys.stderr, flush=True)
                     if self.notifier.watchdog_interval() is not None:
                         tg.start_soon(watchdog_loop, self.notifier, self._notify_failed)
                     self.log.info(
@@ -196,6 +205,12 @@ class Daemon:
 
     def _count_running(self) -> int:
         return sum(1 for e in self.entries.values() if e.running)
+
+    def web_status(self) -> dict[str, object]:
+        """What the status page shows of the daemon itself (orchestrd.web)."""
+        running = [e.plan.id for e in self.entries.values() if e.running]
+        queued = [e.plan.id for e in self.entries.values() if not e.running]
+        return {"running": len(running), "running_plans": running, "queued": queued}
 
     def _status_line(self) -> str:
         running = self._count_running()
