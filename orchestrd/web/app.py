@@ -390,19 +390,20 @@ async def static(request: Request) -> Response:
 
 
 async def login(request: Request) -> Response:
+    """The page asks for the token once; the session cookie then stands for it."""
     web: Web = request.app.state.web
     token = web.daemon.config.http.token if web.daemon.config.http else None
+    nxt = request.query_params.get("next", "/")
+    if not nxt.startswith("/") or nxt.startswith("//"):
+        nxt = "/"  # only a page of this site
     if request.method == "GET":
-        return HTMLResponse(render.login_page(failed=False))
+        return HTMLResponse(render.login_page(failed=False, next_path=nxt))
     body = await _small_body(request, 4096)
     given = parse_qs(body.decode("utf-8", "replace")).get("token", [""])[0]
     if token is None or not hmac.compare_digest(given.encode(), token.encode()):
-        return HTMLResponse(render.login_page(failed=True), 401)
-    nxt = request.query_params.get("next", "/")
-    response = RedirectResponse(nxt if nxt.startswith("/") and not nxt.startswith("//")
-                                else "/", 303)
-    response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict",
-                        secure=False)
+        return HTMLResponse(render.login_page(failed=True, next_path=nxt), 401)
+    response = RedirectResponse(nxt, 303)
+    response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict")
     return response
 
 

@@ -298,13 +298,14 @@ def daemon_page(info: Mapping[str, Any]) -> str:
     return page("Daemon", content, kind="daemon")
 
 
-def login_page(failed: bool) -> str:
+def login_page(failed: bool, next_path: str = "/") -> str:
     content = h(
         "<h1>Token required</h1><p>This status page asks for the token set in the daemon's "
         "<code>[http] token</code>.</p>{err}"
-        '<form method="post" action="/login"><input type="password" name="token" '
+        '<form method="post" action="/login?next={nxt}"><input type="password" name="token" '
         'autocomplete="current-password" required autofocus> <button type="submit">Open'
         "</button></form>",
         err=Safe('<p class="reason">wrong token</p>') if failed else "",
+        nxt=quote(next_path, safe="/"),
     )
     return page("Token", content, kind="login")

@@ -36,8 +36,15 @@
     if (typeof u.cost === "number") parts.push("$" + u.cost.toFixed(2));
     return parts.join(" · ") || "-";
   }
+  // Open streams are closed when the page is left: a page kept in the back/forward cache
+  // would otherwise hold its connections, and browsers allow only six per host.
+  const streams = [];
+  window.addEventListener("pagehide", () => { for (const es of streams) es.close(); });
+  window.addEventListener("pageshow", (e) => { if (e.persisted) location.reload(); });
+
   function stream(url, onData) {
     const es = new EventSource(url);
+    streams.push(es);
     es.onopen = () => live && live.classList.add("on");
     es.onerror = () => live && live.classList.remove("on");
     es.onmessage = (m) => onData(JSON.parse(m.data));
@@ -93,7 +100,7 @@
     let logStream = null;
 
     function followLog() {
-      if (logStream) { logStream.close(); logStream = null; }
+      if (logStream) { logStream.close(); streams.splice(streams.indexOf(logStream), 1); logStream = null; }
       const pre = document.getElementById("log");
       if (!pre || !pre.dataset.follow) return;
       logStream = stream(pre.dataset.follow, (d) => {
