@@ -193,7 +193,7 @@ def test_unix_socket_is_0660_and_removed_at_stop(daemon: Daemon) -> None:
 
 
 def test_slow_clients_never_hold_up_plans_or_shutdown(daemon: Daemon) -> None:
-    web_config(daemon, max_connections=4)
+    web_config(daemon, max_connections=4, timeout_keep_alive="1s")
     daemon.start()
     url = base_url(daemon)
     port = urllib.parse.urlsplit(url).port
@@ -203,9 +203,14 @@ def test_slow_clients_never_hold_up_plans_or_shutdown(daemon: Daemon) -> None:
         s = socket.create_connection(("127.0.0.1", port))
         s.sendall(b"GET /api/plans HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         idle.append(s)
+    assert get(url, "/healthz")[0] == 503  # beyond max_connections: turned away, not queued
     daemon.submit("WEB-slow")
     daemon.wait_plans_end(["WEB-slow"])
-    assert get(url, "/healthz")[0] == 503  # beyond max_connections: turned away, not queued
+    for s in idle:  # half a request is dropped after timeout_keep_alive
+        s.settimeout(5)
+        assert s.recv(100) == b""
+    assert get(url, "/healthz")[0] == 200
+    assert stream.next_data()["event"] == "plan.accepted"  # an open stream is no idle client
     started = time.monotonic()
     assert daemon.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 5

@@ -111,14 +111,9 @@ class Web:
 
     # -- data --
 
-    def rows(self, status: str, repo: str) -> list[dict[str, Any]]:
+    def all_rows(self) -> list[dict[str, Any]]:
         self._fresh_audit()
-        rows = self.plans.rows()
-        if status:
-            rows = [r for r in rows if r.get("state") == status]
-        if repo:
-            rows = [r for r in rows if r.get("repo") == repo]
-        return rows
+        return self.plans.rows()
 
     def detail(self, plan_id: str) -> dict[str, Any] | None:
         self._fresh_audit()
@@ -280,11 +275,14 @@ async def plans_json(request: Request) -> Response:
 
 
 async def _plans(request: Request) -> dict[str, Any]:
+    """One page of the plans' rows, filtered; `repos` and `usage` describe all of them."""
     web: Web = request.app.state.web
     q = request.query_params
     status, repo = q.get("status", ""), q.get("repo", "")
     per = _int(q.get("per_page"), PAGE_SIZE, 1, 500)
-    rows = await anyio.to_thread.run_sync(web.rows, status, repo)
+    every = await anyio.to_thread.run_sync(web.all_rows)
+    rows = [r for r in every if (not status or r.get("state") == status)
+            and (not repo or r.get("repo") == repo)]
     pages = max(1, math.ceil(len(rows) / per))
     page_no = _int(q.get("page"), 1, 1, pages)
     last = web.audit.last_events()
@@ -293,20 +291,17 @@ async def _plans(request: Request) -> dict[str, Any]:
         if (e := last.get(r["plan"])) is not None:
             r["last_event"] = {"event": e.get("event"), "ts": e.get("ts")}
     return {"plans": shown, "total": len(rows), "page": page_no, "pages": pages,
-            "per_page": per, "status": status, "repo": repo}
+            "per_page": per, "status": status, "repo": repo,
+            "repos": sorted({str(r["repo"]) for r in every if r.get("repo")}),
+            "usage": any("usage" in r for r in every)}
 
 
 async def plans_page(request: Request) -> Response:
-    web: Web = request.app.state.web
     data = await _plans(request)
-    all_rows = await anyio.to_thread.run_sync(web.plans.rows)
-    repos = sorted({str(r["repo"]) for r in all_rows if r.get("repo")})
-    usage = any("usage" in r for r in all_rows)
-    last = {r["plan"]: r.get("last_event") for r in data["plans"] if r.get("last_event")}
+    last = {r["plan"]: r["last_event"] for r in data["plans"] if r.get("last_event")}
     return HTMLResponse(render.plans_page(
-        data["plans"], last, total=data["total"], page_no=data["page"],
-        pages=data["pages"], status=data["status"], repo=data["repo"], repos=repos,
-        usage=usage,
+        data["plans"], last, total=data["total"], page_no=data["page"], pages=data["pages"],
+        status=data["status"], repo=data["repo"], repos=data["repos"], usage=data["usage"],
     ))
 
 

@@ -5,6 +5,7 @@ prompt stop when that group is cancelled. uvicorn never touches signals: the dae
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import grp
@@ -17,6 +18,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..config import HttpSettings, is_loopback, parse_listen
 from ..errors import ConfigError
@@ -89,6 +91,37 @@ def _bind_unix(path: Path, group: str | None) -> socket.socket:
     return sock
 
 
+class _H11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's head: a client that
+    connects, or sends half a request, and then waits is dropped after timeout_keep_alive
+    instead of holding one of max_connections for ever (uvicorn times out only idle
+    keep-alive connections, and any byte received cancels that)."""
+
+    _head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+        self._head_deadline = self.loop.call_later(self.timeout_keep_alive, self._head_late)
+
+    def _head_late(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:  # no request under way
+            self.transport.close()
+
+
 class _Server(uvicorn.Server):
     def install_signal_handlers(self) -> None:
         """The daemon owns SIGTERM/SIGINT/SIGHUP (older uvicorn's hook)."""
@@ -109,7 +142,7 @@ async def serve_http(
               AuditIndex(daemon.config.audit_path))
     config = uvicorn.Config(
         build_app(web, loopback=host != "unix" and is_loopback(host)),
-        lifespan="off", log_config=None, access_log=False, server_header=False,
+        http=_H11, lifespan="off", log_config=None, access_log=False, server_header=False,
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=max(1, round(settings.timeout_keep_alive)),
         timeout_graceful_shutdown=max(1, round(SHUTDOWN_GRACE)),
@@ -123,6 +156,8 @@ async def serve_http(
         task_status.started(url)
         async with anyio.create_task_group() as tg:
             tg.start_soon(web.follow_audit)
+            # the first look at 1,000 state files takes a while: not in the first request
+            tg.start_soon(anyio.to_thread.run_sync, web.plans.rows)
             tg.start_soon(_tick, server)
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_GRACE + 0.5):
