@@ -13,7 +13,7 @@ import time
 import urllib.parse
 
 from daemon_support import Daemon
-from web_support import HOSTILE, Sse, base_url, get, get_json, web_config
+from web_support import HOSTILE, SECRET, Sse, base_url, get, get_json, web_config
 
 TOKEN = "s3cret-token-for-the-status-page"
 
@@ -98,12 +98,17 @@ def test_pages_and_api_show_hostile_text_escaped_and_match_status_json(daemon: D
     code, headers, text = get(url, "/api/plans/WEB-hostile/phases/P01/log?attempt=1")
     assert code == 200 and headers["content-type"].startswith("text/plain")
     assert "<script>window.pwnedLog" in text  # plain text, never rendered as markup
+    assert "using key ***" in text and SECRET not in text  # redacted as in the audit log
+    assert SECRET not in html
 
     _, _, metrics = get(url, "/metrics")
     assert 'orchestrd_plans{state="failed"} 1' in metrics
     assert 'orchestrd_plans{state="succeeded"} 1' in metrics
     assert get_json(url, "/healthz")["ok"] is True
     assert get_json(url, "/api/daemon")["max_workers"] == 4
+    daemon.send(signal.SIGHUP)
+    daemon.wait_event("daemon.reloaded")
+    assert get_json(url, "/api/daemon")["last_reload"]["event"] == "daemon.reloaded"
 
     # read-only: nothing accepts a change, and no other site can read it through DNS rebinding
     assert get(url, "/api/plans/WEB-ok", method="POST")[0] == 405

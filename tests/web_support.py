@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 from daemon_support import Daemon
 
 WEB_AGENT = Path(__file__).parent / "agents" / "web_agent.py"
+SECRET = "sk-web-0123456789abcdef"
+"""In the `web` profiles' environment as WEB_API_KEY (a secret by its name); the agent prints it."""
 HOSTILE = "<script>window.pwned = 1</script><img src=x onerror=window.pwned=2>"
 
 
@@ -23,7 +25,8 @@ def web_config(
     """The daemon's test config plus [http], and profiles `web` and `web_todo` running
     tests/agents/web_agent.py (held by `d.hold`, with `agent_env` added)."""
     web = {"command": ["{python}", str(WEB_AGENT), "{prompt}"],
-           "env": {"AGENT_HOLD_DIR": str(d.hold_dir), **(agent_env or {})}}
+           "env": {"AGENT_HOLD_DIR": str(d.hold_dir), "WEB_API_KEY": SECRET,
+                   **(agent_env or {})}}
     todo = {**web, "env": {**web["env"], "AGENT_TODO_REPORT": "1"}}
     workers = {**d.config_data()["workers"], "web": web, "web_todo": todo}
     d.write_config(http={"listen": listen, **http}, workers=workers)

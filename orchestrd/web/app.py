@@ -91,7 +91,7 @@ class Web:
         self.changed.set()
         self.changed = anyio.Event()
 
-    def _fresh_audit(self) -> None:
+    def fresh_audit(self) -> None:
         """In a worker thread: take in the audit log's newest events before answering, so an
         answer is never older than the log (and wake the streams if there were any)."""
         if self.audit.poll():
@@ -112,11 +112,11 @@ class Web:
     # -- data --
 
     def all_rows(self) -> list[dict[str, Any]]:
-        self._fresh_audit()
+        self.fresh_audit()
         return self.plans.rows()
 
     def detail(self, plan_id: str) -> dict[str, Any] | None:
-        self._fresh_audit()
+        self.fresh_audit()
         found = self.plans.state(plan_id)
         if found is None:
             return None
@@ -143,7 +143,7 @@ class Web:
 
     def daemon_info(self) -> dict[str, Any]:
         config = self.daemon.config
-        last = self.audit.last
+        last = self.audit.daemon_events()
         reloads = [e for e in (last.get("daemon.reloaded"), last.get("daemon.reload_failed")) if e]
         return {
             "version": __version__,
@@ -327,11 +327,13 @@ async def plan_page(request: Request) -> Response:
 
 async def daemon_page(request: Request) -> Response:
     web: Web = request.app.state.web
+    await anyio.to_thread.run_sync(web.fresh_audit)  # the last reload may be just logged
     return HTMLResponse(render.daemon_page(web.daemon_info()))
 
 
 async def daemon_json(request: Request) -> Response:
     web: Web = request.app.state.web
+    await anyio.to_thread.run_sync(web.fresh_audit)
     return _json(web.daemon_info())
 
 

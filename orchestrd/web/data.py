@@ -210,6 +210,11 @@ class AuditIndex:
         with self._lock:
             return list(self.by_plan.get(plan, ()))
 
+    def daemon_events(self) -> dict[str, dict[str, Any]]:
+        """The last daemon-wide event of each name."""
+        with self._lock:
+            return dict(self.last)
+
     def last_events(self) -> dict[str, dict[str, Any]]:
         """Each plan's last event."""
         with self._lock:

@@ -15,6 +15,8 @@ import _agent
 _agent.start("web")
 env = os.environ
 print("log line: <script>window.pwnedLog = 1</script> <b>bold?</b>", flush=True)
+if secret := env.get("WEB_API_KEY"):
+    print(f"using key {secret}", flush=True)  # the page shows it redacted, as the audit log
 for i in range(int(env.get("AGENT_PRINT_KIB", "0")) * 16):
     print(f"filler {i:08d} " + "x" * 47, flush=False)  # 64-byte lines
 plan = env["ORCHESTRD_PLAN_ID"]
