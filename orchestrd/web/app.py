@@ -33,6 +33,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
+from ..audit import AuditLog, Logger
 from ..config import Config, is_loopback
 from ..spool import Spool
 from ..state import PlanState
@@ -65,6 +66,8 @@ class DaemonView(Protocol):
     config: Config
     config_path: Path | None
     spool: Spool
+    audit: AuditLog
+    log: Logger
 
     def web_status(self) -> dict[str, Any]: ...
 

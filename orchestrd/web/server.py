@@ -13,7 +13,6 @@ import os
 import socket
 import stat
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -22,7 +21,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..config import HttpSettings, is_loopback, parse_listen
 from ..errors import ConfigError
-from .app import Web, build_app
+from .app import DaemonView, Web, build_app
 from .data import AuditIndex, PlanIndex
 
 SHUTDOWN_GRACE = 1.0
@@ -62,7 +61,8 @@ class Listener:
         return cls(settings, sock, f"http://{shown}:{sock.getsockname()[1]}/")
 
     async def serve(
-        self, daemon: Any, *, task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED
+        self, daemon: DaemonView, *,
+        task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve the status page until cancelled; `task_status` gets the URL once listening."""
         await serve_http(daemon, self, task_status)
@@ -122,18 +122,8 @@ class _H11(H11Protocol):
             self.transport.close()
 
 
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:
-        """The daemon owns SIGTERM/SIGINT/SIGHUP (older uvicorn's hook)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Any:
-        """The daemon owns SIGTERM/SIGINT/SIGHUP (newer uvicorn's hook)."""
-        yield
-
-
 async def serve_http(
-    daemon: Any, listener: Listener, task_status: anyio.abc.TaskStatus[str]
+    daemon: DaemonView, listener: Listener, task_status: anyio.abc.TaskStatus[str]
 ) -> None:
     settings, sock, url = listener.settings, listener.sock, listener.url
     host, _ = parse_listen(settings.listen)
@@ -148,7 +138,9 @@ async def serve_http(
         timeout_graceful_shutdown=max(1, round(SHUTDOWN_GRACE)),
     )
     config.load()
-    server = _Server(config)
+    # startup() and shutdown() are called here, never serve(): that one would install signal
+    # handlers of its own over the daemon's and poll should_exit ten times a second
+    server = uvicorn.Server(config)
     server.lifespan = config.lifespan_class(config)
     try:
         await server.startup(sockets=[sock])
@@ -172,7 +164,7 @@ async def serve_http(
 
 
 async def _tick(server: uvicorn.Server) -> None:
-    """uvicorn's once-a-second housekeeping (the Date header) without its 0.1 s poll loop."""
+    """uvicorn's once-a-second housekeeping (the Date header), which serve() would do."""
     while True:
         await server.on_tick(0)
         await anyio.sleep(1)
