@@ -300,11 +300,14 @@ async def _plans(request: Request) -> dict[str, Any]:
 
 
 async def plans_page(request: Request) -> Response:
+    web: Web = request.app.state.web
+    since = web.audit.seq  # before the rows: a live update may repeat, not miss
     data = await _plans(request)
     last = {r["plan"]: r["last_event"] for r in data["plans"] if r.get("last_event")}
     return HTMLResponse(render.plans_page(
         data["plans"], last, total=data["total"], page_no=data["page"], pages=data["pages"],
         status=data["status"], repo=data["repo"], repos=data["repos"], usage=data["usage"],
+        since=since,
     ))
 
 

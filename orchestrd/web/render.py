@@ -124,8 +124,9 @@ def plan_row(r: Mapping[str, Any], last: Mapping[str, Any] | None, usage: bool) 
 
 def plans_page(
     rows: list[dict[str, Any]], last: Mapping[str, Mapping[str, Any]], *, total: int,
-    page_no: int, pages: int, status: str, repo: str, repos: list[str], usage: bool,
+    page_no: int, pages: int, status: str, repo: str, repos: list[str], usage: bool, since: int,
 ) -> str:
+    """`since`: the audit position the rows are as new as (live updates go on from it)."""
     status_opts = join(
         h('<option value="{v}"{sel}>{label}</option>', v=v, label=v or "any status",
           sel=Safe(" selected") if v == status else "")
@@ -159,7 +160,7 @@ def plans_page(
         so=status_opts, ro=repo_opts, total=total, p=page_no, pages=pages,
         head=Safe(head), body=body, nav=join(nav), u="1" if usage else "",
     )
-    return page("Plans", content, kind="plans")
+    return page("Plans", content, kind="plans", data={"since": str(since)})
 
 
 def _checks(checks: list[dict[str, Any]]) -> Safe:

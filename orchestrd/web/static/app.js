@@ -5,6 +5,7 @@
   const body = document.body;
   const live = document.getElementById("live");
   const LOG_KEEP = 256 * 1024;
+  const QUIET = ["worker.poll", "check.passed"];
 
   function cell(value) {
     const td = document.createElement("td");
@@ -91,7 +92,10 @@
       document.getElementById("plans-count").textContent =
         data.total + " plans · page " + data.page + " of " + data.pages;
     }
-    stream("/api/events", debounce(refresh, 250));
+    // polls and passed checks change no row's state: with many workers they would refetch the
+    // table several times a second for every open page
+    const later = debounce(refresh, 500);
+    stream("/api/events?since=" + body.dataset.since, (e) => { if (!QUIET.includes(e.event)) later(); });
   }
 
   function planPage() {
@@ -138,7 +142,7 @@
       code.textContent = rest.length > 400 ? rest.slice(0, 400) + "…" : rest;
       tr.append(cell(stamp(e.ts)), cell(e.event), cell(code));
       events.appendChild(tr);
-      later();
+      if (!QUIET.includes(e.event)) later();
     });
     followLog();
   }
