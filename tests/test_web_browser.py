@@ -110,7 +110,9 @@ def test_the_plan_page_shows_a_failed_checks_reason_and_the_log_growing(
     badge = browser.find_element(By.CSS_SELECTOR, "#summary .badge")
     assert badge.text == "failed"
     assert browser.execute_script("return window.notReloaded") is True
+    browser.set_window_size(1280, 1500)  # down to the log tail
     browser.save_screenshot(str(DOCS / "web-plan.png"))
+    browser.set_window_size(1280, 860)
 
 
 def test_markup_in_a_prompt_a_check_reason_and_a_log_line_stays_inert(
