@@ -222,3 +222,17 @@ def test_slow_clients_never_hold_up_plans_or_shutdown(daemon: Daemon) -> None:
     for s in idle:
         s.close()
     stream.close()
+
+
+def test_events_go_on_after_the_audit_log_is_rotated(daemon: Daemon) -> None:
+    web_config(daemon)
+    daemon.start()
+    url = base_url(daemon)
+    daemon.submit("WEB-before")
+    daemon.wait_plans_end(["WEB-before"])
+    assert get_json(url, "/api/plans/WEB-before")["events"]
+    os.rename(daemon.audit_path, daemon.audit_path.with_name("audit.jsonl.1"))  # logrotate
+    daemon.submit("WEB-after")
+    daemon.wait_plans_end(["WEB-after"])
+    names = [e["event"] for e in get_json(url, "/api/plans/WEB-after")["events"]]
+    assert names[0] == "plan.accepted" and "plan.succeeded" in names

@@ -203,7 +203,14 @@ class AuditIndex:
             newest = self.seq
             if seq >= newest:
                 return newest, []
-            out = [e for s, e in self.events if s > seq and (plan is None or e.get("plan") == plan)]
+            out = []
+            # from the newest back: a wake-up costs the new events, not the 20,000 kept
+            for s, e in reversed(self.events):
+                if s <= seq:
+                    break
+                if plan is None or e.get("plan") == plan:
+                    out.append(e)
+        out.reverse()
         return newest, out
 
     def plan_events(self, plan: str) -> list[dict[str, Any]]:
