@@ -121,17 +121,19 @@ class Web:
         self.fresh_audit()
         return self.plans.rows()
 
-    def detail(self, plan_id: str) -> dict[str, Any] | None:
+    def detail(self, plan_id: str) -> tuple[int, dict[str, Any]] | None:
+        """A plan's detail, and the audit seq its events run up to (where a live update of
+        the page starts)."""
         self.fresh_audit()
         found = self.plans.state(plan_id)
         if found is None:
             return None
         folder, state, row = found
-        events = self.audit.plan_events(plan_id)
+        seq, events = self.audit.plan_events(plan_id)
         detail = dict(row)
         detail["phases"] = _phases(state, plan_file(folder), events, self.redact)
         detail["events"] = events[-EVENTS_SHOWN:]
-        return detail
+        return seq, detail
 
     def log_path(self, plan_id: str, phase: str, attempt: int | None) -> tuple[str, int, Path]:
         """The log of an attempt (default: the last one) of a phase, always inside the plan's
@@ -316,20 +318,20 @@ async def plans_page(request: Request) -> Response:
 
 async def plan_json(request: Request) -> Response:
     web: Web = request.app.state.web
-    detail = await anyio.to_thread.run_sync(web.detail, request.path_params["plan"])
-    if detail is None:
+    found = await anyio.to_thread.run_sync(web.detail, request.path_params["plan"])
+    if found is None:
         return _json({"error": "no such plan"}, 404)
-    return _json(detail)
+    return _json(found[1])
 
 
 async def plan_page(request: Request) -> Response:
     web: Web = request.app.state.web
     plan_id = request.path_params["plan"]
-    since = web.audit.seq  # before the page's events: a live update may repeat, not miss
-    detail = await anyio.to_thread.run_sync(web.detail, plan_id)
-    if detail is None:
+    found = await anyio.to_thread.run_sync(web.detail, plan_id)
+    if found is None:
         return HTMLResponse(render.page("Not found", render.h(
             "<h1>No plan {p}</h1>", p=plan_id), kind="missing"), 404)
+    since, detail = found
     log = await anyio.to_thread.run_sync(_current_log, web, detail)
     return HTMLResponse(render.plan_page(detail, log, since))
 

@@ -213,9 +213,11 @@ class AuditIndex:
         out.reverse()
         return newest, out
 
-    def plan_events(self, plan: str) -> list[dict[str, Any]]:
+    def plan_events(self, plan: str) -> tuple[int, list[dict[str, Any]]]:
+        """The plan's kept events and the seq they run up to, taken together: a live update
+        from that seq neither repeats nor misses one."""
         with self._lock:
-            return list(self.by_plan.get(plan, ()))
+            return self.seq, list(self.by_plan.get(plan, ()))
 
     def daemon_events(self) -> dict[str, dict[str, Any]]:
         """The last daemon-wide event of each name."""
