@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .config import Config, WorkerProfile, load_config
 from .errors import OrchestrdError
+from .privsep import check_identities, separation
 from .runner import base_env
 from .spool import Spool
 
@@ -178,6 +179,23 @@ def check_unit() -> Iterator[Finding]:
         yield Finding("ok", f"systemd unit {unit}")
 
 
+def check_privileges(config: Config) -> Iterator[Finding]:
+    """Whether workers run as a user of their own (issue #22): without it a worker can rewrite
+    the daemon's state and signal it."""
+    try:
+        check_identities(config)
+    except OrchestrdError as exc:
+        yield Finding("fail", f"worker user: {exc}", "fix worker_user / worker_group")
+        return
+    on, why = separation(config)
+    if on:
+        yield Finding("ok", f"privilege separation: {why}")
+    else:
+        yield Finding("warn", f"privilege separation off: {why}",
+                      "set worker_user (systemd/orchestrd.sysusers creates orchestrd-worker) "
+                      "and run the daemon as root or with CAP_SETUID CAP_SETGID CAP_KILL")
+
+
 def run_checks(config_arg: str | None) -> list[Finding]:
     try:
         config, path = load_config(config_arg)
@@ -192,6 +210,7 @@ def run_checks(config_arg: str | None) -> list[Finding]:
         findings.append(Finding("warn", "git not found: no worker.changes, no git rules",
                                 "install git"))
     findings += check_state_dir(config)
+    findings += check_privileges(config)
     findings += check_unit()
     findings += check_daemon(config)
     return findings
