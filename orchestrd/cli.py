@@ -58,19 +58,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def run_foreground(
-    plan: Plan, config: Config, echo: bool, live: bool = False
-) -> PlanStatus:
+async def run_foreground(plan: Plan, config: Config, echo: bool, live: bool = False) -> PlanStatus:
     """Run one plan in this process under `state_dir/plans/<id>/`; SIGINT/SIGTERM interrupt it.
     `live`: a progress view on the terminal instead of event lines.
 
     The plan fails (with the reason, no traceback) if the runner cannot go on, e.g. a full disk.
     """
     from .daemon import describe_failure
+
     use_pidfd_child_watcher()
     folder = PlanFolder(config.state_dir / "plans" / plan.id)
     audit = AuditLog(
-        config.audit_path, echo=sys.stderr if echo else None,
+        config.audit_path,
+        echo=sys.stderr if echo else None,
         redactor=Redactor.from_config(config),
     )
     log = audit.bind(plan=plan.id)
@@ -241,8 +241,9 @@ def _control(args: argparse.Namespace, kind: str) -> int:
         return EXIT_FAILED
     if kind == ".retry" and current not in (PlanStatus.FAILED, PlanStatus.CANCELLED):
         active = "" if current in PLAN_TERMINAL else " and still active — cancel it first"
-        print(f"plan {args.plan} is {current}{active}; only failed or cancelled plans can be "
-              "retried")
+        print(
+            f"plan {args.plan} is {current}{active}; only failed or cancelled plans can be retried"
+        )
         return EXIT_FAILED
     if kind == ".retry":
         try:
@@ -291,8 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common], help="run one plan in the foreground")
     p.add_argument("plan", metavar="PLAN")
     p.add_argument("-q", "--quiet", action="store_true", help="no event lines on stderr")
-    p.add_argument("--plain", action="store_true",
-                   help="event lines on stderr, not the live view a terminal gets")
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="event lines on stderr, not the live view a terminal gets",
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("daemon", parents=[common], help="serve the inbox (what systemd runs)")

@@ -70,9 +70,7 @@ def base_env(config: Config) -> dict[str, str]:
     return {k: os.environ[k] for k in names if k in os.environ}
 
 
-def render_command(
-    profile: WorkerProfile, values: dict[str, str]
-) -> list[str]:
+def render_command(profile: WorkerProfile, values: dict[str, str]) -> list[str]:
     # one pass over the template: braces inside a substituted value (a prompt quoting
     # `f"{phase}"`) are the value's own text, never placeholders
     return [
@@ -101,7 +99,8 @@ def contract_trailer(
     ]
     if completion:  # `completion = []`: an imported phase that names no completion file
         lines.append(
-            "- Create the completion file(s) " + ", ".join(f"`{c}`" for c in completion)
+            "- Create the completion file(s) "
+            + ", ".join(f"`{c}`" for c in completion)
             + (
                 " containing the marker(s) " + ", ".join(f"`{m}`" for m in phase.markers)
                 if phase.markers
@@ -136,7 +135,8 @@ def contract_trailer(
     if patterns:
         lines.append(
             "- Lines you add outside tests must not match: "
-            + ", ".join(f"`{p}`" for p in patterns) + "."
+            + ", ".join(f"`{p}`" for p in patterns)
+            + "."
         )
     if phase.verify:
         lines.append(
@@ -314,14 +314,21 @@ class PlanRunner:
             ps.failures += 1
             if ps.failures > policy.max_remediations:
                 await self.record.set_phase(
-                    phase.id, PhaseStatus.FAILED, "phase.failed", describe(bad),
+                    phase.id,
+                    PhaseStatus.FAILED,
+                    "phase.failed",
+                    describe(bad),
                     attempts=len(ps.attempts),
                 )
                 return False
             previous = (bad, log_path)
             await self.record.set_phase(
-                phase.id, PhaseStatus.RUNNING, "remediation.started", describe(bad),
-                attempt=len(ps.attempts) + 1, remediation=ps.failures,
+                phase.id,
+                PhaseStatus.RUNNING,
+                "remediation.started",
+                describe(bad),
+                attempt=len(ps.attempts) + 1,
+                remediation=ps.failures,
                 max_remediations=policy.max_remediations,
             )
 
@@ -364,11 +371,17 @@ class PlanRunner:
         identity = identity_for(config, profile)
         env = base_env(config) | (identity.env() if identity else {})
         ctx = CheckContext(
-            plan=self.plan, phase=phase.model_copy(update={"verify": phase.precheck}),
-            settings=config.checks, outcome=WatchOutcome(0, 0), log_path=Path(os.devnull),
-            output_dir=self.folder.workers, attempt=0, env=env,
+            plan=self.plan,
+            phase=phase.model_copy(update={"verify": phase.precheck}),
+            settings=config.checks,
+            outcome=WatchOutcome(0, 0),
+            log_path=Path(os.devnull),
+            output_dir=self.folder.workers,
+            attempt=0,
+            env=env,
             grace=config.policy_for(self.plan.policy, phase.policy).stop_grace,
-            max_log_bytes=config.max_log_bytes, identity=identity,
+            max_log_bytes=config.max_log_bytes,
+            identity=identity,
             pid_namespace=config.worker_pid_namespace,
         )
         results = []
@@ -379,8 +392,14 @@ class PlanRunner:
         return results
 
     def _prompt(
-        self, phase: Phase, n: int, role: str, report: str, settings: CheckSettings,
-        previous: tuple[list[CheckResult], Path] | None, baseline: str | None,
+        self,
+        phase: Phase,
+        n: int,
+        role: str,
+        report: str,
+        settings: CheckSettings,
+        previous: tuple[list[CheckResult], Path] | None,
+        baseline: str | None,
         shown_log: Path | None = None,
     ) -> str:
         """`shown_log`: where the worker finds the failed log (its hand-off copy)."""
@@ -397,8 +416,15 @@ class PlanRunner:
         return text + contract_trailer(self.plan, phase, n, role, report, settings)
 
     def _env(
-        self, config: Config, profile: WorkerProfile, phase: Phase, n: int, role: str,
-        report: str, log_path: Path, previous: tuple[list[CheckResult], Path] | None,
+        self,
+        config: Config,
+        profile: WorkerProfile,
+        phase: Phase,
+        n: int,
+        role: str,
+        report: str,
+        log_path: Path,
+        previous: tuple[list[CheckResult], Path] | None,
         handoff: Handoff,
     ) -> dict[str, str]:
         env = base_env(config)
@@ -471,7 +497,8 @@ class PlanRunner:
             return [result], log_path
         if worker.dropped_bytes:
             wlog.info(
-                "worker.log_truncated", max_log_bytes=config.max_log_bytes,
+                "worker.log_truncated",
+                max_log_bytes=config.max_log_bytes,
                 dropped_bytes=worker.dropped_bytes,
             )
         changes, diff = await pgit.end_attempt(f"{phase.id}-{n}")
@@ -482,11 +509,24 @@ class PlanRunner:
         # the attempt's end was just saved; checking restarts the phase like running does
         await self.record.set_phase(phase.id, PhaseStatus.CHECKING, None, save=False)
         ctx = CheckContext(
-            plan=self.plan, phase=phase, settings=config.checks, outcome=outcome,
-            log_path=log_path, output_dir=self.folder.workers, attempt=n, env=env,
-            grace=policy.stop_grace, max_log_bytes=config.max_log_bytes, prompt=prompt,
-            report=report, changes=diff, git_problem=pgit.problem, git_broken=pgit.broken,
-            stale=stale, identity=spec.identity, pid_namespace=spec.pid_namespace,
+            plan=self.plan,
+            phase=phase,
+            settings=config.checks,
+            outcome=outcome,
+            log_path=log_path,
+            output_dir=self.folder.workers,
+            attempt=n,
+            env=env,
+            grace=policy.stop_grace,
+            max_log_bytes=config.max_log_bytes,
+            prompt=prompt,
+            report=report,
+            changes=diff,
+            git_problem=pgit.problem,
+            git_broken=pgit.broken,
+            stale=stale,
+            identity=spec.identity,
+            pid_namespace=spec.pid_namespace,
         )
         try:
             return await inspect(ctx, wlog), log_path
@@ -495,8 +535,15 @@ class PlanRunner:
                 await handoff.remove()
 
     async def _prepare(
-        self, phase: Phase, config: Config, n: int, role: str, report: str, log_path: Path,
-        previous: tuple[list[CheckResult], Path] | None, baseline: str | None,
+        self,
+        phase: Phase,
+        config: Config,
+        n: int,
+        role: str,
+        report: str,
+        log_path: Path,
+        previous: tuple[list[CheckResult], Path] | None,
+        baseline: str | None,
     ) -> tuple[WorkerSpec, dict[str, str], str, list[str], Handoff]:
         """The worker's spec, env, prompt, dangerous flags and hand-off folder;
         WorkerStartError if impossible."""
@@ -528,7 +575,10 @@ class PlanRunner:
             )
             if identity is not None and handoff.folder is not None:
                 await anyio.to_thread.run_sync(
-                    make_handoff, handoff.folder, identity, prompt,
+                    make_handoff,
+                    handoff.folder,
+                    identity,
+                    prompt,
                     previous[1] if previous else None,
                 )
                 prompt_file = handoff.folder / "prompt.md"
@@ -539,8 +589,12 @@ class PlanRunner:
         except OrchestrdError as exc:  # the worker user is gone since the start
             raise WorkerStartError(str(exc)) from None
         values = {
-            "prompt": prompt, "prompt_file": str(prompt_file), "plan": self.plan.id,
-            "phase": phase.id, "attempt": str(n), "log": str(log_path),
+            "prompt": prompt,
+            "prompt_file": str(prompt_file),
+            "plan": self.plan.id,
+            "phase": phase.id,
+            "attempt": str(n),
+            "log": str(log_path),
             "python": sys.executable,
         }
         argv = render_command(profile, values)
@@ -566,7 +620,9 @@ class PlanRunner:
             if outcome.stalled:
                 set_attempt(att, AttemptStatus.STALLED)
                 log.info(
-                    "worker.stalled", polls=outcome.polls, elapsed=round(worker.elapsed(), 3),
+                    "worker.stalled",
+                    polls=outcome.polls,
+                    elapsed=round(worker.elapsed(), 3),
                     log_tail=await anyio.to_thread.run_sync(worker.tail, LOG_TAIL_LINES),
                 )
                 sig = await worker.stop(policy.stop_grace)
@@ -577,7 +633,8 @@ class PlanRunner:
                 set_attempt(att, AttemptStatus.EXITED)
                 att.returncode = outcome.returncode
                 log.info(
-                    "worker.exited", returncode=outcome.returncode,
+                    "worker.exited",
+                    returncode=outcome.returncode,
                     elapsed=round(worker.elapsed(), 3),
                 )
                 self.folder.append_ledger(f"{who} exited={outcome.returncode}")

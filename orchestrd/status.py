@@ -64,14 +64,21 @@ def collect(spool: Spool, plan_id: str | None = None) -> list[dict[str, Any]]:
             state_file = folder / "state.toml"
             if not state_file.exists():
                 if any(folder.glob("state.toml.corrupt*")):
-                    rows.append({"plan": folder.name, "state": "corrupt", "where": where,
-                                 "reason": "its state file was unreadable and set aside"})
+                    rows.append(
+                        {
+                            "plan": folder.name,
+                            "state": "corrupt",
+                            "where": where,
+                            "reason": "its state file was unreadable and set aside",
+                        }
+                    )
                 continue
             try:
                 state = load_state(state_file)
             except StateError as exc:
-                rows.append({"plan": folder.name, "state": "corrupt", "reason": str(exc),
-                             "where": where})
+                rows.append(
+                    {"plan": folder.name, "state": "corrupt", "reason": str(exc), "where": where}
+                )
                 continue
             row = summary(state, where)
             if row["state"] == "running" and not spool.holder_alive(folder):
@@ -96,13 +103,23 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines: list[tuple[str, ...]] = [header]
     for r in rows:
         # plan ids and phase ids come from folder names and files others wrote
-        lines.append(tuple(printable(str(c), newlines=False) for c in (
-            r["plan"], r["state"], r.get("phase") or "-", r.get("attempt") or "-",
-            r.get("pid") or "-", _fmt_elapsed(r.get("elapsed")),
-        )))
+        lines.append(
+            tuple(
+                printable(str(c), newlines=False)
+                for c in (
+                    r["plan"],
+                    r["state"],
+                    r.get("phase") or "-",
+                    r.get("attempt") or "-",
+                    r.get("pid") or "-",
+                    _fmt_elapsed(r.get("elapsed")),
+                )
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-           for line in lines]
+    out = [
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    ]
     return "\n".join(out)
 
 
