@@ -28,7 +28,7 @@ from .privsep import separation
 from .runner import PlanRunner
 from .spool import RUN_LOCK, Spool, hold_run_lock, lock_held, submitter_allowed
 from .state import PhaseState, PlanFolder, PlanRecord, PlanState, load_state
-from .states import PLAN_TERMINAL, PlanStatus
+from .states import PLAN_RETRYABLE, PLAN_TERMINAL, PlanStatus
 from .worker import use_pidfd_child_watcher
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -239,7 +239,7 @@ def _control(args: argparse.Namespace, kind: str) -> int:
     if kind == ".cancel" and current in PLAN_TERMINAL:
         print(f"plan {args.plan} is already {current}; nothing to cancel")
         return EXIT_FAILED
-    if kind == ".retry" and current not in (PlanStatus.FAILED, PlanStatus.CANCELLED):
+    if kind == ".retry" and current not in PLAN_RETRYABLE:
         active = "" if current in PLAN_TERMINAL else " and still active — cancel it first"
         print(
             f"plan {args.plan} is {current}{active}; only failed or cancelled plans can be retried"

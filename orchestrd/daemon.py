@@ -44,7 +44,14 @@ from .spool import (
     requester,
 )
 from .state import PlanFolder, PlanRecord, PlanState, load_state
-from .states import PLAN_TERMINAL, AttemptStatus, InvalidTransition, PhaseStatus, PlanStatus
+from .states import (
+    PLAN_RETRYABLE,
+    PLAN_TERMINAL,
+    AttemptStatus,
+    InvalidTransition,
+    PhaseStatus,
+    PlanStatus,
+)
 from .systemd import Notifier, NotifyError, watchdog_loop
 from .worker import (
     WorkerHandle,
@@ -364,6 +371,12 @@ class Daemon:
         entry.cancel_requested = True
         entry.scope.cancel()
 
+    async def _unarchive(self, entry: PlanEntry, folder: PlanFolder) -> PlanEntry:
+        """Move an archived plan back to `folder` (under plans/) to run again; its new entry."""
+        await anyio.to_thread.run_sync(shutil.move, entry.folder.root, folder.root)
+        record = self._record(folder.state_file, entry.record.state, entry.log)
+        return PlanEntry(entry.plan, record, folder, entry.log)
+
     async def _retry(self, tg: anyio.abc.TaskGroup, request: ControlRequest) -> None:
         plan_id = request.plan_id
         if (active := self.entries.get(plan_id)) is not None:
@@ -384,15 +397,13 @@ class Daemon:
             self._ignored(request, str(exc))
             return
         status = entry.record.state.status
-        if status not in (PlanStatus.FAILED, PlanStatus.CANCELLED):
+        if status not in PLAN_RETRYABLE:
             self._ignored(
                 request, f"the plan is {status}; only a failed or cancelled plan can be retried"
             )
             return
         if source is not folder:  # loaded where it lies first: a plan that cannot run stays
-            await anyio.to_thread.run_sync(shutil.move, source.root, folder.root)
-            record = self._record(folder.state_file, entry.record.state, entry.log)
-            entry = PlanEntry(entry.plan, record, folder, entry.log)
+            entry = await self._unarchive(entry, folder)
         entry.requester = request.requester
         await entry.record.set_status(
             PlanStatus.QUEUED, "retry requested", requester=request.requester
@@ -802,11 +813,9 @@ async def apply_offline(config: Config, config_path: Path | None, plan_id: str, 
                 PlanStatus.CANCELLED, "cancelled on request", requester=who
             )
             await daemon._archive(entry)
-        elif kind == RETRY and status in (PlanStatus.FAILED, PlanStatus.CANCELLED):
+        elif kind == RETRY and status in PLAN_RETRYABLE:
             if source is not folder:
-                shutil.move(source.root, folder.root)
-                record = daemon._record(folder.state_file, entry.record.state, entry.log)
-                entry = PlanEntry(entry.plan, record, folder, entry.log)
+                entry = await daemon._unarchive(entry, folder)
             await entry.record.set_status(PlanStatus.QUEUED, "retry requested", requester=who)
         return str(entry.record.state.status)
     finally:

@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 
 from .audit import Logger
 from .errors import StateError
+from .fsutil import fsync_dir, write_all
 from .states import (
     PHASE_TRANSITIONS,
     PLAN_TERMINAL,
@@ -99,31 +100,17 @@ def journal_of(state_file: Path) -> Path:
     return state_file.with_suffix(JOURNAL_SUFFIX)
 
 
-def _fsync_dir(path: Path) -> None:
-    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:  # a nearly full disk may take part of it
-        view = view[os.write(fd, view) :]
-
-
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that a crash leaves the old or the new file, never a mix."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
     try:
-        _write_all(fd, data)  # never rename a short file in
+        write_all(fd, data)  # never rename a short file in
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _same(text: str) -> str:
@@ -306,12 +293,12 @@ def append_change(path: Path, line: bytes) -> bool:
     )
     try:
         size = _trim_torn_tail(fd, os.fstat(fd).st_size)
-        _write_all(fd, line)
+        write_all(fd, line)
         os.fdatasync(fd)
     finally:
         os.close(fd)
     if size == 0:
-        _fsync_dir(path.parent)  # a new journal: its name must survive a crash too
+        fsync_dir(path.parent)  # a new journal: its name must survive a crash too
     return size + len(line) > max(COMPACT_MIN_BYTES, os.stat(path).st_size)
 
 

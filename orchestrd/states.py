@@ -100,6 +100,10 @@ ATTEMPT_TRANSITIONS: dict[AttemptStatus, frozenset[AttemptStatus]] = {
 }
 
 
+# the ends a plan may be queued again from (`orchestrd retry`), as the table says
+PLAN_RETRYABLE = frozenset(s for s in PLAN_TERMINAL if PlanStatus.QUEUED in PLAN_TRANSITIONS[s])
+
+
 class InvalidTransition(RuntimeError):
     """A state change that the transition table does not allow: a bug, never user input."""
 

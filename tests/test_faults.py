@@ -168,6 +168,7 @@ def test_a_command_that_does_not_exist_fails_to_start_gets_remediation_and_a_rea
     assert failed["reason"].startswith("phase P01 failed: start: worker failed to start: ")
     assert why in failed["reason"]
     assert daemon.events("worker.started", plan="missing") == []
+    daemon.wait_event("plan.archived", plan="missing")  # plan.failed comes before the move
     ledger = (daemon.state_dir / "archive" / "missing" / "worker-pids.txt").read_text()
     assert ledger.count("failed_to_start") == 2
     serves_on(daemon)
