@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .config import Config, WorkerProfile, load_config
 from .errors import OrchestrdError
-from .runner import base_env
+from .prompt import base_env
 from .spool import Spool
 
 VERSION_TIMEOUT = 15.0

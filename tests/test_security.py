@@ -25,7 +25,7 @@ from daemon_support import AGENT, Daemon
 
 from orchestrd.audit import Redactor
 from orchestrd.config import WorkerProfile
-from orchestrd.runner import BASE_ENV
+from orchestrd.prompt import BASE_ENV
 
 AGENTS = Path(__file__).parent / "agents"
 IS_ROOT = os.geteuid() == 0
