@@ -43,7 +43,7 @@ from .spool import (
     lock_held,
     requester,
 )
-from .state import PlanFolder, PlanRecord, PlanState, load_state
+from .state import PlanFolder, PlanRecord, PlanState, load_state, mark_left_stopped
 from .states import (
     PLAN_RETRYABLE,
     PLAN_TERMINAL,
@@ -553,12 +553,7 @@ class Daemon:
         unproven = [p for p in claimed if p not in proven]
         if not unproven:
             return
-        for phase_id in unproven:
-            # not a transition: the state file was wrong, this puts it back to the truth
-            state.phases[phase_id].status = PhaseStatus.PENDING
-        if state.status is PlanStatus.SUCCEEDED:
-            state.status = PlanStatus.INTERRUPTED
-        await record.save(*unproven)
+        await record.disown_passes(unproven)
         log.info(
             "plan.state_mismatch",
             phases=unproven,
@@ -619,7 +614,7 @@ class Daemon:
                     log=att.log,
                 )
                 sig = await stop_orphan(handle, grace)
-                att.status = AttemptStatus.STOPPED
+                mark_left_stopped(att)
                 changed.append(phase_id)
                 entry.log.info(
                     "worker.orphan_stopped",

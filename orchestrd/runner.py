@@ -42,13 +42,19 @@ from .prompt import (
     remediation_section,
     render_command,
 )
-from .state import AttemptState, PhaseState, PlanFolder, PlanRecord, now_iso
+from .state import (
+    AttemptState,
+    PhaseState,
+    PlanFolder,
+    PlanRecord,
+    mark_left_stopped,
+    now_iso,
+    set_attempt,
+)
 from .states import (
-    ATTEMPT_TRANSITIONS,
     AttemptStatus,
     PhaseStatus,
     PlanStatus,
-    check_transition,
 )
 from .worker import (
     LocalWorker,
@@ -57,11 +63,6 @@ from .worker import (
     launch,
     stop_group,
 )
-
-
-def set_attempt(att: AttemptState, new: AttemptStatus) -> None:
-    check_transition(ATTEMPT_TRANSITIONS, att.status, new)
-    att.status = new
 
 
 @dataclasses.dataclass
@@ -130,15 +131,13 @@ class PlanRunner:
             # resumed after a restart, or retried: the phase starts over with a fresh worker
             for att in ps.attempts:
                 if att.status in (AttemptStatus.STARTING, AttemptStatus.RUNNING):
-                    att.status = AttemptStatus.STOPPED
+                    mark_left_stopped(att)
             if ps.status is PhaseStatus.FAILED:
                 ps.failures = 0
-            await self.record.set_phase(phase.id, PhaseStatus.PENDING, None)
+            await self.record.set_phase(phase.id, PhaseStatus.PENDING)
         # unsaved: the first attempt's record is saved right after, and a phase left pending
         # by a crash runs from the start all the same
-        await self.record.set_phase(
-            phase.id, PhaseStatus.RUNNING, "phase.started", save=False, kind=phase.kind
-        )
+        await self.record.set_phase(phase.id, PhaseStatus.RUNNING, save=False, kind=phase.kind)
         if not await self._prerequisites_met(phase):
             return False
         config = self.get_config()
@@ -161,7 +160,7 @@ class PlanRunner:
             )
             bad = failures(results)
             if not bad:
-                await self.record.set_phase(phase.id, PhaseStatus.PASSED, "phase.passed")
+                await self.record.set_phase(phase.id, PhaseStatus.PASSED)
                 # the daemon's own record, next to the state: recovery believes a pass only
                 # with it (or the audit log's phase.passed), never state.toml alone
                 self.folder.append_ledger(phase.id, self.folder.passes)
@@ -171,7 +170,6 @@ class PlanRunner:
                 await self.record.set_phase(
                     phase.id,
                     PhaseStatus.FAILED,
-                    "phase.failed",
                     describe(bad),
                     attempts=len(ps.attempts),
                 )
@@ -180,7 +178,6 @@ class PlanRunner:
             await self.record.set_phase(
                 phase.id,
                 PhaseStatus.RUNNING,
-                "remediation.started",
                 describe(bad),
                 attempt=len(ps.attempts) + 1,
                 remediation=ps.failures,
@@ -211,10 +208,8 @@ class PlanRunner:
         bad = failures(results)
         if not bad:
             return True
-        await self.record.set_phase(phase.id, PhaseStatus.CHECKING, None)
-        await self.record.set_phase(
-            phase.id, PhaseStatus.FAILED, "phase.failed", describe(bad), attempts=0
-        )
+        await self.record.set_phase(phase.id, PhaseStatus.CHECKING)
+        await self.record.set_phase(phase.id, PhaseStatus.FAILED, describe(bad), attempts=0)
         return False
 
     async def _precheck(self, phase: Phase, log: Logger) -> list[CheckResult]:
@@ -344,7 +339,7 @@ class PlanRunner:
             att.failure = str(exc)
             att.ended_at = now_iso()
             # checked like any attempt, so remediation.started / phase.failed follow as usual
-            await self.record.set_phase(phase.id, PhaseStatus.CHECKING, None)
+            await self.record.set_phase(phase.id, PhaseStatus.CHECKING)
             self.folder.append_ledger(f"{phase.id} attempt={n} role={role} failed_to_start")
             log.info("worker.failed_to_start", reason=str(exc))
             result = CheckResult("start", False, f"worker failed to start: {exc}")
@@ -362,7 +357,7 @@ class PlanRunner:
         # without git, a file rewritten with the same text is told apart by its mtime
         stale = await contract.stale(mine, mtime=pgit.problem is not None)
         # the attempt's end was just saved; checking restarts the phase like running does
-        await self.record.set_phase(phase.id, PhaseStatus.CHECKING, None, save=False)
+        await self.record.set_phase(phase.id, PhaseStatus.CHECKING, save=False)
         ctx = CheckContext(
             plan=self.plan,
             phase=phase,

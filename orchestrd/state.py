@@ -32,7 +32,10 @@ from .audit import Logger
 from .errors import StateError
 from .fsutil import fsync_dir, write_all
 from .states import (
+    ATTEMPT_TRANSITIONS,
+    PHASE_EVENTS,
     PHASE_TRANSITIONS,
+    PLAN_EVENTS,
     PLAN_TERMINAL,
     PLAN_TRANSITIONS,
     AttemptStatus,
@@ -318,14 +321,16 @@ def _write_snapshot(path: Path, head: dict[str, Any], chunks: list[str]) -> None
     write_whole_state(path, _snapshot(head, chunks))
 
 
-_PLAN_EVENTS = {
-    PlanStatus.QUEUED: "plan.queued",
-    PlanStatus.RUNNING: "plan.started",
-    PlanStatus.SUCCEEDED: "plan.succeeded",
-    PlanStatus.FAILED: "plan.failed",
-    PlanStatus.CANCELLED: "plan.cancelled",
-    PlanStatus.INTERRUPTED: "plan.interrupted",
-}
+def set_attempt(att: AttemptState, new: AttemptStatus) -> None:
+    """Change an attempt's state (saved with its phase by the caller)."""
+    check_transition(ATTEMPT_TRANSITIONS, att.status, new)
+    att.status = new
+
+
+def mark_left_stopped(att: AttemptState) -> None:
+    """Record as stopped an attempt an earlier run left starting, running or stalled (a crash,
+    a restart): not a transition of the table, the state catching up with what happened."""
+    att.status = AttemptStatus.STOPPED
 
 
 class PlanRecord:
@@ -433,32 +438,42 @@ class PlanRecord:
             # a finished plan is left as one whole state.toml, for its archive and its reader
             await self.save(compact=new in PLAN_TERMINAL)
         extra = {"reason": reason} if reason else {}
-        self.log.info(_PLAN_EVENTS[new], previous=str(old), **extra, **fields)
+        self.log.info(PLAN_EVENTS[new], previous=str(old), **extra, **fields)
 
     async def set_phase(
         self,
         phase_id: str,
         new: PhaseStatus,
-        event: str | None,
         reason: str | None = None,
         save: bool = True,
         **fields: Any,
     ) -> None:
-        """Change a phase's state; `event` (if any) is the one audit event for the change.
+        """Change a phase's state; its audit event (if any) is PHASE_EVENTS' for the change.
 
         `save=False` where a save follows at once anyway, or where recovery would do the same
         whether the change was saved or not (running and checking both restart the phase).
         """
         ps = self.state.phases[phase_id]
-        check_transition(PHASE_TRANSITIONS, ps.status, new)
+        old = ps.status
+        check_transition(PHASE_TRANSITIONS, old, new)
         ps.status = new
         if reason is not None or new is PhaseStatus.PASSED:
             ps.reason = reason
         if save:
             await self.save(phase_id)
-        if event:
+        if event := PHASE_EVENTS.get((old, new)):
             extra = {"reason": reason} if reason else {}
             self.log.info(event, phase=phase_id, **extra, **fields)
+
+    async def disown_passes(self, phase_ids: list[str]) -> None:
+        """Put back to pending phases the state file claims passed without the daemon's record
+        of it (and a succeeded plan to interrupted): not transitions, the state file was wrong
+        and this puts it back to the truth."""
+        for phase_id in phase_ids:
+            self.state.phases[phase_id].status = PhaseStatus.PENDING
+        if self.state.status is PlanStatus.SUCCEEDED:
+            self.state.status = PlanStatus.INTERRUPTED
+        await self.save(*phase_ids)
 
 
 class PlanFolder:
