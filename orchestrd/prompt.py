@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from .checks import FIXES, CheckResult, change_rules
+from .checks import CHECKS, FIXES, CheckResult
 from .config import CheckSettings, Config, WorkerProfile
 from .errors import PlanError
 from .fsutil import FileRefused, read_head, read_regular
@@ -39,68 +39,16 @@ def render_command(profile: WorkerProfile, values: dict[str, str]) -> list[str]:
 def contract_trailer(
     plan: Plan, phase: Phase, attempt: int, role: str, report_rel: str, settings: CheckSettings
 ) -> str:
-    """What the worker must leave behind, in words: the same rules the checkpoints apply."""
-    report = plan.in_plan_dir(report_rel)
-    completion = [plan.in_plan_dir(c) for c in phase.completion_paths]
-    required = {"phase": f"`Phase: {phase.id}`", "timestamp": "`Completed: <real date and time>`"}
+    """What the worker must leave behind, in words: each check's own lines (CHECKS), the same
+    rules the checkpoints apply."""
     lines = [
         "",
         "---",
         f"orchestrd worker contract — plan {plan.id}, phase {phase.id}, attempt {attempt} "
         f"({role}). You run headless in {plan.repo}; nobody will answer questions.",
-        f"- When you are done, write the report `{report}` (relative to the repository) with a "
-        "line `Status: PASS`, or `Status: FAIL` and what is missing."
-        + "".join(f" It needs a line {required[r]}." for r in phase.report_requires),
-        "- Write the report and completion files in this attempt: one left as it was before "
-        "this phase began (by an earlier run or plan) is no evidence.",
     ]
-    if completion:  # `completion = []`: an imported phase that names no completion file
-        lines.append(
-            "- Create the completion file(s) "
-            + ", ".join(f"`{c}`" for c in completion)
-            + (
-                " containing the marker(s) " + ", ".join(f"`{m}`" for m in phase.markers)
-                if phase.markers
-                else ""
-            )
-            + "."
-            + "".join(f" Each needs a line {required[r]}." for r in phase.completion_requires)
-        )
-    lines += [
-        f"- At least {mp.min} file(s) matching `{mp.glob}` must contain the marker(s) too."
-        for mp in phase.marker_paths
-    ]
-    rules = phase.evidence_rules if phase.evidence_rules is not None else settings.evidence_rules
-    if rules:
-        lines.append(
-            "- Reports and completion files are evidence: paste real command output (commands "
-            "go in ```bash blocks; `$(…)` anywhere else is never expanded), leave no template "
-            "text or empty output blocks, and record no check as FAIL under `Status: PASS`."
-        )
-    _, forbid_tests, patterns = change_rules(plan, phase, settings)
-    prompts = [plan.in_plan_dir(p.prompt_file) for p in plan.phases if p.prompt_file]
-    protect = [f"`{g}`" for g in (*plan.protect, *phase.protect)]
-    if prompts:
-        more = f" and {len(prompts) - 3} more" if len(prompts) > 3 else ""
-        protect.append(
-            "the plan's phase files (" + ", ".join(f"`{p}`" for p in prompts[:3]) + more + ")"
-        )
-    if protect:
-        lines.append("- Do not change " + ", ".join(protect) + ".")
-    if forbid_tests:
-        lines.append(f"- Do not change test files in this {phase.kind} phase.")
-    if patterns:
-        lines.append(
-            "- Lines you add outside tests must not match: "
-            + ", ".join(f"`{p}`" for p in patterns)
-            + "."
-        )
-    if phase.verify:
-        lines.append(
-            "- After you exit, the supervisor runs these checks itself (your claims about them "
-            "are not trusted; their output is judged too, so a failure must be the right one):"
-        )
-        lines += [f"   - `{v.run}` must {v.expect}" for v in phase.verify]
+    for check in CHECKS:
+        lines += check.trailer(plan, phase, settings, report_rel)
     lines.append("Exit when finished.")
     return "\n".join(lines) + "\n"
 
