@@ -67,7 +67,8 @@ async def run_foreground(plan: Plan, config: Config, echo: bool, live: bool = Fa
     from .daemon import describe_failure
 
     use_pidfd_child_watcher()
-    folder = PlanFolder(config.state_dir / "plans" / plan.id)
+    spool = Spool(config.state_dir)
+    folder = spool.folder(plan.id)
     audit = AuditLog(
         config.audit_path,
         echo=sys.stderr if echo else None,
@@ -81,7 +82,7 @@ async def run_foreground(plan: Plan, config: Config, echo: bool, live: bool = Fa
         if folder.state_file.exists():
             await _end_earlier_run(folder, log, audit.redactor)
         if folder.root.exists():
-            folder.archive(config.state_dir / "archive")
+            folder.archive(spool.archive_dir)
         folder.create()
         lock_fd = hold_run_lock(folder.root)
     except BaseException:
@@ -147,7 +148,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     check_state_dir(config, path)
     live = not (args.quiet or args.plain) and sys.stdout.isatty()
     status = anyio.run(run_foreground, plan, config, not (args.quiet or live), live)
-    folder = config.state_dir / "plans" / plan.id
+    folder = Spool(config.state_dir).folder(plan.id).root
     report.write_after_run(config, folder)
     print(f"plan {plan.id}: {status} — audit log {config.audit_path}, files {folder}")
     return EXIT_OK if status is PlanStatus.SUCCEEDED else EXIT_FAILED

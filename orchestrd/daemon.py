@@ -26,10 +26,9 @@ import watchfiles
 from .audit import CHATTY, AuditLog, Logger, Redactor
 from .config import Config, load_config
 from .errors import ConfigError, OrchestrdError, PlanError, StateError
-from .fsutil import FileRefused, copy_regular
 from .metrics import run_metrics
 from .notify import run_notifier
-from .plan import Plan, check_plan_id, confine, is_plan_id, load_plan
+from .plan import Plan, check_plan_id, is_plan_id, load_plan
 from .privsep import check_identities, clear_ambient_capabilities, separation
 from .report import archive_report
 from .runner import PlanRunner
@@ -39,6 +38,7 @@ from .spool import (
     ControlRequest,
     Rejected,
     Spool,
+    archive_plan,
     display_name,
     lock_held,
     requester,
@@ -387,7 +387,7 @@ class Daemon:
             )
             return
         folder = self.spool.folder(plan_id)
-        source = folder if folder.root.exists() else PlanFolder(self.spool.archive_dir / plan_id)
+        source = folder if folder.root.exists() else self.spool.archived(plan_id)
         if not source.root.exists():
             self._ignored(request, "no such plan in plans/ or archive/")
             return
@@ -736,37 +736,6 @@ def _leaf_errors(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def archive_plan(
-    plan: Plan, folder: PlanFolder, archive_dir: Path, max_bytes: int
-) -> tuple[Path, list[str]]:
-    """Copy the plan's reports and completion files into its folder, then move it to archive/.
-
-    Returns where it went and the evidence not copied, with why. What the repo holds was written
-    by workers: a link leading out of the repo or a link loop is not followed, anything but a
-    regular file (a FIFO, a folder) and a file larger than `max_bytes` (max_log_bytes) is not
-    copied, and nothing of it can stop the archiving.
-    """
-    evidence = folder.root / "evidence"
-    skipped = []
-    for phase in plan.phases:
-        for rel in (phase.report_path, *phase.completion_paths):
-            path = plan.in_plan_dir(rel)
-            try:
-                src = confine(plan.repo, path)
-                # opened without blocking, and only a regular file is copied: a FIFO here
-                # would hold this thread (and the archiving) forever
-                copy_regular(src, evidence / path, max_bytes, "max_log_bytes", follow=False)
-            except FileNotFoundError:
-                continue  # never written: nothing to keep
-            except PlanError:
-                skipped.append(f"{path}: leads out of the repo")
-            except FileRefused as exc:
-                skipped.append(f"{path}: {exc}")
-            except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (pathlib)
-                skipped.append(f"{path}: {exc}")
-    return folder.archive(archive_dir), skipped
-
-
 def run_daemon(config: Config, config_path: Path | None) -> None:
     check_startup(config)  # before the audit log or any folder is created in state_dir
     # nothing the daemon or its workers create is writable by others, whatever umask it got;
@@ -790,7 +759,7 @@ async def apply_offline(config: Config, config_path: Path | None, plan_id: str, 
         folder = daemon.spool.folder(plan_id)
         source = folder
         if kind == RETRY and not folder.root.exists():
-            source = PlanFolder(daemon.spool.archive_dir / plan_id)
+            source = daemon.spool.archived(plan_id)
         if not source.root.exists():
             raise OrchestrdError(f"plan {plan_id}: not found in {daemon.spool.plans}")
         try:

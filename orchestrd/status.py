@@ -140,7 +140,5 @@ def detail(row: dict[str, Any]) -> str:
 
 
 def state_path(spool: Spool, plan_id: str) -> Path | None:
-    for base in (spool.plans, spool.archive_dir):
-        if (base / plan_id / "state.toml").exists():
-            return base / plan_id / "state.toml"
-    return None
+    folder = spool.find(plan_id)
+    return folder.state_file if folder is not None else None
