@@ -130,22 +130,22 @@ async def check_log(ctx: CheckContext) -> CheckResult:
 
 def _read_in_repo(
     plan: Plan, rel: str, max_bytes: int = DEFAULT_MAX_BYTES
-) -> tuple[str, str | None]:
-    """(repo-relative path, text or None when missing); refuses paths leaving the repo, and
-    (a worker wrote it) anything but a regular file of at most `max_bytes`, unread. A refusal
-    is the text `\\0why`."""
+) -> tuple[str, str | None, str | None]:
+    """(repo-relative path, text, why it was refused); the text is None when the file is
+    missing or refused. Refused, unread: a path leaving the repo and (a worker wrote it)
+    anything but a regular file of at most `max_bytes`."""
     path = plan.in_plan_dir(rel)
     try:
         target = confine(plan.repo, path)
     except PlanError as exc:
-        return path, f"\0{exc}"
+        return path, None, str(exc)
     try:
         text = read_regular(target, max_bytes, follow=False).decode("utf-8", errors="replace")
-        return path, text
+        return path, text, None
     except FileRefused as exc:
-        return path, f"\0{path}: {exc}"
+        return path, None, f"{path}: {exc}"
     except OSError:
-        return path, None
+        return path, None, None
 
 
 def stale_result(name: str, path: str) -> CheckResult:
@@ -160,11 +160,11 @@ def stale_result(name: str, path: str) -> CheckResult:
 
 
 def check_report(ctx: CheckContext) -> CheckResult:
-    path, text = _read_in_repo(ctx.plan, ctx.report_path, ctx.settings.max_evidence_bytes)
+    path, text, refused = _read_in_repo(ctx.plan, ctx.report_path, ctx.settings.max_evidence_bytes)
+    if refused is not None:
+        return CheckResult("report", False, refused)
     if text is None:
         return CheckResult("report", False, f"{path} is missing; the worker must write it")
-    if text.startswith("\0"):
-        return CheckResult("report", False, text[1:])
     if path in ctx.stale:
         return stale_result("report", path)
     status, disagree = evidence.report_status(text)
@@ -184,15 +184,15 @@ def completion_results(
     every marker (boundary-matched)."""
     results = []
     for rel in phase.completion_paths:
-        path, text = _read_in_repo(plan, rel)
-        if text is None:
+        path, text, refused = _read_in_repo(plan, rel)
+        if text is None and refused is None:
             results.append(CheckResult(name, False, f"{path} is missing"))
             continue
         if path in stale:
             results.append(stale_result(name, path))
             continue
-        if text.startswith("\0"):
-            results.append(CheckResult(name, False, text[1:]))
+        if text is None:
+            results.append(CheckResult(name, False, str(refused)))
             continue
         missing = [m for m in phase.markers if not phase_marker_regex(m).search(text)]
         if missing:
@@ -218,8 +218,8 @@ def check_evidence(ctx: CheckContext) -> list[CheckResult]:
     results: list[CheckResult] = []
     checked = []
     for rel, is_report, requires in files:
-        path, text = _read_in_repo(ctx.plan, rel, settings.max_evidence_bytes)
-        if text is None or text.startswith("\0") or path in ctx.stale:
+        path, text, _ = _read_in_repo(ctx.plan, rel, settings.max_evidence_bytes)
+        if text is None or path in ctx.stale:
             continue
         checked.append(path)
         found = evidence.check_text(
