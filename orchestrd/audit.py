@@ -6,6 +6,7 @@ No global configuration: an AuditLog is built once at start-up and its loggers a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -405,3 +406,20 @@ class AuditLog:
 
 
 Logger = structlog.typing.FilteringBoundLogger
+
+
+def passed_in_audit(path: Path, plan_id: str) -> set[str]:
+    """The phases of `plan_id` with a `phase.passed` event in the audit log."""
+    passed: set[str] = set()
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if b'"phase.passed"' not in line:
+                    continue  # most lines: no JSON parsing
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if event.get("event") == "phase.passed" and event.get("plan") == plan_id:
+                        passed.add(str(event.get("phase")))
+    except FileNotFoundError:
+        return set()  # no audit log: nothing was ever proven
+    return passed

@@ -21,7 +21,7 @@ import tomli_w
 from . import doctor, install, logs, progress, report, status, tail
 from .audit import AuditLog, Logger, Redactor, printable
 from .config import Config, check_state_dir, load_config
-from .errors import OrchestrdError, PlanError
+from .errors import OrchestrdError, PlanError, describe_failure
 from .importer import add_subcommand as add_import_subcommand
 from .plan import Plan, check_plan_id, load_plan, plan_from_bytes
 from .privsep import separation
@@ -64,8 +64,6 @@ async def run_foreground(plan: Plan, config: Config, echo: bool, live: bool = Fa
 
     The plan fails (with the reason, no traceback) if the runner cannot go on, e.g. a full disk.
     """
-    from .daemon import describe_failure
-
     use_pidfd_child_watcher()
     spool = Spool(config.state_dir)
     folder = spool.folder(plan.id)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import signal
@@ -23,9 +22,16 @@ import anyio.abc
 import anyio.to_thread
 import watchfiles
 
-from .audit import CHATTY, AuditLog, Logger, Redactor
+from .audit import CHATTY, AuditLog, Logger, Redactor, passed_in_audit
 from .config import Config, load_config
-from .errors import ConfigError, OrchestrdError, PlanError, StateError
+from .errors import (
+    ConfigError,
+    OrchestrdError,
+    PlanError,
+    StateError,
+    describe_failure,
+    leaf_errors,
+)
 from .metrics import run_metrics
 from .notify import run_notifier
 from .plan import Plan, check_plan_id, is_plan_id, load_plan
@@ -43,7 +49,14 @@ from .spool import (
     lock_held,
     requester,
 )
-from .state import PlanFolder, PlanRecord, PlanState, load_state, mark_left_stopped
+from .state import (
+    PlanFolder,
+    PlanRecord,
+    PlanState,
+    load_state,
+    mark_left_stopped,
+    recorded_passes,
+)
 from .states import (
     PLAN_RETRYABLE,
     PLAN_TERMINAL,
@@ -249,7 +262,7 @@ class Daemon:
                 ):
                     self._wake()
             except Exception as exc:  # the watcher must never stop the daemon: sorted below
-                errors = _leaf_errors(exc)
+                errors = leaf_errors(exc)
                 if not all(isinstance(e, OSError | RuntimeError) for e in errors):
                     raise
                 if all(_undecodable_name(e) for e in errors):
@@ -454,7 +467,7 @@ class Daemon:
         reason; if even its state cannot be saved, the audit log says so and the daemon goes on.
         Only an unexpected error (a bug) gets `plan.error` with its traceback."""
         reason = describe_failure(exc)
-        if not all(isinstance(e, OSError | OrchestrdError) for e in _leaf_errors(exc)):
+        if not all(isinstance(e, OSError | OrchestrdError) for e in leaf_errors(exc)):
             entry.log.exception("plan.error", reason=reason)
         record = entry.record
         try:
@@ -692,48 +705,9 @@ def check_startup(config: Config) -> None:
             )
 
 
-def recorded_passes(path: Path) -> set[str]:
-    """The phases in a plan's `phases-passed.txt` (`<ts> <phase>` lines)."""
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        return set()
-    return {words[1] for line in lines if len(words := line.split()) == 2}
-
-
-def passed_in_audit(path: Path, plan_id: str) -> set[str]:
-    """The phases of `plan_id` with a `phase.passed` event in the audit log."""
-    passed: set[str] = set()
-    try:
-        with open(path, "rb") as f:
-            for line in f:
-                if b'"phase.passed"' not in line:
-                    continue  # most lines: no JSON parsing
-                with contextlib.suppress(ValueError):
-                    event = json.loads(line)
-                    if event.get("event") == "phase.passed" and event.get("plan") == plan_id:
-                        passed.add(str(event.get("phase")))
-    except FileNotFoundError:
-        return set()  # no audit log: nothing was ever proven
-    return passed
-
-
-def describe_failure(exc: BaseException) -> str:
-    """Why a plan's runner could not go on, as `Type: message` per error inside."""
-    return "; ".join(f"{type(e).__name__}: {e}" for e in _leaf_errors(exc))
-
-
 def _undecodable_name(exc: BaseException) -> bool:
     """watchfiles' error for an event on a file name that is not UTF-8."""
     return isinstance(exc, RuntimeError) and "Unable to decode path" in str(exc)
-
-
-def _leaf_errors(exc: BaseException) -> list[BaseException]:
-    """The errors inside (nested) exception groups, or `exc` itself: a task group's
-    "unhandled errors in a TaskGroup" says nothing a person can act on."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaf_errors(sub)]
-    return [exc]
 
 
 def run_daemon(config: Config, config_path: Path | None) -> None:

@@ -514,3 +514,12 @@ class PlanFolder:
             dest = archive_dir / f"{self.root.name}-{n}"
         os.replace(self.root, dest)
         return dest
+
+
+def recorded_passes(path: Path) -> set[str]:
+    """The phases in a plan's `phases-passed.txt` (`<ts> <phase>` lines)."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return set()
+    return {words[1] for line in lines if len(words := line.split()) == 2}
