@@ -246,7 +246,7 @@ def _control(args: argparse.Namespace, kind: str) -> int:
         return EXIT_FAILED
     if kind == ".retry":
         try:
-            load_plan(state_file.parent / "plan.toml", config)
+            load_plan(PlanFolder(state_file.parent).plan_file, config)
         except PlanError as exc:
             raise OrchestrdError(
                 f"plan {args.plan} is {current}, but it cannot be loaded, so it cannot be "

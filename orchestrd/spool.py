@@ -476,7 +476,7 @@ def archive_plan(
     regular file (a FIFO, a folder) and a file larger than `max_bytes` (max_log_bytes) is not
     copied, and nothing of it can stop the archiving.
     """
-    evidence = folder.root / "evidence"
+    evidence = folder.evidence
     skipped = []
     for phase in plan.phases:
         for rel in (phase.report_path, *phase.completion_paths):

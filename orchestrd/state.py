@@ -488,6 +488,9 @@ class PlanFolder:
         self.ledger = root / "worker-pids.txt"
         self.passes = root / "phases-passed.txt"
         """`<ts> <phase>` per phase that passed: recovery's proof, beside state.toml's word."""
+        self.report = root / "report.md"
+        self.evidence = root / "evidence"
+        """Copies of the plan's reports and completion files, made when it is archived."""
 
     def create(self) -> None:
         self.workers.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from typing import Any
 from .audit import printable
 from .errors import StateError
 from .spool import Spool
-from .state import PlanState, load_state
+from .state import PlanFolder, PlanState, load_state
 from .states import AttemptStatus
 
 
@@ -61,7 +61,7 @@ def collect(spool: Spool, plan_id: str | None = None) -> list[dict[str, Any]]:
         for folder in sorted(base.iterdir()):
             if folder.name.startswith(".") or (plan_id is not None and folder.name != plan_id):
                 continue  # a plan still being accepted (plans/.<id>.accepting) is not one yet
-            state_file = folder / "state.toml"
+            state_file = PlanFolder(folder).state_file
             if not state_file.exists():
                 if any(folder.glob("state.toml.corrupt*")):
                     rows.append(
