@@ -27,7 +27,7 @@ from .plan import Plan, check_plan_id, load_plan, plan_from_bytes
 from .privsep import separation
 from .runner import PlanRunner
 from .spool import RUN_LOCK, Spool, hold_run_lock, lock_held, submitter_allowed
-from .state import PhaseState, PlanFolder, PlanRecord, PlanState, load_state
+from .state import PlanFolder, PlanRecord, PlanState, load_state
 from .states import PLAN_RETRYABLE, PLAN_TERMINAL, PlanStatus
 from .worker import use_pidfd_child_watcher
 
@@ -86,7 +86,7 @@ async def run_foreground(plan: Plan, config: Config, echo: bool, live: bool = Fa
     except BaseException:
         audit.close()
         raise
-    state = PlanState(plan=plan.id, phases={p.id: PhaseState() for p in plan.phases})
+    state = PlanState.first(plan.id, (p.id for p in plan.phases))
     record = PlanRecord(folder.state_file, state, log, audit.redactor)
     runner = PlanRunner(plan, record, folder, lambda: config, log)
     result = PlanStatus.INTERRUPTED

@@ -44,7 +44,6 @@ from .prompt import (
 )
 from .state import (
     AttemptState,
-    PhaseState,
     PlanFolder,
     PlanRecord,
     mark_left_stopped,
@@ -103,8 +102,7 @@ class PlanRunner:
     async def run(self) -> PlanStatus:
         """Run every phase not yet passed; returns SUCCEEDED or FAILED (and records it)."""
         state = self.record.state
-        for phase in self.plan.phases:
-            state.phases.setdefault(phase.id, PhaseState())
+        state.add_phases(p.id for p in self.plan.phases)
         if state.status is not PlanStatus.RUNNING:
             # unsaved: queued and interrupted plans resume just like running ones, and the
             # first attempt's save follows within milliseconds

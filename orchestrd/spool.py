@@ -19,7 +19,7 @@ from .config import Config
 from .errors import OrchestrdError, PlanError
 from .fsutil import KINDS, FileRefused, copy_regular, fsync_dir, read_head, write_all
 from .plan import Plan, check_plan_id, confine, parse_plan_bytes
-from .state import PhaseState, PlanFolder, PlanState, atomic_write, dump_state
+from .state import PlanFolder, PlanState, atomic_write, dump_state
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".swp")
 REQUEST_KINDS = (".cancel", ".retry")
@@ -269,7 +269,7 @@ class Spool:
         shutil.rmtree(staging.root, ignore_errors=True)
         staging.create()
         atomic_write(staging.plan_file, raw)
-        state = PlanState(plan=plan.id, seq=seq, phases={p.id: PhaseState() for p in plan.phases})
+        state = PlanState.first(plan.id, (p.id for p in plan.phases), seq)
         atomic_write(staging.state_file, dump_state(state))
         folder = self.folder(plan.id)
         os.rename(staging.root, folder.root)

@@ -17,7 +17,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,18 @@ class PlanState(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     phases: dict[str, PhaseState] = Field(default_factory=dict)
+
+    @classmethod
+    def first(cls, plan_id: str, phase_ids: Iterable[str], seq: int = 0) -> PlanState:
+        """A new plan's first state: queued, every phase pending."""
+        state = cls(plan=plan_id, seq=seq)
+        state.add_phases(phase_ids)
+        return state
+
+    def add_phases(self, phase_ids: Iterable[str]) -> None:
+        """A pending state for each phase that has none yet, in the plan's order."""
+        for phase_id in phase_ids:
+            self.phases.setdefault(phase_id, PhaseState())
 
     def current_phase(self) -> tuple[str, PhaseState] | None:
         """The first phase that has not passed."""
