@@ -5,9 +5,7 @@ and remediation workers until the phase passes or the remediations run out.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +30,7 @@ from .fsutil import FileRefused, write_file
 from .gitsnap import Git, PhaseGit, drop_snapshots
 from .plan import Phase, Plan
 from .policy import WatchOutcome, watch
-from .privsep import Identity, handoff_root, identity_for, make_handoff
+from .privsep import Identity, handoff_root, identity_for, make_handoff, remove_handoff
 from .prompt import (
     LOG_TAIL_LINES,
     base_env,
@@ -73,9 +71,7 @@ class Handoff:
 
     async def remove(self) -> None:
         if self.folder is not None:
-            await anyio.to_thread.run_sync(
-                functools.partial(shutil.rmtree, self.folder, ignore_errors=True)
-            )
+            await anyio.to_thread.run_sync(remove_handoff, self.folder)
 
 
 def describe(failed: list[CheckResult]) -> str:
@@ -410,7 +406,9 @@ class PlanRunner:
             identity = identity_for(config, profile)
             handoff = Handoff(identity)
             if identity is not None:
-                handoff.folder = handoff_root(config) / f"{self.plan.id}-{phase.id}-{n}"
+                # a folder per plan: ids may hold '-', and `<plan>-<phase>-<n>` of two plans can be
+                # one name (plan a-b phase c, plan a phase b-c)
+                handoff.folder = handoff_root(config) / self.plan.id / f"{phase.id}-{n}"
             shown = handoff.folder / "failed.log" if handoff.folder else None
             # reads files workers could have touched: off the event loop
             prompt = await anyio.to_thread.run_sync(

@@ -532,3 +532,26 @@ def test_without_a_pid_namespace_the_worker_user_still_gets_eperm_on_the_daemon(
     assert (got["forge_state"], got["append_audit"]) == ("EACCES", "EACCES")
     assert alive(d.pid)
     assert [e["phase"] for e in d.events("phase.passed")] == ["P01", "P02"]
+
+
+def test_two_plans_whose_ids_join_alike_get_their_own_hand_off_folders(
+    sep_daemon: Daemon, worker_user: pwd.struct_passwd
+) -> None:
+    # plan a-b phase c and plan a phase b-c: `<plan>-<phase>` is a-b-c for both
+    d, pw = sep_daemon, worker_user
+    holds = d.tmp / "holds"  # the agent writes its pid next to the hold file
+    holds.mkdir()
+    os.chown(holds, pw.pw_uid, pw.pw_gid)
+    hold = holds / "hold"
+    hold.touch()
+    configure(d, AGENT_HOLD_FILE=hold)
+    repos = {"a-b": worker_repo(d, "r1", pw), "a": worker_repo(d, "r2", pw)}
+    d.start()
+    d.drop("ab.toml", d.plan_data("a-b", repo="r1", phases=("c",)))
+    d.drop("a.toml", d.plan_data("a", repo="r2", phases=("b-c",)))
+    d.wait_event("worker.started", count=2)  # both attempts hold their folders at once
+    hold.unlink()
+    assert end(d, "a-b")["event"] == "plan.succeeded"
+    assert end(d, "a")["event"] == "plan.succeeded"
+    assert "plan a-b, phase c," in facts(repos["a-b"], "c")["prompt_for"]
+    assert "plan a, phase b-c," in facts(repos["a"], "b-c")["prompt_for"]
