@@ -350,7 +350,8 @@ def _console(data: EventDict) -> str:
         for k, v in data.items()
         if k not in ("ts", "event") and not isinstance(v, list | dict)
     )
-    return f"{ts} {data.get('event', ''):<22} {rest}"
+    # what workers printed or named reaches a terminal here (the echo, `orchestrd tail`)
+    return printable(f"{ts} {data.get('event', ''):<22} {rest}", newlines=False)
 
 
 # Events too frequent for the journal (the audit file has them all).

@@ -17,7 +17,7 @@ from typing import Any
 import anyio.to_thread
 
 from . import status
-from .audit import Redactor
+from .audit import Redactor, printable
 from .config import Config, load_config
 from .errors import OrchestrdError, StateError
 from .logs import plan_folder
@@ -197,7 +197,9 @@ def markdown(data: dict[str, Any]) -> str:
                 f"- {p['phase']} #{att['n']} {att['role']} ({att['status']}): `{log}` — "
                 f"`orchestrd logs {data['plan']} {p['phase']} --attempt {att['n']}`"
             )
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).rstrip() + "\n"
+    # reasons and diffstats quote what workers printed and named: a report is read on a terminal
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(out)).rstrip() + "\n"
+    return printable(text)
 
 
 def write_report(config: Config, folder: Path) -> Path:
@@ -267,7 +269,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         when = since_time(args.since)
         lines = since_summary(config, when)
         print(redact(f"# Plans since {when.isoformat(timespec='minutes')}\n"))
-        print(redact("\n".join(lines)) if lines else "nothing ended or is running")
+        print(printable(redact("\n".join(lines))) if lines else "nothing ended or is running")
         return 0
     data = gather(config, plan_folder(Spool(config.state_dir), args.plan))
     if args.json:
