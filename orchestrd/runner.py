@@ -28,6 +28,7 @@ from .contract import ContractBaseline
 from .errors import OrchestrdError
 from .fsutil import FileRefused, write_file
 from .gitsnap import Git, PhaseGit, drop_snapshots
+from .judge import OutputScanner
 from .plan import Phase, Plan
 from .policy import WatchOutcome, watch
 from .privsep import Identity, handoff_root, identity_for, make_handoff, remove_handoff
@@ -322,7 +323,11 @@ class PlanRunner:
             mine = [self.plan.in_plan_dir(p) for p in (report, *phase.completion_paths)]
             await contract.take(mine)
             await pgit.start_attempt(f"{phase.id}-{n}")
-            async with launch(spec, config.max_log_bytes, policy.stop_grace) as worker:
+            # the log keeps the head and tail of the output: its errors are judged on all of it
+            scanner = OutputScanner(config.checks.log_error_patterns, prompt)
+            async with launch(
+                spec, config.max_log_bytes, policy.stop_grace, scanner.feed
+            ) as worker:
                 wlog = log.bind(pid=worker.handle.pid)
                 if flags:
                     wlog.info("worker.dangerous", flags=flags)
@@ -369,6 +374,7 @@ class PlanRunner:
             git_problem=pgit.problem,
             git_broken=pgit.broken,
             stale=stale,
+            log_found=scanner.close(),
             identity=spec.identity,
             pid_namespace=spec.pid_namespace,
         )
