@@ -182,13 +182,17 @@ def check_report(ctx: CheckContext) -> CheckResult:
 
 
 def completion_results(
-    plan: Plan, phase: Phase, name: str = "completion", stale: frozenset[str] = frozenset()
+    plan: Plan,
+    phase: Phase,
+    name: str = "completion",
+    stale: frozenset[str] = frozenset(),
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> list[CheckResult]:
     """Each completion file of `phase` exists, was written in the phase (not `stale`) and holds
     every marker (boundary-matched)."""
     results = []
     for rel in phase.completion_paths:
-        path, text, refused = _read_in_repo(plan, rel)
+        path, text, refused = _read_in_repo(plan, rel, max_bytes)
         if text is None and refused is None:
             results.append(CheckResult(name, False, f"{path} is missing"))
             continue
@@ -209,7 +213,9 @@ def completion_results(
 
 
 def check_completion(ctx: CheckContext) -> list[CheckResult]:
-    return completion_results(ctx.plan, ctx.phase, stale=ctx.stale)
+    return completion_results(
+        ctx.plan, ctx.phase, stale=ctx.stale, max_bytes=ctx.settings.max_evidence_bytes
+    )
 
 
 def check_evidence(ctx: CheckContext) -> list[CheckResult]:
