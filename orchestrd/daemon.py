@@ -35,7 +35,7 @@ from .errors import (
 from .metrics import Metrics, run_metrics
 from .notify import run_notifier
 from .plan import Plan, check_plan_id, is_plan_id, load_plan
-from .privsep import check_identities, clear_ambient_capabilities, separation
+from .privsep import check_identities, clear_ambient_capabilities, handoff_root, separation
 from .report import archive_report
 from .runner import PlanRunner
 from .spool import (
@@ -720,6 +720,23 @@ def check_startup(config: Config) -> None:
                 f"{folder} is owned by uid {st.st_uid}, not by the daemon's user "
                 f"(uid {os.geteuid()}) or root; chown it to the daemon's user"
             )
+    check_handoff_root(config)
+
+
+def check_handoff_root(config: Config) -> None:
+    """The hand-off folders hold each attempt's prompt: a worker (its group) that could write
+    their root could swap another attempt's prompt or failed log."""
+    root = handoff_root(config)
+    try:
+        st = root.stat()
+    except FileNotFoundError:
+        return  # the daemon makes it (0750) at the first worker that runs as another user
+    if st.st_mode & (stat.S_IWOTH | stat.S_IWGRP) or st.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(
+            f"handoff_dir: {root} (mode {stat.S_IMODE(st.st_mode):04o}, uid {st.st_uid}) must "
+            "belong to the daemon's user and be writable by nobody else: workers read their "
+            f"prompts there. Fix it with: chown {os.geteuid()} {root} && chmod 2750 {root}"
+        )
 
 
 def _undecodable_name(exc: BaseException) -> bool:

@@ -9,6 +9,7 @@ venv and pytest's tmp_path are root's alone), and its agent runs with the system
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
@@ -45,16 +46,26 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def _user(name: str, home: Path) -> tuple[pwd.struct_passwd, bool]:
     """The system user `name` (with its own group), created if missing; and whether it was."""
     try:
         return pwd.getpwnam(name), False
     except KeyError:
+        # a group of that name left by an earlier, interrupted run is taken as it is
+        group = ["--gid", name] if _group_exists(name) else ["--user-group"]
         subprocess.run(
             [
                 "useradd",
                 "--system",
-                "--user-group",
+                *group,
                 "--no-create-home",
                 "--home-dir",
                 str(home),
@@ -301,6 +312,18 @@ def test_root_without_worker_user_refuses_to_start(sep_daemon: Daemon) -> None:
     proc = sep_daemon.start(wait=False)
     assert proc.wait(timeout=20) == 2
     assert "without worker_user" in sep_daemon.stderr()
+
+
+def test_a_hand_off_root_the_workers_could_write_refuses_the_start(
+    sep_daemon: Daemon, worker_user: pwd.struct_passwd
+) -> None:
+    configure(sep_daemon)
+    root = sep_daemon.tmp / "state-handoff"
+    root.mkdir()
+    root.chmod(0o2770)  # the worker group could swap another attempt's prompt
+    proc = sep_daemon.start(wait=False)
+    assert proc.wait(timeout=20) == 2
+    assert "handoff_dir:" in sep_daemon.stderr() and "chmod 2750" in sep_daemon.stderr()
 
 
 def test_recovery_does_not_skip_phases_on_a_forged_state_file_alone(
