@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
@@ -90,9 +90,11 @@ class Meter:
 
     def __init__(
         self, prices: Mapping[str, Price], profile: str | None = None, model: str | None = None,
-        record: UsageRecord | None = None,
+        record: UsageRecord | None = None, on_book: Callable[[str, float], None] | None = None,
     ) -> None:
         self.prices = prices
+        self.on_book = on_book
+        """Told (day, cost) of every cost booked: the daemon's spending per day."""
         self.record = record if record is not None else UsageRecord(profile=profile, model=model)
         self._stream_model: str | None = None
         self._reported: float | None = None
@@ -143,6 +145,8 @@ class Meter:
             day = r.days.setdefault(utc_day(now), DaySpend())
             day.tokens += tokens
             day.cost_usd += cost
+            if cost and self.on_book is not None:
+                self.on_book(utc_day(now), cost)
         return (r.tokens, r.cost_usd or 0.0, r.model, r.cost_source) != before
 
 
