@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +159,34 @@ def test_parse_raise(text: str, parsed: tuple[str, float]) -> None:
 def test_parse_raise_says_what_to_write(text: str, says: str) -> None:
     with pytest.raises(ValueError, match=says):
         budgets.parse_raise(text)
+
+
+def test_config_keys_match_the_adapters_and_budgets() -> None:
+    from typing import get_args
+
+    from orchestrd.config import Budgets, OutputFormat
+    from orchestrd.streams import OUTPUTS
+
+    assert get_args(OutputFormat) == OUTPUTS
+    assert list(Budgets.model_fields) == list(budgets.BUDGETS)
+
+
+def test_a_plan_may_only_lower_a_budget(tmp_path: Path) -> None:
+    from conftest import make_config, make_plan
+
+    from orchestrd.config import load_config
+    from orchestrd.errors import PlanError
+    from orchestrd.plan import load_plan
+
+    config, _ = load_config(make_config(
+        tmp_path, budgets={"plan_max_tokens": 1000, "plan_max_wall": "1h"}
+    ))
+    lower = make_plan(tmp_path, budgets={"plan_max_tokens": 10, "plan_max_cost_usd": 1.5})
+    assert load_plan(lower, config).budgets is not None
+    higher = make_plan(tmp_path, budgets={"plan_max_tokens": 5000, "plan_max_wall": "2h"})
+    with pytest.raises(PlanError) as err:
+        load_plan(higher, config)
+    text = str(err.value)
+    assert "budgets.plan_max_tokens: 5000 is above the config's 1000" in text
+    assert "budgets.plan_max_wall: 7200 is above the config's 3600" in text
+    assert "orchestrd resume T --budget plan_max_tokens=" in text
