@@ -118,6 +118,9 @@ class PlanBudget:
         warnings, exceeded = self.check(set())
         for w in warnings:
             warn(log, w)
+        if exceeded is not None:
+            log.info("budget.exceeded", budget=exceeded.budget, spent=_round(exceeded.spent),
+                     limit=exceeded.limit)
         return exceeded
 
 
@@ -146,8 +149,10 @@ class AttemptMeter:
         """Set when a budget is spent: the worker must be stopped."""
         self.warned: set[str] = set()
         self.errors: list[Error] = []
-        self._reported = (-1, -1.0)
+        self._reported = (0, -1.0)  # nothing spent, nothing to report
         self._polled_events = 0
+        self.unsaved = False
+        """A `worker.usage` went out that the plan's state does not hold yet."""
 
     def __enter__(self) -> AttemptMeter:
         self.budget.spending.meters.add(self)
@@ -165,26 +170,26 @@ class AttemptMeter:
         if self.reader is not None:
             self._take(self.reader.feed(chunk))
 
-    def finish(self, returncode: int | None) -> None:
+    def finish(self, returncode: int | None) -> bool:
         """The output ended: a last line without a line break, the exit code's meaning, and
-        the final `worker.usage`."""
+        the final `worker.usage`; whether the usage changed since it was last reported."""
         if self.reader is not None:
             self._take(self.reader.finish(returncode))
-        self.report()
+        # at the end: claude reports its cost only in its last line
+        if self.meter.unpriced and (model := self.meter.model or "?") not in (
+            self.budget.spending.unpriced
+        ):
+            self.budget.spending.unpriced.add(model)
+            self.log.info("usage.unpriced", model=model, profile=self.record.profile)
+        return self.report()
 
     def _take(self, events: list[StreamEvent]) -> None:
         now = self.clock()
         for event in events:
             if isinstance(event, Error):
                 self.errors.append(event)
-            if not self.meter.observe(event, now):
-                continue
-            if self.meter.unpriced and (model := self.meter.model or "?") not in (
-                self.budget.spending.unpriced
-            ):
-                self.budget.spending.unpriced.add(model)
-                self.log.info("usage.unpriced", model=model, profile=self.record.profile)
-            self._check()
+            if self.meter.observe(event, now):
+                self._check()
 
     def _check(self) -> None:
         if self.exceeded is not None:
@@ -233,6 +238,7 @@ class AttemptMeter:
         if now == self._reported or self.reader is None:
             return False
         self._reported = now
+        self.unsaved = True
         extra: dict[str, Any] = {}
         if self.reader.unparsed or self.reader.skipped:
             extra = {"unparsed_lines": self.reader.unparsed, "skipped_lines": self.reader.skipped}

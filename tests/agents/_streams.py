@@ -7,7 +7,8 @@ Knobs (environment): STREAM_STEPS model requests (codex: turns of the thread, ea
 which STREAM_CACHED from the cache, STREAM_OUTPUT output tokens (STREAM_REASONING of them
 reasoning) and, for claude, STREAM_COST dollars; STREAM_DELAY seconds between lines;
 STREAM_MODEL; STREAM_GARBAGE=1 mixes in lines that are no events; STREAM_END = `ok`, `cut`
-(the stream stops mid-line, exit 1) or `limit` (a usage limit ends the run, exit 1).
+(the stream stops mid-line, exit 1) or `limit` (a usage limit ends the run, exit 1);
+STREAM_STEPS_LATER replaces STREAM_STEPS for attempts after the first.
 
 Every replay writes what its stream said in total to `.agent/stream-<phase>-<attempt>.json`.
 """
@@ -30,6 +31,8 @@ def knob(name: str, default: float) -> float:
 
 
 STEPS = int(knob("STREAM_STEPS", 3))
+if int(os.environ.get("ORCHESTRD_ATTEMPT", "1")) > 1:  # a later attempt may do less
+    STEPS = int(knob("STREAM_STEPS_LATER", STEPS))
 INPUT = int(knob("STREAM_INPUT", 1200))
 CACHED = int(knob("STREAM_CACHED", 400))
 OUTPUT = int(knob("STREAM_OUTPUT", 150))
