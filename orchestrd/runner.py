@@ -583,6 +583,7 @@ class PlanRunner:
     async def _on_poll(self, meter: AttemptMeter, phase_id: str) -> dict[str, Any]:
         """`tokens` and `events` for the poll; the usage saved when it changed (so a restart
         knows what was spent, at most one poll behind)."""
+        self.budget.limits = self._limits(self.get_config())  # a reload may have changed them
         fields = meter.poll_fields()
         if meter.unsaved:
             meter.unsaved = False

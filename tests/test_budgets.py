@@ -267,3 +267,29 @@ def test_usage_sums_the_ledger_with_the_daemon_down(tmp_path: Path) -> None:
     assert {r["plan"]: r["cost_usd"] for r in rows}["B"] == b["cost"]
     kept = tomllib.loads((tmp_path / "state/plans/A/state.toml").read_text())
     assert kept["phases"]["P01"]["attempts"][0]["usage"]["cost_source"] == "estimated"
+
+
+def test_run_pauses_and_resume_and_cancel_work_offline(tmp_path: Path) -> None:
+    cfg = make_config(
+        tmp_path, default_worker="codex", prices=PRICES,
+        workers={"codex": stream_profile("codex", "gpt-5-codex", STREAM_STEPS=3)},
+    )
+    # $0.00255 a turn; the plan may spend $0.004: the second turn's total goes over
+    plan = make_plan(tmp_path, budgets={"plan_max_cost_usd": 0.004})
+    ran = run_cli("run", plan, "--config", cfg, "-q", cwd=tmp_path)
+    assert ran.returncode == 1 and "plan T: paused" in ran.stdout
+    bad = run_cli("resume", "T", "--budget", "plan_max_cost=1", "--config", cfg, cwd=tmp_path)
+    assert bad.returncode == 2 and "NAME one of" in bad.stderr
+    resumed = run_cli("resume", "T", "--budget", "plan_max_cost_usd=1", "--config", cfg,
+                      cwd=tmp_path)
+    assert resumed.returncode == 0 and "plan T: queued" in resumed.stdout, resumed.stderr
+    state = load_state(tmp_path / "state/plans/T/state.toml")
+    assert state.budget_raises == {"plan_max_cost_usd": 1.0}
+    again = run_cli("resume", "T", "--config", cfg, cwd=tmp_path)
+    assert again.returncode == 1 and "only a paused plan can be resumed" in again.stdout
+    # a paused plan can be cancelled too
+    other = make_plan(tmp_path, name="u.toml", id="U", repo=tmp_path / "repo-u",
+                      budgets={"plan_max_cost_usd": 0.004})
+    assert run_cli("run", other, "--config", cfg, "-q", cwd=tmp_path).returncode == 1
+    cancelled = run_cli("cancel", "U", "--config", cfg, cwd=tmp_path)
+    assert cancelled.returncode == 0 and "plan U: cancelled" in cancelled.stdout
