@@ -15,7 +15,7 @@ import anyio
 
 from .audit import Logger
 from .budgets import Crossing, Spent, news
-from .streams import Error, StreamEvent, StreamReader
+from .streams import Error, Result, StreamEvent, StreamReader, Usage
 from .usage import Meter, Price, Totals, UsageRecord, utc_day
 
 Clock = Callable[[], dt.datetime]
@@ -79,6 +79,8 @@ class PlanBudget:
         self.run_started = time.monotonic()
         self.warned = warned
         self.spending = spending
+        self.announced: set[str] = set()
+        """Budgets whose `budget.exceeded` went out in this run (one event per pause)."""
 
     def wall(self) -> float:
         """The plan's wall-clock time so far: earlier runs plus this one."""
@@ -118,7 +120,8 @@ class PlanBudget:
         warnings, exceeded = self.check(set())
         for w in warnings:
             warn(log, w)
-        if exceeded is not None:
+        if exceeded is not None and exceeded.budget not in self.announced:
+            # not said already by the last worker's final stream line
             log.info("budget.exceeded", budget=exceeded.budget, spent=_round(exceeded.spent),
                      limit=exceeded.limit)
         return exceeded
@@ -149,6 +152,10 @@ class AttemptMeter:
         """Set when a budget is spent: the worker must be stopped."""
         self.warned: set[str] = set()
         self.errors: list[Error] = []
+        self.ending = False
+        """The budget was spent by the agent's closing count: it is about to exit by itself."""
+        self.more = anyio.Event()
+        """Set by a stream event after the budget was spent: the agent was not ending."""
         self._reported = (0, -1.0)  # nothing spent, nothing to report
         self._polled_events = 0
         self.unsaved = False
@@ -186,9 +193,12 @@ class AttemptMeter:
     def _take(self, events: list[StreamEvent]) -> None:
         now = self.clock()
         for event in events:
+            if self.exceeded is not None and not isinstance(event, Result | Error):
+                self.more.set()  # it works on: not ending
             if isinstance(event, Error):
                 self.errors.append(event)
             if self.meter.observe(event, now):
+                self.ending = isinstance(event, Usage) and event.final
                 self._check()
 
     def _check(self) -> None:
@@ -207,6 +217,7 @@ class AttemptMeter:
         if self.exceeded is not None:
             return
         self.exceeded = crossing
+        self.budget.announced.add(crossing.budget)
         self.log.info(
             "budget.exceeded", budget=crossing.budget, spent=_round(crossing.spent),
             limit=crossing.limit,

@@ -10,7 +10,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +231,18 @@ def read_prompt_file(plan: Plan, rel: str) -> str:
 
 def describe(failed: list[CheckResult]) -> str:
     return "; ".join(f"{r.name}: {r.reason}" for r in failed).replace("\0", "")
+
+
+async def first_of(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return as soon as one of `waits` returns."""
+
+    async def run(wait: Callable[[], Awaitable[object]], scope: anyio.CancelScope) -> None:
+        await wait()
+        scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        for wait in waits:
+            tg.start_soon(run, wait, tg.cancel_scope)
 
 
 class BudgetPause(Exception):
@@ -668,6 +680,13 @@ class PlanRunner:
                     halt=meter.stop,
                 )
                 tg.cancel_scope.cancel()
+            if outcome.halted and meter.ending:
+                # spent by its closing count: the agent is done, its work is checked as usual
+                # (the plan pauses before its next worker) — unless it goes on instead
+                with anyio.move_on_after(policy.stop_grace):
+                    await first_of(worker.wait, meter.more.wait)
+                if worker.returncode is not None:
+                    outcome = WatchOutcome(worker.returncode, outcome.polls)
             if outcome.halted:
                 sig = await worker.stop(policy.stop_grace)
                 set_attempt(att, AttemptStatus.STOPPED)

@@ -272,9 +272,11 @@ def test_usage_sums_the_ledger_with_the_daemon_down(tmp_path: Path) -> None:
 def test_run_pauses_and_resume_and_cancel_work_offline(tmp_path: Path) -> None:
     cfg = make_config(
         tmp_path, default_worker="codex", prices=PRICES,
-        workers={"codex": stream_profile("codex", "gpt-5-codex", STREAM_STEPS=3)},
+        workers={"codex": stream_profile("codex", "gpt-5-codex", STREAM_STEPS=3,
+                                         STREAM_DELAY=0.02)},
     )
-    # $0.00255 a turn; the plan may spend $0.004: the second turn's total goes over
+    # $0.00255 a turn; the plan may spend $0.004: the second turn's total goes over, and the
+    # thread goes on with a third (so the worker is stopped)
     plan = make_plan(tmp_path, budgets={"plan_max_cost_usd": 0.004})
     ran = run_cli("run", plan, "--config", cfg, "-q", cwd=tmp_path)
     assert ran.returncode == 1 and "plan T: paused" in ran.stdout
@@ -293,3 +295,23 @@ def test_run_pauses_and_resume_and_cancel_work_offline(tmp_path: Path) -> None:
     assert run_cli("run", other, "--config", cfg, "-q", cwd=tmp_path).returncode == 1
     cancelled = run_cli("cancel", "U", "--config", cfg, cwd=tmp_path)
     assert cancelled.returncode == 0 and "plan U: cancelled" in cancelled.stdout
+
+
+@pytest.mark.anyio
+async def test_a_budget_spent_by_the_last_line_pauses_before_the_next_worker(
+    tmp_path: Path,
+) -> None:
+    """gemini reports its counts only in its result: the worker has exited by then, so its
+    work is checked as usual, and the plan pauses before the next phase's worker."""
+    cfg = make_config(
+        tmp_path, default_worker="gemini", budgets={"plan_max_tokens": 1000},
+        workers={"gemini": stream_profile("gemini")},
+    )
+    run = await run_plan(cfg, make_plan(tmp_path, [phase("P01"), phase("P02")]))
+    assert run.status is PlanStatus.PAUSED
+    state = load_state(run.folder / "state.toml")
+    assert state.phases["P01"].status is PhaseStatus.PASSED
+    assert state.phases["P02"].status is PhaseStatus.PENDING and not state.phases["P02"].attempts
+    assert [e["budget"] for e in run.events("budget.exceeded")] == ["plan_max_tokens"]
+    (paused,) = run.events("plan.paused")
+    assert paused["reason"] == "budget:plan_max_tokens" and paused["spent"] > 1000

@@ -20,13 +20,16 @@ _COUNTS = (
 _FILE_TOOLS = frozenset({"Edit", "MultiEdit", "Write", "NotebookEdit"})
 
 
-def _usage(usage: dict[str, Any], cost: float | None, model: str | None) -> Usage:
+def _usage(
+    usage: dict[str, Any], cost: float | None, model: str | None, final: bool = False
+) -> Usage:
     return Usage(
         input_tokens=count(usage, "input_tokens") + count(usage, "cache_creation_input_tokens"),
         cached_input_tokens=count(usage, "cache_read_input_tokens"),
         output_tokens=count(usage, "output_tokens"),
         cost_usd=cost,
         model=model,
+        final=final,
     )
 
 
@@ -93,9 +96,9 @@ class ClaudeStreamJson:
         if cost is not None and cost < 0:
             cost = None  # nonsense, not a refund
         if usage := obj(data, "usage"):
-            events.append(_usage(usage, cost, self.model))
+            events.append(_usage(usage, cost, self.model, final=True))
         elif cost is not None:  # a cost without counts: keep the counts summed so far
-            events.append(_usage(self._summed(), cost, self.model))
+            events.append(_usage(self._summed(), cost, self.model, final=True))
         subtype = text(data, "subtype")
         is_error = data.get("is_error") is True
         final = text(data, "result") or ""

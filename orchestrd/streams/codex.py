@@ -38,6 +38,7 @@ class CodexJson:
                 input_tokens=max(0, count(usage, "input_tokens") - cached),
                 cached_input_tokens=cached,
                 output_tokens=count(usage, "output_tokens"),
+                final=True,
             )]
         if kind == "turn.failed":
             message = text(obj(data, "error"), "message") or "turn failed"

@@ -42,6 +42,9 @@ class Usage:
     cost_usd: float | None = None
     """The CLI's own figure, when it gives one (claude); never computed here."""
     model: str | None = None
+    final: bool = False
+    """The closing count of a turn or run (codex `turn.completed`, a `result`): the agent is
+    done, and a worker over a budget here is let finish rather than stopped."""
 
     @property
     def tokens(self) -> int:

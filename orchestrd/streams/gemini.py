@@ -70,7 +70,7 @@ class GeminiStreamJson:
         cached = min(count(stats, "cached"), prompt)
         output = max(count(stats, "output_tokens"), count(stats, "total_tokens") - prompt)
         events: list[StreamEvent] = [
-            Usage(prompt - cached, cached, output, model=self.model)
+            Usage(prompt - cached, cached, output, model=self.model, final=True)
         ]
         ok = text(data, "status") == "success"
         if not ok:
