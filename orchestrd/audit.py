@@ -382,15 +382,24 @@ class AuditLog:
     """Builds bound loggers that write to one AuditSink, redacting secrets on the way."""
 
     def __init__(
-        self, path: Path, echo: TextIO | None = None, redactor: Redactor | None = None,
+        self,
+        path: Path,
+        echo: TextIO | None = None,
+        redactor: Redactor | None = None,
         echo_skip: frozenset[str] = frozenset(),
     ) -> None:
         self.sink = AuditSink(path, echo)
         self.redactor = redactor or Redactor()
         self.echo_skip = echo_skip
         """Events not echoed (the daemon leaves CHATTY ones out of the journal)."""
-        self._processors: list[Any] = [_timestamp, structlog.processors.format_exc_info,
-                                       self._redact, _order_keys, self._echo, _to_json]
+        self._processors: list[Any] = [
+            _timestamp,
+            structlog.processors.format_exc_info,
+            self._redact,
+            _order_keys,
+            self._echo,
+            _to_json,
+        ]
 
     def _echo(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
         if self.sink.echo is not None and event_dict.get("event") not in self.echo_skip:

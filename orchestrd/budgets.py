@@ -78,12 +78,11 @@ def limits(
     return out
 
 
-def raised_above(
-    config: Mapping[str, float | None], plan: Mapping[str, float | None]
-) -> list[str]:
+def raised_above(config: Mapping[str, float | None], plan: Mapping[str, float | None]) -> list[str]:
     """The budgets a plan sets higher than the config (not allowed: a plan may only lower)."""
     return [
-        name for name, value in plan.items()
+        name
+        for name, value in plan.items()
         if value is not None and (limit := config.get(name)) is not None and value > limit
     ]
 

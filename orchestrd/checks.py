@@ -99,7 +99,9 @@ def violation(name: str, path: str, line: int, rule: str, message: str) -> Check
     """A failed rule at a place: `path:line: message [rule: rule]`, with the parts as fields."""
     where = f"{path}:{line}" if line else path
     return CheckResult(
-        name, False, f"{where}: {message} [rule: {rule}]",
+        name,
+        False,
+        f"{where}: {message} [rule: {rule}]",
         details={"file": path, "line": line, "rule": rule},
     )
 
@@ -134,9 +136,7 @@ async def check_log(ctx: CheckContext) -> CheckResult:
     # bounded: a worker may write to its log file directly, past the pump's cap
     limit = ctx.max_log_bytes + 64 * 1024
     try:
-        found = await anyio.to_thread.run_sync(
-            scan_file, ctx.log_path, patterns, ctx.prompt, limit
-        )
+        found = await anyio.to_thread.run_sync(scan_file, ctx.log_path, patterns, ctx.prompt, limit)
     except FileRefused as exc:
         # orchestrd made that log: a worker that swapped it hides what it printed
         return CheckResult("log_errors", False, f"worker log {ctx.log_path.name} {exc}")
@@ -168,7 +168,10 @@ def _read_in_repo(
 
 def stale_result(name: str, path: str) -> CheckResult:
     return violation(
-        name, path, 0, "stale",
+        name,
+        path,
+        0,
+        "stale",
         "unchanged since the phase began: no worker of this phase wrote it, so it is no "
         "evidence of this phase's work",
     )
@@ -238,8 +241,14 @@ def check_evidence(ctx: CheckContext) -> list[CheckResult]:
             continue
         checked.append(path)
         found = evidence.check_text(
-            text, path, rules=rules, placeholder_texts=settings.placeholders,
-            requires=requires, phase_id=phase.id, kind=phase.kind, report=is_report,
+            text,
+            path,
+            rules=rules,
+            placeholder_texts=settings.placeholders,
+            requires=requires,
+            phase_id=phase.id,
+            kind=phase.kind,
+            report=is_report,
         )
         results += _capped(
             [violation("evidence", f.path, f.line, f.rule, f.message) for f in found], "evidence"
@@ -292,12 +301,18 @@ async def marker_path_results(plan: Plan, phase: Phase, name: str) -> list[Check
                 continue
             results.append(
                 CheckResult(
-                    name, False,
+                    name,
+                    False,
                     f"{mp.glob}: {len(files)} file(s) contain {marker}, at least {mp.min} must"
                     + (f" (found in: {where})" if files else "")
                     + " [rule: marker_paths]",
-                    details={"glob": mp.glob, "marker": marker, "found": files[:50],
-                             "min": mp.min, "rule": "marker_paths"},
+                    details={
+                        "glob": mp.glob,
+                        "marker": marker,
+                        "found": files[:50],
+                        "min": mp.min,
+                        "rule": "marker_paths",
+                    },
                 )
             )
     return results
@@ -344,11 +359,16 @@ def _tampering(diff: Diff | None) -> list[CheckResult]:
     return _capped(
         [
             violation(
-                "git_tampering", c.path, 0, "git_tampering",
+                "git_tampering",
+                c.path,
+                0,
+                "git_tampering",
                 f"{c.path} {_VERB.get(c.status, c.status)} during the phase"
-                + (": a .gitignore git ignores hides itself and what it names"
-                   if c.path.endswith(".gitignore")
-                   else ": it decides how git sees the repository"),
+                + (
+                    ": a .gitignore git ignores hides itself and what it names"
+                    if c.path.endswith(".gitignore")
+                    else ": it decides how git sees the repository"
+                ),
             )
             for c in (diff.tampered if diff is not None else [])
         ],
@@ -365,8 +385,13 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
     """
     protect, forbid_tests, patterns = change_rules(ctx.plan, ctx.phase, ctx.settings)
     in_force = [
-        n for n, on in (("protect", protect), ("forbid_test_changes", forbid_tests),
-                        ("forbidden_patterns", patterns)) if on
+        n
+        for n, on in (
+            ("protect", protect),
+            ("forbid_test_changes", forbid_tests),
+            ("forbidden_patterns", patterns),
+        )
+        if on
     ]
     diff = ctx.changes
     tampering = _tampering(diff)
@@ -374,7 +399,8 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
         # a worker that breaks the repo must not thereby escape the rules
         tampering.append(
             CheckResult(
-                "git_tampering", False,
+                "git_tampering",
+                False,
                 f"git worked when the phase began, now: {ctx.git_problem}; restore the "
                 "repository [rule: git_tampering]",
                 details={"rule": "git_tampering"},
@@ -386,9 +412,7 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
         why = ctx.git_problem or "no git snapshot"
         return [
             *tampering,
-            CheckResult(
-                "git", False, f"{why}; not checked: {', '.join(in_force)}", ctx.git_broken
-            ),
+            CheckResult("git", False, f"{why}; not checked: {', '.join(in_force)}", ctx.git_broken),
         ]
     exempt = ctx.plan.contract_files()
     protected = [glob_regex(g) for g in protect]
@@ -409,7 +433,10 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
         if forbid_tests and is_test[path]:
             found["test_changes"].append(
                 violation(
-                    "test_changes", path, line, "forbid_test_changes",
+                    "test_changes",
+                    path,
+                    line,
+                    "forbid_test_changes",
                     f"test file {verb} in a {ctx.phase.kind} phase; tests are fixed before "
                     "the implementation",
                 )
@@ -420,7 +447,8 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
         return results
     return [
         CheckResult(
-            "changes", True,
+            "changes",
+            True,
             f"{len(diff.files)} changed file(s); {', '.join(in_force)}: ok",
         )
     ]
@@ -439,7 +467,10 @@ def _forbidden(
             if rx.search(added.text):
                 hits.append(
                     violation(
-                        "forbidden_patterns", added.path, added.line, "forbidden_patterns",
+                        "forbidden_patterns",
+                        added.path,
+                        added.line,
+                        "forbidden_patterns",
                         f"added line matches {rx.pattern!r}: {added.text.strip()[:120]!r}",
                     )
                 )
@@ -469,7 +500,8 @@ async def run_verify(ctx: CheckContext, index: int, log: Logger) -> CheckResult:
     name = f"verify[{index}]"
     wanted = cmd.expect == "pass"
     defaults = (
-        ctx.settings.expect_pass_must_not_match if wanted
+        ctx.settings.expect_pass_must_not_match
+        if wanted
         else ctx.settings.expect_fail_must_not_match
     )
     must_not = [*cmd.must_not_match]
@@ -479,7 +511,11 @@ async def run_verify(ctx: CheckContext, index: int, log: Logger) -> CheckResult:
     judge = StreamJudge([*must_not, *cmd.must_match])
     started = time.monotonic()
     spec = WorkerSpec(
-        [*ctx.settings.verify_shell, cmd.run], ctx.env, ctx.plan.repo, out_path, ctx.identity,
+        [*ctx.settings.verify_shell, cmd.run],
+        ctx.env,
+        ctx.plan.repo,
+        out_path,
+        ctx.identity,
         ctx.pid_namespace,
     )
     rc: int | None = None
@@ -493,14 +529,19 @@ async def run_verify(ctx: CheckContext, index: int, log: Logger) -> CheckResult:
     took = round(time.monotonic() - started, 3)
     if proc.dropped_bytes:
         log.info(
-            "check.output_truncated", check=name, output=str(out_path),
-            max_log_bytes=ctx.max_log_bytes, output_bytes=proc.output_bytes,
+            "check.output_truncated",
+            check=name,
+            output=str(out_path),
+            max_log_bytes=ctx.max_log_bytes,
+            output_bytes=proc.output_bytes,
             dropped_bytes=proc.dropped_bytes,
         )
     tail = await anyio.to_thread.run_sync(tail_file, out_path, 15, 4096)
     if rc is None:
         return CheckResult(
-            name, False, f"{cmd.run!r} timed out after {cmd.timeout}s and was stopped",
+            name,
+            False,
+            f"{cmd.run!r} timed out after {cmd.timeout}s and was stopped",
             details={"command": cmd.run, "output": str(out_path), "output_tail": tail},
         )
     passed = rc == 0

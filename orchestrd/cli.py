@@ -60,19 +60,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def run_foreground(
-    plan: Plan, config: Config, echo: bool, live: bool = False
-) -> PlanStatus:
+async def run_foreground(plan: Plan, config: Config, echo: bool, live: bool = False) -> PlanStatus:
     """Run one plan in this process under `state_dir/plans/<id>/`; SIGINT/SIGTERM interrupt it.
     `live`: a progress view on the terminal instead of event lines.
 
     The plan fails (with the reason, no traceback) if the runner cannot go on, e.g. a full disk.
     """
     from .daemon import describe_failure
+
     use_pidfd_child_watcher()
     folder = PlanFolder(config.state_dir / "plans" / plan.id)
     audit = AuditLog(
-        config.audit_path, echo=sys.stderr if echo else None,
+        config.audit_path,
+        echo=sys.stderr if echo else None,
         redactor=Redactor.from_config(config),
     )
     log = audit.bind(plan=plan.id)
@@ -244,20 +244,23 @@ def _control(args: argparse.Namespace, kind: str) -> int:
         print(f"plan {args.plan} is already {current}; nothing to cancel")
         return EXIT_FAILED
     try:
-        text = "".join(f"{name}={value!r}\n" for name, value in (
-            budgets.parse_raise(b) for b in getattr(args, "budget", None) or []
-        ))
+        text = "".join(
+            f"{name}={value!r}\n"
+            for name, value in (budgets.parse_raise(b) for b in getattr(args, "budget", None) or [])
+        )
     except ValueError as exc:
         raise OrchestrdError(str(exc)) from None
     if kind == ".resume" and current is not PlanStatus.PAUSED:
-        print(f"plan {args.plan} is {current}; only a paused plan can be resumed"
-              + (" (retry runs a failed or cancelled one again)" if current in PLAN_TERMINAL
-                 else ""))
+        print(
+            f"plan {args.plan} is {current}; only a paused plan can be resumed"
+            + (" (retry runs a failed or cancelled one again)" if current in PLAN_TERMINAL else "")
+        )
         return EXIT_FAILED
     if kind == ".retry" and current not in (PlanStatus.FAILED, PlanStatus.CANCELLED):
         active = "" if current in PLAN_TERMINAL else " and still active — cancel it first"
-        print(f"plan {args.plan} is {current}{active}; only failed or cancelled plans can be "
-              "retried")
+        print(
+            f"plan {args.plan} is {current}{active}; only failed or cancelled plans can be retried"
+        )
         return EXIT_FAILED
     if kind == ".retry":
         try:
@@ -300,32 +303,42 @@ def _cmd_usage(args: argparse.Namespace) -> int:
         print(json.dumps(summed.as_dict(), indent=2))
         return EXIT_OK
     if not summed.total.attempts:
-        print(f"no usage recorded under {config.state_dir}"
-              + (f" since {since}" if since else ""))
+        print(f"no usage recorded under {config.state_dir}" + (f" since {since}" if since else ""))
         return EXIT_OK
-    for title, rows in (("PLAN", summed.plans), ("DAY (UTC)", summed.days),
-                        ("PROFILE", summed.profiles), ("MODEL", summed.models)):
+    for title, rows in (
+        ("PLAN", summed.plans),
+        ("DAY (UTC)", summed.days),
+        ("PROFILE", summed.profiles),
+        ("MODEL", summed.models),
+    ):
         print(usage_table(title, rows))
         print()
     t = summed.total
-    print(f"total: {status.fmt_tokens(t.tokens)} tokens, "
-          f"{status.fmt_cost(t.cost_usd, t.unpriced)} in {t.attempts} attempts"
-          + (f" ({t.unpriced} without a known cost)" if t.unpriced else ""))
+    print(
+        f"total: {status.fmt_tokens(t.tokens)} tokens, "
+        f"{status.fmt_cost(t.cost_usd, t.unpriced)} in {t.attempts} attempts"
+        + (f" ({t.unpriced} without a known cost)" if t.unpriced else "")
+    )
     return EXIT_OK
 
 
 def usage_table(title: str, rows: dict[str, usage.Totals]) -> str:
     lines = [(title, "ATTEMPTS", "INPUT", "CACHED", "OUTPUT", "TOKENS", "COST")]
     for key, t in sorted(rows.items()):
-        lines.append((
-            printable(key, newlines=False), str(t.attempts), status.fmt_tokens(t.input_tokens),
-            status.fmt_tokens(t.cached_input_tokens), status.fmt_tokens(t.output_tokens),
-            status.fmt_tokens(t.tokens), status.fmt_cost(t.cost_usd, t.unpriced),
-        ))
+        lines.append(
+            (
+                printable(key, newlines=False),
+                str(t.attempts),
+                status.fmt_tokens(t.input_tokens),
+                status.fmt_tokens(t.cached_input_tokens),
+                status.fmt_tokens(t.output_tokens),
+                status.fmt_tokens(t.tokens),
+                status.fmt_cost(t.cost_usd, t.unpriced),
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-        for line in lines
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
     )
 
 
@@ -350,8 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common], help="run one plan in the foreground")
     p.add_argument("plan", metavar="PLAN")
     p.add_argument("-q", "--quiet", action="store_true", help="no event lines on stderr")
-    p.add_argument("--plain", action="store_true",
-                   help="event lines on stderr, not the live view a terminal gets")
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="event lines on stderr, not the live view a terminal gets",
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("daemon", parents=[common], help="serve the inbox (what systemd runs)")
@@ -376,12 +392,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", parents=[common], help="run a plan a budget paused again")
     p.add_argument("plan", metavar="PLAN_ID")
-    p.add_argument("--budget", action="append", metavar="NAME=VALUE",
-                   help="raise this plan's limit (e.g. plan_max_cost_usd=20); repeatable")
+    p.add_argument(
+        "--budget",
+        action="append",
+        metavar="NAME=VALUE",
+        help="raise this plan's limit (e.g. plan_max_cost_usd=20); repeatable",
+    )
     p.set_defaults(func=lambda a: _control(a, ".resume"))
 
-    p = sub.add_parser("usage", parents=[common],
-                       help="tokens and cost per plan, day, profile and model (daemon not needed)")
+    p = sub.add_parser(
+        "usage",
+        parents=[common],
+        help="tokens and cost per plan, day, profile and model (daemon not needed)",
+    )
     p.add_argument("--since", metavar="DATE", help="from this UTC day on (YYYY-MM-DD)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_usage)

@@ -85,15 +85,20 @@ class Unloadable(OrchestrdError):
 
 class Daemon:
     def __init__(
-        self, config: Config, config_path: Path | None, echo: bool = True,
+        self,
+        config: Config,
+        config_path: Path | None,
+        echo: bool = True,
         clock: Clock = utc_now,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.spool = Spool(config.state_dir)
         self.audit = AuditLog(
-            config.audit_path, echo=sys.stderr if echo else None,
-            redactor=Redactor.from_config(config), echo_skip=CHATTY,
+            config.audit_path,
+            echo=sys.stderr if echo else None,
+            redactor=Redactor.from_config(config),
+            echo_skip=CHATTY,
         )
         self.log = self.audit.bind()
         self.notifier = Notifier.from_env()
@@ -136,9 +141,12 @@ class Daemon:
                         tg.start_soon(watchdog_loop, self.notifier, self._notify_failed)
                     privsep, why = separation(self.config)
                     self.log.info(
-                        "daemon.started", state_dir=str(self.config.state_dir),
-                        config=str(self.config_path), max_workers=self.config.max_workers,
-                        plans=len(self.entries), privilege_separation=privsep,
+                        "daemon.started",
+                        state_dir=str(self.config.state_dir),
+                        config=str(self.config_path),
+                        max_workers=self.config.max_workers,
+                        plans=len(self.entries),
+                        privilege_separation=privsep,
                         privilege_separation_reason=why,
                     )
                     self._notify_ready()
@@ -157,7 +165,8 @@ class Daemon:
                 await self._reload()
                 continue
             self.log.info(
-                "daemon.stopping", signal=signal.Signals(sig).name,
+                "daemon.stopping",
+                signal=signal.Signals(sig).name,
                 running=self._count_running(),
             )
             self._notify("STOPPING=1")
@@ -236,8 +245,14 @@ class Daemon:
         while True:
             try:
                 async for _ in watchfiles.awatch(
-                    self.spool.inbox, self.spool.control, watch_filter=None, debounce=200,
-                    step=1, recursive=False, rust_timeout=timeout_ms, yield_on_timeout=True,
+                    self.spool.inbox,
+                    self.spool.control,
+                    watch_filter=None,
+                    debounce=200,
+                    step=1,
+                    recursive=False,
+                    rust_timeout=timeout_ms,
+                    yield_on_timeout=True,
                 ):
                     self._wake()
             except Exception as exc:  # the watcher must never stop the daemon: sorted below
@@ -284,13 +299,19 @@ class Daemon:
             self._spool_errors.pop(f"inbox/{display_name(name)}", None)
             if isinstance(outcome, Rejected):
                 self.log.info(
-                    "plan.rejected", file=display_name(name), reason=outcome.reason,
+                    "plan.rejected",
+                    file=display_name(name),
+                    reason=outcome.reason,
                     moved_to=display_name(str(outcome.moved_to)),
                 )
             elif isinstance(outcome, Accepted):
                 log = self.audit.bind(plan=outcome.plan.id)
-                log.info("plan.accepted", file=display_name(name),
-                         phases=len(outcome.plan.phases), repo=str(outcome.plan.repo))
+                log.info(
+                    "plan.accepted",
+                    file=display_name(name),
+                    phases=len(outcome.plan.phases),
+                    repo=str(outcome.plan.repo),
+                )
                 record = self._record(outcome.folder.state_file, outcome.state, log)
                 self._start(tg, PlanEntry(outcome.plan, record, outcome.folder, log))
                 log.info("plan.queued", seq=outcome.state.seq, active=len(self.entries))
@@ -328,8 +349,12 @@ class Daemon:
             if request.refused is not None:
                 plan = {"plan": request.plan_id} if is_plan_id(request.plan_id) else {}
                 self.log.info(
-                    "daemon.request_refused", **plan, request=request.kind, file=request.file,
-                    reason=request.refused, requester=request.requester,
+                    "daemon.request_refused",
+                    **plan,
+                    request=request.kind,
+                    file=request.file,
+                    reason=request.refused,
+                    requester=request.requester,
                 )
             elif request.kind == "cancel":
                 await self._cancel(request)
@@ -340,7 +365,10 @@ class Daemon:
 
     def _ignored(self, request: ControlRequest, reason: str) -> None:
         self.log.info(
-            "daemon.request_ignored", plan=request.plan_id, request=request.kind, reason=reason,
+            "daemon.request_ignored",
+            plan=request.plan_id,
+            request=request.kind,
+            reason=reason,
             requester=request.requester,
         )
 
@@ -363,7 +391,8 @@ class Daemon:
         plan_id = request.plan_id
         if (active := self.entries.get(plan_id)) is not None:
             self._ignored(
-                request, f"the plan is {active.record.state.status} (active); only a failed or "
+                request,
+                f"the plan is {active.record.state.status} (active); only a failed or "
                 "cancelled plan can be retried — cancel it first",
             )
             return
@@ -379,8 +408,9 @@ class Daemon:
             return
         status = entry.record.state.status
         if status not in (PlanStatus.FAILED, PlanStatus.CANCELLED):
-            self._ignored(request, f"the plan is {status}; only a failed or cancelled plan can "
-                          "be retried")
+            self._ignored(
+                request, f"the plan is {status}; only a failed or cancelled plan can be retried"
+            )
             return
         if source is not folder:  # loaded where it lies first: a plan that cannot run stays
             await anyio.to_thread.run_sync(shutil.move, source.root, folder.root)
@@ -403,8 +433,14 @@ class Daemon:
         try:
             raises = parse_raises(request.text)
         except ValueError as exc:
-            self.log.info("daemon.request_refused", plan=request.plan_id, request=request.kind,
-                          file=request.file, reason=str(exc), requester=request.requester)
+            self.log.info(
+                "daemon.request_refused",
+                plan=request.plan_id,
+                request=request.kind,
+                file=request.file,
+                reason=str(exc),
+                requester=request.requester,
+            )
             return
         del self.paused[request.plan_id]
         await resume(entry.record, raises, "resume requested", requester=request.requester)
@@ -445,7 +481,11 @@ class Daemon:
                     entry.running = True
                     self._notify(f"STATUS={self._status_line()}")
                     runner = PlanRunner(
-                        plan, record, entry.folder, lambda: self.config, entry.log,
+                        plan,
+                        record,
+                        entry.folder,
+                        lambda: self.config,
+                        entry.log,
                         self.spending,
                     )
                     await runner.run()
@@ -491,7 +531,10 @@ class Daemon:
         at the next start)."""
         try:
             dest, skipped = await anyio.to_thread.run_sync(
-                archive_plan, entry.plan, entry.folder, self.spool.archive_dir,
+                archive_plan,
+                entry.plan,
+                entry.folder,
+                self.spool.archive_dir,
                 self.config.max_log_bytes,
             )
         except Exception as exc:  # noqa: BLE001 - a finished plan must never stop the daemon
@@ -543,11 +586,17 @@ class Daemon:
                 await record.set_status(PlanStatus.FAILED, f"plan no longer valid: {exc}")
             dest = await anyio.to_thread.run_sync(folder.archive, self.spool.archive_dir)
         except (OSError, InvalidTransition) as err:
-            log.info("plan.set_aside", reason=str(exc), status=str(record.state.status),
-                     moved_to=None, error=str(err))
+            log.info(
+                "plan.set_aside",
+                reason=str(exc),
+                status=str(record.state.status),
+                moved_to=None,
+                error=str(err),
+            )
             return
-        log.info("plan.set_aside", reason=str(exc), status=str(record.state.status),
-                 moved_to=str(dest))
+        log.info(
+            "plan.set_aside", reason=str(exc), status=str(record.state.status), moved_to=str(dest)
+        )
 
     async def _check_passed(self, record: PlanRecord, folder: PlanFolder, log: Logger) -> None:
         """A phase counts as passed only if the daemon recorded it: a line in the plan's
@@ -573,7 +622,8 @@ class Daemon:
             state.status = PlanStatus.INTERRUPTED
         await record.save(*unproven)
         log.info(
-            "plan.state_mismatch", phases=unproven,
+            "plan.state_mismatch",
+            phases=unproven,
             reason="state.toml says passed; neither phases-passed.txt nor the audit log "
             "records their pass",
         )
@@ -630,14 +680,20 @@ class Daemon:
                 if att.status not in live or att.pid is None:
                     continue
                 handle = WorkerHandle(
-                    pid=att.pid, pgid=att.pgid or att.pid, start_time=att.start_time or 0,
-                    boot_id=att.boot_id or "", log=att.log,
+                    pid=att.pid,
+                    pgid=att.pgid or att.pid,
+                    start_time=att.start_time or 0,
+                    boot_id=att.boot_id or "",
+                    log=att.log,
                 )
                 sig = await stop_orphan(handle, grace)
                 att.status = AttemptStatus.STOPPED
                 changed.append(phase_id)
                 entry.log.info(
-                    "worker.orphan_stopped", phase=phase_id, attempt=att.n, pid=att.pid,
+                    "worker.orphan_stopped",
+                    phase=phase_id,
+                    attempt=att.n,
+                    pid=att.pid,
                     signal=sig.name if sig else None,
                 )
         if changed:
@@ -663,7 +719,10 @@ class Daemon:
             sig = await stop_processes(sorted(mine), grace)
             for pid, log in sorted(mine.items()):
                 entry.log.info(
-                    "worker.orphan_stopped", pid=pid, log=log, found="by its environment",
+                    "worker.orphan_stopped",
+                    pid=pid,
+                    log=log,
+                    found="by its environment",
                     signal=sig.name if sig else None,
                 )
 
@@ -682,7 +741,7 @@ def check_startup(config: Config) -> None:
     if os.geteuid() == 0 and not config.worker_user and not config.allow_root_workers:
         raise ConfigError(
             "refusing to run the daemon as root without worker_user: a root daemon never runs "
-            "a worker as root. Set worker_user = \"orchestrd-worker\" (systemd/orchestrd."
+            'a worker as root. Set worker_user = "orchestrd-worker" (systemd/orchestrd.'
             "sysusers creates it) in the config"
         )
     check_identities(config)
@@ -790,10 +849,10 @@ def run_daemon(config: Config, config_path: Path | None) -> None:
     anyio.run(Daemon(config, config_path).serve)
 
 
-
-
 async def resume(
-    record: PlanRecord, raises: dict[str, float], reason: str,
+    record: PlanRecord,
+    raises: dict[str, float],
+    reason: str,
     requester: dict[str, object] | None = None,
 ) -> None:
     """A paused plan queued again, with the limits the operator raised for it."""

@@ -54,8 +54,12 @@ class Stream:
         self.output += len(text.encode()) // 4
         self.item({"type": "agent_message", "text": text})
         # cached: the system prompt, read from the provider's cache after the first request
-        usage = {"input_tokens": self.input, "cached_input_tokens": 768,
-                 "output_tokens": self.output, "reasoning_output_tokens": 0}
+        usage = {
+            "input_tokens": self.input,
+            "cached_input_tokens": 768,
+            "output_tokens": self.output,
+            "reasoning_output_tokens": 0,
+        }
         self.event({"type": "turn.completed", "usage": usage})
 
 

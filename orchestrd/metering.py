@@ -70,8 +70,12 @@ class PlanBudget:
     (kept in its state, so a restart does not repeat them)."""
 
     def __init__(
-        self, limits: Mapping[str, float], before: Totals, wall_before: float,
-        warned: set[str], spending: Spending,
+        self,
+        limits: Mapping[str, float],
+        before: Totals,
+        wall_before: float,
+        warned: set[str],
+        spending: Spending,
     ) -> None:
         self.limits = dict(limits)
         self.before = before
@@ -122,14 +126,19 @@ class PlanBudget:
             warn(log, w)
         if exceeded is not None and exceeded.budget not in self.announced:
             # not said already by the last worker's final stream line
-            log.info("budget.exceeded", budget=exceeded.budget, spent=_round(exceeded.spent),
-                     limit=exceeded.limit)
+            log.info(
+                "budget.exceeded",
+                budget=exceeded.budget,
+                spent=_round(exceeded.spent),
+                limit=exceeded.limit,
+            )
         return exceeded
 
 
 def warn(log: Logger, crossing: Crossing) -> None:
-    log.info("budget.warning", budget=crossing.budget, spent=_round(crossing.spent),
-             limit=crossing.limit)
+    log.info(
+        "budget.warning", budget=crossing.budget, spent=_round(crossing.spent), limit=crossing.limit
+    )
 
 
 def _round(value: float) -> float:
@@ -140,7 +149,11 @@ class AttemptMeter:
     """The `on_output` observer of one worker: stream adapter → usage meter → budgets."""
 
     def __init__(
-        self, reader: StreamReader | None, meter: Meter, budget: PlanBudget, log: Logger,
+        self,
+        reader: StreamReader | None,
+        meter: Meter,
+        budget: PlanBudget,
+        log: Logger,
     ) -> None:
         self.reader = reader
         self.meter = meter
@@ -219,7 +232,9 @@ class AttemptMeter:
         self.exceeded = crossing
         self.budget.announced.add(crossing.budget)
         self.log.info(
-            "budget.exceeded", budget=crossing.budget, spent=_round(crossing.spent),
+            "budget.exceeded",
+            budget=crossing.budget,
+            spent=_round(crossing.spent),
             limit=crossing.limit,
         )
         self.stop.set()
@@ -254,10 +269,15 @@ class AttemptMeter:
         if self.reader.unparsed or self.reader.skipped:
             extra = {"unparsed_lines": self.reader.unparsed, "skipped_lines": self.reader.skipped}
         self.log.info(
-            "worker.usage", model=r.model, input_tokens=r.input_tokens,
-            cached_input_tokens=r.cached_input_tokens, output_tokens=r.output_tokens,
-            tokens=r.tokens, cost_usd=None if r.cost_usd is None else _round(r.cost_usd),
-            cost_source=r.cost_source, **extra,
+            "worker.usage",
+            model=r.model,
+            input_tokens=r.input_tokens,
+            cached_input_tokens=r.cached_input_tokens,
+            output_tokens=r.output_tokens,
+            tokens=r.tokens,
+            cost_usd=None if r.cost_usd is None else _round(r.cost_usd),
+            cost_source=r.cost_source,
+            **extra,
         )
         return True
 

@@ -32,7 +32,9 @@ class WatchOutcome:
 
 
 async def watch(
-    worker: LocalWorker, policy: Policy, log: Logger,
+    worker: LocalWorker,
+    policy: Policy,
+    log: Logger,
     on_poll: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     halt: anyio.Event | None = None,
 ) -> WatchOutcome:

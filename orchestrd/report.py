@@ -29,8 +29,15 @@ from .usage import total
 REPORT_NAME = "report.md"
 _RULE = re.compile(r"\[rule: ([\w.-]+)\]")
 # --since: what needs a person first
-_ORDER = {"failed": 0, "corrupt": 0, "cancelled": 1, "interrupted": 2, "running": 3,
-          "queued": 3, "succeeded": 4}
+_ORDER = {
+    "failed": 0,
+    "corrupt": 0,
+    "cancelled": 1,
+    "interrupted": 2,
+    "running": 3,
+    "queued": 3,
+    "succeeded": 4,
+}
 
 
 def _seconds(start: str | None, end: str | None) -> float | None:
@@ -84,24 +91,36 @@ def gather(config: Config, folder: Path) -> dict[str, Any]:
         wall = _seconds(started[0], ended[-1]) if started and ended else None
         if wall is None and ps.attempts:
             wall = _seconds(ps.attempts[0].started_at, ps.attempts[-1].ended_at)
-        phases.append({
-            "phase": phase_id,
-            "kind": kinds.get(phase_id, "other"),
-            "status": str(ps.status),
-            "reason": ps.reason,
-            "attempts": [{"n": a.n, "role": a.role, "status": str(a.status),
-                          "returncode": a.returncode} for a in ps.attempts],
-            "wall_seconds": wall,
-            "failed_checks": [
-                {"attempt": e.get("attempt"), "check": e.get("check"),
-                 "reason": e.get("reason", ""), "rules": _RULE.findall(e.get("reason", ""))}
-                for e in mine if e["event"] == "check.failed"
-            ],
-            "changes": [{"attempt": e.get("attempt"), "diffstat": e.get("diffstat", "")}
-                        for e in mine if e["event"] == "worker.changes"],
-            "logs": [str(folder / "workers" / Path(a.log).name) for a in ps.attempts],
-            **_usage(ps.attempts),
-        })
+        phases.append(
+            {
+                "phase": phase_id,
+                "kind": kinds.get(phase_id, "other"),
+                "status": str(ps.status),
+                "reason": ps.reason,
+                "attempts": [
+                    {"n": a.n, "role": a.role, "status": str(a.status), "returncode": a.returncode}
+                    for a in ps.attempts
+                ],
+                "wall_seconds": wall,
+                "failed_checks": [
+                    {
+                        "attempt": e.get("attempt"),
+                        "check": e.get("check"),
+                        "reason": e.get("reason", ""),
+                        "rules": _RULE.findall(e.get("reason", "")),
+                    }
+                    for e in mine
+                    if e["event"] == "check.failed"
+                ],
+                "changes": [
+                    {"attempt": e.get("attempt"), "diffstat": e.get("diffstat", "")}
+                    for e in mine
+                    if e["event"] == "worker.changes"
+                ],
+                "logs": [str(folder / "workers" / Path(a.log).name) for a in ps.attempts],
+                **_usage(ps.attempts),
+            }
+        )
     return {
         "plan": state.plan,
         "status": str(state.status),
@@ -122,10 +141,13 @@ def _attempts_cell(attempts: list[dict[str, Any]]) -> str:
 
 
 def _checks_cell(failed: list[dict[str, Any]]) -> str:
-    return ", ".join(
-        f"#{c['attempt']} {c['check']}" + (f" ({', '.join(c['rules'])})" if c["rules"] else "")
-        for c in failed
-    ) or "-"
+    return (
+        ", ".join(
+            f"#{c['attempt']} {c['check']}" + (f" ({', '.join(c['rules'])})" if c["rules"] else "")
+            for c in failed
+        )
+        or "-"
+    )
 
 
 def _cell(text: str) -> str:
@@ -158,8 +180,9 @@ def markdown(data: dict[str, Any]) -> str:
     failed = [(p["phase"], c) for p in phases for c in p["failed_checks"]]
     if failed:
         out += ["", "## Failed checks", ""]
-        out += [f"- {pid} attempt {c['attempt']}, `{c['check']}`: {c['reason']}"
-                for pid, c in failed]
+        out += [
+            f"- {pid} attempt {c['attempt']}, `{c['check']}`: {c['reason']}" for pid, c in failed
+        ]
     changed = [(p["phase"], c) for p in phases for c in p["changes"] if c["diffstat"]]
     if changed:
         out += ["", "## What changed", ""]
@@ -168,8 +191,10 @@ def markdown(data: dict[str, Any]) -> str:
     out += ["", "## Logs", ""]
     for p in phases:
         for att, log in zip(p["attempts"], p["logs"], strict=True):
-            out.append(f"- {p['phase']} #{att['n']} {att['role']} ({att['status']}): `{log}` — "
-                       f"`orchestrd logs {data['plan']} {p['phase']} --attempt {att['n']}`")
+            out.append(
+                f"- {p['phase']} #{att['n']} {att['role']} ({att['status']}): `{log}` — "
+                f"`orchestrd logs {data['plan']} {p['phase']} --attempt {att['n']}`"
+            )
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).rstrip() + "\n"
 
 
@@ -223,8 +248,10 @@ def since_summary(config: Config, since: dt.datetime) -> list[str]:
         where = f"phase {row['phase']}" if row.get("phase") else ""
         reason = f": {row['reason']}" if row.get("reason") else ""
         more = f" — {folder / REPORT_NAME}" if folder and (folder / REPORT_NAME).exists() else ""
-        lines.append(f"- **{row['plan']}** {row['state']} ({where}, "
-                     f"{_fmt(row.get('elapsed'))}){reason}{more}")
+        lines.append(
+            f"- **{row['plan']}** {row['state']} ({where}, "
+            f"{_fmt(row.get('elapsed'))}){reason}{more}"
+        )
     return lines
 
 
@@ -252,8 +279,11 @@ def add_subcommand(
     common: argparse.ArgumentParser,
 ) -> None:
     """Register `report PLAN [--json]` and `report --since 12h`."""
-    p = sub.add_parser("report", parents=[common],
-                       help="a plan's morning report (markdown), or every plan since a time")
+    p = sub.add_parser(
+        "report",
+        parents=[common],
+        help="a plan's morning report (markdown), or every plan since a time",
+    )
     p.add_argument("plan", nargs="?", metavar="PLAN")
     p.add_argument("--since", metavar="WHEN", help="every plan that ended or is running: 12h, …")
     p.add_argument("--json", action="store_true", help="the report as data")

@@ -76,9 +76,7 @@ def base_env(config: Config) -> dict[str, str]:
     return {k: os.environ[k] for k in names if k in os.environ}
 
 
-def render_command(
-    profile: WorkerProfile, values: dict[str, str]
-) -> list[str]:
+def render_command(profile: WorkerProfile, values: dict[str, str]) -> list[str]:
     # one pass over the template: braces inside a substituted value (a prompt quoting
     # `f"{phase}"`) are the value's own text, never placeholders
     return [
@@ -107,7 +105,8 @@ def contract_trailer(
     ]
     if completion:  # `completion = []`: an imported phase that names no completion file
         lines.append(
-            "- Create the completion file(s) " + ", ".join(f"`{c}`" for c in completion)
+            "- Create the completion file(s) "
+            + ", ".join(f"`{c}`" for c in completion)
             + (
                 " containing the marker(s) " + ", ".join(f"`{m}`" for m in phase.markers)
                 if phase.markers
@@ -142,7 +141,8 @@ def contract_trailer(
     if patterns:
         lines.append(
             "- Lines you add outside tests must not match: "
-            + ", ".join(f"`{p}`" for p in patterns) + "."
+            + ", ".join(f"`{p}`" for p in patterns)
+            + "."
         )
     if phase.verify:
         lines.append(
@@ -286,7 +286,10 @@ class PlanRunner:
             a.usage for ps in state.phases.values() for a in ps.attempts if a.usage is not None
         )
         return PlanBudget(
-            self._limits(config), before, state.wall_seconds, set(state.budget_warned),
+            self._limits(config),
+            before,
+            state.wall_seconds,
+            set(state.budget_warned),
             self.spending,
         )
 
@@ -308,8 +311,11 @@ class PlanRunner:
                 await self.record.set_phase(phase[0], PhaseStatus.PENDING, None)
             name = pause.crossing.budget
             await self.record.set_status(
-                PlanStatus.PAUSED, f"budget:{name}", budget=name,
-                spent=round(pause.crossing.spent, 6), limit=pause.crossing.limit,
+                PlanStatus.PAUSED,
+                f"budget:{name}",
+                budget=name,
+                spent=round(pause.crossing.spent, 6),
+                limit=pause.crossing.limit,
             )
             return PlanStatus.PAUSED
 
@@ -387,14 +393,21 @@ class PlanRunner:
             ps.failures += 1
             if ps.failures > policy.max_remediations:
                 await self.record.set_phase(
-                    phase.id, PhaseStatus.FAILED, "phase.failed", describe(bad),
+                    phase.id,
+                    PhaseStatus.FAILED,
+                    "phase.failed",
+                    describe(bad),
                     attempts=len(ps.attempts),
                 )
                 return False
             previous = (bad, log_path)
             await self.record.set_phase(
-                phase.id, PhaseStatus.RUNNING, "remediation.started", describe(bad),
-                attempt=len(ps.attempts) + 1, remediation=ps.failures,
+                phase.id,
+                PhaseStatus.RUNNING,
+                "remediation.started",
+                describe(bad),
+                attempt=len(ps.attempts) + 1,
+                remediation=ps.failures,
                 max_remediations=policy.max_remediations,
             )
 
@@ -437,11 +450,17 @@ class PlanRunner:
         identity = identity_for(config, profile)
         env = base_env(config) | (identity.env() if identity else {})
         ctx = CheckContext(
-            plan=self.plan, phase=phase.model_copy(update={"verify": phase.precheck}),
-            settings=config.checks, outcome=WatchOutcome(0, 0), log_path=Path(os.devnull),
-            output_dir=self.folder.workers, attempt=0, env=env,
+            plan=self.plan,
+            phase=phase.model_copy(update={"verify": phase.precheck}),
+            settings=config.checks,
+            outcome=WatchOutcome(0, 0),
+            log_path=Path(os.devnull),
+            output_dir=self.folder.workers,
+            attempt=0,
+            env=env,
             grace=config.policy_for(self.plan.policy, phase.policy).stop_grace,
-            max_log_bytes=config.max_log_bytes, identity=identity,
+            max_log_bytes=config.max_log_bytes,
+            identity=identity,
             pid_namespace=config.worker_pid_namespace,
         )
         results = []
@@ -452,8 +471,14 @@ class PlanRunner:
         return results
 
     def _prompt(
-        self, phase: Phase, n: int, role: str, report: str, settings: CheckSettings,
-        previous: tuple[list[CheckResult], Path] | None, baseline: str | None,
+        self,
+        phase: Phase,
+        n: int,
+        role: str,
+        report: str,
+        settings: CheckSettings,
+        previous: tuple[list[CheckResult], Path] | None,
+        baseline: str | None,
         shown_log: Path | None = None,
     ) -> str:
         """`shown_log`: where the worker finds the failed log (its hand-off copy)."""
@@ -470,8 +495,15 @@ class PlanRunner:
         return text + contract_trailer(self.plan, phase, n, role, report, settings)
 
     def _env(
-        self, config: Config, profile: WorkerProfile, phase: Phase, n: int, role: str,
-        report: str, log_path: Path, previous: tuple[list[CheckResult], Path] | None,
+        self,
+        config: Config,
+        profile: WorkerProfile,
+        phase: Phase,
+        n: int,
+        role: str,
+        report: str,
+        log_path: Path,
+        previous: tuple[list[CheckResult], Path] | None,
         handoff: Handoff,
     ) -> dict[str, str]:
         env = base_env(config)
@@ -558,7 +590,8 @@ class PlanRunner:
             return [result], log_path
         if worker.dropped_bytes:
             wlog.info(
-                "worker.log_truncated", max_log_bytes=config.max_log_bytes,
+                "worker.log_truncated",
+                max_log_bytes=config.max_log_bytes,
                 dropped_bytes=worker.dropped_bytes,
             )
         changes, diff = await pgit.end_attempt(f"{phase.id}-{n}")
@@ -569,11 +602,24 @@ class PlanRunner:
         # the attempt's end was just saved; checking restarts the phase like running does
         await self.record.set_phase(phase.id, PhaseStatus.CHECKING, None, save=False)
         ctx = CheckContext(
-            plan=self.plan, phase=phase, settings=config.checks, outcome=outcome,
-            log_path=log_path, output_dir=self.folder.workers, attempt=n, env=env,
-            grace=policy.stop_grace, max_log_bytes=config.max_log_bytes, prompt=prompt,
-            report=report, changes=diff, git_problem=pgit.problem, git_broken=pgit.broken,
-            stale=stale, identity=spec.identity, pid_namespace=spec.pid_namespace,
+            plan=self.plan,
+            phase=phase,
+            settings=config.checks,
+            outcome=outcome,
+            log_path=log_path,
+            output_dir=self.folder.workers,
+            attempt=n,
+            env=env,
+            grace=policy.stop_grace,
+            max_log_bytes=config.max_log_bytes,
+            prompt=prompt,
+            report=report,
+            changes=diff,
+            git_problem=pgit.problem,
+            git_broken=pgit.broken,
+            stale=stale,
+            identity=spec.identity,
+            pid_namespace=spec.pid_namespace,
         )
         try:
             return await inspect(ctx, wlog), log_path
@@ -604,8 +650,15 @@ class PlanRunner:
         return fields
 
     async def _prepare(
-        self, phase: Phase, config: Config, n: int, role: str, report: str, log_path: Path,
-        previous: tuple[list[CheckResult], Path] | None, baseline: str | None,
+        self,
+        phase: Phase,
+        config: Config,
+        n: int,
+        role: str,
+        report: str,
+        log_path: Path,
+        previous: tuple[list[CheckResult], Path] | None,
+        baseline: str | None,
     ) -> tuple[WorkerSpec, dict[str, str], str, list[str], Handoff]:
         """The worker's spec, env, prompt, dangerous flags and hand-off folder;
         WorkerStartError if impossible."""
@@ -637,7 +690,10 @@ class PlanRunner:
             )
             if identity is not None and handoff.folder is not None:
                 await anyio.to_thread.run_sync(
-                    make_handoff, handoff.folder, identity, prompt,
+                    make_handoff,
+                    handoff.folder,
+                    identity,
+                    prompt,
                     previous[1] if previous else None,
                 )
                 prompt_file = handoff.folder / "prompt.md"
@@ -648,8 +704,12 @@ class PlanRunner:
         except OrchestrdError as exc:  # the worker user is gone since the start
             raise WorkerStartError(str(exc)) from None
         values = {
-            "prompt": prompt, "prompt_file": str(prompt_file), "plan": self.plan.id,
-            "phase": phase.id, "attempt": str(n), "log": str(log_path),
+            "prompt": prompt,
+            "prompt_file": str(prompt_file),
+            "plan": self.plan.id,
+            "phase": phase.id,
+            "attempt": str(n),
+            "log": str(log_path),
             "python": sys.executable,
         }
         argv = render_command(profile, values)
@@ -660,7 +720,12 @@ class PlanRunner:
         return spec, env, prompt, profile.dangerous_flags, handoff
 
     async def _supervise(
-        self, worker: LocalWorker, att: AttemptState, phase: Phase, policy: Policy, log: Logger,
+        self,
+        worker: LocalWorker,
+        att: AttemptState,
+        phase: Phase,
+        policy: Policy,
+        log: Logger,
         meter: AttemptMeter,
     ) -> WatchOutcome:
         h = worker.handle
@@ -676,7 +741,10 @@ class PlanRunner:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(meter.wall_timer)
                 outcome = await watch(
-                    worker, policy, log, on_poll if meter.reader is not None else None,
+                    worker,
+                    policy,
+                    log,
+                    on_poll if meter.reader is not None else None,
                     halt=meter.stop,
                 )
                 tg.cancel_scope.cancel()
@@ -692,13 +760,19 @@ class PlanRunner:
                 set_attempt(att, AttemptStatus.STOPPED)
                 assert meter.exceeded is not None
                 att.failure = f"stopped: budget {meter.exceeded.budget} spent"
-                log.info("worker.stopped", signal=sig.name if sig else None, why="budget",
-                         budget=meter.exceeded.budget)
+                log.info(
+                    "worker.stopped",
+                    signal=sig.name if sig else None,
+                    why="budget",
+                    budget=meter.exceeded.budget,
+                )
                 self.folder.append_ledger(f"{who} budget stopped={sig.name if sig else 'gone'}")
             elif outcome.stalled:
                 set_attempt(att, AttemptStatus.STALLED)
                 log.info(
-                    "worker.stalled", polls=outcome.polls, elapsed=round(worker.elapsed(), 3),
+                    "worker.stalled",
+                    polls=outcome.polls,
+                    elapsed=round(worker.elapsed(), 3),
                     log_tail=await anyio.to_thread.run_sync(worker.tail, LOG_TAIL_LINES),
                 )
                 sig = await worker.stop(policy.stop_grace)
@@ -709,7 +783,8 @@ class PlanRunner:
                 set_attempt(att, AttemptStatus.EXITED)
                 att.returncode = outcome.returncode
                 log.info(
-                    "worker.exited", returncode=outcome.returncode,
+                    "worker.exited",
+                    returncode=outcome.returncode,
                     elapsed=round(worker.elapsed(), 3),
                 )
                 self.folder.append_ledger(f"{who} exited={outcome.returncode}")

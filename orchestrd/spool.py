@@ -161,8 +161,10 @@ class Spool:
             return None
         refused = unread
         if not stat.S_ISREG(st.st_mode):
-            what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else KINDS.get(
-                stat.S_IFMT(st.st_mode), "not a regular file"
+            what = (
+                "a symbolic link"
+                if stat.S_ISLNK(st.st_mode)
+                else KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
             )
             refused = (
                 f"{label}: is {what}, not a regular file; requests are the empty files "
@@ -179,9 +181,7 @@ class Spool:
                 check_plan_id(stem, label)
             except PlanError as exc:
                 refused = str(exc)
-        return ControlRequest(
-            display_name(name), kind.lstrip("."), stem, st.st_uid, refused, text
-        )
+        return ControlRequest(display_name(name), kind.lstrip("."), stem, st.st_uid, refused, text)
 
     # -- plans --
 
@@ -202,7 +202,11 @@ class Spool:
         return sorted(n for n in names if is_candidate(n))
 
     def take(
-        self, name: str, config: Config, seq: int, after_start: bool = False,
+        self,
+        name: str,
+        config: Config,
+        seq: int,
+        after_start: bool = False,
         redact: Callable[[str], str] = str,
     ) -> Accepted | Rejected | None:
         """Accept or reject one inbox file. None if it vanished (someone took it back), or if
@@ -280,7 +284,8 @@ class Spool:
     def plan_folders(self) -> list[PlanFolder]:
         """The accepted plans' folders under plans/ (not one still being accepted)."""
         return [
-            PlanFolder(p) for p in sorted(self.plans.iterdir())
+            PlanFolder(p)
+            for p in sorted(self.plans.iterdir())
             if p.is_dir() and not p.name.startswith(".")
         ]
 
@@ -304,7 +309,8 @@ class Spool:
             if not os.path.lexists(dest) and not os.path.lexists(error):
                 try:
                     fd = os.open(
-                        error, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        error,
+                        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                         0o640,
                     )
                 except FileExistsError:
@@ -362,15 +368,14 @@ def read_plan_file(path: Path, max_bytes: int, label: str | None = None) -> tupl
             "are small TOML files — put long prompts in prompt_file"
         )
     try:
-        fd = os.open(
-            path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-        )
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise
     except OSError as exc:
         # ELOOP: swapped for a symlink since the lstat
-        raise PlanError(f"{label}: cannot open: {exc.strerror}; drop a readable regular file") \
-            from None
+        raise PlanError(
+            f"{label}: cannot open: {exc.strerror}; drop a readable regular file"
+        ) from None
     try:
         fst = os.fstat(fd)
         if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(fst.st_mode):

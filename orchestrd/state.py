@@ -279,7 +279,10 @@ def load_state(path: Path) -> PlanState:
             if not replaced:
                 raise StateError(f"{gap}: changes are missing") from None
         except (
-            OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, pydantic.ValidationError
+            OSError,
+            UnicodeDecodeError,
+            tomllib.TOMLDecodeError,
+            pydantic.ValidationError,
         ) as exc:
             raise StateError(
                 f"{path}: unreadable state file ({type(exc).__name__}: {exc})"
@@ -359,8 +362,12 @@ class PlanRecord:
     """
 
     def __init__(
-        self, path: Path, state: PlanState, log: Logger,
-        redact: Callable[[str], str] = _same, on_disk: bool = False,
+        self,
+        path: Path,
+        state: PlanState,
+        log: Logger,
+        redact: Callable[[str], str] = _same,
+        on_disk: bool = False,
     ) -> None:
         self.path = path
         self.state = state
@@ -387,8 +394,7 @@ class PlanRecord:
                 if self._append:
                     head = _head_data(self.state, self.redact)
                     phases = {
-                        pid: _phase_data(self.state.phases[pid], self.redact)
-                        for pid in phase_ids
+                        pid: _phase_data(self.state.phases[pid], self.redact) for pid in phase_ids
                     }
                     line = journal_line(revision, head, phases)
                     for pid, data in phases.items():
@@ -417,9 +423,7 @@ class PlanRecord:
             # phases this record has not saved (as loaded, or pending): built once, on the
             # loop a slice at a time, since a thread doing it would hold the GIL and stall
             # the loop for longer
-            self._chunks[pid] = _phase_chunk(
-                pid, _phase_data(self.state.phases[pid], self.redact)
-            )
+            self._chunks[pid] = _phase_chunk(pid, _phase_data(self.state.phases[pid], self.redact))
             if n % 100 == 0:
                 await anyio.lowlevel.checkpoint()
         chunks = [self._chunks[pid] for pid in order]
@@ -457,8 +461,13 @@ class PlanRecord:
         self.log.info(_PLAN_EVENTS[new], previous=str(old), **extra, **fields)
 
     async def set_phase(
-        self, phase_id: str, new: PhaseStatus, event: str | None, reason: str | None = None,
-        save: bool = True, **fields: Any,
+        self,
+        phase_id: str,
+        new: PhaseStatus,
+        event: str | None,
+        reason: str | None = None,
+        save: bool = True,
+        **fields: Any,
     ) -> None:
         """Change a phase's state; `event` (if any) is the one audit event for the change.
 

@@ -93,14 +93,21 @@ def collect(spool: Spool, plan_id: str | None = None) -> list[dict[str, Any]]:
             state_file = folder / "state.toml"
             if not state_file.exists():
                 if any(folder.glob("state.toml.corrupt*")):
-                    rows.append({"plan": folder.name, "state": "corrupt", "where": where,
-                                 "reason": "its state file was unreadable and set aside"})
+                    rows.append(
+                        {
+                            "plan": folder.name,
+                            "state": "corrupt",
+                            "where": where,
+                            "reason": "its state file was unreadable and set aside",
+                        }
+                    )
                 continue
             try:
                 state = load_state(state_file)
             except StateError as exc:
-                rows.append({"plan": folder.name, "state": "corrupt", "reason": str(exc),
-                             "where": where})
+                rows.append(
+                    {"plan": folder.name, "state": "corrupt", "reason": str(exc), "where": where}
+                )
                 continue
             row = summary(state, where)
             if row["state"] == "running" and not spool.holder_alive(folder):
@@ -123,8 +130,10 @@ def _fmt_elapsed(seconds: float | None) -> str:
 def fmt_tokens(tokens: int | None) -> str:
     if not tokens:
         return "-"
-    return f"{tokens / 1e6:.2f}M" if tokens >= 1_000_000 else (
-        f"{tokens / 1e3:.1f}k" if tokens >= 1000 else str(tokens)
+    return (
+        f"{tokens / 1e6:.2f}M"
+        if tokens >= 1_000_000
+        else (f"{tokens / 1e3:.1f}k" if tokens >= 1000 else str(tokens))
     )
 
 
@@ -140,14 +149,25 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines: list[tuple[str, ...]] = [header]
     for r in rows:
         # plan ids and phase ids come from folder names and files others wrote
-        lines.append(tuple(printable(str(c), newlines=False) for c in (
-            r["plan"], r["state"], r.get("phase") or "-", r.get("attempt") or "-",
-            r.get("pid") or "-", _fmt_elapsed(r.get("elapsed")), fmt_tokens(r.get("tokens")),
-            fmt_cost(r.get("cost_usd"), r.get("unpriced_attempts", 0)),
-        )))
+        lines.append(
+            tuple(
+                printable(str(c), newlines=False)
+                for c in (
+                    r["plan"],
+                    r["state"],
+                    r.get("phase") or "-",
+                    r.get("attempt") or "-",
+                    r.get("pid") or "-",
+                    _fmt_elapsed(r.get("elapsed")),
+                    fmt_tokens(r.get("tokens")),
+                    fmt_cost(r.get("cost_usd"), r.get("unpriced_attempts", 0)),
+                )
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-           for line in lines]
+    out = [
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    ]
     return "\n".join(out)
 
 
@@ -163,11 +183,13 @@ def detail(row: dict[str, Any]) -> str:
             + _attempt_usage(a.get("usage"))
             for a in ps.get("attempts", [])
         )
-        spent = [UsageRecord.model_validate(a["usage"]) for a in ps.get("attempts", [])
-                 if a.get("usage")]
+        spent = [
+            UsageRecord.model_validate(a["usage"]) for a in ps.get("attempts", []) if a.get("usage")
+        ]
         t = total(spent)
-        usage = (f" {fmt_tokens(t.tokens)} tokens {fmt_cost(t.cost_usd, t.unpriced)};"
-                 if spent else "")
+        usage = (
+            f" {fmt_tokens(t.tokens)} tokens {fmt_cost(t.cost_usd, t.unpriced)};" if spent else ""
+        )
         line = f"  {phase_id:<10} {ps['status']:<9}{usage} {attempts}"
         lines.append(printable(line, newlines=False))
     return "\n".join(lines)

@@ -89,8 +89,12 @@ class Meter:
     changed since is booked on the day it was seen."""
 
     def __init__(
-        self, prices: Mapping[str, Price], profile: str | None = None, model: str | None = None,
-        record: UsageRecord | None = None, on_book: Callable[[str, float], None] | None = None,
+        self,
+        prices: Mapping[str, Price],
+        profile: str | None = None,
+        model: str | None = None,
+        record: UsageRecord | None = None,
+        on_book: Callable[[str, float], None] | None = None,
     ) -> None:
         self.prices = prices
         self.on_book = on_book
@@ -234,11 +238,13 @@ def _share(r: UsageRecord, days: Mapping[str, DaySpend]) -> UsageRecord:
     (not split by day) in the same proportion."""
     tokens = sum(s.tokens for s in days.values())
     ratio = tokens / r.tokens if r.tokens else 0.0
-    return r.model_copy(update={
-        "tokens": tokens,
-        "input_tokens": round(r.input_tokens * ratio),
-        "cached_input_tokens": round(r.cached_input_tokens * ratio),
-        "output_tokens": round(r.output_tokens * ratio),
-        "cost_usd": sum(s.cost_usd for s in days.values()) if r.cost_usd is not None else None,
-        "days": dict(days),
-    })
+    return r.model_copy(
+        update={
+            "tokens": tokens,
+            "input_tokens": round(r.input_tokens * ratio),
+            "cached_input_tokens": round(r.cached_input_tokens * ratio),
+            "output_tokens": round(r.output_tokens * ratio),
+            "cost_usd": sum(s.cost_usd for s in days.values()) if r.cost_usd is not None else None,
+            "days": dict(days),
+        }
+    )

@@ -93,8 +93,12 @@ def read_back(path: Path) -> dict[str, Any]:
     except StateError as exc:
         return {"error": str(exc)}
     passed = sum(ps.status is PhaseStatus.PASSED for ps in state.phases.values())
-    return {"revision": state.revision, "digest": digest(state, state.revision),
-            "status": str(state.status), "passed": passed}
+    return {
+        "revision": state.revision,
+        "digest": digest(state, state.revision),
+        "status": str(state.status),
+        "passed": passed,
+    }
 
 
 def main(state_dir: Path, phases: int, kills: int, seed: int) -> None:
@@ -117,8 +121,12 @@ def main(state_dir: Path, phases: int, kills: int, seed: int) -> None:
             time.sleep(rng.uniform(0.0, 0.15))
             os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
-        result = {"cycle": cycle, "killed": os.WIFSIGNALED(status),
-                  "notes": notes.read_text().splitlines(), **read_back(path)}
+        result = {
+            "cycle": cycle,
+            "killed": os.WIFSIGNALED(status),
+            "notes": notes.read_text().splitlines(),
+            **read_back(path),
+        }
         print(json.dumps(result), flush=True)
 
 

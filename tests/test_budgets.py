@@ -34,7 +34,8 @@ OUTPUT = {"codex": "codex-json", "claude": "claude-stream-json", "gemini": "gemi
 def stream_profile(agent: str, model: str | None = None, **env: object) -> dict[str, Any]:
     profile: dict[str, Any] = {
         "command": ["{python}", str(AGENTS / f"stream_{agent}.py"), "{prompt}"],
-        "output": OUTPUT[agent], "env": {k: str(v) for k, v in env.items()},
+        "output": OUTPUT[agent],
+        "env": {k: str(v) for k, v in env.items()},
     }
     if model:
         profile["model"] = model
@@ -51,17 +52,26 @@ def said(repo: Path, phase_id: str = "P01", attempt: int = 1) -> dict[str, Any]:
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("agent", "model", "prices", "source"),
-    [("codex", "gpt-5-codex", PRICES, "estimated"), ("claude", None, {}, "reported"),
-     ("gemini", None, PRICES, "estimated"), ("gemini", None, {}, "unknown")],
+    [
+        ("codex", "gpt-5-codex", PRICES, "estimated"),
+        ("claude", None, {}, "reported"),
+        ("gemini", None, PRICES, "estimated"),
+        ("gemini", None, {}, "unknown"),
+    ],
 )
 async def test_the_ledger_equals_the_sums_in_the_streams(
     tmp_path: Path, agent: str, model: str | None, prices: dict[str, Any], source: str
 ) -> None:
     cfg = make_config(
-        tmp_path, default_worker="agent", prices=prices,
+        tmp_path,
+        default_worker="agent",
+        prices=prices,
         policy={"poll_interval": "30ms"},
-        workers={"agent": stream_profile(agent, model, STREAM_STEPS=4, STREAM_DELAY=0.02,
-                                         STREAM_GARBAGE=1)},
+        workers={
+            "agent": stream_profile(
+                agent, model, STREAM_STEPS=4, STREAM_DELAY=0.02, STREAM_GARBAGE=1
+            )
+        },
     )
     run = await run_plan(cfg, make_plan(tmp_path, [phase("P01"), phase("P02")]))
     assert run.status is PlanStatus.SUCCEEDED
@@ -73,7 +83,9 @@ async def test_the_ledger_equals_the_sums_in_the_streams(
         assert u is not None
         s = said(run.repo, phase_id)
         assert (u.input_tokens, u.cached_input_tokens, u.output_tokens) == (
-            s["input"], s["cached"], s["output"]
+            s["input"],
+            s["cached"],
+            s["output"],
         )
         assert u.tokens == s["input"] + s["cached"] + s["output"]
         assert u.cost_source == source and u.profile == "agent"
@@ -82,8 +94,12 @@ async def test_the_ledger_equals_the_sums_in_the_streams(
         elif source == "estimated":
             price = PRICES[u.model or ""]
             assert u.cost_usd == pytest.approx(
-                (s["input"] * price["input"] + s["cached"] * price["cached_input"]
-                 + s["output"] * price["output"]) / 1e6
+                (
+                    s["input"] * price["input"]
+                    + s["cached"] * price["cached_input"]
+                    + s["output"] * price["output"]
+                )
+                / 1e6
             )
         else:
             assert u.cost_usd is None
@@ -102,9 +118,13 @@ def test_a_plan_over_its_token_budget_pauses_and_resume_finishes_it(tmp_path: Pa
     # 1,350 tokens a model request, one request every 0.15 s; the plan may spend 5,000 (the
     # config 50,000); resumed, its phase's fresh worker spends 2,700
     d.write_config(
-        default_worker="claude", budgets={"plan_max_tokens": 50_000},
-        workers={"claude": stream_profile("claude", STREAM_STEPS=20, STREAM_DELAY=0.05,
-                                          STREAM_STEPS_LATER=2)},
+        default_worker="claude",
+        budgets={"plan_max_tokens": 50_000},
+        workers={
+            "claude": stream_profile(
+                "claude", STREAM_STEPS=20, STREAM_DELAY=0.05, STREAM_STEPS_LATER=2
+            )
+        },
     )
     d.start()
     try:
@@ -128,8 +148,15 @@ def test_a_plan_over_its_token_budget_pauses_and_resume_finishes_it(tmp_path: Pa
         status = run_cli("status", "--config", d.config_path, cwd=tmp_path)
         assert re.search(r"T\s+paused\s+P01\s+1\s+-\s+\S+\s+5\.4k", status.stdout), status.stdout
 
-        resumed = run_cli("resume", "T", "--budget", "plan_max_tokens=100000", "--config",
-                          d.config_path, cwd=tmp_path)
+        resumed = run_cli(
+            "resume",
+            "T",
+            "--budget",
+            "plan_max_tokens=100000",
+            "--config",
+            d.config_path,
+            cwd=tmp_path,
+        )
         assert resumed.returncode == 0, resumed.stderr
         d.wait_event("plan.succeeded")
         queued = d.events("plan.queued", previous="paused")
@@ -147,7 +174,8 @@ def test_a_plan_over_its_token_budget_pauses_and_resume_finishes_it(tmp_path: Pa
 def test_a_restart_keeps_what_was_spent(tmp_path: Path) -> None:
     d = Daemon(tmp_path)
     d.write_config(
-        default_worker="claude", budgets={"plan_max_tokens": 20_000},
+        default_worker="claude",
+        budgets={"plan_max_tokens": 20_000},
         workers={"claude": stream_profile("claude", STREAM_STEPS=40, STREAM_DELAY=0.03)},
     )
     d.start()
@@ -191,9 +219,14 @@ async def test_the_daily_budget_pauses_every_plan_until_the_next_utc_day(tmp_pat
     d = Daemon(tmp_path)  # its files and config; the daemon itself runs here, on our clock
     # $0.00255 a turn at the gpt-5-codex price; all plans together may spend $0.01 a day
     d.write_config(
-        default_worker="codex", budgets={"daily_max_cost_usd": 0.01}, prices=PRICES,
-        workers={"codex": stream_profile("codex", "gpt-5-codex", STREAM_STEPS=30,
-                                         STREAM_DELAY=0.03, STREAM_STEPS_LATER=1)},
+        default_worker="codex",
+        budgets={"daily_max_cost_usd": 0.01},
+        prices=PRICES,
+        workers={
+            "codex": stream_profile(
+                "codex", "gpt-5-codex", STREAM_STEPS=30, STREAM_DELAY=0.03, STREAM_STEPS_LATER=1
+            )
+        },
     )
     config, path = load_config(d.config_path)
     clock = Clock(dt.datetime(2026, 12, 4, 23, 0, tzinfo=dt.UTC))
@@ -237,13 +270,18 @@ async def test_the_daily_budget_pauses_every_plan_until_the_next_utc_day(tmp_pat
 
 def test_usage_sums_the_ledger_with_the_daemon_down(tmp_path: Path) -> None:
     cfg = make_config(
-        tmp_path, default_worker="codex", prices=PRICES,
-        workers={"codex": stream_profile("codex", "gpt-5-codex"),
-                 "claude": stream_profile("claude")},
+        tmp_path,
+        default_worker="codex",
+        prices=PRICES,
+        workers={
+            "codex": stream_profile("codex", "gpt-5-codex"),
+            "claude": stream_profile("claude"),
+        },
     )
     plan_a = make_plan(tmp_path, [phase("P01")], name="a.toml", id="A")
-    plan_b = make_plan(tmp_path, [phase("P01")], name="b.toml", id="B", worker="claude",
-                       repo=tmp_path / "repo-b")
+    plan_b = make_plan(
+        tmp_path, [phase("P01")], name="b.toml", id="B", worker="claude", repo=tmp_path / "repo-b"
+    )
     for plan in (plan_a, plan_b):
         assert run_cli("run", plan, "--config", cfg, "-q", cwd=tmp_path).returncode == 0
     result = run_cli("usage", "--json", "--config", cfg, cwd=tmp_path)
@@ -256,8 +294,9 @@ def test_usage_sums_the_ledger_with_the_daemon_down(tmp_path: Path) -> None:
     assert data["total"]["attempts"] == 2
     text = run_cli("usage", "--config", cfg, cwd=tmp_path).stdout
     assert "MODEL" in text and "gpt-5-codex" in text and "total:" in text
-    later = json.loads(run_cli("usage", "--since", "2999-01-01", "--json", "--config", cfg,
-                               cwd=tmp_path).stdout)
+    later = json.loads(
+        run_cli("usage", "--since", "2999-01-01", "--json", "--config", cfg, cwd=tmp_path).stdout
+    )
     assert later["total"]["attempts"] == 0
     bad = run_cli("usage", "--since", "yesterday", "--config", cfg, cwd=tmp_path)
     assert bad.returncode == 2 and "YYYY-MM-DD" in bad.stderr
@@ -271,9 +310,12 @@ def test_usage_sums_the_ledger_with_the_daemon_down(tmp_path: Path) -> None:
 
 def test_run_pauses_and_resume_and_cancel_work_offline(tmp_path: Path) -> None:
     cfg = make_config(
-        tmp_path, default_worker="codex", prices=PRICES,
-        workers={"codex": stream_profile("codex", "gpt-5-codex", STREAM_STEPS=3,
-                                         STREAM_DELAY=0.02)},
+        tmp_path,
+        default_worker="codex",
+        prices=PRICES,
+        workers={
+            "codex": stream_profile("codex", "gpt-5-codex", STREAM_STEPS=3, STREAM_DELAY=0.02)
+        },
     )
     # $0.00255 a turn; the plan may spend $0.004: the second turn's total goes over, and the
     # thread goes on with a third (so the worker is stopped)
@@ -282,16 +324,22 @@ def test_run_pauses_and_resume_and_cancel_work_offline(tmp_path: Path) -> None:
     assert ran.returncode == 1 and "plan T: paused" in ran.stdout
     bad = run_cli("resume", "T", "--budget", "plan_max_cost=1", "--config", cfg, cwd=tmp_path)
     assert bad.returncode == 2 and "NAME one of" in bad.stderr
-    resumed = run_cli("resume", "T", "--budget", "plan_max_cost_usd=1", "--config", cfg,
-                      cwd=tmp_path)
+    resumed = run_cli(
+        "resume", "T", "--budget", "plan_max_cost_usd=1", "--config", cfg, cwd=tmp_path
+    )
     assert resumed.returncode == 0 and "plan T: queued" in resumed.stdout, resumed.stderr
     state = load_state(tmp_path / "state/plans/T/state.toml")
     assert state.budget_raises == {"plan_max_cost_usd": 1.0}
     again = run_cli("resume", "T", "--config", cfg, cwd=tmp_path)
     assert again.returncode == 1 and "only a paused plan can be resumed" in again.stdout
     # a paused plan can be cancelled too
-    other = make_plan(tmp_path, name="u.toml", id="U", repo=tmp_path / "repo-u",
-                      budgets={"plan_max_cost_usd": 0.004})
+    other = make_plan(
+        tmp_path,
+        name="u.toml",
+        id="U",
+        repo=tmp_path / "repo-u",
+        budgets={"plan_max_cost_usd": 0.004},
+    )
     assert run_cli("run", other, "--config", cfg, "-q", cwd=tmp_path).returncode == 1
     cancelled = run_cli("cancel", "U", "--config", cfg, cwd=tmp_path)
     assert cancelled.returncode == 0 and "plan U: cancelled" in cancelled.stdout
@@ -304,7 +352,9 @@ async def test_a_budget_spent_by_the_last_line_pauses_before_the_next_worker(
     """gemini reports its counts only in its result: the worker has exited by then, so its
     work is checked as usual, and the plan pauses before the next phase's worker."""
     cfg = make_config(
-        tmp_path, default_worker="gemini", budgets={"plan_max_tokens": 1000},
+        tmp_path,
+        default_worker="gemini",
+        budgets={"plan_max_tokens": 1000},
         workers={"gemini": stream_profile("gemini")},
     )
     run = await run_plan(cfg, make_plan(tmp_path, [phase("P01"), phase("P02")]))

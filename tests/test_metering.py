@@ -35,8 +35,12 @@ def events(path: Path, name: str | None = None) -> list[dict[str, object]]:
 
 
 def attempt(
-    tmp_path: Path, output: str, limits: dict[str, float] | None = None,
-    spending: Spending | None = None, model: str | None = None, before: Totals | None = None,
+    tmp_path: Path,
+    output: str,
+    limits: dict[str, float] | None = None,
+    spending: Spending | None = None,
+    model: str | None = None,
+    before: Totals | None = None,
 ) -> tuple[AttemptMeter, AuditLog]:
     audit = AuditLog(tmp_path / f"audit-{output}.jsonl")
     spending = spending or Spending(Clock(NOON))
@@ -47,15 +51,21 @@ def attempt(
 
 @pytest.mark.parametrize(
     ("agent", "model", "source"),
-    [("codex", "gpt-5-codex", "estimated"), ("claude", None, "reported"),
-     ("gemini", None, "unknown")],
+    [
+        ("codex", "gpt-5-codex", "estimated"),
+        ("claude", None, "reported"),
+        ("gemini", None, "unknown"),
+    ],
 )
 def test_usage_events_carry_the_streams_totals(
     tmp_path: Path, agent: str, model: str | None, source: str
 ) -> None:
     data, code, said = replay(tmp_path, agent, STREAM_STEPS="3", STREAM_GARBAGE="1")
-    output = {"codex": "codex-json", "claude": "claude-stream-json",
-              "gemini": "gemini-stream-json"}[agent]
+    output = {
+        "codex": "codex-json",
+        "claude": "claude-stream-json",
+        "gemini": "gemini-stream-json",
+    }[agent]
     meter, audit = attempt(tmp_path, output, model=model)
     with meter:
         half = len(data) // 2
@@ -71,7 +81,9 @@ def test_usage_events_carry_the_streams_totals(
     usage = events(audit.sink.path, "worker.usage")
     last = usage[-1]
     assert (last["input_tokens"], last["cached_input_tokens"], last["output_tokens"]) == (
-        said["input"], said["cached"], said["output"]
+        said["input"],
+        said["cached"],
+        said["output"],
     )
     assert last["cost_source"] == source
     if source == "reported":
@@ -83,11 +95,18 @@ def test_usage_events_carry_the_streams_totals(
 
 
 def test_plan_tokens_stop_within_one_stream_event_of_the_cap(tmp_path: Path) -> None:
-    data, _, _ = replay(tmp_path, "claude", STREAM_STEPS="10", STREAM_INPUT="1000",
-                        STREAM_CACHED="0", STREAM_OUTPUT="0")
+    data, _, _ = replay(
+        tmp_path,
+        "claude",
+        STREAM_STEPS="10",
+        STREAM_INPUT="1000",
+        STREAM_CACHED="0",
+        STREAM_OUTPUT="0",
+    )
     # 1,000 tokens a message; 2,500 spent by earlier attempts; the cap is 6,000
-    meter, audit = attempt(tmp_path, "claude-stream-json", {"plan_max_tokens": 6000},
-                           before=Totals(tokens=2500))
+    meter, audit = attempt(
+        tmp_path, "claude-stream-json", {"plan_max_tokens": 6000}, before=Totals(tokens=2500)
+    )
     lines = data.splitlines(keepends=True)
     with meter:
         for line in lines:
@@ -106,11 +125,18 @@ def test_plan_tokens_stop_within_one_stream_event_of_the_cap(tmp_path: Path) -> 
 
 
 def test_attempt_cost_from_estimates_before_claude_reports_it(tmp_path: Path) -> None:
-    data, _, _ = replay(tmp_path, "codex", STREAM_STEPS="4", STREAM_INPUT="100000",
-                        STREAM_CACHED="0", STREAM_OUTPUT="0")
+    data, _, _ = replay(
+        tmp_path,
+        "codex",
+        STREAM_STEPS="4",
+        STREAM_INPUT="100000",
+        STREAM_CACHED="0",
+        STREAM_OUTPUT="0",
+    )
     # codex at $1.25 per million input: $0.125 a turn (running totals), cap $0.3
-    meter, audit = attempt(tmp_path, "codex-json", {"attempt_max_cost_usd": 0.3},
-                           model="gpt-5-codex")
+    meter, audit = attempt(
+        tmp_path, "codex-json", {"attempt_max_cost_usd": 0.3}, model="gpt-5-codex"
+    )
     with meter:
         meter.feed(data)
     audit.close()
@@ -129,8 +155,7 @@ def test_the_daily_budget_stops_every_attempt_and_resets_the_next_day(tmp_path: 
         assert a.exceeded is not None and b.stop.is_set()
         assert b.exceeded is not None and b.exceeded.budget == "daily_max_cost_usd"
     assert spending.today() == pytest.approx(0.10)
-    assert PlanBudget(limits, Totals(), 0, set(), spending).exceeded_now(
-        audit_a.bind()) is not None
+    assert PlanBudget(limits, Totals(), 0, set(), spending).exceeded_now(audit_a.bind()) is not None
     clock.now = NOON + dt.timedelta(hours=12)  # past midnight UTC
     assert spending.today() == 0
     assert PlanBudget(limits, Totals(), 0, set(), spending).exceeded_now(audit_a.bind()) is None

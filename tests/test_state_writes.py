@@ -182,9 +182,11 @@ def test_random_sigkills_of_a_long_plans_writer_leave_the_old_or_the_new_state(
     with every phase passed."""
     seed = int(os.environ.get("KILL_LOOP_SEED", time.time_ns() % 100_000))
     out = subprocess.run(
-        [sys.executable, str(HERE / "state_kill_driver.py"), str(tmp_path), "200", "30",
-         str(seed)],
-        capture_output=True, text=True, timeout=120, check=False,
+        [sys.executable, str(HERE / "state_kill_driver.py"), str(tmp_path), "200", "30", str(seed)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
         env={**os.environ, "PYTHONPATH": str(HERE.parent)},
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -239,7 +241,11 @@ def test_status_and_offline_cancel_and_retry_read_the_journal(daemon: Daemon) ->
     assert (folder / "state.journal").exists()
     row = status_json(daemon, "jr-stuck")
     assert (row["state"], row["phase"], row["attempt"], row["pid"]) == (
-        "running", "P01", 1, started["pid"])
+        "running",
+        "P01",
+        1,
+        started["pid"],
+    )
     assert row["phases"]["P01"]["attempts"][0]["status"] == "running"
 
     # a finished plan's archive holds one whole state.toml
@@ -257,7 +263,9 @@ def test_status_and_offline_cancel_and_retry_read_the_journal(daemon: Daemon) ->
     assert (rows["jr-failed"]["state"], rows["jr-failed"]["where"]) == ("queued", "plans")
     failed = status_json(daemon, "jr-failed")
     assert {p: s["status"] for p, s in failed["phases"].items()} == {
-        "P01": "passed", "P02": "failed"}
+        "P01": "passed",
+        "P02": "failed",
+    }
 
     daemon.start()
     daemon.wait_event("plan.succeeded", plan="jr-failed")

@@ -38,20 +38,29 @@ def replay(tmp_path: Path, agent: str, **knobs: str) -> tuple[bytes, int, dict[s
     """Run tests/agents/stream_<agent>.py as a worker would (stderr into the same pipe): its
     output, exit code, and what its stream said in total."""
     env = {
-        **os.environ, "ORCHESTRD_PHASE_ID": "P01", "ORCHESTRD_ATTEMPT": "1",
-        "ORCHESTRD_REPORT": "report.md", **knobs,
+        **os.environ,
+        "ORCHESTRD_PHASE_ID": "P01",
+        "ORCHESTRD_ATTEMPT": "1",
+        "ORCHESTRD_REPORT": "report.md",
+        **knobs,
     }
     proc = subprocess.run(
-        [sys.executable, str(AGENTS / f"stream_{agent}.py"), "Do phase P01."], cwd=tmp_path,
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        timeout=20, check=False,
+        [sys.executable, str(AGENTS / f"stream_{agent}.py"), "Do phase P01."],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=20,
+        check=False,
     )
     said = json.loads((tmp_path / ".agent" / "stream-P01-1.json").read_text())
     return proc.stdout, proc.returncode, said
 
 
-def read_all(output: str, data: bytes, sizes: list[int] | None = None,
-             returncode: int | None = 0) -> tuple[list[StreamEvent], StreamReader]:
+def read_all(
+    output: str, data: bytes, sizes: list[int] | None = None, returncode: int | None = 0
+) -> tuple[list[StreamEvent], StreamReader]:
     reader = open_stream(output)
     assert reader is not None
     events: list[StreamEvent] = []
@@ -72,7 +81,9 @@ def last_usage(events: list[StreamEvent]) -> Usage | None:
 def assert_said(events: list[StreamEvent], said: dict[str, Any]) -> None:
     usage = last_usage(events) or Usage()
     assert (usage.input_tokens, usage.cached_input_tokens, usage.output_tokens) == (
-        said["input"], said["cached"], said["output"]
+        said["input"],
+        said["cached"],
+        said["output"],
     )
     assert usage.cost_usd == said["cost"]
 
@@ -97,13 +108,21 @@ def test_totals_equal_what_the_stream_said_in_any_chunking(tmp_path: Path, agent
 
 
 def test_codex_usage_is_the_threads_running_total(tmp_path: Path) -> None:
-    data, _, said = replay(tmp_path, "codex", STREAM_STEPS="3", STREAM_INPUT="1000",
-                           STREAM_CACHED="300", STREAM_OUTPUT="50")
+    data, _, said = replay(
+        tmp_path,
+        "codex",
+        STREAM_STEPS="3",
+        STREAM_INPUT="1000",
+        STREAM_CACHED="300",
+        STREAM_OUTPUT="50",
+    )
     events, _ = read_all("codex-json", data)
     usages = [e for e in events if isinstance(e, Usage)]
     # each turn.completed is the total so far, with the cached tokens taken out of the input
     assert [(u.input_tokens, u.cached_input_tokens, u.output_tokens) for u in usages] == [
-        (700, 300, 50), (1400, 600, 100), (2100, 900, 150)
+        (700, 300, 50),
+        (1400, 600, 100),
+        (2100, 900, 150),
     ]
     assert usages[-1].tokens == 3150 and usages[-1].cost_usd is None
     assert usages[-1].model is None  # codex names no model
@@ -136,8 +155,10 @@ def test_codex_limit_and_retries(tmp_path: Path) -> None:
     assert errors and all(e.kind == "rate_limit" and not e.retrying for e in errors)
     assert "usage limit" in errors[-1].message
     assert events[-1] == Result(False, errors[-1].message)
-    retry = b'{"type":"error","message":"Reconnecting... 1/5 (exceeded retry limit, last ' \
+    retry = (
+        b'{"type":"error","message":"Reconnecting... 1/5 (exceeded retry limit, last '
         b'status: 429 Too Many Requests, request id: abc)"}\n'
+    )
     reader = open_stream("codex-json")
     assert reader is not None
     reader.feed(b'{"type":"thread.started","thread_id":"t"}\n')
@@ -146,8 +167,15 @@ def test_codex_limit_and_retries(tmp_path: Path) -> None:
 
 
 def test_claude_reported_cost_and_repeated_message_usage(tmp_path: Path) -> None:
-    data, _, said = replay(tmp_path, "claude", STREAM_STEPS="3", STREAM_INPUT="1000",
-                           STREAM_CACHED="300", STREAM_OUTPUT="50", STREAM_COST="0.02")
+    data, _, said = replay(
+        tmp_path,
+        "claude",
+        STREAM_STEPS="3",
+        STREAM_INPUT="1000",
+        STREAM_CACHED="300",
+        STREAM_OUTPUT="50",
+        STREAM_COST="0.02",
+    )
     events, _ = read_all("claude-stream-json", data)
     usages = [e for e in events if isinstance(e, Usage)]
     # one message = two lines repeating its usage: counted once; the result's totals close it
@@ -180,14 +208,22 @@ def test_claude_session_limit_and_rejected_rate_limit(tmp_path: Path) -> None:
 def test_claude_old_cost_field() -> None:
     reader = open_stream("claude-stream-json")
     assert reader is not None
-    events = reader.feed(b'{"type":"result","subtype":"success","is_error":false,'
-                         b'"cost_usd":0.5,"result":"ok"}\n')
+    events = reader.feed(
+        b'{"type":"result","subtype":"success","is_error":false,"cost_usd":0.5,"result":"ok"}\n'
+    )
     assert isinstance(events[0], Usage) and events[0].cost_usd == 0.5
 
 
 def test_gemini_counts_thoughts_as_output_and_maps_exit_codes(tmp_path: Path) -> None:
-    data, _, said = replay(tmp_path, "gemini", STREAM_STEPS="2", STREAM_INPUT="1000",
-                           STREAM_CACHED="300", STREAM_OUTPUT="50", STREAM_REASONING="20")
+    data, _, said = replay(
+        tmp_path,
+        "gemini",
+        STREAM_STEPS="2",
+        STREAM_INPUT="1000",
+        STREAM_CACHED="300",
+        STREAM_OUTPUT="50",
+        STREAM_REASONING="20",
+    )
     events, _ = read_all("gemini-stream-json", data)
     usage = last_usage(events)
     assert usage is not None and usage.tokens == 2140  # total_tokens of the stats
@@ -197,8 +233,10 @@ def test_gemini_counts_thoughts_as_output_and_maps_exit_codes(tmp_path: Path) ->
     reader = open_stream("gemini-stream-json")
     assert reader is not None
     events = reader.finish(41)
-    assert events == [Error("gemini exit 41: authentication failed", "auth"),
-                      Result(False, "", "authentication failed")]
+    assert events == [
+        Error("gemini exit 41: authentication failed", "auth"),
+        Result(False, "", "authentication failed"),
+    ]
 
 
 def test_gemini_error_result(tmp_path: Path) -> None:
@@ -228,16 +266,23 @@ def test_a_last_line_without_its_line_break_is_read() -> None:
 
 def test_garbage_unknown_types_and_odd_fields_are_never_fatal() -> None:
     lines = [
-        b"\xff\xfe\x00garbage", b"{", b"{}", b"[]", b'"text"', b"{\"type\": 5}",
+        b"\xff\xfe\x00garbage",
+        b"{",
+        b"{}",
+        b"[]",
+        b'"text"',
+        b'{"type": 5}',
         b'{"type":"turn.completed","usage":"many"}',
         b'{"type":"turn.completed","usage":{"input_tokens":"12","output_tokens":true}}',
-        b'{"type":"item.completed","item":[1]}', b'{"type":"error","message":null}',
+        b'{"type":"item.completed","item":[1]}',
+        b'{"type":"error","message":null}',
         b'{"type":"brand.new","payload":{"deep":[1,2,{"x":null}]}}',
-        b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000,
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"a":' * 50_000,
         b'{"type":"assistant","message":{"usage":{"input_tokens":-5,"output_tokens":1e400}}}',
         b'{"type":"result","stats":{"input_tokens":1.5e3,"cached":null},"status":7}',
-        b'{"type":"turn.completed","usage":{"input_tokens":1' + b"0" * 400 + b'}}',
-        b'{"type":"result","subtype":"success","total_cost_usd":-1' + b"0" * 400 + b'}',
+        b'{"type":"turn.completed","usage":{"input_tokens":1' + b"0" * 400 + b"}}",
+        b'{"type":"result","subtype":"success","total_cost_usd":-1' + b"0" * 400 + b"}",
     ]
     for output in FORMATS:
         reader = open_stream(output)
@@ -246,8 +291,9 @@ def test_garbage_unknown_types_and_odd_fields_are_never_fatal() -> None:
         for line in lines:
             for event in reader.feed(line + b"\n"):
                 if isinstance(event, Usage):
-                    assert min(event.input_tokens, event.cached_input_tokens,
-                               event.output_tokens) >= 0
+                    assert (
+                        min(event.input_tokens, event.cached_input_tokens, event.output_tokens) >= 0
+                    )
         assert reader.unparsed >= 6
 
 
@@ -286,8 +332,11 @@ def test_line_splitter_edges() -> None:
     ("message", "status", "kind"),
     [
         ("exceeded retry limit, last status: 429 Too Many Requests", None, "rate_limit"),
-        ("You\u2019ve hit your usage limit. Try again at Dec 5th, 2026 3:38 PM.", None,
-         "rate_limit"),
+        (
+            "You\u2019ve hit your usage limit. Try again at Dec 5th, 2026 3:38 PM.",
+            None,
+            "rate_limit",
+        ),
         ("You've hit your session limit \u00b7 resets 8pm (Europe/Berlin)", None, "rate_limit"),
         ("Quota exceeded. Check your plan and billing details.", None, "rate_limit"),
         ("401 Unauthorized: invalid API key", None, "auth"),

@@ -33,7 +33,10 @@ def test_codex_cost_is_estimated_from_prices_with_the_profiles_model() -> None:
     assert meter.observe(Usage(800_000, 200_000, 100_000), NOON)
     r = meter.record
     assert (r.input_tokens, r.cached_input_tokens, r.output_tokens, r.tokens) == (
-        800_000, 200_000, 100_000, 1_100_000
+        800_000,
+        200_000,
+        100_000,
+        1_100_000,
     )
     assert r.cost_source == "estimated"
     assert r.cost_usd == pytest.approx(1.0 + 0.025 + 1.0)
@@ -104,7 +107,9 @@ def test_limits_a_plan_only_lowers_the_operator_raises() -> None:
     config = {"plan_max_tokens": 1000.0, "daily_max_cost_usd": 5.0, "attempt_max_tokens": None}
     plan = {"plan_max_tokens": 500.0, "daily_max_cost_usd": 9.0, "plan_max_wall": 60.0}
     assert budgets.limits(config, plan) == {
-        "plan_max_tokens": 500.0, "daily_max_cost_usd": 5.0, "plan_max_wall": 60.0,
+        "plan_max_tokens": 500.0,
+        "daily_max_cost_usd": 5.0,
+        "plan_max_wall": 60.0,
     }
     assert budgets.raised_above(config, plan) == ["daily_max_cost_usd"]
     assert budgets.limits(config, plan, {"plan_max_tokens": 2000.0})["plan_max_tokens"] == 2000
@@ -115,7 +120,8 @@ def test_warning_at_80_percent_once_and_exceeded_at_100() -> None:
     warned: set[str] = set()
     assert budgets.news(limits, Spent(plan_tokens=799), warned) == ([], None)
     assert budgets.news(limits, Spent(plan_tokens=800), warned) == (
-        [Crossing("plan_max_tokens", 800, 1000.0, "warning")], None
+        [Crossing("plan_max_tokens", 800, 1000.0, "warning")],
+        None,
     )
     assert budgets.news(limits, Spent(plan_tokens=900), warned) == ([], None)
     warnings, exceeded = budgets.news(limits, Spent(plan_tokens=1000), warned)
@@ -142,9 +148,11 @@ def test_the_next_utc_day() -> None:
 
 @pytest.mark.parametrize(
     ("text", "parsed"),
-    [("plan_max_tokens=5000", ("plan_max_tokens", 5000.0)),
-     ("plan_max_wall=2h", ("plan_max_wall", 7200.0)),
-     ("daily_max_cost_usd=12.5", ("daily_max_cost_usd", 12.5))],
+    [
+        ("plan_max_tokens=5000", ("plan_max_tokens", 5000.0)),
+        ("plan_max_wall=2h", ("plan_max_wall", 7200.0)),
+        ("daily_max_cost_usd=12.5", ("daily_max_cost_usd", 12.5)),
+    ],
 )
 def test_parse_raise(text: str, parsed: tuple[str, float]) -> None:
     assert budgets.parse_raise(text) == parsed
@@ -152,9 +160,13 @@ def test_parse_raise(text: str, parsed: tuple[str, float]) -> None:
 
 @pytest.mark.parametrize(
     ("text", "says"),
-    [("plan_tokens=5", "NAME one of"), ("plan_max_tokens", "NAME=VALUE"),
-     ("plan_max_tokens=lots", "not a number"), ("plan_max_cost_usd=-1", "greater than zero"),
-     ("plan_max_wall=soon", "not a duration")],
+    [
+        ("plan_tokens=5", "NAME one of"),
+        ("plan_max_tokens", "NAME=VALUE"),
+        ("plan_max_tokens=lots", "not a number"),
+        ("plan_max_cost_usd=-1", "greater than zero"),
+        ("plan_max_wall=soon", "not a duration"),
+    ],
 )
 def test_parse_raise_says_what_to_write(text: str, says: str) -> None:
     with pytest.raises(ValueError, match=says):
@@ -178,9 +190,9 @@ def test_a_plan_may_only_lower_a_budget(tmp_path: Path) -> None:
     from orchestrd.errors import PlanError
     from orchestrd.plan import load_plan
 
-    config, _ = load_config(make_config(
-        tmp_path, budgets={"plan_max_tokens": 1000, "plan_max_wall": "1h"}
-    ))
+    config, _ = load_config(
+        make_config(tmp_path, budgets={"plan_max_tokens": 1000, "plan_max_wall": "1h"})
+    )
     lower = make_plan(tmp_path, budgets={"plan_max_tokens": 10, "plan_max_cost_usd": 1.5})
     assert load_plan(lower, config).budgets is not None
     higher = make_plan(tmp_path, budgets={"plan_max_tokens": 5000, "plan_max_wall": "2h"})

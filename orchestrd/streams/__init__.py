@@ -40,7 +40,21 @@ def open_stream(output: str, max_line: int = MAX_LINE) -> StreamReader | None:
 
 
 __all__ = [
-    "FORMATS", "MAX_LINE", "OUTPUTS", "Error", "ErrorKind", "FileChange", "Format",
-    "LineSplitter", "Result", "Session", "StreamEvent", "StreamReader", "Tool", "Turn", "Usage",
-    "error_kind", "open_stream",
+    "FORMATS",
+    "MAX_LINE",
+    "OUTPUTS",
+    "Error",
+    "ErrorKind",
+    "FileChange",
+    "Format",
+    "LineSplitter",
+    "Result",
+    "Session",
+    "StreamEvent",
+    "StreamReader",
+    "Tool",
+    "Turn",
+    "Usage",
+    "error_kind",
+    "open_stream",
 ]

@@ -15,7 +15,10 @@ from .events import Error, FileChange, Result, Session, StreamEvent, Tool, Turn,
 from .fields import count, integer, items, number, obj, text
 
 _COUNTS = (
-    "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens",
+    "input_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "output_tokens",
 )
 _FILE_TOOLS = frozenset({"Edit", "MultiEdit", "Write", "NotebookEdit"})
 

@@ -34,12 +34,14 @@ class CodexJson:
         if kind == "turn.completed":
             usage = obj(data, "usage")
             cached = count(usage, "cached_input_tokens")
-            return [Usage(
-                input_tokens=max(0, count(usage, "input_tokens") - cached),
-                cached_input_tokens=cached,
-                output_tokens=count(usage, "output_tokens"),
-                final=True,
-            )]
+            return [
+                Usage(
+                    input_tokens=max(0, count(usage, "input_tokens") - cached),
+                    cached_input_tokens=cached,
+                    output_tokens=count(usage, "output_tokens"),
+                    final=True,
+                )
+            ]
         if kind == "turn.failed":
             message = text(obj(data, "error"), "message") or "turn failed"
             self.failed = message

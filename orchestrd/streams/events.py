@@ -95,22 +95,39 @@ StreamEvent = Session | Turn | Usage | Tool | FileChange | Error | Result
 
 # Checked in this order: "429 Too Many Requests" is a rate limit even if it says "retry".
 _KINDS: tuple[tuple[ErrorKind, re.Pattern[str]], ...] = (
-    ("rate_limit", re.compile(
-        r"\b429\b|rate.?limit|too many requests|usage limit|session limit|quota|"
-        r"resource.?exhausted|try again (?:at|later|in)", re.IGNORECASE,
-    )),
-    ("auth", re.compile(
-        r"\b40[13]\b|unauthori[sz]ed|authenticat|forbidden|api.?key|log ?in\b|credential|"
-        r"permission denied by the api|expired token", re.IGNORECASE,
-    )),
-    ("overloaded", re.compile(
-        r"\b(?:500|502|503|504|529)\b|overloaded|unavailable|capacity|server error",
-        re.IGNORECASE,
-    )),
+    (
+        "rate_limit",
+        re.compile(
+            r"\b429\b|rate.?limit|too many requests|usage limit|session limit|quota|"
+            r"resource.?exhausted|try again (?:at|later|in)",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "auth",
+        re.compile(
+            r"\b40[13]\b|unauthori[sz]ed|authenticat|forbidden|api.?key|log ?in\b|credential|"
+            r"permission denied by the api|expired token",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "overloaded",
+        re.compile(
+            r"\b(?:500|502|503|504|529)\b|overloaded|unavailable|capacity|server error",
+            re.IGNORECASE,
+        ),
+    ),
 )
 _STATUS_KINDS: dict[int, ErrorKind] = {
-    429: "rate_limit", 401: "auth", 403: "auth", 500: "overloaded", 502: "overloaded",
-    503: "overloaded", 504: "overloaded", 529: "overloaded",
+    429: "rate_limit",
+    401: "auth",
+    403: "auth",
+    500: "overloaded",
+    502: "overloaded",
+    503: "overloaded",
+    504: "overloaded",
+    529: "overloaded",
 }
 
 
