@@ -22,15 +22,15 @@ import tomli_w
 from . import budgets, doctor, install, logs, progress, report, status, tail, usage
 from .audit import AuditLog, Logger, Redactor, printable
 from .config import Config, check_state_dir, load_config
-from .errors import OrchestrdError, PlanError
+from .errors import OrchestrdError, PlanError, describe_failure
 from .importer import add_subcommand as add_import_subcommand
 from .metering import Spending
 from .plan import Plan, check_plan_id, load_plan, plan_from_bytes
 from .privsep import separation
 from .runner import PlanRunner
 from .spool import RUN_LOCK, Spool, hold_run_lock, lock_held, submitter_allowed
-from .state import PhaseState, PlanFolder, PlanRecord, PlanState, load_state
-from .states import PLAN_TERMINAL, PlanStatus
+from .state import PlanFolder, PlanRecord, PlanState, load_state
+from .states import PLAN_RETRYABLE, PLAN_TERMINAL, PlanStatus
 from .worker import use_pidfd_child_watcher
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -66,10 +66,9 @@ async def run_foreground(plan: Plan, config: Config, echo: bool, live: bool = Fa
 
     The plan fails (with the reason, no traceback) if the runner cannot go on, e.g. a full disk.
     """
-    from .daemon import describe_failure
-
     use_pidfd_child_watcher()
-    folder = PlanFolder(config.state_dir / "plans" / plan.id)
+    spool = Spool(config.state_dir)
+    folder = spool.folder(plan.id)
     audit = AuditLog(
         config.audit_path,
         echo=sys.stderr if echo else None,
@@ -83,16 +82,16 @@ async def run_foreground(plan: Plan, config: Config, echo: bool, live: bool = Fa
         if folder.state_file.exists():
             await _end_earlier_run(folder, log, audit.redactor)
         if folder.root.exists():
-            folder.archive(config.state_dir / "archive")
+            folder.archive(spool.archive_dir)
         folder.create()
         lock_fd = hold_run_lock(folder.root)
     except BaseException:
         audit.close()
         raise
-    state = PlanState(plan=plan.id, phases={p.id: PhaseState() for p in plan.phases})
+    state = PlanState.first(plan.id, (p.id for p in plan.phases))
     record = PlanRecord(folder.state_file, state, log, audit.redactor)
     spending = Spending()  # the daily budget counts every plan's spending today
-    spending.seed(r for _, r in status.ledger(Spool(config.state_dir)))
+    spending.seed(r for _, r in status.ledger(spool))
     runner = PlanRunner(plan, record, folder, lambda: config, log, spending)
     result = PlanStatus.INTERRUPTED
     try:
@@ -151,7 +150,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     check_state_dir(config, path)
     live = not (args.quiet or args.plain) and sys.stdout.isatty()
     status = anyio.run(run_foreground, plan, config, not (args.quiet or live), live)
-    folder = config.state_dir / "plans" / plan.id
+    folder = Spool(config.state_dir).folder(plan.id).root
     report.write_after_run(config, folder)
     print(f"plan {plan.id}: {status} — audit log {config.audit_path}, files {folder}")
     return EXIT_OK if status is PlanStatus.SUCCEEDED else EXIT_FAILED
@@ -256,7 +255,7 @@ def _control(args: argparse.Namespace, kind: str) -> int:
             + (" (retry runs a failed or cancelled one again)" if current in PLAN_TERMINAL else "")
         )
         return EXIT_FAILED
-    if kind == ".retry" and current not in (PlanStatus.FAILED, PlanStatus.CANCELLED):
+    if kind == ".retry" and current not in PLAN_RETRYABLE:
         active = "" if current in PLAN_TERMINAL else " and still active — cancel it first"
         print(
             f"plan {args.plan} is {current}{active}; only failed or cancelled plans can be retried"
@@ -264,7 +263,7 @@ def _control(args: argparse.Namespace, kind: str) -> int:
         return EXIT_FAILED
     if kind == ".retry":
         try:
-            load_plan(state_file.parent / "plan.toml", config)
+            load_plan(PlanFolder(state_file.parent).plan_file, config)
         except PlanError as exc:
             raise OrchestrdError(
                 f"plan {args.plan} is {current}, but it cannot be loaded, so it cannot be "

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .config import Config, WorkerProfile, load_config
 from .errors import OrchestrdError
-from .runner import base_env
+from .privsep import check_identities, separation
+from .prompt import base_env
 from .spool import Spool
 
 VERSION_TIMEOUT = 15.0
@@ -218,6 +219,26 @@ def check_unit() -> Iterator[Finding]:
         yield Finding("ok", f"systemd unit {unit}")
 
 
+def check_privileges(config: Config) -> Iterator[Finding]:
+    """Whether workers run as a user of their own (issue #22): without it a worker can rewrite
+    the daemon's state and signal it."""
+    try:
+        check_identities(config)
+    except OrchestrdError as exc:
+        yield Finding("fail", f"worker user: {exc}", "fix worker_user / worker_group")
+        return
+    on, why = separation(config)
+    if on:
+        yield Finding("ok", f"privilege separation: {why}")
+    else:
+        yield Finding(
+            "warn",
+            f"privilege separation off: {why}",
+            "set worker_user (systemd/orchestrd.sysusers creates orchestrd-worker) "
+            "and run the daemon as root or with CAP_SETUID CAP_SETGID CAP_KILL",
+        )
+
+
 def run_checks(config_arg: str | None) -> list[Finding]:
     try:
         config, path = load_config(config_arg)
@@ -233,6 +254,7 @@ def run_checks(config_arg: str | None) -> list[Finding]:
             Finding("warn", "git not found: no worker.changes, no git rules", "install git")
         )
     findings += check_state_dir(config)
+    findings += check_privileges(config)
     findings += check_unit()
     findings += check_daemon(config)
     return findings

@@ -13,7 +13,7 @@ from . import status
 from .config import load_config
 from .errors import OrchestrdError
 from .spool import Spool
-from .state import AttemptState, PlanState, load_state
+from .state import AttemptState, PlanFolder, PlanState, load_state
 from .states import AttemptStatus, PhaseStatus
 
 FOLLOW_STEP = 0.1
@@ -66,7 +66,7 @@ def log_file(folder: Path, phase_id: str, att: AttemptState, verify: int | None)
     """The file as it is named in the plan's folder now (the state keeps the path it had when
     the worker ran; the folder may have been archived since)."""
     name = f"verify-{phase_id}-{att.n}-{verify}.log" if verify is not None else Path(att.log).name
-    return folder / "workers" / name
+    return PlanFolder(folder).workers / name
 
 
 def _still_writing(spool: Spool, plan_id: str, phase_id: str, n: int, verify: bool) -> bool:
@@ -96,7 +96,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     config, _ = load_config(args.config)
     spool = Spool(config.state_dir)
     folder = plan_folder(spool, args.plan)
-    state = load_state(folder / "state.toml")
+    state = load_state(PlanFolder(folder).state_file)
     phase_id = pick_phase(state, args.phase)
     att = pick_attempt(state, phase_id, args.attempt)
     path = log_file(folder, phase_id, att, args.verify)

@@ -29,7 +29,7 @@ from . import status
 from .audit import Logger, Redactor
 from .config import Config, NotifyTarget
 from .spool import Spool
-from .state import atomic_write
+from .state import PlanFolder, atomic_write
 from .tail import LineFollower
 
 STEP = 0.2
@@ -302,7 +302,7 @@ class Notifier:
         state = status.state_path(spool, plan)
         if state is None:
             return None, False
-        report = state.parent / "report.md"
+        report = PlanFolder(state.parent).report
         return (report if report.exists() else None), state.parent.parent == spool.archive_dir
 
     async def _deliver(self, client: httpx.AsyncClient, path: Path, entry: Entry) -> None:

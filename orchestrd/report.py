@@ -22,11 +22,10 @@ from .config import Config, load_config
 from .errors import OrchestrdError, StateError
 from .logs import plan_folder
 from .spool import Spool
-from .state import AttemptState, atomic_write, load_state
+from .state import AttemptState, PlanFolder, atomic_write, load_state
 from .tail import Filter, parse_ts, scan, since_time
 from .usage import total
 
-REPORT_NAME = "report.md"
 _RULE = re.compile(r"\[rule: ([\w.-]+)\]")
 # --since: what needs a person first
 _ORDER = {
@@ -76,9 +75,10 @@ def _usage(attempts: list[AttemptState]) -> dict[str, float]:
 
 def gather(config: Config, folder: Path) -> dict[str, Any]:
     """Everything the report says, as data (`report --json`)."""
-    state = load_state(folder / "state.toml")
+    files = PlanFolder(folder)
+    state = load_state(files.state_file)
     try:
-        plan = tomllib.loads((folder / "plan.toml").read_text(encoding="utf-8"))
+        plan = tomllib.loads(files.plan_file.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError):
         plan = {}
     kinds = {p.get("id"): p.get("kind", "other") for p in plan.get("phases", [])}
@@ -117,7 +117,7 @@ def gather(config: Config, folder: Path) -> dict[str, Any]:
                     for e in mine
                     if e["event"] == "worker.changes"
                 ],
-                "logs": [str(folder / "workers" / Path(a.log).name) for a in ps.attempts],
+                "logs": [str(files.workers / Path(a.log).name) for a in ps.attempts],
                 **_usage(ps.attempts),
             }
         )
@@ -200,7 +200,7 @@ def markdown(data: dict[str, Any]) -> str:
 
 def write_report(config: Config, folder: Path) -> Path:
     """`report.md` in the plan's folder (the daemon calls this when a plan ends)."""
-    dest = folder / REPORT_NAME
+    dest = PlanFolder(folder).report
     text = Redactor.from_config(config)(markdown(gather(config, folder)))
     atomic_write(dest, text.encode())
     return dest
@@ -212,7 +212,7 @@ def write_after_run(config: Config, folder: Path) -> None:
     try:
         write_report(config, folder)
     except (OSError, OrchestrdError, ValueError) as exc:
-        print(f"orchestrd: {folder / REPORT_NAME} not written: {exc}", file=sys.stderr)
+        print(f"orchestrd: {PlanFolder(folder).report} not written: {exc}", file=sys.stderr)
 
 
 async def archive_report(config: Config, folder: Path) -> dict[str, str]:
@@ -234,7 +234,7 @@ def since_summary(config: Config, since: dt.datetime) -> list[str]:
         ended = None
         if folder is not None:
             try:
-                ended = parse_ts(load_state(folder / "state.toml").finished_at or "")
+                ended = parse_ts(load_state(PlanFolder(folder).state_file).finished_at or "")
             except StateError:
                 ended = None
         if row["state"] == "succeeded" and (ended is None or ended < since):
@@ -247,7 +247,8 @@ def since_summary(config: Config, since: dt.datetime) -> list[str]:
     for row, folder in rows:
         where = f"phase {row['phase']}" if row.get("phase") else ""
         reason = f": {row['reason']}" if row.get("reason") else ""
-        more = f" — {folder / REPORT_NAME}" if folder and (folder / REPORT_NAME).exists() else ""
+        report = PlanFolder(folder).report if folder else None
+        more = f" — {report}" if report and report.exists() else ""
         lines.append(
             f"- **{row['plan']}** {row['state']} ({where}, "
             f"{_fmt(row.get('elapsed'))}){reason}{more}"

@@ -17,9 +17,17 @@ from pathlib import Path
 from .audit import printable
 from .config import Config
 from .errors import OrchestrdError, PlanError
-from .fsutil import KINDS, FileRefused, fsync_dir, read_head, read_regular, write_all
-from .plan import Plan, check_plan_id, parse_plan_bytes
-from .state import PhaseState, PlanFolder, PlanState, atomic_write, dump_state
+from .fsutil import (
+    KINDS,
+    FileRefused,
+    copy_regular,
+    fsync_dir,
+    read_head,
+    read_regular,
+    write_all,
+)
+from .plan import Plan, check_plan_id, confine, parse_plan_bytes
+from .state import PlanFolder, PlanState, atomic_write, dump_state
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".swp")
 REQUEST_KINDS = (".cancel", ".retry", ".resume")
@@ -188,6 +196,16 @@ class Spool:
     def folder(self, plan_id: str) -> PlanFolder:
         return PlanFolder(self.plans / plan_id)
 
+    def archived(self, plan_id: str) -> PlanFolder:
+        return PlanFolder(self.archive_dir / plan_id)
+
+    def find(self, plan_id: str) -> PlanFolder | None:
+        """The plan's folder with a state file, in plans/ (active) or else archive/."""
+        for folder in (self.folder(plan_id), self.archived(plan_id)):
+            if folder.state_file.exists():
+                return folder
+        return None
+
     def known(self, plan_id: str) -> Path | None:
         for base in (self.plans, self.archive_dir):
             if (base / plan_id).exists():
@@ -273,7 +291,7 @@ class Spool:
         shutil.rmtree(staging.root, ignore_errors=True)
         staging.create()
         atomic_write(staging.plan_file, raw)
-        state = PlanState(plan=plan.id, seq=seq, phases={p.id: PhaseState() for p in plan.phases})
+        state = PlanState.first(plan.id, (p.id for p in plan.phases), seq)
         atomic_write(staging.state_file, dump_state(state))
         folder = self.folder(plan.id)
         os.rename(staging.root, folder.root)
@@ -468,3 +486,34 @@ def _same_bytes(path: Path, raw: bytes) -> bool:
         return read_head(path, len(raw) + 1) == raw
     except (OSError, FileRefused):
         return False
+
+
+def archive_plan(
+    plan: Plan, folder: PlanFolder, archive_dir: Path, max_bytes: int
+) -> tuple[Path, list[str]]:
+    """Copy the plan's reports and completion files into its folder, then move it to archive/.
+
+    Returns where it went and the evidence not copied, with why. What the repo holds was written
+    by workers: a link leading out of the repo or a link loop is not followed, anything but a
+    regular file (a FIFO, a folder) and a file larger than `max_bytes` (max_log_bytes) is not
+    copied, and nothing of it can stop the archiving.
+    """
+    evidence = folder.evidence
+    skipped = []
+    for phase in plan.phases:
+        for rel in (phase.report_path, *phase.completion_paths):
+            path = plan.in_plan_dir(rel)
+            try:
+                src = confine(plan.repo, path)
+                # opened without blocking, and only a regular file is copied: a FIFO here
+                # would hold this thread (and the archiving) forever
+                copy_regular(src, evidence / path, max_bytes, "max_log_bytes", follow=False)
+            except FileNotFoundError:
+                continue  # never written: nothing to keep
+            except PlanError:
+                skipped.append(f"{path}: leads out of the repo")
+            except FileRefused as exc:
+                skipped.append(f"{path}: {exc}")
+            except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (pathlib)
+                skipped.append(f"{path}: {exc}")
+    return folder.archive(archive_dir), skipped

@@ -11,7 +11,7 @@ from typing import Any
 from .audit import printable
 from .errors import StateError
 from .spool import Spool
-from .state import PlanState, load_state
+from .state import PlanFolder, PlanState, load_state
 from .states import AttemptStatus
 from .usage import UsageRecord, total
 
@@ -70,7 +70,7 @@ def ledger(spool: Spool) -> list[tuple[str, UsageRecord]]:
         if not base.is_dir():
             continue
         for folder in sorted(base.iterdir()):
-            state_file = folder / "state.toml"
+            state_file = PlanFolder(folder).state_file
             if folder.name.startswith(".") or not state_file.exists():
                 continue
             try:
@@ -90,7 +90,7 @@ def collect(spool: Spool, plan_id: str | None = None) -> list[dict[str, Any]]:
         for folder in sorted(base.iterdir()):
             if folder.name.startswith(".") or (plan_id is not None and folder.name != plan_id):
                 continue  # a plan still being accepted (plans/.<id>.accepting) is not one yet
-            state_file = folder / "state.toml"
+            state_file = PlanFolder(folder).state_file
             if not state_file.exists():
                 if any(folder.glob("state.toml.corrupt*")):
                     rows.append(
@@ -204,7 +204,5 @@ def _attempt_usage(usage: dict[str, Any] | None) -> str:
 
 
 def state_path(spool: Spool, plan_id: str) -> Path | None:
-    for base in (spool.plans, spool.archive_dir):
-        if (base / plan_id / "state.toml").exists():
-            return base / plan_id / "state.toml"
-    return None
+    folder = spool.find(plan_id)
+    return folder.state_file if folder is not None else None

@@ -308,6 +308,13 @@ def test_report_without_status_pass_is_rejected_with_a_reason(
     assert result.reason == f"reports/P01-worker.md {reason}"
 
 
+def test_a_report_beginning_with_a_nul_byte_is_read_as_text_not_taken_for_a_refusal(
+    tmp_path: Path,
+) -> None:
+    result = check_report(_report_plan(tmp_path, "\0junk the agent dumped\nStatus: FAIL\n"))
+    assert result.reason == "reports/P01-worker.md says Status: FAIL"
+
+
 def test_report_symlinked_outside_the_repo_is_refused(tmp_path: Path) -> None:
     outside = tmp_path / "outside.md"
     outside.write_text("Status: PASS\n")

@@ -78,6 +78,8 @@ def test_twenty_plans_on_five_repos_never_exceed_four_workers_or_share_a_repo(
             ("phase.started", "P02"),
             ("phase.passed", "P02"),
         ]
+    for plan_id in ids:  # the end event comes before the move to archive/
+        daemon.wait_event("plan.archived", plan=plan_id)
     assert sorted(p.name for p in (daemon.state_dir / "archive").iterdir()) == ids
     assert daemon.live_workers() == []
 

@@ -45,6 +45,8 @@ def test_init_writes_a_valid_config_and_spool_that_doctor_accepts(tmp_path: Path
     assert any(line.startswith("worker demo: ") for line in found["ok"])
     assert any("worker codex: codex is not on PATH" in w for w in found["warn"])
     assert any("no daemon serves" in w for w in found["warn"])
+    # a local config runs workers as whoever runs orchestrd: doctor says so
+    assert any(w.startswith("privilege separation off: ") for w in found["warn"])
 
 
 def test_init_system_fills_in_repo_roots_and_the_agent_clis_on_path(tmp_path: Path) -> None:

@@ -54,7 +54,8 @@ def with_profiles(d: Daemon, **overrides: Any) -> None:
 def serves_on(d: Daemon, plan_id: str = "next") -> None:
     """The daemon is alive and a plain plan still succeeds."""
     d.submit(plan_id, repo=f"repo-{plan_id}")
-    d.wait_event("plan.succeeded", plan=plan_id)
+    # its last event, not plan.succeeded: the plan's events go on until it is archived
+    d.wait_event("plan.archived", plan=plan_id)
     assert d.proc is not None and d.proc.poll() is None
 
 
@@ -168,6 +169,7 @@ def test_a_command_that_does_not_exist_fails_to_start_gets_remediation_and_a_rea
     assert failed["reason"].startswith("phase P01 failed: start: worker failed to start: ")
     assert why in failed["reason"]
     assert daemon.events("worker.started", plan="missing") == []
+    daemon.wait_event("plan.archived", plan="missing")  # plan.failed comes before the move
     ledger = (daemon.state_dir / "archive" / "missing" / "worker-pids.txt").read_text()
     assert ledger.count("failed_to_start") == 2
     serves_on(daemon)

@@ -626,7 +626,8 @@ def test_expectation_forms(block: str, expected: dict[str, Any]) -> None:
         (
             "# EXPECTED TO FAIL\nnpm test 2>&1 | head -n 3 | tail -1",
             {"run": "npm test 2>&1", "expect": "fail"},
-            "2: 'npm test 2>&1 | head -n 3 | tail -1' is expected to fail, but a pipe's exit status "
+            "2: 'npm test 2>&1 | head -n 3 | tail -1' is expected to fail, "
+            "but a pipe's exit status "
             "is its last command's (tail: always 0), so as written it can never fail; imported as "
             "'npm test 2>&1' (the verify log keeps the whole output); write `set -o pipefail` "
             "(bash) or drop the pipe",

@@ -346,7 +346,9 @@ def test_missing_sections_get_defaults_and_warnings(tmp_path: Path) -> None:
         tmp_path,
         {
             "01-bare-stub.md": f"# Phase 01\n\n## Phase ID\n\n`{PLAN}.P01`\n\nJust do it.\n",
-            "02-empty-id-tests.md": "# Phase 02\n\n## Phase ID\n\nTBD\n\n## Verification Commands\n",
+            "02-empty-id-tests.md": (
+                "# Phase 02\n\n## Phase ID\n\nTBD\n\n## Verification Commands\n"
+            ),
             "03-no-commands-implementation.md": (
                 f"## Phase ID\n`{PLAN}.P03`\n## Verification Commands\nRun `npm test`.\n"
                 "## Phase Completion Marker\nWrite a note somewhere.\n"

@@ -25,7 +25,7 @@ from daemon_support import AGENT, Daemon
 
 from orchestrd.audit import Redactor
 from orchestrd.config import WorkerProfile
-from orchestrd.runner import BASE_ENV
+from orchestrd.prompt import BASE_ENV
 
 AGENTS = Path(__file__).parent / "agents"
 IS_ROOT = os.geteuid() == 0
@@ -276,6 +276,7 @@ def test_secrets_reach_neither_workers_nor_the_audit_log_status_or_error_files(
     allowed = {*BASE_ENV, "GITHUB_TOKEN", "SERVICE_TOKEN", "SECRETS_SAY"}
     assert {k for k in env if not k.startswith("ORCHESTRD_")} <= allowed, sorted(env)
     # the secrets really were in the output the events quote (the worker's own log keeps them)
+    daemon.wait_event("plan.archived", plan="verify")  # the end event comes before the move
     log = (daemon.state_dir / "archive" / "verify" / "workers" / "worker-P01-1.log").read_text()
     assert GITHUB in log and CUT_LINE in log
 
