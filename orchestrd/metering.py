@@ -164,7 +164,6 @@ class AttemptMeter:
         self.stop = anyio.Event()
         """Set when a budget is spent: the worker must be stopped."""
         self.warned: set[str] = set()
-        self.errors: list[Error] = []
         self.ending = False
         """The budget was spent by the agent's closing count: it is about to exit by itself."""
         self.more = anyio.Event()
@@ -208,8 +207,6 @@ class AttemptMeter:
         for event in events:
             if self.exceeded is not None and not isinstance(event, Result | Error):
                 self.more.set()  # it works on: not ending
-            if isinstance(event, Error):
-                self.errors.append(event)
             if self.meter.observe(event, now):
                 self.ending = isinstance(event, Usage) and event.final
                 self._check()

@@ -33,7 +33,7 @@ from .contract import ContractBaseline
 from .errors import OrchestrdError
 from .fsutil import FileRefused, write_file
 from .gitsnap import Git, PhaseGit, drop_snapshots
-from .metering import AttemptMeter, PlanBudget, Spending, new_meter
+from .metering import DAILY, AttemptMeter, PlanBudget, Spending, new_meter
 from .plan import Phase, Plan
 from .policy import WatchOutcome, watch
 from .privsep import Identity, handoff_root, identity_for, make_handoff
@@ -165,12 +165,16 @@ class PlanRunner:
                 # its phase runs again from a fresh worker on resume
                 await self.record.set_phase(phase[0], PhaseStatus.PENDING)
             name = pause.crossing.budget
+            extra: dict[str, Any] = {}
+            if name == DAILY:  # it resumes by itself then
+                extra["resumes_at"] = budgets.next_utc_midnight(self.spending.clock()).isoformat()
             await self.record.set_status(
                 PlanStatus.PAUSED,
                 f"budget:{name}",
                 budget=name,
                 spent=round(pause.crossing.spent, 6),
                 limit=pause.crossing.limit,
+                **extra,
             )
             return PlanStatus.PAUSED
 

@@ -190,11 +190,6 @@ def total(records: Iterable[UsageRecord]) -> Totals:
     return t
 
 
-def day_cost(records: Iterable[UsageRecord], day: str) -> float:
-    """What the entries spent (known costs) on one UTC day: what the daily budget counts."""
-    return sum(r.days[day].cost_usd for r in records if day in r.days)
-
-
 @dataclasses.dataclass
 class Report:
     """`orchestrd usage`: the ledger summed per plan, per UTC day, per profile and per model."""

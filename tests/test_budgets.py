@@ -255,6 +255,8 @@ async def test_the_daily_budget_pauses_every_plan_until_the_next_utc_day(tmp_pat
         exceeded = d.events("budget.exceeded")
         assert {e["plan"] for e in exceeded} == {"A", "B"}
         assert {e["budget"] for e in exceeded} == {"daily_max_cost_usd"}
+        paused = d.events("plan.paused")
+        assert {e["resumes_at"] for e in paused} == {"2026-12-05T00:00:00+00:00"}
         await anyio.sleep(0.5)  # the same day: they stay paused
         assert states() == {"A": "paused", "B": "paused"}
         clock.now += dt.timedelta(hours=2)  # 01:00 UTC the next day
