@@ -93,7 +93,8 @@ EVENTS: dict[str, str] = {
     ),
     "budget.warning": "a budget is at 80 % (budget, spent, limit): once each",
     "budget.exceeded": (
-        "a budget is spent (budget, spent, limit): the worker is stopped and the plan paused"
+        "a budget is spent (budget, spent, limit): its running worker is stopped (one ending "
+        "with this count may finish) and the plan pauses"
     ),
     "worker.stalled": "the worker outlived its last poll (log_tail)",
     "worker.stopped": "the worker's process group was signalled (signal, why)",
