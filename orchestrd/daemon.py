@@ -473,13 +473,14 @@ class Daemon:
             return
         try:
             raises = parse_raises(request.text)
+            above_config(raises, self.config, request.uid)
         except ValueError as exc:
             self.log.info(
                 "daemon.request_refused",
                 plan=request.plan_id,
                 request=request.kind,
                 file=request.file,
-                reason=str(exc),
+                reason=f"control/{request.file}: {exc}",
                 requester=request.requester,
             )
             return
@@ -827,6 +828,24 @@ async def resume(
     if requester is not None:
         fields["requester"] = requester
     await record.set_status(PlanStatus.QUEUED, reason, True, **fields)
+
+
+def above_config(raises: dict[str, float], config: Config, uid: int) -> None:
+    """A plan's limit raised above the config's is the operator's call: refused (ValueError)
+    unless asked by root or the daemon's own user (whoever may write its state)."""
+    if uid in (0, os.geteuid()):
+        return
+    limits = config.budgets.limits()
+    over = [
+        f"{name}={value:g} (the config's is {limit:g})"
+        for name, value in raises.items()
+        if (limit := limits.get(name)) is not None and value > limit
+    ]
+    if over:
+        raise ValueError(
+            "only the operator (root or the daemon's user) may raise a plan's limit above the "
+            f"config's: {', '.join(over)}; ask them, or raise it up to the config's limit"
+        )
 
 
 def parse_raises(text: str) -> dict[str, float]:

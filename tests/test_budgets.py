@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import signal
 import tomllib
@@ -148,6 +149,15 @@ def test_a_plan_over_its_token_budget_pauses_and_resume_finishes_it(tmp_path: Pa
         status = run_cli("status", "--config", d.config_path, cwd=tmp_path)
         assert re.search(r"T\s+paused\s+P01\s+1\s+-\s+\S+\s+5\.4k", status.stdout), status.stdout
 
+        if os.geteuid() == 0:  # a submitter (not root, not the daemon's user) asks for more
+            request = d.state_dir / "control" / ".T.resume.tmp"
+            request.write_text("plan_max_tokens=100000.0\n")
+            os.chown(request, 65534, 65534)
+            request.rename(request.with_name("T.resume"))
+            (refused,) = d.wait_event("daemon.request_refused", plan="T")
+            assert "only the operator" in refused["reason"]
+            assert "plan_max_tokens=100000 (the config's is 50000)" in refused["reason"]
+            assert load_state(folder / "state.toml").status is PlanStatus.PAUSED
         resumed = run_cli(
             "resume",
             "T",
