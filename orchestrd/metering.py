@@ -58,10 +58,12 @@ class Spending:
             return None
         return Crossing(DAILY, spent, limit, "exceeded")
 
-    def broadcast(self, crossing: Crossing, origin: AttemptMeter) -> None:
+    def broadcast(self, origin: AttemptMeter) -> None:
+        """The day's spending went over a daily limit: every other running attempt holds it
+        against its own plan's limits (a plan may have set a lower one)."""
         for meter in list(self.meters):
-            if meter is not origin and crossing.budget in meter.budget.limits:
-                meter.trip(crossing)
+            if meter is not origin:
+                meter.check()
 
 
 class PlanBudget:
@@ -209,9 +211,10 @@ class AttemptMeter:
                 self.more.set()  # it works on: not ending
             if self.meter.observe(event, now):
                 self.ending = isinstance(event, Usage) and event.final
-                self._check()
+                self.check()
 
-    def _check(self) -> None:
+    def check(self) -> None:
+        """Hold what was spent against the budgets: warnings, and a trip when one is spent."""
         if self.exceeded is not None:
             return
         warnings, exceeded = self.budget.check(self.warned, self.record)
@@ -220,7 +223,7 @@ class AttemptMeter:
         if exceeded is not None:
             self.trip(exceeded)
             if exceeded.budget == DAILY:
-                self.budget.spending.broadcast(exceeded, self)
+                self.budget.spending.broadcast(self)
 
     def trip(self, crossing: Crossing) -> None:
         """A budget is spent: say which, and ask for the worker to be stopped."""
@@ -243,7 +246,7 @@ class AttemptMeter:
             await anyio.sleep_forever()
             return
         await anyio.sleep(max(0.0, limit - self.budget.wall()))
-        self._check()
+        self.check()
 
     def poll_fields(self) -> dict[str, Any]:
         """`tokens` (so far) and `events` (stream events since the last poll) for

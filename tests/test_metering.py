@@ -175,3 +175,17 @@ def test_spending_is_seeded_from_the_ledger(tmp_path: Path) -> None:
     again = Spending(Clock(NOON))
     again.seed([first.record])
     assert again.today() == pytest.approx(said["cost"]) == pytest.approx(spending.today())
+
+
+def test_a_plans_lower_daily_limit_stops_only_that_plan(tmp_path: Path) -> None:
+    spending = Spending(Clock(NOON))
+    low, audit_low = attempt(tmp_path, "claude-stream-json", {"daily_max_cost_usd": 0.05}, spending)
+    high, audit_high = attempt(
+        tmp_path, "codex-json", {"daily_max_cost_usd": 1.0}, spending, model="gpt-5-codex"
+    )
+    data, _, _ = replay(tmp_path, "claude", STREAM_STEPS="5", STREAM_COST="0.02")
+    with low, high:
+        low.feed(data)  # $0.10 today: over the first plan's $0.05, not the other's $1
+    audit_low.close()
+    audit_high.close()
+    assert low.stop.is_set() and not high.stop.is_set() and high.exceeded is None
