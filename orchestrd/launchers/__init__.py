@@ -1,0 +1,148 @@
+"""The launcher seam: how a worker process is started, watched, stopped, and found again after a
+crash — behind one protocol, so workers can run elsewhere (a cluster) without the runner, the
+poll policy, the checks or recovery knowing where. Implementations live in this package
+(`local.py`: a process group and a cgroup v2 per attempt on this machine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Protocol
+
+from ..errors import OrchestrdError
+from ..privsep import Identity
+
+OutputObserver = Callable[[bytes], None]
+"""Fed every chunk of a worker's output as it is read, before any of it is cut."""
+HandleValue = str | int | None
+
+
+class WorkerStartError(OrchestrdError):
+    """The worker's command could not be executed (missing binary, bad cwd, no permission)."""
+
+
+class WorkerLogError(OrchestrdError):
+    """The worker's output could not be written to its log (a full disk, a folder gone)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSpec:
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    cwd: Path
+    log_path: Path
+    identity: Identity | None = None
+    """Run as this user (through nsinit); None: as the daemon's user."""
+    pid_namespace: bool = True
+    """With an identity: alone in a user+PID namespace (see nsinit)."""
+    name: str = ""
+    """Names the attempt where a launcher needs one (the local launcher's cgroup:
+    `<plan>.<phase>.<attempt>`); unique among running workers."""
+    limits: Mapping[str, str | int] = dataclasses.field(default_factory=dict)
+    """Resource limits (`memory_max`, `pids_max`, `cpu_weight`) where the launcher can set
+    them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Handle:
+    """What identifies a launched worker across daemon restarts: plain data, kept in
+    state.toml. `kind` names the launcher that understands `fields`."""
+
+    kind: str
+    fields: Mapping[str, HandleValue]
+
+    def to_dict(self) -> dict[str, HandleValue]:
+        return {"kind": self.kind, **self.fields}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, HandleValue]) -> Handle:
+        fields = {k: v for k, v in data.items() if k != "kind"}
+        return cls(str(data["kind"]), fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class Leftover:
+    """A process a worker left running after it exited (stopped by the launcher)."""
+
+    pid: int
+    command: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Reaped:
+    """What `reap` did with one recorded handle."""
+
+    handle: Handle
+    signal: signal.Signals | None
+    """The last signal needed; None if nothing of it was left running."""
+    stopped: tuple[Leftover, ...] = ()
+
+
+class Worker(Protocol):
+    """A running worker. Its output is pumped into its capped log while it runs."""
+
+    @property
+    def handle(self) -> Handle: ...
+
+    @property
+    def pid(self) -> int:
+        """Names the worker in events (on another machine: whatever the launcher has)."""
+        ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    @property
+    def output_bytes(self) -> int:
+        """Bytes the worker wrote, kept or not."""
+        ...
+
+    @property
+    def dropped_bytes(self) -> int:
+        """Bytes cut from the log (past max_log_bytes)."""
+        ...
+
+    @property
+    def oom_killed(self) -> bool:
+        """True if the kernel's OOM killer killed a process of this worker."""
+        ...
+
+    @property
+    def left_running(self) -> tuple[Leftover, ...]:
+        """What the worker left running after it exited (stopped when the launch ended)."""
+        ...
+
+    async def wait(self) -> int: ...
+
+    def elapsed(self) -> float: ...
+
+    def log_size(self) -> int: ...
+
+    def tail(self, lines: int = 40, max_bytes: int = 16384) -> str: ...
+
+    async def stop(self, grace: float) -> signal.Signals | None:
+        """SIGTERM the worker's whole tree, wait up to `grace`, SIGKILL what is left; the
+        last signal needed (None if it was gone). Survives cancellation."""
+        ...
+
+
+class Launcher(Protocol):
+    kind: str
+
+    def launch(
+        self, spec: WorkerSpec, max_log_bytes: int, grace: float,
+        on_output: OutputObserver | None = None,
+    ) -> AbstractAsyncContextManager[Worker]:
+        """Run a headless worker for the body of the `async with`; on the way out — normal,
+        error or cancellation — whatever is left of it is stopped (`left_running` lists it)
+        and its output drained. WorkerStartError if it cannot start, WorkerLogError (after
+        it ended) if its output could not be logged."""
+        ...
+
+    async def reap(self, handles: Sequence[Handle], grace: float) -> list[Reaped]:
+        """Stop what recorded handles (of an earlier daemon run) left running."""
+        ...
