@@ -147,9 +147,7 @@ def _enable_controllers(group: Path) -> set[str]:
     return enabled
 
 
-async def create(
-    path: Path, limits: Mapping[str, str | int], controllers: frozenset[str]
-) -> None:
+async def create(path: Path, limits: Mapping[str, str | int], controllers: frozenset[str]) -> None:
     """A fresh attempt cgroup (a crash's leftover of the same name is emptied first) with the
     limits whose controller is there; OSError if it cannot be made."""
     if kill(path):

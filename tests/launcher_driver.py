@@ -15,8 +15,9 @@ from orchestrd.launchers.local import LocalLauncher, contain
 
 async def main(state_dir: Path, argv: list[str]) -> None:
     launcher = LocalLauncher(contain(None, state_dir, under_systemd=False))
-    spec = WorkerSpec(argv, {"PATH": "/usr/bin:/bin"}, state_dir, state_dir / "w.log",
-                      name="driver.P01.1")
+    spec = WorkerSpec(
+        argv, {"PATH": "/usr/bin:/bin"}, state_dir, state_dir / "w.log", name="driver.P01.1"
+    )
     async with launcher.launch(spec, 10**6, 1.0) as worker:
         print(json.dumps(worker.handle.to_dict()), flush=True)
         await anyio.sleep(300)

@@ -103,9 +103,7 @@ async def test_a_setsid_escapee_without_fds_or_env_is_stopped_and_named(
         escapee = int(pidfile.read_text())
         assert alive(escapee)  # the worker is gone, its escapee is not (yet)
     assert not alive(escapee)
-    assert [(left.pid, left.command) for left in worker.left_running] == [
-        (escapee, "sleep 300")
-    ]
+    assert [(left.pid, left.command) for left in worker.left_running] == [(escapee, "sleep 300")]
 
 
 async def test_output_is_captured_and_capped_head_and_tail(
@@ -142,8 +140,14 @@ async def test_a_handle_survives_the_daemon_being_sigkilled_and_reap_stops_it_al
 ) -> None:
     pidfile = tmp_path / "escapee"
     driver = await anyio.open_process(
-        [sys.executable, str(Path(__file__).with_name("launcher_driver.py")), str(tmp_path),
-         sys.executable, str(AGENTS / "escapee.py"), str(pidfile)],
+        [
+            sys.executable,
+            str(Path(__file__).with_name("launcher_driver.py")),
+            str(tmp_path),
+            sys.executable,
+            str(AGENTS / "escapee.py"),
+            str(pidfile),
+        ],
     )
     async with driver:
         assert driver.stdout is not None

@@ -134,7 +134,10 @@ class Launcher(Protocol):
     kind: str
 
     def launch(
-        self, spec: WorkerSpec, max_log_bytes: int, grace: float,
+        self,
+        spec: WorkerSpec,
+        max_log_bytes: int,
+        grace: float,
         on_output: OutputObserver | None = None,
     ) -> AbstractAsyncContextManager[Worker]:
         """Run a headless worker for the body of the `async with`; on the way out — normal,

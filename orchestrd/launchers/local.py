@@ -97,8 +97,13 @@ class LocalWorker:
     """
 
     def __init__(
-        self, process: anyio.abc.Process, handle: WorkerHandle, argv: Sequence[str],
-        max_log_bytes: int, on_output: OutputObserver | None, cgroup: Path | None,
+        self,
+        process: anyio.abc.Process,
+        handle: WorkerHandle,
+        argv: Sequence[str],
+        max_log_bytes: int,
+        on_output: OutputObserver | None,
+        cgroup: Path | None,
     ) -> None:
         self.process = process
         self.argv = argv
@@ -225,10 +230,17 @@ class LocalWorker:
     @property
     def handle(self) -> Handle:
         h = self.local
-        return Handle(KIND, {
-            "pid": h.pid, "pgid": h.pgid, "start_time": h.start_time, "boot_id": h.boot_id,
-            "log": h.log, "cgroup": str(self.cgroup) if self.cgroup else None,
-        })
+        return Handle(
+            KIND,
+            {
+                "pid": h.pid,
+                "pgid": h.pgid,
+                "start_time": h.start_time,
+                "boot_id": h.boot_id,
+                "log": h.log,
+                "cgroup": str(self.cgroup) if self.cgroup else None,
+            },
+        )
 
     async def stop(self, grace: float) -> signal.Signals | None:
         """SIGTERM the process group, wait `grace` or until the cgroup is empty, then
@@ -245,7 +257,8 @@ class LocalWorker:
         """At the end of the attempt: stop and list what the worker left running."""
         if self.process.returncode is not None:
             pids = (
-                cgroups.members(self.cgroup) if self.cgroup is not None
+                cgroups.members(self.cgroup)
+                if self.cgroup is not None
                 else await anyio.to_thread.run_sync(group_members, self.local.pgid)
             )
             self.left_running = tuple(Leftover(p, cgroups.command_line(p)) for p in pids)
@@ -302,7 +315,10 @@ class LocalLauncher:
 
     @contextlib.asynccontextmanager
     async def launch(
-        self, spec: WorkerSpec, max_log_bytes: int, grace: float,
+        self,
+        spec: WorkerSpec,
+        max_log_bytes: int,
+        grace: float,
         on_output: OutputObserver | None = None,
     ) -> AsyncIterator[LocalWorker]:
         tree = self.containment.tree
@@ -327,13 +343,20 @@ class LocalLauncher:
 
     @contextlib.asynccontextmanager
     async def _launch(
-        self, spec: WorkerSpec, max_log_bytes: int, grace: float,
-        on_output: OutputObserver | None, path: Path | None,
+        self,
+        spec: WorkerSpec,
+        max_log_bytes: int,
+        grace: float,
+        on_output: OutputObserver | None,
+        path: Path | None,
     ) -> AsyncIterator[LocalWorker]:
         process = await _open(spec, path)
         handle = WorkerHandle(
-            pid=process.pid, pgid=process.pid, start_time=process_start_time(process.pid) or 0,
-            boot_id=BOOT_ID, log=str(spec.log_path),
+            pid=process.pid,
+            pgid=process.pid,
+            start_time=process_start_time(process.pid) or 0,
+            boot_id=BOOT_ID,
+            log=str(spec.log_path),
         )
         worker = LocalWorker(process, handle, spec.argv, max_log_bytes, on_output, path)
         async with anyio.create_task_group() as tg:
@@ -369,8 +392,10 @@ class LocalLauncher:
                 reaped.append(Reaped(handle, sig, left))
                 continue
             legacy = WorkerHandle(
-                pid=int(f["pid"] or 0), pgid=int(f.get("pgid") or f["pid"] or 0),
-                start_time=int(f.get("start_time") or 0), boot_id=str(f.get("boot_id") or ""),
+                pid=int(f["pid"] or 0),
+                pgid=int(f.get("pgid") or f["pid"] or 0),
+                start_time=int(f.get("start_time") or 0),
+                boot_id=str(f.get("boot_id") or ""),
                 log=str(f.get("log") or ""),
             )
             reaped.append(Reaped(handle, await stop_orphan(legacy, grace)))
@@ -391,17 +416,27 @@ async def _open(spec: WorkerSpec, cgroup: Path | None) -> anyio.abc.Process:
     gated = cgroup is not None or spec.identity is not None
     if gated:
         _check_executable(spec)
-    argv = _gated_argv(spec) if cgroup is not None else (
-        wrap(list(spec.argv), spec.pid_namespace, spec.log_path) if spec.identity
-        else list(spec.argv)
+    argv = (
+        _gated_argv(spec)
+        if cgroup is not None
+        else (
+            wrap(list(spec.argv), spec.pid_namespace, spec.log_path)
+            if spec.identity
+            else list(spec.argv)
+        )
     )
     as_user = spec.identity.process_kwargs() if spec.identity is not None else {}
     gate_r, gate_w = os.pipe2(os.O_CLOEXEC) if cgroup is not None else (-1, -1)
     try:
         process = await anyio.open_process(
-            argv, stdin=gate_r if cgroup is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=spec.cwd,
-            env=dict(spec.env), start_new_session=True, **as_user,
+            argv,
+            stdin=gate_r if cgroup is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=spec.cwd,
+            env=dict(spec.env),
+            start_new_session=True,
+            **as_user,
         )
     except OSError as exc:
         raise WorkerStartError(
