@@ -243,28 +243,30 @@ class LocalWorker:
         )
 
     async def stop(self, grace: float) -> signal.Signals | None:
-        """SIGTERM the process group, wait `grace` or until the cgroup is empty, then
-        `cgroup.kill`: escapees and all."""
+        """SIGTERM the process group (and, in a cgroup, every process in it), wait `grace` or
+        until the cgroup is empty, then `cgroup.kill`: escapees and all. On a worker that has
+        exited, what it left running is added to `left_running` first."""
+        if self.process.returncode is not None:
+            pids = await anyio.to_thread.run_sync(self._members)
+            if not pids:
+                return None
+            self.left_running += tuple(Leftover(p, cgroups.command_line(p)) for p in pids)
         if self.cgroup is None:
             return await stop_group(self.local.pgid, grace, self.process)
-        if self.process.returncode is not None and not cgroups.populated(self.cgroup):
-            return None
         with anyio.CancelScope(shield=True):
             last = await _stop_cgroup(self.cgroup, [self.local.pgid], grace, self.process)
         return last
 
+    def _members(self) -> list[int]:
+        if self.cgroup is not None:
+            return cgroups.members(self.cgroup)
+        return group_members(self.local.pgid)
+
     async def finish(self, grace: float) -> None:
-        """At the end of the attempt: stop and list what the worker left running."""
-        if self.process.returncode is not None:
-            pids = (
-                cgroups.members(self.cgroup)
-                if self.cgroup is not None
-                else await anyio.to_thread.run_sync(group_members, self.local.pgid)
-            )
-            self.left_running = tuple(Leftover(p, cgroups.command_line(p)) for p in pids)
+        """At the end of the attempt: stop what is left, remove the empty cgroup."""
         await self.stop(grace)
         if self.cgroup is not None:
-            self.oom_killed  # noqa: B018  # read before the cgroup goes
+            self.oom_killed  # noqa: B018 - read before the cgroup goes
             cgroups.remove(self.cgroup)
 
 
