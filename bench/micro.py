@@ -24,8 +24,8 @@ sys.path.insert(0, str(BENCH))
 from run import AGENT, dist  # noqa: E402  (re-execs with the venv python if needed)
 
 from orchestrd.audit import AuditLog  # noqa: E402
+from orchestrd.launchers.proctree import group_members  # noqa: E402
 from orchestrd.state import AttemptState, PhaseState, PlanState, atomic_write, dump_state  # noqa: E402
-from orchestrd.worker import group_members  # noqa: E402
 
 
 def timeit(fn, n: int) -> dict[str, float]:

@@ -23,6 +23,7 @@ from .audit import AuditLog, Logger, Redactor, printable
 from .config import Config, check_state_dir, load_config
 from .errors import OrchestrdError, PlanError, describe_failure
 from .importer import add_subcommand as add_import_subcommand
+from .launchers import open_launcher
 from .plan import Plan, check_plan_id, load_plan, plan_from_bytes
 from .privsep import separation
 from .runner import PlanRunner
@@ -88,7 +89,9 @@ async def run_foreground(plan: Plan, config: Config, echo: bool, live: bool = Fa
         raise
     state = PlanState.first(plan.id, (p.id for p in plan.phases))
     record = PlanRecord(folder.state_file, state, log, audit.redactor)
-    runner = PlanRunner(plan, record, folder, lambda: config, log)
+    # a tree of its own: a daemon on the same state_dir reaps its own tree at start
+    launcher = open_launcher(config.launcher, config, f"run-{os.getpid()}")
+    runner = PlanRunner(plan, record, folder, lambda: config, log, launcher)
     result = PlanStatus.INTERRUPTED
     try:
         folder.plan_file.write_bytes(plan_toml(plan))
@@ -117,6 +120,7 @@ async def run_foreground(plan: Plan, config: Config, echo: bool, live: bool = Fa
                 await record.set_status(PlanStatus.INTERRUPTED, "interrupted by a signal")
         return result
     finally:
+        launcher.close()
         os.close(lock_fd)
         audit.close()
 

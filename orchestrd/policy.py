@@ -11,7 +11,7 @@ import anyio
 
 from .audit import Logger
 from .config import Policy
-from .worker import LocalWorker
+from .launchers import Worker
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +26,7 @@ class WatchOutcome:
         return self.returncode is None
 
 
-async def watch(worker: LocalWorker, policy: Policy, log: Logger) -> WatchOutcome:
+async def watch(worker: Worker, policy: Policy, log: Logger) -> WatchOutcome:
     """Wait for the worker's exit, polling (an audit event each) until it exits or stalls.
 
     The timeout task sleeps between polls while a sibling task awaits the exit; the exit

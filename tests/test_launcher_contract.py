@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -166,3 +167,35 @@ async def test_a_handle_survives_the_daemon_being_sigkilled_and_reap_stops_it_al
     stopped = [left.pid for left in reaped[0].stopped]
     assert escapee in stopped  # (the worker itself too if it had not exited yet)
     assert not any(alive(pid) for pid in stopped)
+
+
+LOCAL_INTERNALS = (
+    "LocalWorker",
+    "LocalLauncher",
+    "WorkerHandle",
+    "stop_group",
+    "group_members",
+    "stop_orphan",
+    "stop_processes",
+    "processes_with_env",
+    "nsinit_processes",
+    "proctree",
+    "launchers.local",
+    "cgroups.",
+)
+
+
+def test_nothing_outside_the_local_launcher_uses_its_internals() -> None:
+    """The runner, the policy, the checks and recovery know workers only by the protocol."""
+    package = Path(__file__).parent.parent / "orchestrd"
+    allowed = {package / "cgroups.py", package / "launchers" / "local.py"}
+    allowed |= {package / "launchers" / "proctree.py", package / "launchers" / "__init__.py"}
+    found = [
+        f"{path.relative_to(package)}: {name}"
+        for path in package.rglob("*.py")
+        if path not in allowed
+        for name in LOCAL_INTERNALS
+        # a module named in prose (`cgroups.py`) is no use of it
+        if re.search(rf"\b{re.escape(name)}(?!py\b)\b", path.read_text(encoding="utf-8"))
+    ]
+    assert found == []

@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Protocol
 
+from ..config import Config
 from ..errors import OrchestrdError
 from ..privsep import Identity
 
@@ -56,7 +57,8 @@ class Handle:
     fields: Mapping[str, HandleValue]
 
     def to_dict(self) -> dict[str, HandleValue]:
-        return {"kind": self.kind, **self.fields}
+        """For state.toml (which has no null: a field without a value is left out)."""
+        return {"kind": self.kind, **{k: v for k, v in self.fields.items() if v is not None}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, HandleValue]) -> Handle:
@@ -80,6 +82,8 @@ class Reaped:
     signal: signal.Signals | None
     """The last signal needed; None if nothing of it was left running."""
     stopped: tuple[Leftover, ...] = ()
+    found: str = ""
+    """How a worker no handle recorded was found (`sweep`); '' for a recorded one."""
 
 
 class Worker(Protocol):
@@ -87,6 +91,9 @@ class Worker(Protocol):
 
     @property
     def handle(self) -> Handle: ...
+
+    @property
+    def argv(self) -> Sequence[str]: ...
 
     @property
     def pid(self) -> int:
@@ -146,6 +153,34 @@ class Launcher(Protocol):
         it ended) if its output could not be logged."""
         ...
 
+    def close(self) -> None:
+        """Release what opening it set up (an empty cgroup tree)."""
+        ...
+
+    def describe(self) -> dict[str, str]:
+        """How workers are contained, and why (daemon.started: containment, containment_reason
+        and where)."""
+        ...
+
+    def warnings(self, limits: Mapping[str, object]) -> list[str]:
+        """Why some of these limits cannot be set here (say so once, never fail)."""
+        ...
+
     async def reap(self, handles: Sequence[Handle], grace: float) -> list[Reaped]:
         """Stop what recorded handles (of an earlier daemon run) left running."""
         ...
+
+    async def sweep(self, under: Path, grace: float) -> list[Reaped]:
+        """Stop what an earlier daemon run left that no handle records (a worker started just
+        before a crash, a descendant that left its worker), for the plans under `under`."""
+        ...
+
+
+def open_launcher(kind: str, config: Config | None, tag: str = "") -> Launcher:
+    """The launcher of this kind for `config`, its containment set up (the daemon, `orchestrd
+    run` with a `tag` of its own); without a config, only what reaping recorded handles takes
+    (an offline cancel)."""
+    from .local import LocalLauncher  # the only kind so far (config: launcher = "local")
+
+    assert kind == LocalLauncher.kind, kind
+    return LocalLauncher.open(config, tag)

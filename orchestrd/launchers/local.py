@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 import anyio
@@ -27,23 +27,36 @@ import anyio.abc
 import anyio.to_thread
 
 from .. import cgroups
+from ..config import Config
 from ..fsutil import FileRefused, open_for_writing
 from ..privsep import wrap
-from ..worker import (
-    BOOT_ID,
-    TAIL_BYTES,
+from ..worker import tail_file
+from . import (
+    Handle,
+    Leftover,
     OutputObserver,
+    Reaped,
+    WorkerLogError,
+    WorkerSpec,
+    WorkerStartError,
+)
+from .proctree import (
+    BOOT_ID,
     WorkerHandle,
-    _escalate,
+    escalate,
     group_members,
+    nsinit_processes,
     process_start_time,
+    processes_with_env,
     stop_group,
     stop_orphan,
-    tail_file,
+    stop_processes,
 )
-from . import Handle, Leftover, Reaped, WorkerLogError, WorkerSpec, WorkerStartError
 
 KIND = "local"
+# The end of an output over its cap is kept (a test runner's summary, an agent's last error):
+# at most this much, in memory only once the cap is hit (twice this at most, between trims).
+TAIL_BYTES = 512 * 1024
 _GATE = 'read -r _ || exit 125; {}exec "$@" </dev/null'
 """The exec step of a worker run as the daemon's user: wait for the daemon to have moved this
 process into its cgroup (a line on stdin), then run the worker with stdin /dev/null (and
@@ -60,14 +73,18 @@ class Containment:
     warnings: tuple[str, ...] = ()
 
 
-def contain(parent: Path | None, state_dir: Path, under_systemd: bool) -> Containment:
+def contain(
+    parent: Path | None, state_dir: Path, under_systemd: bool, tag: str = ""
+) -> Containment:
     """A cgroup tree for the workers, or process groups with the reason none could be had.
 
     Under systemd (Delegate=yes) the service's cgroup is the tree (the daemon moves itself into
     its `daemon/` leaf). Elsewhere the tree is `orchestrd-<id>` under `parent` or the daemon's
     own cgroup, `<id>` derived from the state folder: two daemons never share one, and a
     restarted daemon finds its predecessor's."""
-    tag = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+    tag = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12] + (
+        f"-{tag}" if tag else ""
+    )
     try:
         if under_systemd and parent is None:
             tree = cgroups.setup(None, leave_leaf=True)
@@ -78,6 +95,13 @@ def contain(parent: Path | None, state_dir: Path, under_systemd: bool) -> Contai
         return Containment("pgroup", f"{exc}; workers are contained by process group only")
     where = f"a cgroup v2 per attempt under {tree.workers}"
     return Containment("cgroup", where, tree)
+
+
+def _under_systemd() -> bool:
+    """Started by systemd as a service (its cgroup is the service's: delegated with
+    Delegate=yes), not merely from a shell on a systemd machine."""
+    own = cgroups.own_cgroup() or ""
+    return "INVOCATION_ID" in os.environ and own.endswith(".service")
 
 
 def _own_dir() -> Path:
@@ -290,13 +314,13 @@ async def _stop_cgroup(
             await leader.wait()
         await cgroups.wait_empty(path)
 
-    return await _escalate(send, gone, grace)
+    return await escalate(send, gone, grace)
 
 
 def _gated_argv(spec: WorkerSpec) -> list[str]:
     argv = list(spec.argv)
     if spec.identity is not None:
-        return wrap(argv, spec.pid_namespace, spec.log_path)
+        return wrap(argv, spec.pid_namespace, spec.log_path, gate=True)
     gate = _GATE.format("" if "PWD" in spec.env else "unset PWD; ")
     return ["/bin/sh", "-c", gate, "orchestrd-gate", *argv]
 
@@ -305,8 +329,12 @@ def _check_executable(spec: WorkerSpec) -> None:
     """The exec step reports a failed exec only in the log: find a missing binary here."""
     name = spec.argv[0] if spec.argv else ""
     target = str(spec.cwd / name) if "/" in name else name
-    if not name or shutil.which(target, path=spec.env.get("PATH", os.defpath)) is None:
-        raise WorkerStartError(f"cannot execute {name!r}: not found; is it installed and on PATH?")
+    if name and shutil.which(target, path=spec.env.get("PATH", os.defpath)) is not None:
+        return
+    why = "not found" if "/" not in name else "No such file or directory"
+    if "/" in name and os.path.exists(target):
+        why = "Permission denied (not an executable file)"
+    raise WorkerStartError(f"cannot execute {name!r}: {why}; is it installed and on PATH?")
 
 
 class LocalLauncher:
@@ -314,6 +342,62 @@ class LocalLauncher:
 
     def __init__(self, containment: Containment) -> None:
         self.containment = containment
+
+    @classmethod
+    def open(cls, config: Config | None, tag: str = "") -> LocalLauncher:
+        if config is None:
+            return cls(Containment("pgroup", "not set up (no daemon running)"))
+        parent = config.containment.cgroup_parent
+        return cls(contain(parent, config.state_dir, _under_systemd() and not tag, tag))
+
+    def close(self) -> None:
+        """Outside systemd the tree is the daemon's own making: removed when empty (a tree
+        with workers left in it stays for the next start to reap)."""
+        tree = self.containment.tree
+        if tree is not None and tree.base.name.startswith("orchestrd-"):
+            cgroups.remove(tree.base)
+
+    def describe(self) -> dict[str, str]:
+        c = self.containment
+        where = {"cgroup": str(c.tree.workers)} if c.tree is not None else {}
+        return {"containment": c.mode, "containment_reason": c.reason, **where}
+
+    def warnings(self, limits: Mapping[str, object]) -> list[str]:
+        tree = self.containment.tree
+        if not limits:
+            return []
+        if tree is None:
+            return [f"{', '.join(sorted(limits))}: not set, no cgroup containment"]
+        missing = cgroups.missing_controllers(limits, tree.controllers)
+        if not missing:
+            return []
+        return [
+            f"{', '.join(sorted(limits))}: the {', '.join(missing)} controller(s) are not "
+            f"delegated to {tree.workers}; those limits are not set"
+        ]
+
+    async def sweep(self, under: Path, grace: float) -> list[Reaped]:
+        """Every attempt cgroup left in this daemon's tree (each daemon has a tree of its own),
+        then processes whose environment (ORCHESTRD_LOG) or nsinit command line points into
+        `under`: in process-group containment, or started before cgroups were used."""
+        found: list[Reaped] = []
+        tree = self.containment.tree
+        for path in cgroups.leftover_attempts(tree) if tree is not None else []:
+            handle = Handle(KIND, {"cgroup": str(path)})
+            found += [
+                dataclasses.replace(r, found="in its cgroup")
+                for r in await self.reap([handle], grace)
+                if r.stopped
+            ]
+        strays = await anyio.to_thread.run_sync(processes_with_env, "ORCHESTRD_LOG", under)
+        strays |= await anyio.to_thread.run_sync(nsinit_processes, under)
+        if strays:
+            sig = await stop_processes(sorted(strays), grace)
+            found += [
+                Reaped(Handle(KIND, {"pid": pid, "log": log}), sig, found="by its environment")
+                for pid, log in sorted(strays.items())
+            ]
+        return found
 
     @contextlib.asynccontextmanager
     async def launch(
@@ -392,6 +476,9 @@ class LocalLauncher:
                 sig = await _stop_cgroup(path, [], grace) if left else None
                 cgroups.remove(path)
                 reaped.append(Reaped(handle, sig, left))
+                continue
+            if not f.get("pid"):
+                reaped.append(Reaped(handle, None))
                 continue
             legacy = WorkerHandle(
                 pid=int(f["pid"] or 0),

@@ -1,0 +1,131 @@
+"""Containment by the real daemon: a cgroup per attempt (nothing a worker starts outlives its
+attempt, a setsid escapee with no fds and no environment included), exact recovery of a recorded
+cgroup after the daemon was SIGKILLed, and the fallback to process groups, said in
+daemon.started, when no writable cgroup v2 is there."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_support import Daemon, alive, wait_for
+
+from orchestrd.launchers.local import contain
+
+AGENTS = Path(__file__).parent / "agents"
+
+
+@pytest.fixture
+def cgroup_daemon(daemon: Daemon) -> Iterator[Daemon]:
+    probe = contain(None, daemon.tmp / "probe", under_systemd=False)
+    if probe.mode != "cgroup":
+        print(f"SKIP cgroup containment: {probe.reason}")
+        pytest.skip(probe.reason)
+    assert probe.tree is not None
+    os.rmdir(probe.tree.workers)
+    os.rmdir(probe.tree.base)
+    daemon.write_config(workers={**daemon.config_data()["workers"], "escapee": escapee()})
+    yield daemon
+
+
+def escapee(**env: object) -> dict[str, Any]:
+    return {
+        "command": ["{python}", str(AGENTS / "escapee_agent.py"), "{prompt}"],
+        "env": {k: str(v) for k, v in env.items()},
+    }
+
+
+def escapee_pid(repo: Path, attempt: int = 1) -> int:
+    path = repo / f"escapee-P01-{attempt}.txt"
+    return int(wait_for(lambda: path.exists() and path.read_text()))
+
+
+def test_an_escapee_without_fds_or_env_is_stopped_when_its_attempt_ends_and_named(
+    cgroup_daemon: Daemon,
+) -> None:
+    d = cgroup_daemon
+    d.start()
+    started = d.events("daemon.started")[0]
+    assert started["containment"] == "cgroup"
+    d.submit("esc", worker="escapee")
+    d.wait_event("plan.succeeded", plan="esc")
+    escaped = escapee_pid(d.repo("repo"))
+    assert not alive(escaped)
+    stopped = d.events("worker.stopped", plan="esc")
+    assert [e["why"] for e in stopped] == ["left running after exit"]
+    assert stopped[0]["processes"] == [{"pid": escaped, "command": "sleep 300"}]
+    workers = Path(started["cgroup"])
+    assert [p for p in workers.iterdir() if p.is_dir()] == [], "its empty cgroup is removed"
+
+
+def test_recovery_after_a_sigkill_kills_the_recorded_cgroup(cgroup_daemon: Daemon) -> None:
+    d = cgroup_daemon
+    d.write_config(workers={**d.config_data()["workers"], "escapee": escapee(AGENT_HANG=1)})
+    d.start()
+    d.submit("esc", worker="escapee")
+    escaped = escapee_pid(d.repo("repo"))
+    record = d.repo("repo") / ".agent" / "P01-1.json"
+    worker = json.loads(record.read_text())["pid"]
+    try:
+        assert d.stop(signal.SIGKILL) == -signal.SIGKILL
+        assert alive(escaped) and alive(worker)
+        d.start()
+        d.wait_event("worker.orphan_stopped", plan="esc")
+        assert not alive(escaped) and not alive(worker)
+        orphan = d.events("worker.orphan_stopped", plan="esc")[0]
+        assert "cgroup" in orphan
+        assert escaped in [p["pid"] for p in orphan["processes"]]
+        assert not Path(orphan["cgroup"]).exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(escaped, signal.SIGKILL)
+
+
+def test_without_a_writable_cgroup_the_daemon_falls_back_to_process_groups_and_says_why(
+    daemon: Daemon,
+) -> None:
+    daemon.write_config(containment={"cgroup_parent": "/proc/orchestrd"})
+    daemon.start()
+    started = daemon.events("daemon.started")[0]
+    assert started["containment"] == "pgroup"
+    assert "/proc/orchestrd" in started["containment_reason"]
+    daemon.submit("p")
+    daemon.wait_event("plan.succeeded", plan="p")
+
+
+def test_under_systemd_with_delegate_yes_the_service_cgroup_holds_every_attempt(
+    daemon: Daemon,
+) -> None:
+    """The daemon as a transient service with the unit's Delegate=yes and KillMode=mixed."""
+    if not Path("/run/systemd/system").is_dir() or not shutil.which("systemd-run"):
+        reason = "systemd is not running as PID 1 here (no /run/systemd/system)"
+        print(f"SKIP the systemd unit test: {reason}")
+        pytest.skip(reason)
+    unit = f"orchestrd-test-{os.getpid()}"
+    setenv = [f"--setenv={k}={v}" for k, v in daemon.env().items()]
+    daemon.prefix = [
+        "systemd-run", f"--unit={unit}", "--quiet", "--wait", "--collect", "--pipe",
+        "--same-dir", "-p", "Delegate=yes", "-p", "KillMode=mixed", *setenv,
+    ]  # fmt: skip
+    daemon.write_config(workers={**daemon.config_data()["workers"], "escapee": escapee()})
+    try:
+        daemon.start()
+        started = daemon.events("daemon.started")[0]
+        assert started["containment"] == "cgroup", started["containment_reason"]
+        assert started["cgroup"].endswith(f"/{unit}.service/workers")
+        daemon.submit("esc", worker="escapee")
+        daemon.wait_event("plan.succeeded", plan="esc")
+        escaped = escapee_pid(daemon.repo("repo"))
+        assert not alive(escaped)
+        stopped = daemon.events("worker.stopped", plan="esc")
+        assert stopped[0]["processes"] == [{"pid": escaped, "command": "sleep 300"}]
+    finally:
+        subprocess.run(["systemctl", "stop", f"{unit}.service"], check=False)
