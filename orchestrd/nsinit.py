@@ -2,7 +2,8 @@
 
 The daemon starts this (`python -I -S nsinit.py PIDNS LOG [gate] -- ARGV...`, nothing but the
 standard library) already switched to the worker's user: Python's subprocess does
-setgroups/setresgid/setresuid in the child, with the daemon's capabilities, before exec; nothing here needs any.
+setgroups/setresgid/setresuid in the child, with the daemon's capabilities, before exec; nothing
+here needs any.
 With PIDNS=1 it unshares a user, a PID and a mount namespace: inside, `kill -9 -1`,
 `pkill -f python` and `killall node` reach only this attempt's own processes (it gets a /proc of
 its own), never the daemon or other plans' workers, which share the same uid. Three processes:
