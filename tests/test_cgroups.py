@@ -14,7 +14,8 @@ import anyio
 import pytest
 
 from orchestrd import cgroups
-from orchestrd.launchers.local import contain
+from orchestrd.launchers import WorkerSpec
+from orchestrd.launchers.local import Containment, LocalLauncher, contain
 
 HYBRID = """\
 24 1 0:21 / /sys rw,nosuid - sysfs sysfs rw
@@ -126,3 +127,22 @@ def test_two_state_folders_get_two_trees_and_the_same_folder_the_same_tree(
     for c in (a, b):
         assert c.tree is not None
         cgroups.remove(c.tree.base)
+
+
+@pytest.mark.anyio
+async def test_a_worker_the_oom_killer_hit_is_reported_as_such(
+    tree: cgroups.Tree, tmp_path: Path
+) -> None:
+    if "memory" not in tree.controllers:
+        reason = f"the memory controller is not delegated to {tree.workers}"
+        print(f"SKIP oom_kill: {reason}")
+        pytest.skip(reason)
+    launcher = LocalLauncher(Containment("cgroup", "test", tree))
+    hog = "x = bytearray(256 * 1024 * 1024); print(len(x))"
+    spec = WorkerSpec(
+        ["python3", "-c", hog], {"PATH": os.environ["PATH"]}, tmp_path, tmp_path / "w.log",
+        name="T.P01.1", limits={"memory_max": "32M"},
+    )  # fmt: skip
+    async with launcher.launch(spec, 10**6, 0.5) as worker:
+        assert await worker.wait() != 0
+        assert worker.oom_killed

@@ -11,11 +11,13 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import make_config, make_plan, phase, run_plan
 from daemon_support import Daemon, alive, wait_for
 
 from orchestrd.launchers.local import contain
@@ -129,3 +131,43 @@ def test_under_systemd_with_delegate_yes_the_service_cgroup_holds_every_attempt(
         assert stopped[0]["processes"] == [{"pid": escaped, "command": "sleep 300"}]
     finally:
         subprocess.run(["systemctl", "stop", f"{unit}.service"], check=False)
+
+
+def test_limits_a_controller_is_missing_for_are_said_once_at_start_never_a_failure(
+    cgroup_daemon: Daemon,
+) -> None:
+    d = cgroup_daemon
+    capped = {**escapee(), "memory_max": "256M", "pids_max": 64}
+    d.write_config(workers={**d.config_data()["workers"], "capped": capped})
+    d.start()
+    started = d.events("daemon.started")[0]
+    warned = d.events("daemon.limits_unavailable")
+    missing = [c for c in ("memory", "pids") if c not in cgroup_controllers(started["cgroup"])]
+    if not missing:
+        assert warned == []
+        return
+    assert [e["profile"] for e in warned] == ["capped"]
+    assert all(c in warned[0]["reason"] for c in missing)
+    d.submit("capped", worker="capped")
+    d.wait_event("plan.succeeded", plan="capped")
+
+
+def cgroup_controllers(workers: str) -> set[str]:
+    return set((Path(workers) / "cgroup.subtree_control").read_text().split())
+
+
+@pytest.mark.anyio
+async def test_a_verify_command_runs_in_a_cgroup_of_its_own_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    probe = contain(None, tmp_path / "state", under_systemd=False)
+    if probe.tree is None:
+        pytest.skip(probe.reason)
+    escapee_agent = AGENTS / "escapee.py"
+    run = f"{sys.executable} {escapee_agent} verify-escapee.txt; cat /proc/self/cgroup"
+    plan = make_plan(tmp_path, phases=[phase("P01", verify=[{"run": run}])])
+    result = await run_plan(make_config(tmp_path), plan)
+    escaped = int((result.repo / "verify-escapee.txt").read_text())
+    assert not alive(escaped)
+    output = (result.folder / "workers" / "verify-P01-1-0.log").read_text()
+    assert "/workers/T.P01.1.verify0" in output
