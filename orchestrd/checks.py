@@ -502,7 +502,7 @@ async def run_verify(ctx: CheckContext, index: int, log: Logger) -> CheckResult:
         out_path,
         ctx.identity,
         ctx.pid_namespace,
-        name=f"{ctx.plan.id}.{ctx.phase.id}.{ctx.attempt}.verify{index}",
+        name=f"{ctx.plan.id}:{ctx.phase.id}:{ctx.attempt}:verify{index}",
     )
     launcher = ctx.launcher or open_launcher("local", None)
     rc: int | None = None

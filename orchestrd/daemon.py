@@ -657,13 +657,24 @@ class Daemon:
         handle not saved yet), or a descendant that left its worker (setsid). The launcher
         finds them (local: leftover cgroups, then ORCHESTRD_LOG, which points into the plan's
         workers/ folder); the recorded workers are gone by now."""
-        if not entries:
-            return
-        grace = max(self.config.policy_for(e.plan.policy).stop_grace for e in entries)
-        for reaped in await self.launcher.sweep(self.spool.plans, grace):
+        # with no plan left too: a cgroup in the tree is a worker of this daemon's, whatever
+        # became of its plan
+        grace = max(
+            (self.config.policy_for(e.plan.policy).stop_grace for e in entries),
+            default=self.config.policy.stop_grace,
+        )
+        folders = [e.folder.workers for e in entries]
+        for reaped in await self.launcher.sweep(folders, grace):
             log = str(reaped.handle.fields.get("log") or "")
+            cgroup = Path(str(reaped.handle.fields.get("cgroup") or "")).name
             entry = next(
-                (e for e in entries if log.startswith(f"{e.folder.workers}{os.sep}")), None
+                (
+                    e
+                    for e in entries
+                    if log.startswith(f"{e.folder.workers}{os.sep}")
+                    or cgroup.startswith(f"{e.plan.id}:")
+                ),
+                None,
             )
             found = {k: v for k, v in reaped.handle.fields.items() if k in ("pid", "log")}
             (entry.log if entry is not None else self.log).info(

@@ -454,7 +454,7 @@ class PlanRunner:
             log_path,
             identity,
             config.worker_pid_namespace,
-            name=f"{self.plan.id}.{phase.id}.{n}",
+            name=f"{self.plan.id}:{phase.id}:{n}",
             limits=profile.limits,
         )
         return spec, env, prompt, profile.dangerous_flags, handoff

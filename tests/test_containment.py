@@ -170,4 +170,29 @@ async def test_a_verify_command_runs_in_a_cgroup_of_its_own_and_leaves_nothing(
     escaped = int((result.repo / "verify-escapee.txt").read_text())
     assert not alive(escaped)
     output = (result.folder / "workers" / "verify-P01-1-0.log").read_text()
-    assert "/workers/T.P01.1.verify0" in output
+    assert "/workers/T:P01:1:verify0" in output
+
+
+def test_a_cgroup_no_state_recorded_is_found_in_the_tree_at_start_and_emptied(
+    cgroup_daemon: Daemon,
+) -> None:
+    """A worker started in the instant before a crash: its handle never saved."""
+    d = cgroup_daemon
+    d.start()  # makes the spool and the tree
+    d.stop()
+    tree = contain(None, d.state_dir, under_systemd=False).tree
+    assert tree is not None
+    path = tree.attempt("lost:P01:1")
+    path.mkdir()
+    stray = subprocess.Popen(["setsid", "sleep", "300"], env={})
+    try:
+        (path / "cgroup.procs").write_text(str(stray.pid))
+        d.start()
+        assert stray.wait(5) == -signal.SIGTERM
+        [orphan] = d.events("worker.orphan_stopped")
+        assert orphan["found"] == "in its cgroup" and orphan["cgroup"] == str(path)
+        assert orphan["processes"] == [{"pid": stray.pid, "command": "sleep 300"}]
+        assert not path.exists()
+    finally:
+        stray.kill()
+        stray.wait()

@@ -42,7 +42,8 @@ class WorkerSpec:
     """With an identity: alone in a user+PID namespace (see nsinit)."""
     name: str = ""
     """Names the attempt where a launcher needs one (the local launcher's cgroup:
-    `<plan>.<phase>.<attempt>`); unique among running workers."""
+    `<plan>:<phase>:<attempt>`, ':' being in no id: `a.b` `c` and `a` `b.c` cannot meet);
+    unique among running workers."""
     limits: Mapping[str, str | int] = dataclasses.field(default_factory=dict)
     """Resource limits (`memory_max`, `pids_max`, `cpu_weight`) where the launcher can set
     them."""
@@ -170,9 +171,10 @@ class Launcher(Protocol):
         """Stop what recorded handles (of an earlier daemon run) left running."""
         ...
 
-    async def sweep(self, under: Path, grace: float) -> list[Reaped]:
+    async def sweep(self, folders: Sequence[Path], grace: float) -> list[Reaped]:
         """Stop what an earlier daemon run left that no handle records (a worker started just
-        before a crash, a descendant that left its worker), for the plans under `under`."""
+        before a crash, a descendant that left its worker): whatever it finds of its own, and
+        what belongs to the plans whose workers' folders are `folders`."""
         ...
 
 

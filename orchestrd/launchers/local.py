@@ -376,10 +376,11 @@ class LocalLauncher:
             f"delegated to {tree.workers}; those limits are not set"
         ]
 
-    async def sweep(self, under: Path, grace: float) -> list[Reaped]:
+    async def sweep(self, folders: Sequence[Path], grace: float) -> list[Reaped]:
         """Every attempt cgroup left in this daemon's tree (each daemon has a tree of its own),
         then processes whose environment (ORCHESTRD_LOG) or nsinit command line points into
-        `under`: in process-group containment, or started before cgroups were used."""
+        one of `folders`: in process-group containment, or started before cgroups were used
+        (one look at every process serves all of them)."""
         found: list[Reaped] = []
         tree = self.containment.tree
         for path in cgroups.leftover_attempts(tree) if tree is not None else []:
@@ -389,8 +390,13 @@ class LocalLauncher:
                 for r in await self.reap([handle], grace)
                 if r.stopped
             ]
-        strays = await anyio.to_thread.run_sync(processes_with_env, "ORCHESTRD_LOG", under)
-        strays |= await anyio.to_thread.run_sync(nsinit_processes, under)
+        strays = {}
+        if folders:
+            under = Path(os.path.commonpath(folders))
+            found_all = await anyio.to_thread.run_sync(processes_with_env, "ORCHESTRD_LOG", under)
+            found_all |= await anyio.to_thread.run_sync(nsinit_processes, under)
+            prefixes = tuple(f"{folder}{os.sep}" for folder in folders)
+            strays = {pid: log for pid, log in found_all.items() if log.startswith(prefixes)}
         if strays:
             sig = await stop_processes(sorted(strays), grace)
             found += [
