@@ -24,8 +24,8 @@ sys.path.insert(0, str(BENCH))
 from run import AGENT, dist  # noqa: E402  (re-execs with the venv python if needed)
 
 from orchestrd.audit import AuditLog  # noqa: E402
+from orchestrd.launchers.proctree import group_members  # noqa: E402
 from orchestrd.state import AttemptState, PhaseState, PlanState, atomic_write, dump_state  # noqa: E402
-from orchestrd.worker import group_members  # noqa: E402
 
 
 def timeit(fn, n: int) -> dict[str, float]:
@@ -166,6 +166,15 @@ def bench_spawn(tmp: Path) -> None:
 
     from orchestrd import worker as w
 
+    try:  # the launcher seam (a cgroup per worker where one can be had)
+        from orchestrd.launchers import WorkerSpec as Spec
+        from orchestrd.launchers import open_launcher
+
+        launch = open_launcher("local", None).launch
+    except ImportError:  # an orchestrd from before it
+        Spec = w.WorkerSpec  # type: ignore[attr-defined]  # noqa: N806
+        launch = getattr(w, "launch", None)
+
     env = {
         "PATH": os.environ["PATH"],
         "ORCHESTRD_REPORT": "r.md",
@@ -176,10 +185,10 @@ def bench_spawn(tmp: Path) -> None:
     async def main() -> tuple[list[float], list[float]]:
         starts, totals = [], []
         for i in range(30):
-            spec = w.WorkerSpec([sys.executable, str(AGENT), "x"], env, tmp, tmp / f"w{i}.log")
+            spec = Spec([sys.executable, str(AGENT), "x"], env, tmp, tmp / f"w{i}.log")
             t0 = time.perf_counter()
-            if hasattr(w, "launch"):  # launch(spec, max_log_bytes, grace): a context manager
-                async with w.launch(spec, 1 << 20, 2.0) as worker:
+            if launch is not None:  # launch(spec, max_log_bytes, grace): a context manager
+                async with launch(spec, 1 << 20, 2.0) as worker:
                     starts.append(time.perf_counter() - t0)
                     await worker.wait()
             else:

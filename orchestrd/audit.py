@@ -29,7 +29,8 @@ from .fsutil import write_all
 # and tested against, this mapping.
 EVENTS: dict[str, str] = {
     "daemon.started": "the daemon is up and serving (after recovery); privilege_separation "
-    "says whether workers run as worker_user, privilege_separation_reason why (not)",
+    "says whether workers run as worker_user, privilege_separation_reason why (not); "
+    "containment is cgroup or pgroup, containment_reason why, cgroup where attempts' go",
     "daemon.stopping": "SIGTERM/SIGINT received (daemon or `orchestrd run`): stopping workers",
     "daemon.stopped": "the daemon exited cleanly",
     "daemon.recovered": "a plan found running or queued in state_dir at start-up was resumed",
@@ -37,6 +38,8 @@ EVENTS: dict[str, str] = {
     "daemon.reload_failed": "SIGHUP: the new config is invalid; the old one is kept",
     "daemon.notify_failed": "sd_notify could not reach $NOTIFY_SOCKET",
     "daemon.dangerous_workers": "allow_dangerous_workers is on: the profiles that bypass sandboxes",
+    "daemon.limits_unavailable": "a profile's memory_max/pids_max/cpu_weight cannot be set here "
+    "(profile, reason: no cgroup, or the controller is not delegated); once at start",
     "daemon.spool_error": (
         "an inbox or control file could not be handled (e.g. disk full); retried, reported "
         "once per reason"
@@ -97,14 +100,17 @@ EVENTS: dict[str, str] = {
         "with this count may finish) and the plan pauses"
     ),
     "worker.stalled": "the worker outlived its last poll (log_tail)",
-    "worker.stopped": "the worker's process group was signalled (signal, why)",
-    "worker.exited": "the worker process ended (returncode)",
+    "worker.stopped": "the worker's process group and everything in its cgroup were stopped "
+    "(signal, why; processes: what it left running after its exit, with command lines)",
+    "worker.exited": "the worker process ended (returncode; oom_killed: the kernel's OOM killer "
+    "killed a process of it)",
     "worker.changes": "git snapshot around the attempt: HEAD, status, diff stat before/after "
     "(capped; `cut` counts what was left out)",
     "worker.log_truncated": "the worker's output went over max_log_bytes; its head and tail were "
     "kept in the log, the middle dropped",
     "worker.orphan_stopped": "a worker recorded as live by a previous run was stopped (signal; "
-    "null: it was already gone)",
+    "null: it was already gone; cgroup and processes: what its cgroup held; found: how one no "
+    "state recorded was found)",
     "check.passed": "one checkpoint passed (check, reason)",
     "check.failed": "one checkpoint failed (check, reason)",
     "check.warning": "a checkpoint found something worth reading that does not fail the phase",

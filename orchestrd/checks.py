@@ -23,10 +23,11 @@ from .errors import PlanError
 from .fsutil import DEFAULT_MAX_BYTES, FileRefused, read_head, read_regular
 from .gitsnap import Diff
 from .judge import Match, StreamJudge, scan_file
+from .launchers import Launcher, WorkerSpec, WorkerStartError, open_launcher
 from .plan import MarkerPath, Phase, Plan, confine, glob_prefix, glob_regex, phase_marker_regex
 from .policy import WatchOutcome
 from .privsep import Identity
-from .worker import WorkerSpec, WorkerStartError, launch, tail_file
+from .worker import tail_file
 
 MAX_FINDINGS = 20  # per check and file: enough to act on, short enough to read
 MARKER_FILE_BYTES = 4 * 1024 * 1024  # a marker sits in a source file, not in a huge one
@@ -68,6 +69,8 @@ class CheckContext:
     """Verify commands run as the worker's user (None: as the daemon's)."""
     pid_namespace: bool = True
     git_broken: bool = False
+    launcher: Launcher | None = None
+    """Runs verify commands (None: the local launcher in process groups)."""
     """git worked when the phase began and failed after an attempt: no warning, a failure."""
     log_found: Mapping[str, Match] | None = None
     """What the pump saw in the worker's whole output (log_error_patterns' first matches): the
@@ -509,11 +512,13 @@ async def run_verify(ctx: CheckContext, index: int, log: Logger) -> CheckResult:
         out_path,
         ctx.identity,
         ctx.pid_namespace,
+        name=f"{ctx.plan.id}:{ctx.phase.id}:{ctx.attempt}:verify{index}",
     )
+    launcher = ctx.launcher or open_launcher("local", None)
     rc: int | None = None
     try:
-        # launched like a worker: own process group, output capped, nothing left behind
-        async with launch(spec, ctx.max_log_bytes, ctx.grace, judge.feed) as proc:
+        # launched like a worker: own cgroup, output capped, nothing left behind
+        async with launcher.launch(spec, ctx.max_log_bytes, ctx.grace, judge.feed) as proc:
             with anyio.move_on_after(cmd.timeout):
                 rc = await proc.wait()
     except WorkerStartError as exc:

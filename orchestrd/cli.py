@@ -24,6 +24,7 @@ from .audit import AuditLog, Logger, Redactor, printable
 from .config import Config, check_state_dir, load_config
 from .errors import OrchestrdError, PlanError, describe_failure
 from .importer import add_subcommand as add_import_subcommand
+from .launchers import open_launcher
 from .metering import Spending
 from .plan import Plan, check_plan_id, load_plan, plan_from_bytes
 from .privsep import separation
@@ -92,7 +93,9 @@ async def run_foreground(plan: Plan, config: Config, echo: bool, live: bool = Fa
     record = PlanRecord(folder.state_file, state, log, audit.redactor)
     spending = Spending()  # the daily budget counts every plan's spending today
     spending.seed(r for _, r in status.ledger(spool))
-    runner = PlanRunner(plan, record, folder, lambda: config, log, spending)
+    # a tree of its own: a daemon on the same state_dir reaps its own tree at start
+    launcher = open_launcher(config.launcher, config, f"run-{os.getpid()}")
+    runner = PlanRunner(plan, record, folder, lambda: config, log, launcher, spending)
     result = PlanStatus.INTERRUPTED
     try:
         folder.plan_file.write_bytes(plan_toml(plan))
@@ -121,6 +124,7 @@ async def run_foreground(plan: Plan, config: Config, echo: bool, live: bool = Fa
                 await record.set_status(PlanStatus.INTERRUPTED, "interrupted by a signal")
         return result
     finally:
+        launcher.close()
         os.close(lock_fd)
         audit.close()
 

@@ -141,6 +141,27 @@ class WorkerProfile(Strict):
     model: str | None = Field(
         None, description="the model it runs, for [prices] when its stream does not say (codex)"
     )
+    launcher: Literal["local"] | None = Field(
+        None, description="where this profile's workers run; default: the config's launcher"
+    )
+    memory_max: int | Annotated[str, Field(pattern=r"^(\d+[KMGT]?|max)$")] | None = Field(
+        None,
+        description="the worker's cgroup memory.max (bytes, or e.g. '2G'); its OOM kills are "
+        "reported in worker.exited",
+    )
+    pids_max: int | None = Field(None, gt=0, description="the worker's cgroup pids.max")
+    cpu_weight: int | None = Field(
+        None, ge=1, le=10000, description="the worker's cgroup cpu.weight (default 100)"
+    )
+
+    @property
+    def limits(self) -> dict[str, str | int]:
+        """The cgroup limits this profile sets (memory.max, pids.max, cpu.weight)."""
+        return {
+            key: value
+            for key in ("memory_max", "pids_max", "cpu_weight")
+            if (value := getattr(self, key)) is not None
+        }
 
     @property
     def dangerous_flags(self) -> list[str]:
@@ -497,6 +518,14 @@ class HttpSettings(Strict):
         return self
 
 
+class ContainmentSettings(Strict):
+    cgroup_parent: Path | None = Field(
+        None,
+        description="outside systemd: the cgroup v2 directory under which the daemon makes its "
+        "workers' cgroups; default: the daemon's own cgroup. Not writable: process groups",
+    )
+
+
 class Config(Strict):
     state_dir: Path = Field(Path("/var/lib/orchestrd"), description="plans/<id>/ live here")
     default_worker: str = Field("codex", description="profile used when a plan names none")
@@ -565,6 +594,10 @@ class Config(Strict):
         "id uses the longest entry it starts with)",
     )
     budgets: Budgets = Budgets()
+    launcher: Literal["local"] = Field(
+        "local", description="where workers run: local (this machine, a cgroup per attempt)"
+    )
+    containment: ContainmentSettings = ContainmentSettings()
 
     @pydantic.model_validator(mode="after")
     def _default_worker_exists(self) -> Config:

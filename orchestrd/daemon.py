@@ -34,6 +34,7 @@ from .errors import (
     describe_failure,
     leaf_errors,
 )
+from .launchers import Handle, Launcher, Reaped, open_launcher
 from .metering import DAILY, Clock, Spending, utc_now
 from .metrics import Metrics, run_metrics
 from .notify import run_notifier
@@ -53,6 +54,7 @@ from .spool import (
     requester,
 )
 from .state import (
+    AttemptState,
     PlanFolder,
     PlanRecord,
     PlanState,
@@ -69,14 +71,7 @@ from .states import (
     PlanStatus,
 )
 from .systemd import Notifier, NotifyError, watchdog_loop
-from .worker import (
-    WorkerHandle,
-    nsinit_processes,
-    processes_with_env,
-    stop_orphan,
-    stop_processes,
-    use_pidfd_child_watcher,
-)
+from .worker import use_pidfd_child_watcher
 
 CANCEL, RETRY, RESUME = ".cancel", ".retry", ".resume"
 
@@ -128,6 +123,8 @@ class Daemon:
         self.paused: dict[str, PlanEntry] = {}
         """Plans a budget paused: waiting for `resume` (or, the daily budget, a new day)."""
         self.spending = Spending(clock)
+        self.launcher: Launcher = open_launcher(config.launcher, None)
+        """Uncontained until `serve` sets containment up (offline cancel only reaps)."""
         self.limiter = anyio.CapacityLimiter(config.max_workers)
         self.repo_locks: dict[Path, anyio.Lock] = {}
         self.seq = 0
@@ -145,7 +142,9 @@ class Daemon:
         self.spool.lock()
         clear_ambient_capabilities()
         use_pidfd_child_watcher()
+        self.launcher = open_launcher(self.config.launcher, self.config)
         self._announce_dangerous()
+        self._announce_limits()
         listener = None
         if self.config.http is not None:
             from .web import Listener  # starlette and uvicorn only when asked for
@@ -179,9 +178,11 @@ class Daemon:
                         plans=len(self.entries),
                         privilege_separation=privsep,
                         privilege_separation_reason=why,
+                        **self.launcher.describe(),
                     )
                     self._notify_ready()
         finally:
+            self.launcher.close()
             self.log.info("daemon.stopped")
             self.spool.unlock()
             self.audit.close()
@@ -528,6 +529,7 @@ class Daemon:
                         entry.folder,
                         lambda: self.config,
                         entry.log,
+                        self.launcher,
                         self.spending,
                     )
                     await runner.run()
@@ -707,8 +709,8 @@ class Daemon:
         await self._stop_strays([entry])
 
     async def _stop_recorded(self, entry: PlanEntry) -> None:
-        """Stop the workers the plan's state file says were running (if still the same
-        processes), and record them as stopped."""
+        """Stop what the workers the plan's state file says were running left (exactly: their
+        cgroup, or their process if it is still the same one), and record them as stopped."""
         grace = self.config.policy_for(entry.plan.policy).stop_grace
         changed = []
         for phase_id, ps in entry.record.state.phases.items():
@@ -716,14 +718,7 @@ class Daemon:
                 live = (AttemptStatus.STARTING, AttemptStatus.RUNNING, AttemptStatus.STALLED)
                 if att.status not in live or att.pid is None:
                     continue
-                handle = WorkerHandle(
-                    pid=att.pid,
-                    pgid=att.pgid or att.pid,
-                    start_time=att.start_time or 0,
-                    boot_id=att.boot_id or "",
-                    log=att.log,
-                )
-                sig = await stop_orphan(handle, grace)
+                (reaped,) = await self.launcher.reap([recorded_handle(att)], grace)
                 mark_left_stopped(att)
                 changed.append(phase_id)
                 entry.log.info(
@@ -731,37 +726,72 @@ class Daemon:
                     phase=phase_id,
                     attempt=att.n,
                     pid=att.pid,
-                    signal=sig.name if sig else None,
+                    **reaped_fields(reaped),
                 )
         if changed:
             await entry.record.save(*dict.fromkeys(changed))
 
     async def _stop_strays(self, entries: list[PlanEntry]) -> None:
-        """Stop what the state files cannot know: a worker started just before a crash (its PID
-        not saved yet), or a descendant that left its worker's process group (setsid). Each
-        inherited ORCHESTRD_LOG, which points into its plan's workers/ folder. One look at
-        every process serves all plans; the recorded workers are gone by now."""
-        if not entries:
-            return
-        strays = await anyio.to_thread.run_sync(
-            processes_with_env, "ORCHESTRD_LOG", self.spool.plans
+        """Stop what the state files cannot know: a worker started just before a crash (its
+        handle not saved yet), or a descendant that left its worker (setsid). The launcher
+        finds them (local: leftover cgroups, then ORCHESTRD_LOG, which points into the plan's
+        workers/ folder); the recorded workers are gone by now."""
+        # with no plan left too: a cgroup in the tree is a worker of this daemon's, whatever
+        # became of its plan
+        grace = max(
+            (self.config.policy_for(e.plan.policy).stop_grace for e in entries),
+            default=self.config.policy.stop_grace,
         )
-        strays |= await anyio.to_thread.run_sync(nsinit_processes, self.spool.plans)
-        for entry in entries:
-            workers = f"{entry.folder.workers}{os.sep}"
-            mine = {pid: log for pid, log in strays.items() if log.startswith(workers)}
-            if not mine:
-                continue
-            grace = self.config.policy_for(entry.plan.policy).stop_grace
-            sig = await stop_processes(sorted(mine), grace)
-            for pid, log in sorted(mine.items()):
-                entry.log.info(
-                    "worker.orphan_stopped",
-                    pid=pid,
-                    log=log,
-                    found="by its environment",
-                    signal=sig.name if sig else None,
-                )
+        folders = [e.folder.workers for e in entries]
+        for reaped in await self.launcher.sweep(folders, grace):
+            log = str(reaped.handle.fields.get("log") or "")
+            cgroup = Path(str(reaped.handle.fields.get("cgroup") or "")).name
+            entry = next(
+                (
+                    e
+                    for e in entries
+                    if log.startswith(f"{e.folder.workers}{os.sep}")
+                    or cgroup.startswith(f"{e.plan.id}:")
+                ),
+                None,
+            )
+            found = {k: v for k, v in reaped.handle.fields.items() if k in ("pid", "log")}
+            (entry.log if entry is not None else self.log).info(
+                "worker.orphan_stopped", **found, **reaped_fields(reaped)
+            )
+
+    def _announce_limits(self) -> None:
+        """Limits a profile sets that cannot be had here: said once, never a failure."""
+        for name, profile in sorted(self.config.workers.items()):
+            for reason in self.launcher.warnings(profile.limits):
+                self.log.info("daemon.limits_unavailable", profile=name, reason=reason)
+
+
+def recorded_handle(att: AttemptState) -> Handle:
+    """The attempt's launcher handle; a state file from before handles has the local fields."""
+    if att.handle is not None:
+        return Handle.from_dict(att.handle)
+    return Handle(
+        "local",
+        {
+            "pid": att.pid,
+            "pgid": att.pgid or att.pid,
+            "start_time": att.start_time or 0,
+            "boot_id": att.boot_id or "",
+            "log": att.log,
+        },
+    )
+
+
+def reaped_fields(reaped: Reaped) -> dict[str, object]:
+    fields: dict[str, object] = {"signal": reaped.signal.name if reaped.signal else None}
+    if cgroup := reaped.handle.fields.get("cgroup"):
+        fields["cgroup"] = cgroup
+    if reaped.stopped:
+        fields["processes"] = [{"pid": p.pid, "command": p.command} for p in reaped.stopped]
+    if reaped.found:
+        fields["found"] = reaped.found
+    return fields
 
 
 def check_startup(config: Config) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import filecmp
 import json
@@ -182,6 +183,40 @@ def _last_event(path: Path) -> str:
     return "no event yet"
 
 
+def _last_started(path: Path) -> dict[str, object] | None:
+    """The last daemon.started event in the audit log's last 1 MiB."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - (1 << 20)))
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for raw in reversed(lines):
+        if b'"daemon.started"' in raw:
+            with contextlib.suppress(ValueError):
+                data = json.loads(raw)
+                if isinstance(data, dict) and data.get("event") == "daemon.started":
+                    return data
+    return None
+
+
+def check_containment(config: Config) -> Iterator[Finding]:
+    """How the daemon contained workers when it last started (it alone sets cgroups up)."""
+    started = _last_started(config.audit_path)
+    if started is None or "containment" not in started:
+        yield Finding("warn", "containment: not known until the daemon has started")
+    elif started["containment"] == "cgroup":
+        yield Finding("ok", f"containment: cgroup ({started.get('containment_reason')})")
+    else:
+        yield Finding(
+            "warn",
+            f"containment: process groups only ({started.get('containment_reason')})",
+            "run it under the systemd unit (Delegate=yes), as root, or set [containment] "
+            "cgroup_parent to a cgroup v2 folder delegated to its user",
+        )
+
+
 def check_daemon(config: Config) -> Iterator[Finding]:
     spool = Spool(config.state_dir)
     last = _last_event(config.audit_path)
@@ -257,6 +292,7 @@ def run_checks(config_arg: str | None) -> list[Finding]:
     findings += check_privileges(config)
     findings += check_unit()
     findings += check_daemon(config)
+    findings += check_containment(config)
     return findings
 
 

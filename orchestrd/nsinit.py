@@ -1,8 +1,9 @@
 """Start a worker alone in a new user + PID + mount namespace, as the worker's user.
 
-The daemon starts this (`python -I -S nsinit.py PIDNS LOG -- ARGV...`, nothing but the standard
-library) already switched to the worker's user: Python's subprocess does setgroups/setresgid/
-setresuid in the child, with the daemon's capabilities, before exec; nothing here needs any.
+The daemon starts this (`python -I -S nsinit.py PIDNS LOG [gate] -- ARGV...`, nothing but the
+standard library) already switched to the worker's user: Python's subprocess does
+setgroups/setresgid/setresuid in the child, with the daemon's capabilities, before exec; nothing
+here needs any.
 With PIDNS=1 it unshares a user, a PID and a mount namespace: inside, `kill -9 -1`,
 `pkill -f python` and `killall node` reach only this attempt's own processes (it gets a /proc of
 its own), never the daemon or other plans' workers, which share the same uid. Three processes:
@@ -112,9 +113,22 @@ def init(argv: list[str]) -> None:
     os._exit(wait_for(worker))
 
 
+def wait_at_gate() -> None:
+    """Started behind a gate (stdin, a pipe): the daemon moves this process into the attempt's
+    cgroup, then writes a line. Nothing is forked before that, so every process of the worker
+    starts inside it. Then stdin is /dev/null, as for any worker."""
+    if os.read(0, 1) != b"\n":
+        os._exit(125)  # the daemon died before it opened the gate: run nothing
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+
+
 def main() -> None:
     args = sys.argv[1:]
     pidns, argv = args[0] == "1", args[args.index("--") + 1 :]
+    if args[2] == "gate":
+        wait_at_gate()
     # the repo is shared with the daemon through the worker group: the work stays readable to
     # the daemon, and nothing is open to others
     os.umask(0o007)

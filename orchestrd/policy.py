@@ -13,7 +13,7 @@ import anyio
 
 from .audit import Logger
 from .config import Policy
-from .worker import LocalWorker
+from .launchers import Worker
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +32,7 @@ class WatchOutcome:
 
 
 async def watch(
-    worker: LocalWorker,
+    worker: Worker,
     policy: Policy,
     log: Logger,
     on_poll: Callable[[], Awaitable[dict[str, Any]]] | None = None,

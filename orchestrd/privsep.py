@@ -145,10 +145,12 @@ def clear_ambient_capabilities() -> None:
     libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
 
 
-def wrap(argv: list[str], pid_namespace: bool, log: Path) -> list[str]:
+def wrap(argv: list[str], pid_namespace: bool, log: Path, gate: bool = False) -> list[str]:
     """The argv that runs `argv` through nsinit (see there), started as the worker's user;
     `log` lets recovery find it by its command line, which any user may read (unlike its
-    environment). The interpreter must be one the worker user may execute."""
+    environment). With `gate`, nsinit waits for a line on stdin (the daemon has moved it into
+    its cgroup) before it starts anything. The interpreter must be one the worker user may
+    execute."""
     return [
         sys.executable,
         "-I",
@@ -156,6 +158,7 @@ def wrap(argv: list[str], pid_namespace: bool, log: Path) -> list[str]:
         str(NSINIT),
         "1" if pid_namespace else "0",
         str(log),
+        *(["gate"] if gate else []),
         "--",
         *argv,
     ]

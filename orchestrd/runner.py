@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ from .errors import OrchestrdError
 from .fsutil import FileRefused, write_file
 from .gitsnap import Git, PhaseGit, drop_snapshots
 from .judge import OutputScanner
+from .launchers import Launcher, Worker, WorkerSpec, WorkerStartError
 from .metering import DAILY, AttemptMeter, PlanBudget, Spending, new_meter
 from .plan import Phase, Plan
 from .policy import WatchOutcome, watch
@@ -61,13 +63,6 @@ from .states import (
 )
 from .streams import open_stream
 from .usage import total
-from .worker import (
-    LocalWorker,
-    WorkerSpec,
-    WorkerStartError,
-    launch,
-    stop_group,
-)
 
 
 @dataclasses.dataclass
@@ -116,6 +111,7 @@ class PlanRunner:
         folder: PlanFolder,
         get_config: Callable[[], Config],
         log: Logger,
+        launcher: Launcher,
         spending: Spending | None = None,
     ) -> None:
         self.plan = plan
@@ -123,6 +119,7 @@ class PlanRunner:
         self.folder = folder
         self.get_config = get_config
         self.log = log
+        self.launcher = launcher
         self.spending = spending if spending is not None else Spending()
         """What every plan spent per UTC day (the daemon's, shared: the daily budget)."""
         self.budget = self._plan_budget(get_config())
@@ -312,6 +309,7 @@ class PlanRunner:
             max_log_bytes=config.max_log_bytes,
             identity=identity,
             pid_namespace=config.worker_pid_namespace,
+            launcher=self.launcher,
         )
         results = []
         for i in range(len(phase.precheck)):
@@ -416,8 +414,11 @@ class PlanRunner:
                 meter.feed(chunk)
 
             with meter:
-                async with launch(spec, config.max_log_bytes, policy.stop_grace, observe) as worker:
-                    wlog = log.bind(pid=worker.handle.pid)
+                launch = self.launcher.launch(
+                    spec, config.max_log_bytes, policy.stop_grace, observe
+                )
+                async with launch as worker:
+                    wlog = log.bind(pid=worker.pid)
                     if flags:
                         wlog.info("worker.dangerous", flags=flags)
                     outcome = await self._supervise(worker, att, phase, policy, wlog, meter)
@@ -476,6 +477,7 @@ class PlanRunner:
             log_found=scanner.close(),
             identity=spec.identity,
             pid_namespace=spec.pid_namespace,
+            launcher=self.launcher,
         )
         try:
             return await inspect(ctx, wlog), log_path
@@ -573,27 +575,33 @@ class PlanRunner:
         argv = render_command(profile, values)
         env = self._env(config, profile, phase, n, role, report, log_path, previous, handoff)
         spec = WorkerSpec(
-            argv, env, self.plan.repo, log_path, identity, config.worker_pid_namespace
+            argv,
+            env,
+            self.plan.repo,
+            log_path,
+            identity,
+            config.worker_pid_namespace,
+            name=f"{self.plan.id}:{phase.id}:{n}",
+            limits=profile.limits,
         )
         return spec, env, prompt, profile.dangerous_flags, handoff
 
     async def _supervise(
         self,
-        worker: LocalWorker,
+        worker: Worker,
         att: AttemptState,
         phase: Phase,
         policy: Policy,
         log: Logger,
         meter: AttemptMeter,
     ) -> WatchOutcome:
-        h = worker.handle
         self.record.state.phases[phase.id].attempts.append(att)
-        att.pid, att.pgid, att.start_time, att.boot_id = h.pid, h.pgid, h.start_time, h.boot_id
+        att.pid, att.handle = worker.pid, worker.handle.to_dict()
         set_attempt(att, AttemptStatus.RUNNING)
         await self.record.save(phase.id)
-        who = f"{phase.id} attempt={att.n} role={att.role} pid={h.pid}"
+        who = f"{phase.id} attempt={att.n} role={att.role} pid={worker.pid}"
         self.folder.append_ledger(who)
-        log.info("worker.started", log=h.log, command=worker.argv[0])
+        log.info("worker.started", log=att.log, command=worker.argv[0])
         try:
             on_poll = functools.partial(self._on_poll, meter, phase.id)
             async with anyio.create_task_group() as tg:
@@ -633,34 +641,53 @@ class PlanRunner:
                     elapsed=round(worker.elapsed(), 3),
                     log_tail=await anyio.to_thread.run_sync(worker.tail, LOG_TAIL_LINES),
                 )
-                sig = await worker.stop(policy.stop_grace)
+                sig = await stop(worker, policy.stop_grace, "stalled", log)
                 set_attempt(att, AttemptStatus.STOPPED)
-                log.info("worker.stopped", signal=sig.name if sig else None, why="stalled")
                 self.folder.append_ledger(f"{who} stalled stopped={sig.name if sig else 'gone'}")
             else:
                 set_attempt(att, AttemptStatus.EXITED)
                 att.returncode = outcome.returncode
+                oom = {"oom_killed": True} if worker.oom_killed else {}
                 log.info(
                     "worker.exited",
                     returncode=outcome.returncode,
                     elapsed=round(worker.elapsed(), 3),
+                    **oom,
                 )
                 self.folder.append_ledger(f"{who} exited={outcome.returncode}")
-                # nothing of a worker may outlive its attempt: stop what it left in its group
-                sig = await stop_group(h.pgid, policy.stop_grace)
-                if sig is not None:
-                    log.info("worker.stopped", signal=sig.name, why="left running after exit")
+                # nothing of a worker may outlive its attempt: stop what it left (its cgroup)
+                await stop(worker, policy.stop_grace, LEFT_RUNNING, log)
             return outcome
         finally:
             if worker.returncode is None or att.status is AttemptStatus.RUNNING:
                 # cancelled (shutdown or cancel): stop the tree before the cancellation goes on
                 with anyio.CancelScope(shield=True):
-                    sig = await worker.stop(policy.stop_grace)
+                    sig = await stop(worker, policy.stop_grace, "cancelled", log)
                     if att.status is AttemptStatus.RUNNING:
                         set_attempt(att, AttemptStatus.STOPPED)
-                    log.info("worker.stopped", signal=sig.name if sig else None, why="cancelled")
                     self.folder.append_ledger(f"{who} stopped={sig.name if sig else 'gone'}")
             att.ended_at = now_iso()
             self._keep_ledger()
             with anyio.CancelScope(shield=True):
                 await self.record.save(phase.id)
+
+
+LEFT_RUNNING = "left running after exit"
+
+
+async def stop(worker: Worker, grace: float, why: str, log: Logger) -> signal.Signals | None:
+    """The one place an attempt's worker is stopped (its whole tree: everything in its cgroup),
+    with `worker.stopped` naming why and, after an exit, what was still running. Survives
+    cancellation. Returns the last signal needed (None: nothing was left)."""
+    with anyio.CancelScope(shield=True):
+        sig = await worker.stop(grace)
+    if sig is None and why == LEFT_RUNNING:
+        return None
+    left = [{"pid": p.pid, "command": p.command} for p in worker.left_running]
+    log.info(
+        "worker.stopped",
+        signal=sig.name if sig else None,
+        why=why,
+        **({"processes": left} if left else {}),
+    )
+    return sig

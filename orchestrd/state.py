@@ -62,9 +62,13 @@ class AttemptState(BaseModel):
     role: str
     status: AttemptStatus = AttemptStatus.STARTING
     pid: int | None = None
+    handle: dict[str, str | int | None] | None = None
+    """The launcher's handle (`kind` + its fields): what recovery reaps after a crash."""
     pgid: int | None = None
     start_time: int | None = None
     boot_id: str | None = None
+    """pgid, start_time, boot_id: a local worker's identity as state files before handles
+    kept it (read by recovery only)."""
     log: str
     started_at: str = Field(default_factory=now_iso)
     ended_at: str | None = None

@@ -23,6 +23,7 @@ from daemon_support import Daemon
 
 from orchestrd.audit import AuditLog
 from orchestrd.config import Config, load_config
+from orchestrd.launchers import open_launcher
 from orchestrd.plan import Plan, load_plan
 from orchestrd.runner import PlanRunner
 from orchestrd.state import PhaseState, PlanFolder, PlanRecord, PlanState
@@ -168,7 +169,11 @@ async def run_plan(config_path: Path, plan_path: Path, passed: Sequence[str] = (
         )
         record = PlanRecord(folder.state_file, state, log)
         await record.save()
-        status = await PlanRunner(plan, record, folder, lambda: config, log).run()
+        launcher = open_launcher(config.launcher, config)
+        try:
+            status = await PlanRunner(plan, record, folder, lambda: config, log, launcher).run()
+        finally:
+            launcher.close()
     finally:
         audit.close()
     return Run(status, config, plan)

@@ -147,8 +147,11 @@ def test_state_file_records_phases_attempts_and_outcome(two_plans: tuple[Run, Ru
     assert (first["n"], first["role"], first["status"]) == (1, "primary", "stopped")
     assert "returncode" not in first
     pids = [e["pid"] for e in ok.events("worker.started") if e["plan"] == "T"]
-    assert first["pid"] == first["pgid"] == pids[0]
-    assert second["pid"] == second["pgid"] == pids[1]
+    # the launcher's handle: what recovery needs to find the worker again (its cgroup too)
+    assert first["pid"] == first["handle"]["pid"] == first["handle"]["pgid"] == pids[0]
+    assert second["pid"] == second["handle"]["pid"] == second["handle"]["pgid"] == pids[1]
+    assert first["handle"]["kind"] == "local"
+    assert first["handle"]["start_time"] > 0 and first["handle"]["boot_id"]
     assert first["log"] == str(ok.folder / "workers/worker-P01-1.log")
     assert (second["n"], second["role"], second["status"]) == (2, "remediation", "exited")
     assert second["returncode"] == 0

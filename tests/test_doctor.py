@@ -112,6 +112,9 @@ def test_doctor_sees_the_running_daemon_and_fails_on_a_world_writable_spool(
     found = _lines(out.stdout)
     (running,) = [o for o in found["ok"] if o.startswith("daemon running")]
     assert f"pid {daemon.pid}" in running and "last event daemon.started" in running
+    started = daemon.events("daemon.started")[0]
+    shown = "containment: cgroup" if started["containment"] == "cgroup" else "process groups"
+    assert any(shown in line for lines in found.values() for line in lines)
     assert out.returncode == 0, out.stdout
 
     os.chmod(daemon.inbox, 0o777)

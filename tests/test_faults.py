@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from daemon_support import Daemon, alive, wait_for
 
+from orchestrd.launchers import WorkerLogError, WorkerSpec, open_launcher
 from orchestrd.state import atomic_write
-from orchestrd.worker import WorkerLogError, WorkerSpec, launch
 
 AGENTS = Path(__file__).parent / "agents"
 ROOT = Path(__file__).parent.parent
@@ -249,10 +249,15 @@ def test_leftovers_the_state_file_does_not_know_are_found_at_restart_and_stopped
         assert not any(alive(p) for p in (worker, escaped, unsaved.pid))
         assert unsaved.wait(5) == -signal.SIGTERM
         orphans = daemon.events("worker.orphan_stopped", plan="esc")
-        recorded = [e["pid"] for e in orphans if "found" not in e]
+        recorded = [e for e in orphans if "found" not in e]
         by_env = sorted(e["pid"] for e in orphans if e.get("found") == "by its environment")
-        assert recorded == [worker]
-        assert by_env == sorted([escaped, unsaved.pid])
+        assert [e["pid"] for e in recorded] == [worker]
+        if daemon.events("daemon.started")[0]["containment"] == "cgroup":
+            # the escapee is in the recorded worker's cgroup: stopped with it, exactly
+            assert escaped in [p["pid"] for p in recorded[0]["processes"]]
+            assert by_env == [unsaved.pid]
+        else:
+            assert by_env == sorted([escaped, unsaved.pid])
         assert elsewhere.poll() is None
     finally:
         for proc in (unsaved, elsewhere):
@@ -348,6 +353,7 @@ async def test_worker_output_that_cannot_be_written_is_drained_and_reported(
         env = {"FLOOD_BYTES": str(8 << 20), "ORCHESTRD_REPORT": "r.md", "ORCHESTRD_PHASE_ID": "P"}
         spec = WorkerSpec(flood, env, tmp_path, disk / "worker.log")
         with pytest.raises(WorkerLogError) as raised:
+            launch = open_launcher("local", None).launch
             async with launch(spec, max_log_bytes=64 << 20, grace=0.2) as worker:
                 assert await worker.wait() == 0  # never blocked on a pipe nobody read
         assert worker.output_bytes == (8 << 20) + len(b"done: Status: PASS\n")

@@ -29,10 +29,10 @@ import tomli_w
 from conftest import AGENTS, read_events
 from daemon_support import TERMINAL_EVENTS, Daemon, alive, wait_for
 
+from orchestrd.launchers.proctree import nsinit_processes, stop_processes
 from orchestrd.privsep import resolve, wrap
 from orchestrd.state import PhaseState, PlanState, dump_state, load_state
 from orchestrd.states import PhaseStatus, PlanStatus
-from orchestrd.worker import nsinit_processes, stop_processes
 
 USER = "orchestrd-test-worker"
 DAEMON_USER = "orchestrd-test-daemon"

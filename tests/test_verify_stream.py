@@ -12,7 +12,7 @@ import pytest
 from conftest import agent_profile, make_config, make_plan, phase, run_plan
 
 from orchestrd.judge import READ_BYTES, Match, StreamJudge, scan_file
-from orchestrd.worker import WorkerSpec, launch
+from orchestrd.launchers import WorkerSpec, open_launcher
 
 pytestmark = pytest.mark.anyio
 
@@ -88,6 +88,7 @@ async def test_the_pump_feeds_every_byte_and_keeps_head_and_tail(tmp_path: Path)
     seen = bytearray()
     out = "import sys; sys.stdout.write('a' * 5000 + 'b' * 5000 + 'END')"
     spec = WorkerSpec([sys.executable, "-c", out], {}, tmp_path, tmp_path / "w.log")
+    launch = open_launcher("local", None).launch
     async with launch(spec, 4000, 1.0, on_output=seen.extend) as worker:
         await worker.wait()
     assert bytes(seen) == b"a" * 5000 + b"b" * 5000 + b"END"

@@ -176,7 +176,7 @@ if "sampler" in _variants:
     signal.signal(signal.SIGUSR2, _stop)
 
 if "slotworker" in _variants:
-    # max_workers counted around the worker process only (orchestrd.worker.launch as the runner
+    # max_workers counted around the worker process only (LocalLauncher.launch as the runner
     # uses it), not around the whole plan run (Daemon._run_plan holds a limiter slot from
     # plan.started to plan.succeeded, through every state save and check)
     import contextlib
@@ -184,9 +184,9 @@ if "slotworker" in _variants:
     import anyio
 
     import orchestrd.daemon as _daemon
-    import orchestrd.runner as _runner
+    import orchestrd.launchers.local as _local
 
-    _orig_launch = _runner.launch
+    _orig_launch = _local.LocalLauncher.launch
     _slots: dict[str, object] = {}
     _orig_daemon_init = _daemon.Daemon.__init__
 
@@ -196,12 +196,12 @@ if "slotworker" in _variants:
         self.limiter = anyio.CapacityLimiter(1_000_000)  # plans are limited by repo locks only
 
     @contextlib.asynccontextmanager
-    async def _launch_in_slot(*args, **kwargs):  # type: ignore[no-untyped-def]
+    async def _launch_in_slot(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         lim = _slots.get("lim")
         if lim is None:
             lim = _slots["lim"] = anyio.CapacityLimiter(int(_slots.get("n", 8)))  # type: ignore[call-overload]
-        async with lim, _orig_launch(*args, **kwargs) as worker:  # type: ignore[attr-defined]
+        async with lim, _orig_launch(self, *args, **kwargs) as worker:  # type: ignore[attr-defined]
             yield worker
 
     _daemon.Daemon.__init__ = _daemon_init  # type: ignore[method-assign]
-    _runner.launch = _launch_in_slot
+    _local.LocalLauncher.launch = _launch_in_slot  # type: ignore[method-assign]
