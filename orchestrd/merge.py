@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import anyio.to_thread
 
 from .gitsnap import GitError
@@ -108,7 +109,9 @@ class Merger:
             else:
                 if not await self._prepare(st, tip):
                     return st
-            moved = await self._update(st)
+            with anyio.CancelScope(shield=True):
+                # a cancel must not come between the checkout's files and the ref
+                moved = await self._update(st)
             if moved is None:
                 return st
             if moved:
@@ -133,14 +136,14 @@ class Merger:
                 return False
             st.onto, st.head, st.reason, st.files = tip, result, "", []
             await self._set(st, MergeStatus.REBASED)
-            self.emit("merge.rebased", plan=self.job.plan_id, onto=tip, head=result)
+            self.emit("merge.rebased", onto=tip, head=result)
         if st.status is not MergeStatus.VERIFIED:
             failed = await self.verify(self.job.tree.cwd)
             if failed is not None:
                 await self._fail(st, failed)
                 return False
             await self._set(st, MergeStatus.VERIFIED)
-            self.emit("merge.verified", plan=self.job.plan_id, head=st.head)
+            self.emit("merge.verified", head=st.head)
         st.old, st.new = tip, st.head
         await self._set(st, MergeStatus.UPDATING)
         return True
@@ -151,8 +154,9 @@ class Merger:
         plan's alone now), leftover changes committed (the branch is what gets merged)."""
         tree = self.job.tree
         gitdir = Path((await tree.run("rev-parse", "--absolute-git-dir")).strip())
-        common = Path((await tree.run("rev-parse", "--path-format=absolute",
-                                      "--git-common-dir")).strip())
+        common = Path(
+            (await tree.run("rev-parse", "--path-format=absolute", "--git-common-dir")).strip()
+        )
         await anyio.to_thread.run_sync(
             _drop_locks, gitdir, common / "refs" / "heads" / f"{self.job.branch}.lock"
         )
@@ -164,7 +168,10 @@ class Merger:
         if (await tree.run("status", "--porcelain", "--untracked-files=all")).strip():
             await tree.run("add", "--all")
             await tree.run(
-                "commit", "--quiet", "--no-verify", "-m",
+                "commit",
+                "--quiet",
+                "--no-verify",
+                "-m",
                 f"orchestrd: changes plan {self.job.plan_id} left uncommitted",
             )
 
@@ -196,16 +203,21 @@ class Merger:
                 was = st.status
                 await self._set(st, MergeStatus.BLOCKED)
                 if was is not MergeStatus.BLOCKED:
-                    self.emit("merge.blocked", plan=self.job.plan_id, target=st.target,
-                              checkout=str(checkout.cwd), reason=dirty)
+                    self.emit(
+                        "merge.blocked", target=st.target, checkout=str(checkout.cwd), reason=dirty
+                    )
                 return None
             if await self._tree_of(checkout) != await self._tree_of_commit(st.new):
                 # index and files first, then the ref: a kill between leaves the checkout on
                 # `new` with the ref on `old`, which _dirty() recognises as this merge's
                 await checkout.run("read-tree", "-u", "-m", st.old, st.new)
         rc, _, err = await self.job.main.call(
-            "update-ref", "-m", f"orchestrd: merge plan {self.job.plan_id}",
-            f"refs/heads/{st.target}", st.new, st.old,
+            "update-ref",
+            "-m",
+            f"orchestrd: merge plan {self.job.plan_id}",
+            f"refs/heads/{st.target}",
+            st.new,
+            st.old,
         )
         if rc == 0:
             return True
@@ -233,15 +245,19 @@ class Merger:
         unstaged = await checkout.call("diff", "--quiet")
         untracked = await checkout.run("ls-files", "--others", "--exclude-standard")
         ours = (
-            st.status is MergeStatus.UPDATING and index == await self._tree_of_commit(st.new)
-            and unstaged[0] == 0 and not untracked.strip()
+            st.status is MergeStatus.UPDATING
+            and index == await self._tree_of_commit(st.new)
+            and unstaged[0] == 0
+            and not untracked.strip()
         )
         if ours:
             return None
         lines = status.splitlines()
-        return (f"{checkout.cwd} has {st.target} checked out with uncommitted changes "
-                f"({len(lines)} paths, e.g. {lines[0][3:]!r}); commit or stash them, then "
-                f"run `orchestrd merge {self.job.plan_id}`")
+        return (
+            f"{checkout.cwd} has {st.target} checked out with uncommitted changes "
+            f"({len(lines)} paths, e.g. {lines[0][3:]!r}); commit or stash them, then "
+            f"run `orchestrd merge {self.job.plan_id}`"
+        )
 
     async def _tree_of(self, checkout: RepoGit) -> str:
         return (await checkout.run("write-tree")).strip()
@@ -252,14 +268,15 @@ class Merger:
     async def _done(self, st: MergeState) -> MergeState:
         st.reason = ""
         await self._set(st, MergeStatus.DONE)
-        self.emit("merge.done", plan=self.job.plan_id, target=st.target, old=st.old, new=st.new)
+        self.emit("merge.done", target=st.target, old=st.old, new=st.new)
         return st
 
     async def _fail(self, st: MergeState, reason: str) -> MergeState:
         st.reason = reason
         await self._set(st, MergeStatus.FAILED)
-        self.emit("merge.failed", plan=self.job.plan_id, target=st.target, reason=reason,
-                  files=st.files, branch=self.job.branch)
+        self.emit(
+            "merge.failed", target=st.target, reason=reason, files=st.files, branch=self.job.branch
+        )
         return st
 
 

@@ -23,10 +23,18 @@ BRANCH_PREFIX = "orchestrd/"
 # worktree add): no signing program, no editor, no other branch moved along, and a committer
 # that needs no config of the user's.
 WRITE_CONFIG = (
-    "user.name=orchestrd", "user.email=orchestrd@localhost", "commit.gpgSign=false",
-    "gpg.program=false", "core.editor=false", "sequence.editor=false",
-    "rebase.updateRefs=false", "rebase.autoStash=false", "rebase.autoSquash=false",
-    "rebase.missingCommitsCheck=ignore", "merge.renormalize=false", "advice.detachedHead=false",
+    "user.name=orchestrd",
+    "user.email=orchestrd@localhost",
+    "commit.gpgSign=false",
+    "gpg.program=false",
+    "core.editor=false",
+    "sequence.editor=false",
+    "rebase.updateRefs=false",
+    "rebase.autoStash=false",
+    "rebase.autoSquash=false",
+    "rebase.missingCommitsCheck=ignore",
+    "merge.renormalize=false",
+    "advice.detachedHead=false",
 )
 
 
@@ -57,12 +65,22 @@ class RepoGit:
         safe = [x for c in SAFE_CONFIG if c not in _SHADOW_ONLY for x in ("-c", c)]
         write = [x for c in WRITE_CONFIG for x in ("-c", c)]
         argv = [
-            "git", *safe, *write, "-c", f"safe.directory={self.cwd}", *self._drivers, *args,
+            "git",
+            *safe,
+            *write,
+            "-c",
+            f"safe.directory={self.cwd}",
+            *self._drivers,
+            *args,
         ]
         try:
             with anyio.fail_after(self.timeout):
                 done = await anyio.run_process(
-                    argv, cwd=self.cwd, env=env, check=False, stdin=subprocess.DEVNULL,
+                    argv,
+                    cwd=self.cwd,
+                    env=env,
+                    check=False,
+                    stdin=subprocess.DEVNULL,
                     **as_user,
                 )
         except TimeoutError:
@@ -93,8 +111,7 @@ class RepoGit:
         merges = sorted({n[6 : n.rindex(".")] for n in names if n.startswith("merge.")})
         keys = ("clean", "smudge", "process", "required")
         found = [
-            f"filter.{n}.{k}=" + ("false" if k == "required" else "")
-            for n in filters for k in keys
+            f"filter.{n}.{k}=" + ("false" if k == "required" else "") for n in filters for k in keys
         ]
         found += [f"merge.{n}.driver=false" for n in merges]
         return tuple(x for c in found for x in ("-c", c))
@@ -129,7 +146,7 @@ async def resolve_base(git: RepoGit, base: str | None) -> Base:
     if commit is None:
         raise GitError(
             f"base = {base!r}: no such branch or commit in {git.cwd}; name an existing branch "
-            "(base = \"main\") or leave the key out for the current branch"
+            '(base = "main") or leave the key out for the current branch'
         )
     is_branch = await git.commit_of(f"refs/heads/{base}") is not None
     return Base(base if is_branch else None, commit)
@@ -147,17 +164,17 @@ async def list_worktrees(git: RepoGit) -> list[Worktree]:
     out = await git.run("worktree", "list", "--porcelain")
     found: list[Worktree] = []
     for block in out.strip().split("\n\n"):
-        fields = dict(
-            (line.split(" ", 1) + [""])[:2] for line in block.splitlines() if line
-        )
+        fields = dict((line.split(" ", 1) + [""])[:2] for line in block.splitlines() if line)
         if "worktree" not in fields:
             continue
         branch = fields.get("branch")
-        found.append(Worktree(
-            Path(fields["worktree"]),
-            branch.removeprefix("refs/heads/") if branch else None,
-            fields.get("HEAD") or None,
-        ))
+        found.append(
+            Worktree(
+                Path(fields["worktree"]),
+                branch.removeprefix("refs/heads/") if branch else None,
+                fields.get("HEAD") or None,
+            )
+        )
     return found
 
 

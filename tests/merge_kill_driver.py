@@ -21,8 +21,11 @@ from orchestrd.worktrees import RepoGit, branch_for
 async def main(repo: Path, root: Path, states: Path, target: str, plans: list[str]) -> None:
     for plan in plans:
         file = states / f"{plan}.json"
-        st = (MergeState.from_dict(json.loads(file.read_text())) if file.exists()
-              else MergeState(target=target))
+        st = (
+            MergeState.from_dict(json.loads(file.read_text()))
+            if file.exists()
+            else MergeState(target=target)
+        )
 
         async def save(s: MergeState, file: Path = file) -> None:
             tmp = file.with_suffix(".tmp")
@@ -34,8 +37,9 @@ async def main(repo: Path, root: Path, states: Path, target: str, plans: list[st
 
         async def verify(tree: Path) -> str | None:
             # slow enough that kills land during verification too
-            done = await anyio.run_process(["sh", "-c", "sleep 0.05; test -f base.txt"],
-                                           cwd=tree, check=False)
+            done = await anyio.run_process(
+                ["sh", "-c", "sleep 0.05; test -f base.txt"], cwd=tree, check=False
+            )
             return None if done.returncode == 0 else "test -f base.txt failed"
 
         job = MergeJob(plan, RepoGit(repo, 30), RepoGit(root / plan, 30), branch_for(plan))

@@ -30,13 +30,19 @@ from orchestrd.worktrees import (
 )
 
 pytestmark = pytest.mark.anyio
-ENV = {**os.environ, "GIT_AUTHOR_NAME": "T", "GIT_AUTHOR_EMAIL": "t@example.invalid",
-       "GIT_COMMITTER_NAME": "T", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "T",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "T",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
+}
 
 
 def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True,
-                          timeout=30, env=ENV)
+    done = subprocess.run(
+        ["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=30, env=ENV
+    )
     return done.stdout
 
 
@@ -89,8 +95,14 @@ class Recorder:
         self.events.append((event, fields))
 
 
-async def merge(repo: Path, root: Path, plan: str, rec: Recorder, target: str = "main",
-                st: MergeState | None = None) -> MergeState:
+async def merge(
+    repo: Path,
+    root: Path,
+    plan: str,
+    rec: Recorder,
+    target: str = "main",
+    st: MergeState | None = None,
+) -> MergeState:
     job = MergeJob(plan, RepoGit(repo, 30), RepoGit(root / plan, 30), branch_for(plan))
     return await Merger(job, rec.save, rec.verify, rec.emit).run(st or MergeState(target))
 
@@ -169,7 +181,8 @@ async def test_plans_merge_in_finishing_order_each_verified_on_the_rebased_tree(
         assert git(repo, "rev-parse", "main").strip() == st.new
         old = st.new
     assert rec.verified == [
-        {"base.txt", "p2.txt"}, {"base.txt", "p2.txt", "p3.txt"},
+        {"base.txt", "p2.txt"},
+        {"base.txt", "p2.txt", "p3.txt"},
         {"base.txt", "p1.txt", "p2.txt", "p3.txt"},
     ]
     log = git(repo, "log", "--format=%s", "main").split("\n")[:3]
@@ -194,8 +207,15 @@ async def test_same_lines_first_merges_second_fails_naming_the_file_branch_intac
     assert git(repo, "rev-parse", "orchestrd/b").strip() == b  # kept for a person
     assert git(repo, "rev-parse", "main").strip() == a
     assert (root / "b/f.txt").read_text() == "one\nB\n"  # the rebase was undone
-    assert ("merge.failed", {"plan": "b", "target": "main", "reason": "rebase conflict",
-                             "files": ["f.txt"], "branch": "orchestrd/b"}) in rec.events
+    assert (
+        "merge.failed",
+        {
+            "target": "main",
+            "reason": "rebase conflict",
+            "files": ["f.txt"],
+            "branch": "orchestrd/b",
+        },
+    ) in rec.events
 
 
 async def test_green_alone_red_after_rebase_is_not_merged(tmp_path: Path) -> None:
@@ -232,7 +252,10 @@ async def test_dirty_checkout_of_the_target_is_never_touched_then_a_clean_one_fa
     assert st.status is MergeStatus.DONE
     assert (repo / "new.txt").read_text() == "n\n" and git(repo, "status", "--porcelain") == ""
     assert [e for e, _ in rec.events] == [
-        "merge.rebased", "merge.verified", "merge.blocked", "merge.done",
+        "merge.rebased",
+        "merge.verified",
+        "merge.blocked",
+        "merge.done",
     ]
 
 
@@ -340,15 +363,14 @@ def _assert_valid(repo: Path, states: Path, plans: list[str], original: str) -> 
     for plan in plans:
         mine = {f"{plan}/{n}.txt" for n in range(3)}
         assert mine <= files or not mine & files, f"{plan} half-merged at {tip}"
-    assert git(repo, "status", "--porcelain", "--untracked-files=no") == "" or _between(
-        repo, saved
-    )
+    assert git(repo, "status", "--porcelain", "--untracked-files=no") == "" or _between(repo, saved)
 
 
 def _between(repo: Path, saved: list[dict[str, object]]) -> bool:
     """A kill between the checkout's files and the ref: the index is exactly `new`'s tree."""
     index = git(repo, "write-tree").strip()
-    return any(s.get("status") in ("updating", "blocked")
-               and index == git(repo, "rev-parse", f"{s['new']}^{{tree}}").strip()
-               for s in saved)
-
+    return any(
+        s.get("status") in ("updating", "blocked")
+        and index == git(repo, "rev-parse", f"{s['new']}^{{tree}}").strip()
+        for s in saved
+    )
