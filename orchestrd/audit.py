@@ -6,6 +6,7 @@ No global configuration: an AuditLog is built once at start-up and its loggers a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -47,6 +48,8 @@ EVENTS: dict[str, str] = {
     ),
     "daemon.watch_failed": "inotify on the inbox failed; the daemon falls back to rescans",
     "daemon.metrics_failed": "[metrics] textfile could not be written (reason); once per reason",
+    "http.listening": "the status page and JSON API serve at url ([http]); token: whether one "
+    "is required",
     "plan.accepted": "a file in the inbox passed validation and was moved to plans/<id>/",
     "plan.rejected": "a file in the inbox failed validation; see rejected/<name>.error",
     "plan.queued": "the plan waits for a worker slot",
@@ -363,15 +366,24 @@ class AuditLog:
     """Builds bound loggers that write to one AuditSink, redacting secrets on the way."""
 
     def __init__(
-        self, path: Path, echo: TextIO | None = None, redactor: Redactor | None = None,
+        self,
+        path: Path,
+        echo: TextIO | None = None,
+        redactor: Redactor | None = None,
         echo_skip: frozenset[str] = frozenset(),
     ) -> None:
         self.sink = AuditSink(path, echo)
         self.redactor = redactor or Redactor()
         self.echo_skip = echo_skip
         """Events not echoed (the daemon leaves CHATTY ones out of the journal)."""
-        self._processors: list[Any] = [_timestamp, structlog.processors.format_exc_info,
-                                       self._redact, _order_keys, self._echo, _to_json]
+        self._processors: list[Any] = [
+            _timestamp,
+            structlog.processors.format_exc_info,
+            self._redact,
+            _order_keys,
+            self._echo,
+            _to_json,
+        ]
 
     def _echo(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
         if self.sink.echo is not None and event_dict.get("event") not in self.echo_skip:
@@ -396,3 +408,20 @@ class AuditLog:
 
 
 Logger = structlog.typing.FilteringBoundLogger
+
+
+def passed_in_audit(path: Path, plan_id: str) -> set[str]:
+    """The phases of `plan_id` with a `phase.passed` event in the audit log."""
+    passed: set[str] = set()
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if b'"phase.passed"' not in line:
+                    continue  # most lines: no JSON parsing
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if event.get("event") == "phase.passed" and event.get("plan") == plan_id:
+                        passed.add(str(event.get("phase")))
+    except FileNotFoundError:
+        return set()  # no audit log: nothing was ever proven
+    return passed
