@@ -17,13 +17,13 @@ import anyio
 import anyio.to_thread
 
 from .gitsnap import GitError
-from .worktrees import RepoGit, list_worktrees
+from .worktrees import RepoGit, commit_leftovers, list_worktrees
 
 ROUNDS = 5  # rebases in a row because the target moved meanwhile, before giving up for now
 CONFLICT_FILES = 50  # conflicting paths kept in the state and the event
 
 
-class MergeStatus(enum.StrEnum):
+class MergeStep(enum.StrEnum):
     QUEUED = "queued"
     """Waiting for its turn, or to be rebased again (the target moved)."""
     REBASED = "rebased"
@@ -40,7 +40,7 @@ class MergeStatus(enum.StrEnum):
     """A rebase conflict (`files`) or a red re-verify (`reason`); the branch is kept."""
 
 
-FINAL = frozenset({MergeStatus.DONE, MergeStatus.FAILED})
+FINAL = frozenset({MergeStep.DONE, MergeStep.FAILED})
 
 
 @dataclasses.dataclass
@@ -48,7 +48,7 @@ class MergeState:
     """What `state.toml` keeps of a plan's merge (no None values: TOML has none)."""
 
     target: str
-    status: MergeStatus = MergeStatus.QUEUED
+    step: MergeStep = MergeStep.QUEUED
     onto: str = ""
     head: str = ""
     old: str = ""
@@ -63,7 +63,7 @@ class MergeState:
     def from_dict(cls, data: dict[str, Any]) -> MergeState:
         fields = {f.name for f in dataclasses.fields(cls)}
         kept = {k: v for k, v in data.items() if k in fields}
-        kept["status"] = MergeStatus(kept.get("status", "queued"))
+        kept["step"] = MergeStep(kept.get("step", "queued"))
         return cls(**kept)
 
 
@@ -75,6 +75,9 @@ class MergeJob:
     tree: RepoGit
     """git in the plan's worktree, on its branch."""
     branch: str
+    admin: anyio.Lock = dataclasses.field(default_factory=anyio.Lock)
+    """Held while the repository's worktrees are listed: git cannot read a worktree another
+    plan is adding or removing meanwhile."""
 
 
 Save = Callable[[MergeState], Awaitable[None]]
@@ -95,16 +98,16 @@ class Merger:
 
     async def run(self, st: MergeState) -> MergeState:
         for _ in range(ROUNDS):
-            if st.status in FINAL:
+            if st.step in FINAL:
                 return st
             tip = await self.job.main.commit_of(f"refs/heads/{st.target}")
             if tip is None:
                 return await self._fail(st, f"target branch {st.target!r} does not exist")
-            if st.status in (MergeStatus.UPDATING, MergeStatus.BLOCKED):
+            if st.step in (MergeStep.UPDATING, MergeStep.BLOCKED):
                 if tip == st.new:
                     return await self._done(st)
                 if tip != st.old:
-                    await self._set(st, MergeStatus.QUEUED)  # moved meanwhile: rebase again
+                    await self._set(st, MergeStep.QUEUED)  # moved meanwhile: rebase again
                     continue
             else:
                 if not await self._prepare(st, tip):
@@ -116,36 +119,36 @@ class Merger:
                 return st
             if moved:
                 return await self._done(st)
-            await self._set(st, MergeStatus.QUEUED)
+            await self._set(st, MergeStep.QUEUED)
         st.reason = f"the target moved {ROUNDS} times during the merge; retried later"
         await self.save(st)
         return st
 
-    async def _set(self, st: MergeState, status: MergeStatus) -> None:
-        st.status = status
+    async def _set(self, st: MergeState, step: MergeStep) -> None:
+        st.step = step
         await self.save(st)
 
     async def _prepare(self, st: MergeState, tip: str) -> bool:
         """Rebase onto `tip` and re-verify unless that is already done for this tip; then
         UPDATING from `tip` to the verified commit. False when the merge failed."""
         head = await self.job.tree.commit_of("HEAD")
-        if st.status is MergeStatus.QUEUED or st.onto != tip or head != st.head:
+        if st.step is MergeStep.QUEUED or st.onto != tip or head != st.head:
             await self._clean_tree()
             result = await self._rebase(st, tip)
             if result is None:
                 return False
             st.onto, st.head, st.reason, st.files = tip, result, "", []
-            await self._set(st, MergeStatus.REBASED)
+            await self._set(st, MergeStep.REBASED)
             self.emit("merge.rebased", onto=tip, head=result)
-        if st.status is not MergeStatus.VERIFIED:
+        if st.step is not MergeStep.VERIFIED:
             failed = await self.verify(self.job.tree.cwd)
             if failed is not None:
                 await self._fail(st, failed)
                 return False
-            await self._set(st, MergeStatus.VERIFIED)
+            await self._set(st, MergeStep.VERIFIED)
             self.emit("merge.verified", head=st.head)
         st.old, st.new = tip, st.head
-        await self._set(st, MergeStatus.UPDATING)
+        await self._set(st, MergeStep.UPDATING)
         return True
 
     async def _clean_tree(self) -> None:
@@ -165,15 +168,7 @@ class Merger:
                 rc, _, err = await tree.call("rebase", "--abort")
                 if rc != 0:
                     raise GitError(f"cannot undo an interrupted rebase in {tree.cwd}: {err}")
-        if (await tree.run("status", "--porcelain", "--untracked-files=all")).strip():
-            await tree.run("add", "--all")
-            await tree.run(
-                "commit",
-                "--quiet",
-                "--no-verify",
-                "-m",
-                f"orchestrd: changes plan {self.job.plan_id} left uncommitted",
-            )
+        await commit_leftovers(tree, self.job.plan_id)
 
     async def _rebase(self, st: MergeState, tip: str) -> str | None:
         """The branch's new tip on `tip`; None after a conflict (undone, FAILED with files)."""
@@ -200,9 +195,9 @@ class Merger:
             dirty = await self._dirty(checkout, st)
             if dirty is not None:
                 st.reason = dirty
-                was = st.status
-                await self._set(st, MergeStatus.BLOCKED)
-                if was is not MergeStatus.BLOCKED:
+                was = st.step
+                await self._set(st, MergeStep.BLOCKED)
+                if was is not MergeStep.BLOCKED:
                     self.emit(
                         "merge.blocked", target=st.target, checkout=str(checkout.cwd), reason=dirty
                     )
@@ -229,8 +224,14 @@ class Merger:
 
     async def _checkout_of(self, target: str) -> RepoGit | None:
         """git in the checkout (other than the plan's) that has `target` checked out."""
-        for tree in await list_worktrees(self.job.main):
-            if tree.branch == target and not _same(tree.path, self.job.tree.cwd):
+        async with self.job.admin:
+            trees = await list_worktrees(self.job.main)
+        ours = await anyio.to_thread.run_sync(os.path.realpath, self.job.tree.cwd)
+        for tree in trees:
+            if (
+                tree.branch == target
+                and await anyio.to_thread.run_sync(os.path.realpath, tree.path) != ours
+            ):
                 main = self.job.main
                 return RepoGit(tree.path, main.timeout, main.identity)
         return None
@@ -245,7 +246,7 @@ class Merger:
         unstaged = await checkout.call("diff", "--quiet")
         untracked = await checkout.run("ls-files", "--others", "--exclude-standard")
         ours = (
-            st.status is MergeStatus.UPDATING
+            st.step is MergeStep.UPDATING
             and index == await self._tree_of_commit(st.new)
             and unstaged[0] == 0
             and not untracked.strip()
@@ -267,13 +268,13 @@ class Merger:
 
     async def _done(self, st: MergeState) -> MergeState:
         st.reason = ""
-        await self._set(st, MergeStatus.DONE)
+        await self._set(st, MergeStep.DONE)
         self.emit("merge.done", target=st.target, old=st.old, new=st.new)
         return st
 
     async def _fail(self, st: MergeState, reason: str) -> MergeState:
         st.reason = reason
-        await self._set(st, MergeStatus.FAILED)
+        await self._set(st, MergeStep.FAILED)
         self.emit(
             "merge.failed", target=st.target, reason=reason, files=st.files, branch=self.job.branch
         )
@@ -285,7 +286,3 @@ def _drop_locks(gitdir: Path, branch_lock: Path) -> None:
     for lock in [*gitdir.glob("*.lock"), branch_lock]:
         if lock.is_file():
             os.unlink(lock)
-
-
-def _same(a: Path, b: Path) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)

@@ -22,7 +22,7 @@ from .plan import Plan, check_plan_id, confine, parse_plan_bytes
 from .state import PlanFolder, PlanState, atomic_write, dump_state
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".swp")
-REQUEST_KINDS = (".cancel", ".retry")
+REQUEST_KINDS = (".cancel", ".retry", ".merge")
 RUN_LOCK = "run.lock"
 STAGING_SUFFIX = ".accepting"
 

@@ -54,14 +54,18 @@ class RepoGit:
         self._drivers: tuple[str, ...] | None = None
 
     async def call(self, *args: str) -> tuple[int, str, str]:
+        """(exit code, stdout, stderr) of a git command; GitError if it cannot run or times
+        out."""
+        if self._drivers is None:
+            self._drivers = await self._driver_overrides()
+        return await self._exec(args, self._drivers)
+
+    async def _exec(self, args: tuple[str, ...], drivers: tuple[str, ...]) -> tuple[int, str, str]:
         env = _git_env()
         as_user: dict[str, Any] = {}
         if self.identity is not None:
             as_user = self.identity.process_kwargs()
             env.update(self.identity.env())
-        if self._drivers is None:
-            self._drivers = ()  # the lookup below runs through call() itself
-            self._drivers = await self._driver_overrides()
         safe = [x for c in SAFE_CONFIG if c not in _SHADOW_ONLY for x in ("-c", c)]
         write = [x for c in WRITE_CONFIG for x in ("-c", c)]
         argv = [
@@ -70,7 +74,7 @@ class RepoGit:
             *write,
             "-c",
             f"safe.directory={self.cwd}",
-            *self._drivers,
+            *drivers,
             *args,
         ]
         try:
@@ -103,8 +107,9 @@ class RepoGit:
         """`-c filter.<n>.clean=` … and `-c merge.<n>.driver=false` for every filter and merge
         driver the repository's config names: a checkout or rebase runs none of them (an
         emptied merge driver makes its files conflict, which a person then resolves)."""
-        rc, out, _ = await self.call(
-            "config", "-z", "--name-only", "--get-regexp", "^(filter|merge)[.].*[.]"
+        rc, out, _ = await self._exec(
+            ("config", "-z", "--name-only", "--get-regexp", "^(filter|merge)[.].*[.]"),
+            (),
         )
         names = [n for n in out.split("\0") if n.count(".") >= 2] if rc == 0 else []
         filters = sorted({n[7 : n.rindex(".")] for n in names if n.startswith("filter.")})
@@ -182,11 +187,12 @@ async def ensure_worktree(git: RepoGit, path: Path, branch: str, base: str) -> b
     """The plan's worktree at `path` on `branch` (created from commit `base` if it does not
     exist). A worktree left by an interrupted run is reused as it is; a half-made one (the
     daemon killed during `worktree add`) is made again. True when it was created now."""
-    for tree in await list_worktrees(git):
-        if _same(tree.path, path):
-            if tree.branch == branch and (path / ".git").is_file():
-                return False
-            await git.call("worktree", "remove", "--force", str(path))
+    trees = await list_worktrees(git)
+    found = await anyio.to_thread.run_sync(_find, trees, path)
+    if found is not None:
+        if found.branch == branch and await anyio.to_thread.run_sync((path / ".git").is_file):
+            return False
+        await git.call("worktree", "remove", "--force", str(path))
     await anyio.to_thread.run_sync(_clear_leftover, path)
     await git.run("worktree", "prune")
     if await git.commit_of(f"refs/heads/{branch}") is not None:
@@ -195,6 +201,11 @@ async def ensure_worktree(git: RepoGit, path: Path, branch: str, base: str) -> b
     else:
         await git.run("worktree", "add", "-b", branch, str(path), base)
     return True
+
+
+def _find(trees: list[Worktree], path: Path) -> Worktree | None:
+    """The worktree registered at `path` (symlinks resolved), if any."""
+    return next((t for t in trees if _same(t.path, path)), None)
 
 
 def _clear_leftover(path: Path) -> None:
@@ -209,6 +220,17 @@ def _clear_leftover(path: Path) -> None:
 
 def _same(a: Path, b: Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
+
+
+async def commit_leftovers(tree: RepoGit, plan_id: str) -> bool:
+    """Commit what the plan's workers left uncommitted in its worktree (ignored files aside):
+    its branch is the plan's result. Whether there was anything."""
+    if not (await tree.run("status", "--porcelain", "--untracked-files=all")).strip():
+        return False
+    await tree.run("add", "--all")
+    message = f"orchestrd: changes plan {plan_id} left uncommitted"
+    await tree.run("commit", "--quiet", "--no-verify", "-m", message)
+    return True
 
 
 async def remove_worktree(git: RepoGit, path: Path) -> str | None:

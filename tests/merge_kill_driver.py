@@ -38,14 +38,14 @@ async def main(repo: Path, root: Path, states: Path, target: str, plans: list[st
         async def verify(tree: Path) -> str | None:
             # slow enough that kills land during verification too
             done = await anyio.run_process(
-                ["sh", "-c", "sleep 0.05; test -f base.txt"], cwd=tree, check=False
+                ["sh", "-c", "sleep 0.1; test -f base.txt"], cwd=tree, check=False
             )
             return None if done.returncode == 0 else "test -f base.txt failed"
 
         job = MergeJob(plan, RepoGit(repo, 30), RepoGit(root / plan, 30), branch_for(plan))
         st = await Merger(job, save, verify, lambda *a, **k: None).run(st)
-        if st.status != "done":
-            sys.exit(f"{plan}: {st.status} {st.reason}")
+        if st.step != "done":
+            sys.exit(f"{plan}: {st.step} {st.reason}")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ STATE_CLASSES = frozenset(
         "failed",
         "cancelled",
         "interrupted",
+        "merging",
+        "merge_failed",
         "corrupt",
         "pending",
         "checking",
@@ -63,7 +65,17 @@ STATE_CLASSES = frozenset(
         "warning",
     }
 )
-PLAN_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted", "corrupt")
+PLAN_STATES = (
+    "queued",
+    "running",
+    "merging",
+    "succeeded",
+    "failed",
+    "merge_failed",
+    "cancelled",
+    "interrupted",
+    "corrupt",
+)
 
 
 def elapsed(seconds: float | None) -> str:
