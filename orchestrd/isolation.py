@@ -18,7 +18,7 @@ from .audit import Logger
 from .config import Config
 from .errors import PlanError
 from .gitsnap import GitError
-from .merge import FINAL, MergeJob, Merger, MergeState, MergeStep
+from .merge import MergeJob, Merger, MergeState, MergeStep
 from .plan import Plan, VerifyCommand
 from .privsep import Identity, handoff_root, identity_for, separation
 from .state import PlanRecord, WorktreeState
@@ -174,7 +174,10 @@ class MergeQueue:
         wt = record.state.worktree
         assert wt is not None and wt.target is not None
         saved = MergeState.from_dict(wt.merge) if wt.merge else None
-        st = saved if saved is not None and saved.step not in FINAL else MergeState(wt.target)
+        # a merge that failed goes again (a retry, after someone fixed the branch); one that
+        # was done (the daemon killed before the plan's end was saved) is not done twice
+        resume = saved is not None and saved.step is not MergeStep.FAILED
+        st = saved if resume and saved is not None else MergeState(wt.target)
 
         async def save(state: MergeState) -> None:
             wt.merge = state.as_dict()
