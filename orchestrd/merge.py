@@ -55,6 +55,8 @@ class MergeState:
     new: str = ""
     reason: str = ""
     files: list[str] = dataclasses.field(default_factory=list)
+    orig: str = ""
+    """The branch's tip as its plan left it: where a red re-verify puts it back."""
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v not in ("", [])}
@@ -134,6 +136,9 @@ class Merger:
         head = await self.job.tree.commit_of("HEAD")
         if st.step is MergeStep.QUEUED or st.onto != tip or head != st.head:
             await self._clean_tree()
+            if not st.orig:
+                st.orig = await self.job.tree.commit_of("HEAD") or ""
+                await self.save(st)
             result = await self._rebase(st, tip)
             if result is None:
                 return False
@@ -143,6 +148,8 @@ class Merger:
         if st.step is not MergeStep.VERIFIED:
             failed = await self.verify(self.job.tree.cwd)
             if failed is not None:
+                if st.orig:  # the branch as the plan left it, for a person (not the red rebase)
+                    await self.job.tree.run("reset", "--hard", "--quiet", st.orig)
                 await self._fail(st, failed)
                 return False
             await self._set(st, MergeStep.VERIFIED)

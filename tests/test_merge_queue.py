@@ -223,13 +223,14 @@ async def test_green_alone_red_after_rebase_is_not_merged(tmp_path: Path) -> Non
     root = tmp_path / "worktrees"
     check = 'test "$(cat *.py 2>/dev/null | grep -c "def helper")" -le 1'
     commit((await plan_tree(repo, root, "a")).cwd, {"a.py": "def helper(): pass\n"})
-    commit((await plan_tree(repo, root, "b")).cwd, {"b.py": "def helper(): pass\n"})
+    b = commit((await plan_tree(repo, root, "b")).cwd, {"b.py": "def helper(): pass\n"})
     rec = Recorder(check)
     assert (await merge(repo, root, "a", rec)).step is MergeStep.DONE
     merged = git(repo, "rev-parse", "main").strip()
     st = await merge(repo, root, "b", rec)
     assert st.step is MergeStep.FAILED and st.reason == f"{check} exited 1"
     assert git(repo, "rev-parse", "main").strip() == merged
+    assert git(repo, "rev-parse", "orchestrd/b").strip() == b  # not left on the red rebase
 
 
 async def test_dirty_checkout_of_the_target_is_never_touched_then_a_clean_one_fast_forwards(
