@@ -10,24 +10,20 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import make_config, phase
 from daemon_support import Daemon, profile
-from test_privsep import (  # noqa: F401 - fixtures
-    SYSTEM_PYTHON,
-    USER,
-    scratch,
-    sep_daemon,
-    worker_repo,
-    worker_user,
-)
+from test_privsep import SYSTEM_PYTHON, SepDaemon, _user, worker_repo
 
 from orchestrd.config import load_config
 from orchestrd.errors import PlanError
 from orchestrd.plan import plan_from_dict
+from orchestrd.privsep import resolve
 from orchestrd.state import load_state
 
 AGENT = Path(__file__).parent / "agents" / "worktree_agent.py"
@@ -292,20 +288,46 @@ def test_a_base_that_names_nothing_fails_the_plan_at_acceptance(daemon: Daemon) 
     assert daemon.events("worker.started") == []
 
 
+WT_USER = "orchestrd-test-wt"  # its own: test_privsep's user comes and goes with its sessions
+
+
+@pytest.fixture
+def wt_user() -> Iterator[pwd.struct_passwd]:
+    base = Path(tempfile.mkdtemp(prefix="orchestrd-wt-home-"))
+    base.chmod(0o755)
+    pw, created = _user(WT_USER, base / "home")
+    resolve.cache_clear()
+    yield pw
+    if created:
+        subprocess.run(["userdel", WT_USER], check=False)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def sep_daemon() -> Iterator[Daemon]:
+    """The daemon as root under a 0755 scratch folder the worker user can reach."""
+    path = Path(tempfile.mkdtemp(prefix="orchestrd-wt-"))
+    path.chmod(0o755)
+    d = SepDaemon(path)
+    yield d
+    leftovers = d.cleanup()
+    shutil.rmtree(path, ignore_errors=True)
+    assert not leftovers, f"workers outlived the daemon: {leftovers}"
+
+
 @pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists(SYSTEM_PYTHON) or not shutil.which("useradd"),
     reason="needs root (to create a worker user and switch to it), useradd and /usr/bin/python3",
 )
 def test_a_worker_users_worktrees_live_beside_its_hand_off_folders(
-    sep_daemon: Daemon,  # noqa: F811 - test_privsep's fixtures
-    worker_user: pwd.struct_passwd,  # noqa: F811
+    sep_daemon: Daemon, wt_user: pwd.struct_passwd
 ) -> None:
-    d, pw = sep_daemon, worker_user
+    d, pw = sep_daemon, wt_user
     repo = worker_repo(d, "repo", pw, git=True)
     branch = git(repo, "-c", "safe.directory=*", "symbolic-ref", "--short", "HEAD").strip()
     d.write_config(
         allow_root_workers=False,
-        worker_user=USER,
+        worker_user=WT_USER,
         default_worker="wt",
         workers={"wt": {"command": [SYSTEM_PYTHON, str(AGENT), "{prompt_file}"]}},
     )
