@@ -37,13 +37,18 @@ from .worktrees import (
 Verify = Callable[[Path], Awaitable[str | None]]
 
 
+HANDOFF_WORKTREES = "@worktrees"
+"""In the hand-off root, beside the plans' hand-off folders: '@' is in no plan id, so no plan's
+hand-off folder can ever be this worker-writable one."""
+
+
 def worktrees_root(config: Config) -> Path:
     """Where plans' worktrees live: `state_dir/worktrees/`, or, when workers run as another user,
-    `<hand-off folder>/worktrees/`: state_dir is private to the daemon (0750, its group), so a
-    worker could not even reach a worktree inside it, while the hand-off folder is the one place
-    the worker group may enter."""
+    `<hand-off root>/@worktrees/`: state_dir is private to the daemon (0750, its group), so a
+    worker could not even reach a worktree inside it, while the hand-off root is the one place
+    the worker group may enter (the root itself stays the daemon's alone)."""
     if separation(config)[0]:
-        return handoff_root(config) / "worktrees"
+        return handoff_root(config) / HANDOFF_WORKTREES
     return config.state_dir / "worktrees"
 
 

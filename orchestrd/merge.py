@@ -167,8 +167,10 @@ class Merger:
         common = Path(
             (await tree.run("rev-parse", "--path-format=absolute", "--git-common-dir")).strip()
         )
-        await anyio.to_thread.run_sync(
-            _drop_locks, gitdir, common / "refs" / "heads" / f"{self.job.branch}.lock"
+        # as whoever runs git there: the paths come from a repository workers write
+        await tree.unlink_files(
+            [str(p) for p in await anyio.to_thread.run_sync(_locks, gitdir)],
+            str(common / "refs" / "heads" / f"{self.job.branch}.lock"),
         )
         for name in ("rebase-merge", "rebase-apply"):
             if (gitdir / name).exists():
@@ -288,8 +290,6 @@ class Merger:
         return st
 
 
-def _drop_locks(gitdir: Path, branch_lock: Path) -> None:
-    """Lock files a killed git left in the plan's own worktree folder and on its branch."""
-    for lock in [*gitdir.glob("*.lock"), branch_lock]:
-        if lock.is_file():
-            os.unlink(lock)
+def _locks(gitdir: Path) -> list[Path]:
+    """Lock files a killed git left in the plan's own worktree folder."""
+    return sorted(gitdir.glob("*.lock"))

@@ -94,6 +94,22 @@ class RepoGit:
         out = done.stdout.decode("utf-8", errors="replace")
         return done.returncode, out, done.stderr.decode("utf-8", errors="replace").strip()
 
+    async def unlink_files(self, paths: list[str], *more: str) -> None:
+        """Remove these files (missing ones are fine) as git here runs: with `identity`, as the
+        worker's user, for the paths came from a repository that user writes."""
+        as_user = self.identity.process_kwargs() if self.identity is not None else {}
+        argv = ["rm", "-f", "--", *paths, *more]
+        try:
+            with anyio.fail_after(self.timeout):
+                done = await anyio.run_process(
+                    argv, cwd=self.cwd, check=False, stdin=subprocess.DEVNULL, **as_user
+                )
+        except TimeoutError:
+            raise GitError(f"rm of stale git locks timed out after {self.timeout}s") from None
+        if done.returncode != 0:
+            err = done.stderr.decode("utf-8", errors="replace").strip()
+            raise GitError(f"cannot remove stale git locks in {self.cwd}: {err}")
+
     async def run(self, *args: str, ok: tuple[int, ...] = (0,)) -> str:
         """stdout of a git command; GitError (with git's last line) unless its exit code is
         in `ok`."""

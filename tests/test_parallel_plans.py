@@ -335,7 +335,7 @@ def test_a_worker_users_worktrees_live_beside_its_hand_off_folders(
     d.drop("w1.toml", d.plan_data("w1", repo="repo", isolation="worktree", merge="rebase"))
     ended = wait_end(d, "w1")
     assert ended["event"] == "plan.succeeded", ended["reason"]
-    root = d.state_dir.with_name(f"{d.state_dir.name}-handoff") / "worktrees"
+    root = d.state_dir.with_name(f"{d.state_dir.name}-handoff") / "@worktrees"
     assert d.events("worktree.created")[0]["path"] == str(root / "w1")
     st = root.stat()
     assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o1770, pw.pw_gid)
