@@ -129,16 +129,21 @@ async def enter(
 def _make_root(root: Path, identity: Identity | None) -> None:
     """The worktrees folder; for workers of another user, theirs to create worktrees in (the
     worker group may write; sticky, so none removes what it did not make), inside the hand-off
-    folder, which the worker group may enter (0750, as the hand-off folders make it)."""
+    root, which the worker group may enter (given its group as make_handoff does, only when it
+    has another: tmpfiles makes it 2750 with it)."""
     root.mkdir(mode=0o750, parents=True, exist_ok=True)
     if identity is None:
         return
-    for path, mode in ((root.parent, 0o750), (root, 0o1770)):
-        st = path.stat()
-        if st.st_gid != identity.gid:
-            os.chown(path, -1, identity.gid)  # the daemon's user is in the worker group
-        if stat.S_IMODE(st.st_mode) != mode:
-            os.chmod(path, mode)
+    if root.parent.stat().st_gid != identity.gid:
+        _give_group(root.parent, identity.gid, 0o750)
+    st = root.stat()
+    if st.st_gid != identity.gid or stat.S_IMODE(st.st_mode) != 0o1770:
+        _give_group(root, identity.gid, 0o1770)
+
+
+def _give_group(path: Path, gid: int, mode: int) -> None:
+    os.chmod(path, mode)
+    os.chown(path, -1, gid)  # root, or a member of the worker group (sysusers makes it one)
 
 
 class MergeQueue:
