@@ -7,15 +7,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
 
+from . import budgets
 from .audit import Logger
+from .budgets import Crossing
 from .checks import (
     CheckContext,
     CheckResult,
@@ -30,9 +32,11 @@ from .contract import ContractBaseline
 from .errors import OrchestrdError
 from .fsutil import FileRefused, write_file
 from .gitsnap import Git, PhaseGit, drop_snapshots
+from .judge import OutputScanner
+from .metering import DAILY, AttemptMeter, PlanBudget, Spending, new_meter
 from .plan import Phase, Plan, VerifyCommand
 from .policy import WatchOutcome, watch
-from .privsep import Identity, handoff_root, identity_for, make_handoff
+from .privsep import Identity, handoff_root, identity_for, make_handoff, remove_handoff
 from .prompt import (
     LOG_TAIL_LINES,
     base_env,
@@ -55,6 +59,8 @@ from .states import (
     PhaseStatus,
     PlanStatus,
 )
+from .streams import open_stream
+from .usage import total
 from .worker import (
     LocalWorker,
     WorkerSpec,
@@ -73,13 +79,31 @@ class Handoff:
 
     async def remove(self) -> None:
         if self.folder is not None:
-            await anyio.to_thread.run_sync(
-                functools.partial(shutil.rmtree, self.folder, ignore_errors=True)
-            )
+            await anyio.to_thread.run_sync(remove_handoff, self.folder)
 
 
 def describe(failed: list[CheckResult]) -> str:
     return "; ".join(f"{r.name}: {r.reason}" for r in failed).replace("\0", "")
+
+
+async def first_of(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return as soon as one of `waits` returns."""
+
+    async def run(wait: Callable[[], Awaitable[object]], scope: anyio.CancelScope) -> None:
+        await wait()
+        scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        for wait in waits:
+            tg.start_soon(run, wait, tg.cancel_scope)
+
+
+class BudgetPause(Exception):
+    """A budget is spent: the plan pauses (its worker, if any, stopped already)."""
+
+    def __init__(self, crossing: Crossing) -> None:
+        super().__init__(crossing.budget)
+        self.crossing = crossing
 
 
 class PlanRunner:
@@ -92,16 +116,67 @@ class PlanRunner:
         folder: PlanFolder,
         get_config: Callable[[], Config],
         log: Logger,
+        spending: Spending | None = None,
     ) -> None:
         self.plan = plan
         self.record = record
         self.folder = folder
         self.get_config = get_config
         self.log = log
+        self.spending = spending if spending is not None else Spending()
+        """What every plan spent per UTC day (the daemon's, shared: the daily budget)."""
+        self.budget = self._plan_budget(get_config())
+
+    def _limits(self, config: Config) -> dict[str, float]:
+        own = self.plan.budgets.limits() if self.plan.budgets is not None else None
+        return budgets.limits(config.budgets.limits(), own, self.record.state.budget_raises)
+
+    def _plan_budget(self, config: Config) -> PlanBudget:
+        """The plan's budgets, with what it spent before from its ledger (a restart, a
+        resume), so nothing is forgotten."""
+        state = self.record.state
+        before = total(
+            a.usage for ps in state.phases.values() for a in ps.attempts if a.usage is not None
+        )
+        return PlanBudget(
+            self._limits(config),
+            before,
+            state.wall_seconds,
+            set(state.budget_warned),
+            self.spending,
+        )
+
+    def _keep_ledger(self) -> None:
+        """Put the plan's wall time and the warnings given into its state (saved next)."""
+        self.record.state.wall_seconds = round(self.budget.wall(), 3)
+        self.record.state.budget_warned = sorted(self.budget.warned)
 
     async def run(self) -> PlanStatus:
-        """Run every phase not yet passed; returns SUCCEEDED, FAILED or (a worktree plan to be
-        merged) MERGING, and records it."""
+        """Run every phase not yet passed; returns SUCCEEDED, FAILED, PAUSED (a budget was
+        spent) or, for a worktree plan to be merged, MERGING; and records it."""
+        try:
+            return await self._run()
+        except BudgetPause as pause:
+            self._keep_ledger()
+            phase = self.record.state.current_phase()
+            if phase is not None and phase[1].status is PhaseStatus.RUNNING:
+                # its phase runs again from a fresh worker on resume
+                await self.record.set_phase(phase[0], PhaseStatus.PENDING)
+            name = pause.crossing.budget
+            extra: dict[str, Any] = {}
+            if name == DAILY:  # it resumes by itself then
+                extra["resumes_at"] = budgets.next_utc_midnight(self.spending.clock()).isoformat()
+            await self.record.set_status(
+                PlanStatus.PAUSED,
+                f"budget:{name}",
+                budget=name,
+                spent=round(pause.crossing.spent, 6),
+                limit=pause.crossing.limit,
+                **extra,
+            )
+            return PlanStatus.PAUSED
+
+    async def _run(self) -> PlanStatus:
         state = self.record.state
         state.add_phases(p.id for p in self.plan.phases)
         if state.status is not PlanStatus.RUNNING:
@@ -117,10 +192,12 @@ class PlanRunner:
             if not await self.run_phase(phase):
                 reason = f"phase {phase.id} failed: {state.phases[phase.id].reason}"
                 await anyio.to_thread.run_sync(drop_snapshots, self.folder.workers)
+                self._keep_ledger()
                 await self.record.set_status(PlanStatus.FAILED, reason, phase=phase.id)
                 return PlanStatus.FAILED
         # kept while the plan may resume (its index spares hashing every file again)
         await anyio.to_thread.run_sync(drop_snapshots, self.folder.workers)
+        self._keep_ledger()
         wt = state.worktree
         if wt is not None and self.plan.merge == "rebase":
             # the daemon's merge queue takes it from here
@@ -159,6 +236,9 @@ class PlanRunner:
             config = self.get_config()
             policy = config.policy_for(self.plan.policy, phase.policy)
             role = "primary" if ps.failures == 0 else "remediation"
+            self.budget.limits = self._limits(config)  # a reload may have changed them
+            if (spent := self.budget.exceeded_now(self.log.bind(phase=phase.id))) is not None:
+                raise BudgetPause(spent)  # before a worker starts: nothing to stop
             results, log_path = await self.attempt(
                 phase, config, policy, role, previous, (pgit, contract)
             )
@@ -347,11 +427,30 @@ class PlanRunner:
             mine = [self.plan.in_plan_dir(p) for p in (report, *phase.completion_paths)]
             await contract.take(mine)
             await pgit.start_attempt(f"{phase.id}-{n}")
-            async with launch(spec, config.max_log_bytes, policy.stop_grace) as worker:
-                wlog = log.bind(pid=worker.handle.pid)
-                if flags:
-                    wlog.info("worker.dangerous", flags=flags)
-                outcome = await self._supervise(worker, att, phase, policy, wlog)
+            meter = self._meter(config, att, log)
+            # the log keeps the head and tail of the output: its errors are judged on all of it
+            scanner = OutputScanner(config.checks.log_error_patterns, prompt)
+
+            def observe(chunk: bytes) -> None:
+                scanner.feed(chunk)
+                meter.feed(chunk)
+
+            with meter:
+                async with launch(spec, config.max_log_bytes, policy.stop_grace, observe) as worker:
+                    wlog = log.bind(pid=worker.handle.pid)
+                    if flags:
+                        wlog.info("worker.dangerous", flags=flags)
+                    outcome = await self._supervise(worker, att, phase, policy, wlog, meter)
+                # the output is drained now: its last line, and the final usage
+                if meter.finish(att.returncode):
+                    await self.record.save(phase.id)
+            if att.usage is not None:
+                self.budget.before.add(att.usage)
+            if outcome.halted:
+                with anyio.CancelScope(shield=True):
+                    await handoff.remove()
+                assert meter.exceeded is not None
+                raise BudgetPause(meter.exceeded)
         except WorkerStartError as exc:
             ps.attempts.append(att)
             set_attempt(att, AttemptStatus.FAILED_TO_START)
@@ -394,6 +493,7 @@ class PlanRunner:
             git_problem=pgit.problem,
             git_broken=pgit.broken,
             stale=stale,
+            log_found=scanner.close(),
             identity=spec.identity,
             pid_namespace=spec.pid_namespace,
         )
@@ -402,6 +502,28 @@ class PlanRunner:
         finally:
             with anyio.CancelScope(shield=True):
                 await handoff.remove()
+
+    def _meter(self, config: Config, att: AttemptState, log: Logger) -> AttemptMeter:
+        """The attempt's observer: its profile's stream format read into the ledger (kept in
+        the attempt's state) and held against the budgets; opaque `text` is only timed."""
+        name = self.plan.worker or config.default_worker
+        profile = config.workers[name]
+        reader = open_stream(profile.output)
+        meter = new_meter(config.prices, name, profile.model, self.spending)
+        if reader is not None:
+            att.usage = meter.record
+        return AttemptMeter(reader, meter, self.budget, log)
+
+    async def _on_poll(self, meter: AttemptMeter, phase_id: str) -> dict[str, Any]:
+        """`tokens` and `events` for the poll; the usage saved when it changed (so a restart
+        knows what was spent, at most one poll behind)."""
+        self.budget.limits = self._limits(self.get_config())  # a reload may have changed them
+        fields = meter.poll_fields()
+        if meter.unsaved:
+            meter.unsaved = False
+            self._keep_ledger()
+            await self.record.save(phase_id)
+        return fields
 
     async def _prepare(
         self,
@@ -431,7 +553,9 @@ class PlanRunner:
             identity = identity_for(config, profile)
             handoff = Handoff(identity)
             if identity is not None:
-                handoff.folder = handoff_root(config) / f"{self.plan.id}-{phase.id}-{n}"
+                # a folder per plan: ids may hold '-', and `<plan>-<phase>-<n>` of two plans can be
+                # one name (plan a-b phase c, plan a phase b-c)
+                handoff.folder = handoff_root(config) / self.plan.id / f"{phase.id}-{n}"
             shown = handoff.folder / "failed.log" if handoff.folder else None
             # reads files workers could have touched: off the event loop
             prompt = await anyio.to_thread.run_sync(
@@ -474,7 +598,13 @@ class PlanRunner:
         return spec, env, prompt, profile.dangerous_flags, handoff
 
     async def _supervise(
-        self, worker: LocalWorker, att: AttemptState, phase: Phase, policy: Policy, log: Logger
+        self,
+        worker: LocalWorker,
+        att: AttemptState,
+        phase: Phase,
+        policy: Policy,
+        log: Logger,
+        meter: AttemptMeter,
     ) -> WatchOutcome:
         h = worker.handle
         self.record.state.phases[phase.id].attempts.append(att)
@@ -485,8 +615,37 @@ class PlanRunner:
         self.folder.append_ledger(who)
         log.info("worker.started", log=h.log, command=worker.argv[0])
         try:
-            outcome = await watch(worker, policy, log)
-            if outcome.stalled:
+            on_poll = functools.partial(self._on_poll, meter, phase.id)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(meter.wall_timer)
+                outcome = await watch(
+                    worker,
+                    policy,
+                    log,
+                    on_poll if meter.reader is not None else None,
+                    halt=meter.stop,
+                )
+                tg.cancel_scope.cancel()
+            if outcome.halted and meter.ending:
+                # spent by its closing count: the agent is done, its work is checked as usual
+                # (the plan pauses before its next worker) — unless it goes on instead
+                with anyio.move_on_after(policy.stop_grace):
+                    await first_of(worker.wait, meter.more.wait)
+                if worker.returncode is not None:
+                    outcome = WatchOutcome(worker.returncode, outcome.polls)
+            if outcome.halted:
+                sig = await worker.stop(policy.stop_grace)
+                set_attempt(att, AttemptStatus.STOPPED)
+                assert meter.exceeded is not None
+                att.failure = f"stopped: budget {meter.exceeded.budget} spent"
+                log.info(
+                    "worker.stopped",
+                    signal=sig.name if sig else None,
+                    why="budget",
+                    budget=meter.exceeded.budget,
+                )
+                self.folder.append_ledger(f"{who} budget stopped={sig.name if sig else 'gone'}")
+            elif outcome.stalled:
                 set_attempt(att, AttemptStatus.STALLED)
                 log.info(
                     "worker.stalled",
@@ -522,5 +681,6 @@ class PlanRunner:
                     log.info("worker.stopped", signal=sig.name if sig else None, why="cancelled")
                     self.folder.append_ledger(f"{who} stopped={sig.name if sig else 'gone'}")
             att.ended_at = now_iso()
+            self._keep_ledger()
             with anyio.CancelScope(shield=True):
                 await self.record.save(phase.id)

@@ -27,6 +27,9 @@ class PlanStatus(enum.StrEnum):
     MERGE_FAILED = "merge_failed"
     """Every phase passed, but the branch was not merged: a rebase conflict (the files) or a
     red merge_verify (the command); the branch is kept for a person."""
+    PAUSED = "paused"
+    """A budget was spent (reason `budget:<name>`): nothing is lost; `orchestrd resume` (or
+    the next UTC day, for the daily budget) runs its phase again from a fresh worker."""
 
 
 class PhaseStatus(enum.StrEnum):
@@ -74,6 +77,7 @@ PLAN_TRANSITIONS: dict[PlanStatus, frozenset[PlanStatus]] = {
             PlanStatus.CANCELLED,
             PlanStatus.INTERRUPTED,
             PlanStatus.MERGING,
+            PlanStatus.PAUSED,
         }
     ),
     # merging → interrupted: the daemon stopped; on restart the plan (its phases passed) goes
@@ -86,6 +90,8 @@ PLAN_TRANSITIONS: dict[PlanStatus, frozenset[PlanStatus]] = {
             PlanStatus.INTERRUPTED,
         }
     ),
+    # resume: queued again; a paused plan whose file can no longer be loaded fails
+    PlanStatus.PAUSED: frozenset({PlanStatus.QUEUED, PlanStatus.CANCELLED, PlanStatus.FAILED}),
     PlanStatus.INTERRUPTED: frozenset(
         {PlanStatus.QUEUED, PlanStatus.RUNNING, PlanStatus.CANCELLED, PlanStatus.FAILED}
     ),
@@ -134,6 +140,7 @@ PLAN_EVENTS: dict[PlanStatus, str] = {
     PlanStatus.INTERRUPTED: "plan.interrupted",
     PlanStatus.MERGING: "merge.queued",
     PlanStatus.MERGE_FAILED: "plan.merge_failed",
+    PlanStatus.PAUSED: "plan.paused",
 }
 
 PHASE_EVENTS: dict[tuple[PhaseStatus, PhaseStatus], str] = {

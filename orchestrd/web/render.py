@@ -55,6 +55,7 @@ STATE_CLASSES = frozenset(
         "interrupted",
         "merging",
         "merge_failed",
+        "paused",
         "corrupt",
         "pending",
         "checking",
@@ -74,6 +75,7 @@ PLAN_STATES = (
     "merge_failed",
     "cancelled",
     "interrupted",
+    "paused",
     "corrupt",
 )
 
