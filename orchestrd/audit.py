@@ -75,6 +75,10 @@ EVENTS: dict[str, str] = {
     ),
     "plan.state_mismatch": "state.toml says phases passed that the audit log never saw pass "
     "(phases); they run again",
+    "plan.merge_failed": (
+        "every phase passed but the branch was not merged (reason; files of a rebase "
+        "conflict); the branch is kept"
+    ),
     "phase.started": "a phase began (its primary worker follows)",
     "phase.skipped": "a phase already passed before a restart or retry",
     "phase.passed": "all checkpoints passed",
@@ -117,6 +121,28 @@ EVENTS: dict[str, str] = {
     "check.output_truncated": "a verify command's output went over max_log_bytes; its head and "
     "tail were kept in its file, the middle dropped (it was judged whole)",
     "remediation.started": "a remediation attempt begins (failure)",
+    "worktree.created": (
+        "a worktree plan's worktree was made before its first phase (path, branch "
+        "orchestrd/<plan-id>, base commit, base_branch)"
+    ),
+    "worktree.removed": (
+        "the plan's worktree was removed (archived plan, or at start-up one whose plan no "
+        "longer exists); branch_deleted with delete_branch"
+    ),
+    "worktree.kept": (
+        "a worktree that was to be removed is kept (reason, e.g. changes nobody committed)"
+    ),
+    "merge.queued": (
+        'a succeeded plan (merge = "rebase") entered its repo\'s merge queue (target, branch)'
+    ),
+    "merge.rebased": "the plan's branch was rebased onto the target's tip (onto, head)",
+    "merge.verified": "merge_verify passed on the rebased branch (head)",
+    "merge.blocked": (
+        "the target is checked out with uncommitted changes, which are never touched "
+        "(checkout, reason); retried every merge_recheck or on `orchestrd merge`"
+    ),
+    "merge.done": "the target was moved by compare-and-swap from old to new (the merged commit)",
+    "merge.failed": "a rebase conflict (files) or a red merge_verify (reason); the branch is kept",
     "notify.sent": "a notification was delivered (for_event, target, attempts)",
     "notify.failed": "a notification attempt failed (HTTP status or returncode, reason); "
     "retried after retry_in, or gave_up after retry_for",

@@ -265,6 +265,12 @@ def _control(args: argparse.Namespace, kind: str) -> int:
             f"plan {args.plan} is {current}{active}; only failed or cancelled plans can be retried"
         )
         return EXIT_FAILED
+    if kind == ".merge" and current is not PlanStatus.MERGING:
+        print(f"plan {args.plan} is {current}; only a plan in the merge queue can be merged")
+        return EXIT_FAILED
+    if kind == ".merge" and not spool.daemon_running():
+        print(f"plan {args.plan}: no daemon running; its merge goes on when the daemon starts")
+        return EXIT_FAILED
     if kind == ".retry":
         try:
             load_plan(PlanFolder(state_file.parent).plan_file, config)
@@ -411,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", metavar="DATE", help="from this UTC day on (YYYY-MM-DD)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_usage)
+
+    p = sub.add_parser("merge", parents=[common], help="try a blocked merge again now")
+    p.add_argument("plan", metavar="PLAN_ID")
+    p.set_defaults(func=lambda a: _control(a, ".merge"))
 
     add_import_subcommand(sub, common)
     for operator_command in (tail, logs, report, install, doctor):

@@ -407,6 +407,7 @@ class SpoolSettings(Strict):
 DEFAULT_NOTIFY_ON = [
     "plan.succeeded",
     "plan.failed",
+    "plan.merge_failed",
     "plan.paused",
     "phase.failed",
     "daemon.reload_failed",
@@ -530,6 +531,16 @@ class Config(Strict):
     state_dir: Path = Field(Path("/var/lib/orchestrd"), description="plans/<id>/ live here")
     default_worker: str = Field("codex", description="profile used when a plan names none")
     max_workers: int = Field(8, gt=0, description="workers running at once, across all plans")
+    isolation: Literal["none", "worktree"] = Field(
+        "none",
+        description='plans without the key: "none" runs them in the checkout, one per repo at '
+        'a time; "worktree" in a git worktree each, side by side',
+    )
+    merge_recheck: Duration = Field(
+        10.0,
+        description="a merge blocked by uncommitted changes in the checkout is tried again "
+        "this often (or at once on `orchestrd merge PLAN`)",
+    )
     allowed_repo_roots: list[Path] = Field(
         default_factory=lambda: [Path("/srv/repos")],
         description="a plan's repo must be inside one of these",

@@ -23,7 +23,7 @@ import anyio.abc
 import anyio.to_thread
 import watchfiles
 
-from . import budgets, status
+from . import budgets, isolation, status
 from .audit import CHATTY, AuditLog, Logger, Redactor, passed_in_audit
 from .config import Config, load_config
 from .errors import (
@@ -34,6 +34,7 @@ from .errors import (
     describe_failure,
     leaf_errors,
 )
+from .gitsnap import GitError
 from .launchers import Handle, Launcher, Reaped, open_launcher
 from .metering import DAILY, Clock, Spending, utc_now
 from .metrics import Metrics, run_metrics
@@ -127,6 +128,7 @@ class Daemon:
         """Uncontained until `serve` sets containment up (offline cancel only reaps)."""
         self.limiter = anyio.CapacityLimiter(config.max_workers)
         self.repo_locks: dict[Path, anyio.Lock] = {}
+        self.merges = isolation.MergeQueue()
         self.seq = 0
         self._spool_errors: dict[str, str] = {}
         """Inbox or control entries that could not be handled, and why (reported once)."""
@@ -351,8 +353,23 @@ class Daemon:
                     repo=str(outcome.plan.repo),
                 )
                 record = self._record(outcome.folder.state_file, outcome.state, log)
-                self._start(tg, PlanEntry(outcome.plan, record, outcome.folder, log))
+                entry = PlanEntry(outcome.plan, record, outcome.folder, log)
+                if not await self._fix_base(entry):
+                    continue
+                self._start(tg, entry)
                 log.info("plan.queued", seq=outcome.state.seq, active=len(self.entries))
+
+    async def _fix_base(self, entry: PlanEntry) -> bool:
+        """A worktree plan's base, fixed now that it is accepted; a base that names nothing
+        fails the plan (reason: the key and what to write)."""
+        try:
+            await isolation.fix_base(self.config, entry.plan, entry.record)
+        except (PlanError, GitError, OSError) as exc:
+            await self._fail(entry, exc)
+            with anyio.CancelScope(shield=True):
+                await self._archive(entry)
+            return False
+        return True
 
     def _spool_error(self, what: str, exc: OSError) -> None:
         """Report a file the spool cannot handle yet, once per reason (it is retried at every
@@ -396,6 +413,9 @@ class Daemon:
                 )
             elif request.kind == "cancel":
                 await self._cancel(request)
+            elif request.kind == "merge":
+                if not self.merges.wake(request.plan_id):
+                    self._ignored(request, "no merge of this plan is waiting to be tried again")
             elif request.kind == "resume":
                 await self._resume(tg, request)
             else:
@@ -517,22 +537,25 @@ class Daemon:
             with entry.scope:
                 if entry.cancel_requested:
                     entry.scope.cancel()
-                lock = self.repo_locks.setdefault(plan.repo.resolve(), anyio.Lock())
-                if lock.locked():
-                    entry.log.info("plan.waiting_repo", repo=str(plan.repo))
-                async with lock, self.limiter:
-                    entry.running = True
-                    self._notify(f"STATUS={self._status_line()}")
-                    runner = PlanRunner(
-                        plan,
-                        record,
-                        entry.folder,
-                        lambda: self.config,
-                        entry.log,
-                        self.launcher,
-                        self.spending,
-                    )
-                    await runner.run()
+                if plan.isolation == "worktree":
+                    await self._run_isolated(entry)
+                else:
+                    lock = self.repo_locks.setdefault(plan.repo.resolve(), anyio.Lock())
+                    if lock.locked():
+                        entry.log.info("plan.waiting_repo", repo=str(plan.repo))
+                    async with lock, self.limiter:
+                        entry.running = True
+                        self._notify(f"STATUS={self._status_line()}")
+                        runner = PlanRunner(
+                            plan,
+                            record,
+                            entry.folder,
+                            lambda: self.config,
+                            entry.log,
+                            self.launcher,
+                            self.spending,
+                        )
+                        await runner.run()
             if entry.cancel_requested and record.state.status not in PLAN_TERMINAL:
                 await record.set_status(
                     PlanStatus.CANCELLED, "cancelled on request", requester=entry.requester
@@ -555,6 +578,44 @@ class Daemon:
             await self._archive(entry)
         self._notify(f"STATUS={self._status_line()}")
 
+    async def _run_isolated(self, entry: PlanEntry) -> None:
+        """A worktree plan: no repository lock (its worktree is its own), a worker slot while
+        its phases run, then its turn in the repository's merge queue."""
+        record, plan = entry.record, entry.plan
+        async with self.limiter:
+            entry.running = True
+            self._notify(f"STATUS={self._status_line()}")
+            admin = await self.merges.admin(plan.repo)
+            tree = await isolation.enter(self.config, plan, record, entry.log, admin)
+            runner = PlanRunner(
+                tree,
+                record,
+                entry.folder,
+                lambda: self.config,
+                entry.log,
+                self.launcher,
+                self.spending,
+            )
+            await runner.run()
+            entry.running = False
+        if record.state.status is not PlanStatus.MERGING:
+            return
+        commands = isolation.merge_commands(plan)
+        try:
+            await self.merges.merge(
+                self.config,
+                tree,
+                plan.repo,
+                record,
+                entry.log,
+                lambda _tree: runner.merge_verify(commands),
+            )
+        except (GitError, OSError) as exc:
+            # git itself failed (a lock a person holds, a full disk): the merge state is
+            # saved, so `orchestrd retry` carries on from where it stopped
+            reason = f"merge error: {describe_failure(exc)}"
+            await record.set_status(PlanStatus.MERGE_FAILED, reason)
+
     async def _fail(self, entry: PlanEntry, exc: Exception) -> None:
         """A plan whose runner raised (a full disk, a vanished repo, a bug) fails with the
         reason; if even its state cannot be saved, the audit log says so and the daemon goes on.
@@ -576,7 +637,7 @@ class Daemon:
         try:
             dest, skipped = await anyio.to_thread.run_sync(
                 archive_plan,
-                entry.plan,
+                isolation.rooted(entry.plan, entry.record),  # its reports are in its worktree
                 entry.folder,
                 self.spool.archive_dir,
                 self.config.max_log_bytes,
@@ -591,6 +652,9 @@ class Daemon:
         entry.log.info(
             "plan.archived", path=str(dest), status=str(entry.record.state.status), **extra
         )
+        if entry.record.state.worktree is not None:
+            admin = await self.merges.admin(entry.plan.repo)
+            await isolation.cleanup(self.config, entry.plan, entry.record, entry.log, admin)
 
     async def _load_entry(self, folder: PlanFolder) -> PlanEntry:
         """Plan and state of a plan folder; Unloadable (a corrupt state file reported and set
@@ -691,6 +755,8 @@ class Daemon:
             await self._stop_recorded(entry)
             entries.append(entry)
         await self._stop_strays(entries)
+        live = {f.root.name for f in await anyio.to_thread.run_sync(self.spool.plan_folders)}
+        await isolation.prune_stale(self.config, live, self.log)
         entries.sort(key=lambda e: e.record.state.seq)
         self.seq = max((e.record.state.seq for e in entries), default=0)
         for entry in entries:
@@ -698,7 +764,8 @@ class Daemon:
             if previous is PlanStatus.PAUSED:
                 self.paused[entry.plan.id] = entry
                 continue
-            if previous is PlanStatus.RUNNING:
+            if previous in (PlanStatus.RUNNING, PlanStatus.MERGING):
+                # a merge goes on from its saved state once the plan is through its runner
                 await entry.record.set_status(PlanStatus.INTERRUPTED, "the daemon stopped")
             entry.log.info("daemon.recovered", previous=str(previous))
             self._start(tg, entry)

@@ -38,7 +38,7 @@ REPORT_WAIT = 30.0
 """A plan's end is sent with its report.md, written just after: wait this long for it."""
 ARCHIVED_REPORT_WAIT = 5.0
 CURSOR_EVERY = 2.0
-PLAN_ENDS = frozenset({"plan.succeeded", "plan.failed", "plan.cancelled"})
+PLAN_ENDS = frozenset({"plan.succeeded", "plan.failed", "plan.cancelled", "plan.merge_failed"})
 _EVENT = re.compile(rb'"event": "([^"]*)"')
 _ENV_REF = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 _MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"

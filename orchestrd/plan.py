@@ -249,6 +249,32 @@ class Plan(Strict):
         description="repo-relative globs of files no worker of this plan may change",
     )
     phases: list[Phase] = Field(min_length=1)
+    isolation: Literal["none", "worktree"] | None = Field(
+        None,
+        description='"worktree": the plan runs in a git worktree of its own, beside other '
+        "plans on the repo; default the config's isolation",
+    )
+    base: str | None = Field(
+        None,
+        description="worktree plans: the branch or commit they start from, fixed when the plan "
+        "is accepted; default the repo's current branch",
+    )
+    merge: Literal["branch", "rebase"] = Field(
+        "branch",
+        description='worktree plans: "branch" leaves the result on orchestrd/<plan-id>; '
+        '"rebase" merges it through the repo\'s merge queue',
+    )
+    target: str | None = Field(
+        None, description='the branch a merge = "rebase" plan is merged into; default its base'
+    )
+    merge_verify: list[VerifyCommand] | None = Field(
+        None,
+        description="run on the rebased branch before it is merged; default the last phase's "
+        'verify commands with expect = "pass"',
+    )
+    delete_branch: bool = Field(
+        False, description="delete orchestrd/<plan-id> when the plan is archived, if merged"
+    )
 
     @pydantic.field_validator("id")
     @classmethod
@@ -357,6 +383,8 @@ def plan_from_dict(
         raise PlanError("\n".join(lines)) from None
     if problems:
         raise PlanError("\n".join(problems))
+    if plan.isolation is None:
+        plan = plan.model_copy(update={"isolation": config.isolation})
     check_against_config(plan, source, config)
     return plan
 
@@ -430,8 +458,32 @@ def check_against_config(plan: Plan, source: Path | str, config: Config) -> None
         errors.append(f"{source}: repo: {str(plan.repo)!r} is not a directory; clone it first")
     else:
         errors += _path_problems(plan, repo, source)
+    errors += _isolation_problems(plan, source)
     if errors:
         raise PlanError("\n".join(errors))
+
+
+def _isolation_problems(plan: Plan, source: Path | str) -> list[str]:
+    """Merge and branch keys of a plan that runs in the checkout itself, where they mean
+    nothing."""
+    if plan.isolation == "worktree":
+        return []
+    used = [
+        key
+        for key, value in (
+            ("base", plan.base),
+            ("merge", plan.merge if plan.merge != "branch" else None),
+            ("target", plan.target),
+            ("merge_verify", plan.merge_verify),
+            ("delete_branch", plan.delete_branch or None),
+        )
+        if value is not None
+    ]
+    return [
+        f'{source}: {key}: only a plan with isolation = "worktree" has a branch to merge; '
+        'set isolation = "worktree" or leave the key out'
+        for key in used
+    ]
 
 
 def _path_problems(plan: Plan, repo: Path, source: Path | str) -> list[str]:

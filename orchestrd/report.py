@@ -30,11 +30,13 @@ _RULE = re.compile(r"\[rule: ([\w.-]+)\]")
 # --since: what needs a person first
 _ORDER = {
     "failed": 0,
+    "merge_failed": 0,
     "corrupt": 0,
     "cancelled": 1,
     "interrupted": 2,
     "running": 3,
     "queued": 3,
+    "merging": 3,
     "succeeded": 4,
 }
 
@@ -131,6 +133,7 @@ def gather(config: Config, folder: Path) -> dict[str, Any]:
         "finished_at": state.finished_at,
         "wall_seconds": _seconds(state.started_at, state.finished_at),
         "folder": str(folder),
+        **status.git_fields(state),
         "phases": phases,
     }
 
@@ -166,6 +169,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"- ended: {data.get('finished_at') or '-'}",
         f"- wall time: {_fmt(data.get('wall_seconds'))}",
         f"- files: `{data['folder']}`",
+        *([f"- git: {status.git_line(data)}"] if data.get("branch") else []),
         "",
         "| phase | kind | status | attempts | wall time | failed checks |"
         + "".join(f" {k} |" for k in usage),
@@ -241,7 +245,8 @@ def since_summary(config: Config, since: dt.datetime) -> list[str]:
                 ended = None
         if row["state"] == "succeeded" and (ended is None or ended < since):
             continue
-        if row["state"] in ("failed", "cancelled") and ended is not None and ended < since:
+        done = ("failed", "cancelled", "merge_failed")
+        if row["state"] in done and ended is not None and ended < since:
             continue
         rows.append((row, folder))
     rows.sort(key=lambda rf: (_ORDER.get(rf[0]["state"], 3), str(rf[0].get("submitted_at"))))

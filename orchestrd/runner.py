@@ -36,7 +36,7 @@ from .gitsnap import Git, PhaseGit, drop_snapshots
 from .judge import OutputScanner
 from .launchers import Launcher, Worker, WorkerSpec, WorkerStartError
 from .metering import DAILY, AttemptMeter, PlanBudget, Spending, new_meter
-from .plan import Phase, Plan
+from .plan import Phase, Plan, VerifyCommand
 from .policy import WatchOutcome, watch
 from .privsep import Identity, handoff_root, identity_for, make_handoff, remove_handoff
 from .prompt import (
@@ -149,8 +149,8 @@ class PlanRunner:
         self.record.state.budget_warned = sorted(self.budget.warned)
 
     async def run(self) -> PlanStatus:
-        """Run every phase not yet passed; returns SUCCEEDED, FAILED or PAUSED (a budget was
-        spent) and records it."""
+        """Run every phase not yet passed; returns SUCCEEDED, FAILED, PAUSED (a budget was
+        spent) or, for a worktree plan to be merged, MERGING; and records it."""
         try:
             return await self._run()
         except BudgetPause as pause:
@@ -195,6 +195,11 @@ class PlanRunner:
         # kept while the plan may resume (its index spares hashing every file again)
         await anyio.to_thread.run_sync(drop_snapshots, self.folder.workers)
         self._keep_ledger()
+        wt = state.worktree
+        if wt is not None and self.plan.merge == "rebase":
+            # the daemon's merge queue takes it from here
+            await self.record.set_status(PlanStatus.MERGING, target=wt.target, branch=wt.branch)
+            return PlanStatus.MERGING
         await self.record.set_status(PlanStatus.SUCCEEDED)
         return PlanStatus.SUCCEEDED
 
@@ -291,6 +296,19 @@ class PlanRunner:
     async def _precheck(self, phase: Phase, log: Logger) -> list[CheckResult]:
         """The precheck commands, run and judged as verify commands are (output in the
         workers folder as verify-ID-0-N.log: attempt 0, before the first worker)."""
+        return await self._commands(phase, phase.precheck, "precheck", log)
+
+    async def merge_verify(self, commands: list[VerifyCommand]) -> str | None:
+        """The merge queue's re-verify: `commands` run in the plan's worktree on its rebased
+        branch, as its verify commands run (output: verify-merge-0-N.log); the failures, or
+        None when all ended as expected."""
+        phase = self.plan.phases[-1].model_copy(update={"id": "merge"})
+        bad = failures(await self._commands(phase, commands, "merge_verify", self.log))
+        return describe(bad) if bad else None
+
+    async def _commands(
+        self, phase: Phase, commands: list[VerifyCommand], label: str, log: Logger
+    ) -> list[CheckResult]:
         config = self.get_config()
         # run as the workers are: the commands come from the plan, as verify's do
         profile = config.workers.get(self.plan.worker or config.default_worker)
@@ -298,7 +316,7 @@ class PlanRunner:
         env = base_env(config) | (identity.env() if identity else {})
         ctx = CheckContext(
             plan=self.plan,
-            phase=phase.model_copy(update={"verify": phase.precheck}),
+            phase=phase.model_copy(update={"verify": commands}),
             settings=config.checks,
             outcome=WatchOutcome(0, 0),
             log_path=Path(os.devnull),
@@ -312,8 +330,8 @@ class PlanRunner:
             launcher=self.launcher,
         )
         results = []
-        for i in range(len(phase.precheck)):
-            r = dataclasses.replace(await run_verify(ctx, i, log), name=f"precheck[{i}]")
+        for i in range(len(commands)):
+            r = dataclasses.replace(await run_verify(ctx, i, log), name=f"{label}[{i}]")
             audit(log, r)
             results.append(r)
         return results
@@ -371,6 +389,8 @@ class PlanRunner:
             ORCHESTRD_MARKERS="\n".join(phase.markers),
             ORCHESTRD_LOG=str(log_path),
         )
+        if (wt := self.record.state.worktree) is not None:
+            env.update(ORCHESTRD_WORKTREE=str(self.plan.repo), ORCHESTRD_BASE=wt.base)
         if previous is not None:
             # the worker user cannot open the state folder: it reads a copy
             failed = handoff.folder / "failed.log" if handoff.folder else previous[1]

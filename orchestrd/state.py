@@ -85,6 +85,23 @@ class PhaseState(BaseModel):
     attempts: list[AttemptState] = Field(default_factory=list)
 
 
+class WorktreeState(BaseModel):
+    """A worktree plan's git facts, fixed at acceptance (`isolation = "worktree"`)."""
+
+    path: str
+    """Its worktree, where its workers, verify commands and snapshots run."""
+    branch: str
+    """`orchestrd/<plan-id>`, created at `base`."""
+    base: str
+    """The commit the plan starts from."""
+    base_branch: str | None = None
+    """The branch `base` was resolved from (None: a commit or a detached HEAD)."""
+    target: str | None = None
+    """The branch a `merge = "rebase"` plan is merged into."""
+    merge: dict[str, Any] | None = None
+    """Its merge's state (merge.MergeState): saved before every step of it."""
+
+
 class PlanState(BaseModel):
     plan: str
     status: PlanStatus = PlanStatus.QUEUED
@@ -96,6 +113,7 @@ class PlanState(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     phases: dict[str, PhaseState] = Field(default_factory=dict)
+    worktree: WorktreeState | None = None
     wall_seconds: float = 0.0
     """Time spent running in earlier runs (before a pause or a restart): `plan_max_wall`."""
     budget_raises: dict[str, float] = Field(default_factory=dict)
@@ -457,7 +475,7 @@ class PlanRecord:
         self.state.reason = reason
         if new is PlanStatus.RUNNING and self.state.started_at is None:
             self.state.started_at = now_iso()
-        if new in (PlanStatus.SUCCEEDED, PlanStatus.FAILED, PlanStatus.CANCELLED):
+        if new in PLAN_TERMINAL:
             self.state.finished_at = now_iso()
         if new is PlanStatus.QUEUED:
             self.state.finished_at = None

@@ -22,6 +22,11 @@ class PlanStatus(enum.StrEnum):
     """Stopped on request (`orchestrd cancel`)."""
     INTERRUPTED = "interrupted"
     """The daemon stopped while the plan was running; it resumes on the next start."""
+    MERGING = "merging"
+    """Every phase passed; in its repository's merge queue (`merge = "rebase"`)."""
+    MERGE_FAILED = "merge_failed"
+    """Every phase passed, but the branch was not merged: a rebase conflict (the files) or a
+    red merge_verify (the command); the branch is kept for a person."""
     PAUSED = "paused"
     """A budget was spent (reason `budget:<name>`): nothing is lost; `orchestrd resume` (or
     the next UTC day, for the daily budget) runs its phase again from a fresh worker."""
@@ -55,7 +60,9 @@ class AttemptStatus(enum.StrEnum):
     """The command could not be executed at all."""
 
 
-PLAN_TERMINAL = frozenset({PlanStatus.SUCCEEDED, PlanStatus.FAILED, PlanStatus.CANCELLED})
+PLAN_TERMINAL = frozenset(
+    {PlanStatus.SUCCEEDED, PlanStatus.FAILED, PlanStatus.CANCELLED, PlanStatus.MERGE_FAILED}
+)
 PHASE_DONE = frozenset({PhaseStatus.PASSED, PhaseStatus.FAILED})
 
 PLAN_TRANSITIONS: dict[PlanStatus, frozenset[PlanStatus]] = {
@@ -69,7 +76,18 @@ PLAN_TRANSITIONS: dict[PlanStatus, frozenset[PlanStatus]] = {
             PlanStatus.FAILED,
             PlanStatus.CANCELLED,
             PlanStatus.INTERRUPTED,
+            PlanStatus.MERGING,
             PlanStatus.PAUSED,
+        }
+    ),
+    # merging → interrupted: the daemon stopped; on restart the plan (its phases passed) goes
+    # back through running to the queue, and its saved merge state carries on
+    PlanStatus.MERGING: frozenset(
+        {
+            PlanStatus.SUCCEEDED,
+            PlanStatus.MERGE_FAILED,
+            PlanStatus.CANCELLED,
+            PlanStatus.INTERRUPTED,
         }
     ),
     # resume: queued again; a paused plan whose file can no longer be loaded fails
@@ -80,6 +98,8 @@ PLAN_TRANSITIONS: dict[PlanStatus, frozenset[PlanStatus]] = {
     # retry: a failed or cancelled plan may be queued again
     PlanStatus.FAILED: frozenset({PlanStatus.QUEUED}),
     PlanStatus.CANCELLED: frozenset({PlanStatus.QUEUED}),
+    # retry after a person fixed the branch: merged again
+    PlanStatus.MERGE_FAILED: frozenset({PlanStatus.QUEUED}),
     PlanStatus.SUCCEEDED: frozenset(),
 }
 
@@ -118,6 +138,8 @@ PLAN_EVENTS: dict[PlanStatus, str] = {
     PlanStatus.FAILED: "plan.failed",
     PlanStatus.CANCELLED: "plan.cancelled",
     PlanStatus.INTERRUPTED: "plan.interrupted",
+    PlanStatus.MERGING: "merge.queued",
+    PlanStatus.MERGE_FAILED: "plan.merge_failed",
     PlanStatus.PAUSED: "plan.paused",
 }
 

@@ -54,6 +54,23 @@ def summary(state: PlanState, where: str) -> dict[str, Any]:
         "reason": state.reason,
         "where": where,
         "submitted_at": state.submitted_at,
+        **git_fields(state),
+    }
+
+
+def git_fields(state: PlanState) -> dict[str, Any]:
+    """A worktree plan's branch, base, merge step and merged commit (none for other plans)."""
+    wt = state.worktree
+    if wt is None:
+        return {}
+    merge = wt.merge or {}
+    return {
+        "branch": wt.branch,
+        "base": wt.base,
+        "base_branch": wt.base_branch,
+        "target": wt.target,
+        "merge": merge.get("step"),
+        "merged": merge.get("new") if merge.get("step") == "done" else None,
     }
 
 
@@ -171,11 +188,25 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def git_line(row: dict[str, Any]) -> str:
+    """`branch orchestrd/p (base main @ abc1234); merge into main: done → def5678`."""
+    base = str(row.get("base") or "")[:12]
+    on = f"{row['base_branch']} @ {base}" if row.get("base_branch") else base
+    text = f"branch {row['branch']} (base {on})"
+    if row.get("merge"):
+        text += f"; merge into {row.get('target')}: {row['merge']}"
+    if row.get("merged"):
+        text += f" → {str(row['merged'])[:12]}"
+    return text
+
+
 def detail(row: dict[str, Any]) -> str:
     lines = [table([row])]
     if row.get("reason"):
         # a reason may quote what a worker printed: colours, OSC titles, clear-screen
         lines.append(f"reason: {printable(str(row['reason']))}")
+    if row.get("branch"):
+        lines.append(printable(git_line(row), newlines=False))
     for phase_id, ps in row.get("phases", {}).items():
         attempts = ", ".join(
             f"#{a['n']} {a['role']} {a['status']}"

@@ -31,7 +31,9 @@ def test_every_event_is_of_an_allowed_change_and_every_plan_status_has_one() -> 
     for old, new in PHASE_EVENTS:
         assert new in PHASE_TRANSITIONS[old], (old, new)
     assert set(PLAN_EVENTS) == set(PlanStatus)
-    assert {PlanStatus.FAILED, PlanStatus.CANCELLED} == states.PLAN_RETRYABLE
+    assert {PlanStatus.FAILED, PlanStatus.CANCELLED, PlanStatus.MERGE_FAILED} == (
+        states.PLAN_RETRYABLE
+    )
 
 
 def test_a_check_is_one_class_its_fixes_and_contract_lines_come_from_the_registry(
