@@ -1,0 +1,98 @@
+"""A failed attempt's fingerprint: which checks and rules failed where, what the verify commands
+printed (with the parts that differ between two runs of the same failure masked), and what the
+attempt changed. Two attempts with one fingerprint failed the same way: remediating again
+would burn budget and learn nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+
+# Order matters: whole timestamps before their digits, temp paths before hex ids in them.
+_MASKS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?"),
+     "<time>"),
+    (re.compile(r"\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b"), "<time>"),
+    (re.compile(
+        r"(?:/private)?/(?:tmp|var/tmp|var/folders|dev/shm|run/user/\d+)(?:/[^\s'\":,;)\]]*)?"
+    ), "<tmp>"),
+    (re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"),
+     "<id>"),
+    (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<hex>"),
+    # a hex id has digits and letters both (a word of a-f letters alone is a word)
+    (re.compile(r"\b(?=[0-9a-fA-F]*[a-fA-F])(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{7,}\b"), "<hex>"),
+    (re.compile(r"\d+(?:\.\d+)?"), "N"),
+]
+
+
+def normalise(text: str) -> str:
+    """`text` with timestamps, temp paths, ids and numbers masked, and blank space squeezed:
+    the same failure printed twice gives the same string."""
+    for pattern, mask in _MASKS:
+        text = pattern.sub(mask, text)
+    lines = (" ".join(line.split()) for line in text.splitlines())
+    return "\n".join(line for line in lines if line)
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """One failed check, as the fingerprint sees it."""
+
+    check: str
+    rule: str | None = None
+    where: str | None = None
+    """`file:line` of a rule's finding."""
+    output: str | None = None
+    """A verify command's failing output (its tail), normalised."""
+
+    @classmethod
+    def of(cls, check: str, details: Mapping[str, object], output: str | None = None) -> Failure:
+        """From a check result's name and details (`rule`, `file`, `line`)."""
+        rule = details.get("rule")
+        file, line = details.get("file"), details.get("line")
+        where = f"{file}:{line}" if file and line else (str(file) if file else None)
+        return cls(
+            check, str(rule) if rule is not None else None, where,
+            normalise(output) if output is not None else None,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Fingerprint:
+    digest: str
+    """sha256 over the failures and the change hash (hex, 16 characters shown is plenty)."""
+    changes: str
+    """sha256 of what the attempt changed ('' when git could not tell)."""
+    changed_nothing: bool
+    """The attempt left the repository exactly as it found it."""
+
+    def same_failure(self, other: Fingerprint) -> bool:
+        return self.digest == other.digest
+
+
+EMPTY_CHANGES = hashlib.sha256(b"").hexdigest()
+
+
+def changes_hash(diff: str | None) -> str:
+    """The hash of what an attempt changed (its own diff text); '' when unknown."""
+    if diff is None:
+        return ""
+    return hashlib.sha256(diff.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def fingerprint(failures: Iterable[Failure], diff: str | None) -> Fingerprint:
+    """The fingerprint of a failed attempt from its failures and its own diff (None when git
+    could not tell what it changed)."""
+    items = sorted(
+        {(f.check, f.rule or "", f.where or "", f.output or "") for f in failures}
+    )
+    changes = changes_hash(diff)
+    blob = json.dumps({"failures": items, "changes": changes}, sort_keys=True)
+    return Fingerprint(
+        hashlib.sha256(blob.encode("utf-8", "surrogateescape")).hexdigest(), changes,
+        changed_nothing=changes == EMPTY_CHANGES,
+    )
