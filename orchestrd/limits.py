@@ -30,9 +30,10 @@ RATE_LIMIT_PATTERNS = [
     r"(?:(?:try again|retry) in (?P<reset>(?:[\d.]+\s*(?:ms|[hms]))+)|$)",
     # codex after its retries: "exceeded retry limit, last status: 429 Too Many Requests"
     r"last status: 429\b",
-    # claude: "You've hit your session limit · resets 8pm (Europe/Berlin)", also weekly/usage
+    # claude: "You've hit your session limit · resets 8pm (Europe/Berlin)", also weekly/usage,
+    # alone or quoted in its stream-json `result`
     r"(?i)You[’']ve hit your (?:\w+ )?limit\b.*?"
-    r"(?:resets (?:at )?(?P<reset>[^·\n]*\d[^·\n]*?)\s*$|$)",
+    r"(?:resets (?:at )?(?P<reset>[^·\n\"]*\d[^·\n\"]*?)\s*(?=\"|$)|$)",
     # claude (older): "Claude AI usage limit reached|1749924000"
     r"(?i)usage limit reached(?:\|(?P<reset>\d{9,11}))?",
     # gemini: {"code": 429, … "status": "RESOURCE_EXHAUSTED"}

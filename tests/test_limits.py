@@ -4,7 +4,13 @@ print (see tests/agents/limit_*.py), and the reset times they name."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
 import zoneinfo
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +20,7 @@ from orchestrd.limits import (
     agent_of,
     auth_exit_codes,
     detect,
+    local_zone,
     parse_reset,
     resume_at,
 )
@@ -150,3 +157,42 @@ def test_resume_adds_the_margin_and_never_lies_in_the_past() -> None:
     assert resume_at(None, NOW, NY, 60) is None
     assert resume_at("Try again later", NOW, NY, 60) is None
     assert resume_at("Dec 5th, 2029 3:38 PM", NOW, NY, 60) is None  # a misread: back off
+
+
+AGENTS = Path(__file__).parent / "agents"
+
+
+def agent_output(tmp_path: Path, name: str, **env: str) -> tuple[int, str]:
+    """The agent's stdout, then its stderr (header and prompt: the daemon strips the prompt)."""
+    run = subprocess.run(
+        [sys.executable, str(AGENTS / f"{name}.py"), "do the phase"], cwd=tmp_path,
+        env={**os.environ, "ORCHESTRD_PHASE_ID": "P01", "ORCHESTRD_ATTEMPT": "1", **env},
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20,
+    )
+    return run.returncode, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize(
+    ("limit", "reset"),
+    [("at", r"\d{1,2}:\d{2} [AP]M"), ("date", r"[A-Z][a-z]{2} \d{1,2}(st|nd|rd|th), \d{4} "),
+     ("later", None), ("in", r"0\.3s"), ("429", None)],
+)
+def test_the_fake_codex_limits_are_found(tmp_path: Path, limit: str, reset: str | None) -> None:
+    code, out = agent_output(tmp_path, "limit_codex", AGENT_LIMIT=limit)
+    hit = detect(out)
+    assert code == 1 and hit is not None and hit.kind is LimitKind.RATE_LIMIT
+    if reset is None:
+        assert hit.reset_text is None
+    else:
+        assert hit.reset_text is not None and re.match(reset, hit.reset_text)
+        assert parse_reset(hit.reset_text, dt.datetime.now(dt.UTC), local_zone()) is not None
+
+
+def test_the_fake_claude_limit_and_gemini_login_are_found(tmp_path: Path) -> None:
+    code, out = agent_output(tmp_path, "limit_claude")
+    result = next(line for line in out.splitlines() if '"type": "result"' in line)
+    assert json.loads(result)["is_error"]
+    assert code == 1 and detect(out) == rate(result, "8pm (Europe/Berlin)")
+    code, out = agent_output(tmp_path, "auth_gemini")
+    hit = detect(out)
+    assert code == 41 and hit is not None and hit.kind is LimitKind.AUTH
