@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import math
+import os
 import random
 import tomllib
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import pydantic
 import tomli_w
 from pydantic import BaseModel, Field
+
+from .audit import Logger
 
 BACKOFF_CAP = 3600.0
 """Backing off from a limit that named no reset never waits longer than this (unless the
@@ -133,3 +141,147 @@ class Holds(BaseModel):
             return cls.model_validate(tomllib.loads(data.decode("utf-8")))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError, pydantic.ValidationError) as exc:
             raise ValueError(f"{type(exc).__name__}: {exc}") from None
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Quota:
+    """The one registry of held profiles a daemon (or one `orchestrd run`) has: parks, blocks,
+    the plans waiting on them, their events, and the file that keeps them across a restart.
+    Every change is saved before it is announced."""
+
+    def __init__(
+        self, log: Logger, path: Path | None = None, holds: Holds | None = None,
+        save: Callable[[Path, bytes], None] | None = None,
+    ) -> None:
+        self.log = log
+        self.path = path
+        self.holds = holds or Holds()
+        self._write = save
+        self._changed = anyio.Event()
+
+    @classmethod
+    def load(
+        cls, log: Logger, path: Path, save: Callable[[Path, bytes], None]
+    ) -> Quota:
+        """The holds saved at `path` (none if there is no file); an unreadable file is set
+        aside (`.corrupt`) with an event, and its holds are lost — the worst that does is one
+        more worker start that meets the limit again."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return cls(log, path, save=save)
+        except OSError as exc:
+            log.info("profile.holds_unreadable", path=str(path), reason=exc.strerror)
+            return cls(log, path, save=save)
+        try:
+            holds = Holds.loads(data)
+        except ValueError as exc:
+            aside = path.with_name(path.name + ".corrupt")
+            os.replace(path, aside)
+            log.info("profile.holds_unreadable", path=str(path), reason=str(exc),
+                     set_aside=str(aside))
+            return cls(log, path, save=save)
+        return cls(log, path, holds, save)
+
+    async def _save(self) -> None:
+        if self.path is not None and self._write is not None:
+            await anyio.to_thread.run_sync(self._write, self.path, self.holds.dumps())
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def park(
+        self, profile: str, until: dt.datetime | None, base: float, message: str, **where: Any
+    ) -> Hold:
+        now = utcnow()
+        before = self.holds.get(profile)
+        hold = self.holds.park(profile, now, until, base, message, **where)
+        if hold is before:
+            return hold  # parked longer already (or blocked): nothing new to say
+        await self._save()
+        extra = {}
+        if until is None and hold.until is not None:  # no reset printed: backing off
+            extra["backoff"] = round((hold.until - now).total_seconds(), 3)
+        self.log.info("profile.parked", **hold.as_event(), **extra)
+        return hold
+
+    async def block(self, profile: str, message: str, **where: Any) -> Hold:
+        before = self.holds.get(profile)
+        hold = self.holds.block(profile, utcnow(), message, **where)
+        if hold is not before:
+            await self._save()
+            self.log.info("profile.blocked", **hold.as_event())
+        return hold
+
+    async def unblock(self, profile: str, why: str, **fields: Any) -> bool:
+        """Lift a block; False if `profile` is not blocked."""
+        hold = self.holds.get(profile)
+        if hold is None or hold.kind is not HoldKind.BLOCKED:
+            return False
+        self.holds.release(profile)
+        await self._save()
+        self.log.info("profile.unblocked", profile=profile, why=why, **fields)
+        return True
+
+    async def unblock_all(self, why: str) -> None:
+        for hold in self.holds.blocked():
+            await self.unblock(hold.profile, why)
+
+    async def succeeded(self, profile: str) -> None:
+        if profile in self.holds.strikes:
+            self.holds.succeeded(profile)
+            await self._save()
+
+    async def unpark_due(self) -> None:
+        """End every park whose time has come (an event each)."""
+        now = utcnow()
+        for hold in self.holds.due(now):
+            self.holds.release(hold.profile)
+            await self._save()
+            self.log.info(
+                "profile.unparked", profile=hold.profile,
+                parked_for=round((now - hold.since).total_seconds(), 3),
+            )
+
+    async def run(self) -> None:
+        """End parks on time, whether or not a plan waits for them (the daemon runs this)."""
+        while True:
+            changed = self._changed
+            due = self.holds.next_due()
+            with anyio.move_on_after(_seconds_until(due)):
+                await changed.wait()
+            await self.unpark_due()
+
+    async def wait(self, profile: str, log: Logger) -> bool:
+        """Return once `profile` is not on hold; True if it had to wait. `plan.waiting_quota`
+        once for each hold it waits on."""
+        announced: Hold | None = None
+        while (hold := self.holds.get(profile)) is not None:
+            if hold is not announced:
+                announced = hold
+                log.info(
+                    "plan.waiting_quota", profile=profile, hold=str(hold.kind),
+                    **({"until": hold.as_event()["until"]} if hold.until is not None else {}),
+                )
+            changed = self._changed
+            with anyio.move_on_after(_seconds_until(hold.until)):
+                await changed.wait()
+            await self.unpark_due()
+        return announced is not None
+
+    def rows(self) -> list[dict[str, object]]:
+        """The holds for `status`."""
+        return [
+            {"profile": h.profile, "hold": str(h.kind), "since": h.since.isoformat(),
+             **({"until": h.until.isoformat()} if h.until is not None else {}),
+             "message": h.message, **({"plan": h.plan} if h.plan else {})}
+            for h in sorted(self.holds.holds.values(), key=lambda h: h.profile)
+        ]
+
+
+def _seconds_until(when: dt.datetime | None) -> float:
+    if when is None:
+        return math.inf
+    return max(0.0, (when - utcnow()).total_seconds())

@@ -4,11 +4,16 @@ with jitter, blocks stay until lifted, and all of it survives a save and a load.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
+from pathlib import Path
 
+import anyio
 import pytest
 
-from orchestrd.parking import HoldKind, Holds, backoff
+from orchestrd.audit import AuditLog
+from orchestrd.parking import HoldKind, Holds, Quota, backoff
+from orchestrd.state import atomic_write
 
 T0 = dt.datetime(2026, 12, 4, 22, 0, tzinfo=dt.UTC)
 
@@ -70,3 +75,49 @@ def test_holds_survive_a_save_and_a_load() -> None:
 def test_a_bad_holds_file_is_a_value_error(data: bytes) -> None:
     with pytest.raises(ValueError, match="Error"):
         Holds.loads(data)
+
+
+@pytest.mark.anyio
+async def test_waiters_wait_out_a_park_and_a_block_and_the_holds_are_saved(
+    tmp_path: Path,
+) -> None:
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    log = audit.bind()
+    path = tmp_path / "holds.toml"
+    quota = Quota.load(log, path, atomic_write)
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.3)
+    await quota.park("codex", soon, 60, "Try again at 3:38 PM.", plan="A")
+    await quota.block("gemini", "exit code 41", plan="B")
+    assert Quota.load(log, path, atomic_write).holds == quota.holds
+    order: list[str] = []
+
+    async def waiter(profile: str) -> None:
+        assert await quota.wait(profile, log.bind(plan=profile))
+        order.append(profile)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter, "codex")
+            tg.start_soon(waiter, "gemini")
+            await anyio.sleep(0.6)
+            assert order == ["codex"]
+            assert await quota.unblock("gemini", "unblock request")
+            assert not await quota.unblock("gemini", "again")
+    assert order == ["codex", "gemini"]
+    assert not await quota.wait("claude", log)
+    audit.close()
+    events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    names = [e["event"] for e in events]
+    assert names == ["profile.parked", "profile.blocked", "plan.waiting_quota",
+                     "plan.waiting_quota", "profile.unparked", "profile.unblocked"]
+    assert Quota.load(log, path, atomic_write).holds.holds == {}
+
+
+def test_an_unreadable_holds_file_is_set_aside(tmp_path: Path) -> None:
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    path = tmp_path / "holds.toml"
+    path.write_bytes(b"holds = 3\n")
+    quota = Quota.load(audit.bind(), path, atomic_write)
+    audit.close()
+    assert quota.holds == Holds() and (tmp_path / "holds.toml.corrupt").exists()
+    assert "profile.holds_unreadable" in (tmp_path / "audit.jsonl").read_text()
