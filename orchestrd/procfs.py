@@ -28,13 +28,15 @@ def cpu_ticks(fields: list[str]) -> int:
     return sum(int(fields[i]) for i in (11, 12, 13, 14))
 
 
-def group_cpu(pgid: int, proc: Path = PROC) -> CpuSample:
-    """CPU ticks of every live process in process group `pgid`."""
-    sample: CpuSample = {}
+def worker_cpu(leader: int, pgid: int, proc: Path = PROC) -> CpuSample:
+    """CPU ticks of every live process in process group `pgid` or below `leader` (a child that
+    left the group with setsid is still the worker's, and so is everything inside a worker's
+    PID namespace), from one pass over `proc`."""
+    stats: dict[int, list[str]] = {}
     try:
         entries = list(os.scandir(proc))
     except OSError:
-        return sample
+        return {}
     for entry in entries:
         if not entry.name.isdigit():
             continue
@@ -43,10 +45,29 @@ def group_cpu(pgid: int, proc: Path = PROC) -> CpuSample:
         except OSError:
             continue  # gone since the listing
         fields = parse_stat(raw)
-        if fields is None or fields[0] in ("Z", "X") or int(fields[2]) != pgid:
-            continue
-        sample[(int(entry.name), int(fields[19]))] = cpu_ticks(fields)
-    return sample
+        if fields is not None and fields[0] not in ("Z", "X"):
+            stats[int(entry.name)] = fields
+    mine: dict[int, bool] = {leader: leader in stats}
+
+    def belongs(pid: int) -> bool:
+        chain = []
+        while pid not in mine:
+            fields = stats.get(pid)
+            if fields is None or pid <= 1:
+                mine[pid] = False
+                break
+            chain.append(pid)
+            if int(fields[2]) == pgid:
+                mine[pid] = True
+                break
+            pid = int(fields[1])
+        for p in chain:
+            mine[p] = mine[pid]
+        return mine[chain[0]] if chain else mine[pid]
+
+    return {
+        (pid, int(fields[19])): cpu_ticks(fields) for pid, fields in stats.items() if belongs(pid)
+    }
 
 
 def cgroup_cpu(cgroup: Path) -> int | None:

@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrd.procfs import busy, cgroup_cpu, group_cpu, parse_stat
+from orchestrd.procfs import CpuSample, busy, cgroup_cpu, parse_stat, worker_cpu
+
+
+def cpu(leader: int) -> CpuSample:
+    return worker_cpu(leader, leader)
 
 
 @pytest.fixture
@@ -34,31 +38,32 @@ def test_a_sleeping_group_is_idle_and_a_spinning_one_is_busy(
     group["sleep"] = spawn("import time; time.sleep(30)")
     group["spin"] = spawn("while True: pass")
     time.sleep(0.3)  # both past their start-up (which uses CPU)
-    idle_before, spin_before = group_cpu(group["sleep"].pid), group_cpu(group["spin"].pid)
+    idle_before, spin_before = cpu(group["sleep"].pid), cpu(group["spin"].pid)
     time.sleep(0.3)
-    idle_after, spin_after = group_cpu(group["sleep"].pid), group_cpu(group["spin"].pid)
+    idle_after, spin_after = cpu(group["sleep"].pid), cpu(group["spin"].pid)
     assert [pid for pid, _ in idle_before] == [group["sleep"].pid]
     assert not busy(idle_before, idle_after)
     assert busy(spin_before, spin_after)
 
 
-def test_a_new_process_in_the_group_is_activity(
+def test_a_new_process_is_activity_and_a_child_in_its_own_session_counts(
     group: dict[str, subprocess.Popen[bytes]],
 ) -> None:
     group["parent"] = spawn(
         "import subprocess, sys, time; time.sleep(0.3); "
-        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); "
-        "time.sleep(30)"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'], "
+        "start_new_session=True); time.sleep(30)"
     )
-    before = group_cpu(group["parent"].pid)
+    before = cpu(group["parent"].pid)
     time.sleep(0.8)
-    after = group_cpu(group["parent"].pid)
+    after = cpu(group["parent"].pid)
     assert len(after) == 2 and busy(before, after)
-    os.killpg(group["parent"].pid, 9)
+    child = next(pid for pid, _ in after if pid != group["parent"].pid)
+    os.kill(child, 9)
 
 
 def test_a_group_that_does_not_exist_is_empty() -> None:
-    assert group_cpu(2**22 + 17) == {}
+    assert cpu(2**22 + 17) == {}
 
 
 def test_parse_stat_takes_the_last_parenthesis(tmp_path: Path) -> None:
@@ -71,7 +76,9 @@ def test_parse_stat_takes_the_last_parenthesis(tmp_path: Path) -> None:
     (fake / "4243").mkdir(parents=True)
     (fake / "4243" / "stat").write_bytes(raw)
     (fake / "self").mkdir()
-    assert group_cpu(4242, fake) == {(4243, 99): 13}
+    assert worker_cpu(4242, 4242, fake) == {(4243, 99): 13}
+    assert worker_cpu(4243, 7, fake) == {(4243, 99): 13}  # the leader itself
+    assert worker_cpu(17, 7, fake) == {}
     assert parse_stat(b"no parens") is None
 
 
