@@ -14,14 +14,25 @@ from collections.abc import Iterable, Mapping
 
 # Order matters: whole timestamps before their digits, temp paths before hex ids in them.
 _MASKS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?"),
-     "<time>"),
+    (
+        re.compile(
+            r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?"
+        ),
+        "<time>",
+    ),
     (re.compile(r"\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b"), "<time>"),
-    (re.compile(
-        r"(?:/private)?/(?:tmp|var/tmp|var/folders|dev/shm|run/user/\d+)(?:/[^\s'\":,;)\]]*)?"
-    ), "<tmp>"),
-    (re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"),
-     "<id>"),
+    (
+        re.compile(
+            r"(?:/private)?/(?:tmp|var/tmp|var/folders|dev/shm|run/user/\d+)(?:/[^\s'\":,;)\]]*)?"
+        ),
+        "<tmp>",
+    ),
+    (
+        re.compile(
+            r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"
+        ),
+        "<id>",
+    ),
     (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<hex>"),
     # a hex id has digits and letters both (a word of a-f letters alone is a word)
     (re.compile(r"\b(?=[0-9a-fA-F]*[a-fA-F])(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{7,}\b"), "<hex>"),
@@ -56,7 +67,9 @@ class Failure:
         file, line = details.get("file"), details.get("line")
         where = f"{file}:{line}" if file and line else (str(file) if file else None)
         return cls(
-            check, str(rule) if rule is not None else None, where,
+            check,
+            str(rule) if rule is not None else None,
+            where,
             normalise(output) if output is not None else None,
         )
 
@@ -87,12 +100,35 @@ def changes_hash(diff: str | None) -> str:
 def fingerprint(failures: Iterable[Failure], diff: str | None) -> Fingerprint:
     """The fingerprint of a failed attempt from its failures and its own diff (None when git
     could not tell what it changed)."""
-    items = sorted(
-        {(f.check, f.rule or "", f.where or "", f.output or "") for f in failures}
-    )
+    items = sorted({(f.check, f.rule or "", f.where or "", f.output or "") for f in failures})
     changes = changes_hash(diff)
     blob = json.dumps({"failures": items, "changes": changes}, sort_keys=True)
     return Fingerprint(
-        hashlib.sha256(blob.encode("utf-8", "surrogateescape")).hexdigest(), changes,
+        hashlib.sha256(blob.encode("utf-8", "surrogateescape")).hexdigest(),
+        changes,
         changed_nothing=changes == EMPTY_CHANGES,
     )
+
+
+@dataclasses.dataclass
+class Stagnation:
+    """A phase's last failed attempt and its fingerprint: the next failure is compared with it.
+    Attempts that ended on a limit are not failures and never reach it."""
+
+    last: tuple[int, Fingerprint] | None = None
+
+    def failed(self, attempt: int, fp: Fingerprint) -> tuple[str, list[int]] | None:
+        """Why the phase stops remediating after `attempt` failed with `fp` (and the two
+        attempts), or None while remediation may still learn something."""
+        previous, self.last = self.last, (attempt, fp)
+        if previous is None:
+            return None
+        n, before = previous
+        if fp.changed_nothing:
+            return f"stagnant: attempt {attempt} changed nothing after attempt {n} failed", [
+                n,
+                attempt,
+            ]
+        if fp.same_failure(before):
+            return f"stagnant: attempt {attempt} failed exactly like attempt {n}", [n, attempt]
+        return None

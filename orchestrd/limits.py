@@ -80,6 +80,29 @@ class LimitHit:
     """The agent's line that said so (stripped, at most 300 characters)."""
     reset_text: str | None = None
     """The reset time as the agent printed it (`3:38 PM`, `8pm (Europe/Berlin)`, `2s`)."""
+    reset_at: dt.datetime | None = None
+    """The reset as an instant, where the agent's stream gave one (claude's `resetsAt`)."""
+
+    def resume_at(self, now: dt.datetime, local: dt.tzinfo, margin: float) -> dt.datetime | None:
+        """When to try again: the reset plus `margin`; None when there is none (back off)."""
+        if self.reset_at is not None:
+            now = now.astimezone(dt.UTC)
+            if self.reset_at - now > RESET_CAP:
+                return None
+            return max(self.reset_at, now) + dt.timedelta(seconds=margin)
+        return resume_at(self.reset_text, now, local, margin)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamError:
+    """An error event of an agent's stream, as far as limits care (see orchestrd.streams)."""
+
+    kind: str
+    """`rate_limit`, `auth`, `overloaded` or `other`."""
+    message: str
+    retrying: bool = False
+    resets_at: float | None = None
+    """Epoch seconds."""
 
 
 def agent_of(command: Sequence[str]) -> str | None:
@@ -120,6 +143,33 @@ def detect(
     return None
 
 
+def judge(
+    text: str,
+    returncode: int | None,
+    rate_limit_patterns: Iterable[str] = RATE_LIMIT_PATTERNS,
+    auth_patterns: Iterable[str] = AUTH_PATTERNS,
+    auth_exit_codes: Iterable[int] = (),
+    errors: Sequence[StreamError] = (),
+) -> LimitHit | None:
+    """Did an attempt end on its account rather than its work? `returncode` None: it was
+    stopped (stalled or silent). An attempt that exited 0 is judged on its work, whatever it
+    printed on the way; otherwise the stream's last limit or auth error (one the agent still
+    retried counts only for a stopped worker: it retried until stopped), then the exit code,
+    then the patterns over the end of the log (`text`, without the prompt)."""
+    if returncode == 0:
+        return None
+    for e in reversed(errors):
+        if e.kind in ("rate_limit", "auth") and (returncode is None or not e.retrying):
+            reset = dt.datetime.fromtimestamp(e.resets_at, dt.UTC) if e.resets_at else None
+            kind = LimitKind.AUTH if e.kind == "auth" else LimitKind.RATE_LIMIT
+            return LimitHit(kind, _clip(e.message), reset_at=reset)
+    hit = detect(text, rate_limit_patterns, auth_patterns)
+    if returncode is not None and returncode in tuple(auth_exit_codes):
+        said = f": {hit.message}" if hit is not None else ""
+        return LimitHit(LimitKind.AUTH, f"exit code {returncode} (authentication){said}")
+    return hit
+
+
 def _clip(line: str) -> str:
     return line.strip()[:300]
 
@@ -129,9 +179,12 @@ def _clip(line: str) -> str:
 _CLOCK = re.compile(
     r"(?P<h>\d{1,2})(?::(?P<m>\d{2}))?(?::(?P<s>\d{2}))?\s*(?P<ampm>[AaPp])?\.?(?:[Mm]\.?)?"
 )
-_MONTHS = {m: i for i, m in enumerate(
-    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1
-)}
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1
+    )
+}
 _DATE = re.compile(
     r"(?P<mon>[A-Za-z]{3})[a-z]*\.?\s+(?P<day>\d{1,2})(?:st|nd|rd|th)?,?(?:\s+(?P<year>\d{4}),?)?"
     r"\s+(?:at\s+)?(?P<clock>.*)$"

@@ -54,9 +54,7 @@ class Hold(BaseModel):
         fields: dict[str, object] = {"profile": self.profile, "message": self.message}
         if self.until is not None:
             fields["until"] = self.until.astimezone().isoformat(timespec="seconds")
-        fields.update(
-            {k: v for k, v in (("by_plan", self.plan), ("by_phase", self.phase)) if v}
-        )
+        fields.update({k: v for k, v in (("by_plan", self.plan), ("by_phase", self.phase)) if v})
         return fields
 
 
@@ -78,8 +76,14 @@ class Holds(BaseModel):
         return self.holds.get(profile)
 
     def park(
-        self, profile: str, now: dt.datetime, until: dt.datetime | None, base: float,
-        message: str = "", rng: random.Random | None = None, **where: Any,
+        self,
+        profile: str,
+        now: dt.datetime,
+        until: dt.datetime | None,
+        base: float,
+        message: str = "",
+        rng: random.Random | None = None,
+        **where: Any,
     ) -> Hold:
         """Park `profile` until `until` (the agent's reset plus margin) or, without one, for a
         backoff that grows with each limit in a row. A later park of a parked profile (two
@@ -93,8 +97,12 @@ class Holds(BaseModel):
         if old is not None and old.until is not None and old.until > until:
             return old
         hold = Hold(
-            profile=profile, kind=HoldKind.PARKED, since=now, until=until.astimezone(dt.UTC),
-            message=message, **where,
+            profile=profile,
+            kind=HoldKind.PARKED,
+            since=now,
+            until=until.astimezone(dt.UTC),
+            message=message,
+            **where,
         )
         self.holds[profile] = hold
         return hold
@@ -115,7 +123,8 @@ class Holds(BaseModel):
     def due(self, now: dt.datetime) -> list[Hold]:
         """Parks whose time has come (still held until released)."""
         return [
-            h for h in self.holds.values()
+            h
+            for h in self.holds.values()
             if h.kind is HoldKind.PARKED and h.until is not None and h.until <= now
         ]
 
@@ -153,7 +162,10 @@ class Quota:
     Every change is saved before it is announced."""
 
     def __init__(
-        self, log: Logger, path: Path | None = None, holds: Holds | None = None,
+        self,
+        log: Logger,
+        path: Path | None = None,
+        holds: Holds | None = None,
         save: Callable[[Path, bytes], None] | None = None,
     ) -> None:
         self.log = log
@@ -163,9 +175,7 @@ class Quota:
         self._changed = anyio.Event()
 
     @classmethod
-    def load(
-        cls, log: Logger, path: Path, save: Callable[[Path, bytes], None]
-    ) -> Quota:
+    def load(cls, log: Logger, path: Path, save: Callable[[Path, bytes], None]) -> Quota:
         """The holds saved at `path` (none if there is no file); an unreadable file is set
         aside (`.corrupt`) with an event, and its holds are lost — the worst that does is one
         more worker start that meets the limit again."""
@@ -181,8 +191,9 @@ class Quota:
         except ValueError as exc:
             aside = path.with_name(path.name + ".corrupt")
             os.replace(path, aside)
-            log.info("profile.holds_unreadable", path=str(path), reason=str(exc),
-                     set_aside=str(aside))
+            log.info(
+                "profile.holds_unreadable", path=str(path), reason=str(exc), set_aside=str(aside)
+            )
             return cls(log, path, save=save)
         return cls(log, path, holds, save)
 
@@ -241,7 +252,8 @@ class Quota:
             self.holds.release(hold.profile)
             await self._save()
             self.log.info(
-                "profile.unparked", profile=hold.profile,
+                "profile.unparked",
+                profile=hold.profile,
                 parked_for=round((now - hold.since).total_seconds(), 3),
             )
 
@@ -262,7 +274,9 @@ class Quota:
             if hold is not announced:
                 announced = hold
                 log.info(
-                    "plan.waiting_quota", profile=profile, hold=str(hold.kind),
+                    "plan.waiting_quota",
+                    profile=profile,
+                    hold=str(hold.kind),
                     **({"until": hold.as_event()["until"]} if hold.until is not None else {}),
                 )
             changed = self._changed
@@ -274,9 +288,14 @@ class Quota:
     def rows(self) -> list[dict[str, object]]:
         """The holds for `status`."""
         return [
-            {"profile": h.profile, "hold": str(h.kind), "since": h.since.isoformat(),
-             **({"until": h.until.isoformat()} if h.until is not None else {}),
-             "message": h.message, **({"plan": h.plan} if h.plan else {})}
+            {
+                "profile": h.profile,
+                "hold": str(h.kind),
+                "since": h.since.isoformat(),
+                **({"until": h.until.isoformat()} if h.until is not None else {}),
+                "message": h.message,
+                **({"plan": h.plan} if h.plan else {}),
+            }
             for h in sorted(self.holds.holds.values(), key=lambda h: h.profile)
         ]
 

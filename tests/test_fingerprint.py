@@ -3,7 +3,7 @@ gives one fingerprint; another failure, another rule place or another change giv
 
 from __future__ import annotations
 
-from orchestrd.fingerprint import Failure, changes_hash, fingerprint, normalise
+from orchestrd.fingerprint import Failure, Stagnation, changes_hash, fingerprint, normalise
 
 
 def test_normalise_masks_what_differs_between_two_runs_of_one_failure() -> None:
@@ -26,22 +26,27 @@ def test_normalise_masks_what_differs_between_two_runs_of_one_failure() -> None:
 
 
 def test_the_same_failure_with_the_same_change_has_one_fingerprint() -> None:
-    one = [Failure.of("verify[0]", {}, "FAILED x.py:12 at 0x7f00 in 0.3s"),
-           Failure.of("forbidden_patterns", {"rule": "forbidden_patterns", "file": "a.py",
-                                             "line": 3})]
-    two = [Failure.of("forbidden_patterns", {"rule": "forbidden_patterns", "file": "a.py",
-                                             "line": 3}),
-           Failure.of("verify[0]", {}, "FAILED x.py:99 at 0x7f11 in 1.2s")]
+    one = [
+        Failure.of("verify[0]", {}, "FAILED x.py:12 at 0x7f00 in 0.3s"),
+        Failure.of("forbidden_patterns", {"rule": "forbidden_patterns", "file": "a.py", "line": 3}),
+    ]
+    two = [
+        Failure.of("forbidden_patterns", {"rule": "forbidden_patterns", "file": "a.py", "line": 3}),
+        Failure.of("verify[0]", {}, "FAILED x.py:99 at 0x7f11 in 1.2s"),
+    ]
     assert fingerprint(one, "M a.py 1234\n").same_failure(fingerprint(two, "M a.py 1234\n"))
 
 
 def test_another_place_output_or_change_is_another_fingerprint() -> None:
-    base = fingerprint([Failure.of("forbidden_patterns", {"rule": "r", "file": "a.py",
-                                                          "line": 3})], "M a.py 1\n")
-    moved = fingerprint([Failure.of("forbidden_patterns", {"rule": "r", "file": "b.py",
-                                                           "line": 3})], "M a.py 1\n")
-    changed = fingerprint([Failure.of("forbidden_patterns", {"rule": "r", "file": "a.py",
-                                                             "line": 3})], "M a.py 2\n")
+    base = fingerprint(
+        [Failure.of("forbidden_patterns", {"rule": "r", "file": "a.py", "line": 3})], "M a.py 1\n"
+    )
+    moved = fingerprint(
+        [Failure.of("forbidden_patterns", {"rule": "r", "file": "b.py", "line": 3})], "M a.py 1\n"
+    )
+    changed = fingerprint(
+        [Failure.of("forbidden_patterns", {"rule": "r", "file": "a.py", "line": 3})], "M a.py 2\n"
+    )
     other = fingerprint([Failure.of("verify[0]", {}, "ImportError: foo")], "M a.py 1\n")
     assert len({base.digest, moved.digest, changed.digest, other.digest}) == 4
 
@@ -51,3 +56,19 @@ def test_nothing_changed_is_known_and_unknown_is_not_nothing() -> None:
     assert not fingerprint([Failure("exit_code")], None).changed_nothing
     assert not fingerprint([Failure("exit_code")], "A new.py x\n").changed_nothing
     assert changes_hash(None) == ""
+
+
+def test_stagnation_needs_two_failures_alike_or_a_remediation_that_did_nothing() -> None:
+    same = [Failure.of("report_status", {})]
+    s = Stagnation()
+    assert s.failed(1, fingerprint(same, None)) is None
+    assert s.failed(2, fingerprint([Failure.of("exit_code", {})], None)) is None
+    reason, attempts = s.failed(3, fingerprint([Failure.of("exit_code", {})], None)) or ("", [])
+    assert reason == "stagnant: attempt 3 failed exactly like attempt 2" and attempts == [2, 3]
+    s = Stagnation()
+    assert s.failed(1, fingerprint(same, "")) is None  # a first attempt may do nothing
+    assert s.failed(2, fingerprint(same, "M a.py 1\n")) is None
+    assert s.failed(4, fingerprint([Failure.of("x", {})], "")) == (
+        "stagnant: attempt 4 changed nothing after attempt 2 failed",
+        [2, 4],
+    )

@@ -17,9 +17,11 @@ import pytest
 from orchestrd.limits import (
     LimitHit,
     LimitKind,
+    StreamError,
     agent_of,
     auth_exit_codes,
     detect,
+    judge,
     local_zone,
     parse_reset,
     resume_at,
@@ -40,25 +42,42 @@ def rate(message: str, reset: str | None) -> LimitHit:
     [
         # codex, ChatGPT usage limit (U+2019), as `error` and `turn.failed` lines
         ("You’ve hit your usage limit. Try again at 3:38 PM.", "3:38 PM"),
-        ("You’ve hit your usage limit. Try again at Dec 5th, 2026 3:38 PM.",
-         "Dec 5th, 2026 3:38 PM"),
-        ("You’ve hit your usage limit. Upgrade to Pro (https://chatgpt.com/pricing) or try "
-         "again at Dec 5th, 2026 3:38 PM.", "Dec 5th, 2026 3:38 PM"),
+        (
+            "You’ve hit your usage limit. Try again at Dec 5th, 2026 3:38 PM.",
+            "Dec 5th, 2026 3:38 PM",
+        ),
+        (
+            "You’ve hit your usage limit. Upgrade to Pro (https://chatgpt.com/pricing) or try "
+            "again at Dec 5th, 2026 3:38 PM.",
+            "Dec 5th, 2026 3:38 PM",
+        ),
         ("You’ve hit your usage limit. Try again later.", None),
-        ('{"type":"turn.failed","error":{"message":"You’ve hit your usage limit. Try again '
-         'at 3:38 PM."}}', "3:38 PM"),
+        (
+            '{"type":"turn.failed","error":{"message":"You’ve hit your usage limit. Try again '
+            'at 3:38 PM."}}',
+            "3:38 PM",
+        ),
         # codex: 429 after its retries; a limit inside the stream
-        ('{"type":"turn.failed","error":{"message":"exceeded retry limit, last status: 429 '
-         'Too Many Requests, request id: 9c1e-77"}}', None),
-        ("rate limit exceeded: Rate limit reached for gpt-5 in organization org-1 on tokens "
-         "per min (TPM): Limit 30000, Used 29000. Please try again in 2s.", "2s"),
+        (
+            '{"type":"turn.failed","error":{"message":"exceeded retry limit, last status: 429 '
+            'Too Many Requests, request id: 9c1e-77"}}',
+            None,
+        ),
+        (
+            "rate limit exceeded: Rate limit reached for gpt-5 in organization org-1 on tokens "
+            "per min (TPM): Limit 30000, Used 29000. Please try again in 2s.",
+            "2s",
+        ),
         ("Rate limit reached for o3. Please try again in 1m30s.", "1m30s"),
         # claude
         ("You've hit your session limit · resets 8pm (Europe/Berlin)", "8pm (Europe/Berlin)"),
         ("Claude AI usage limit reached|1765000000", "1765000000"),
         # gemini
-        ('[API Error: {"error":{"code":429,"message":"Resource has been exhausted (e.g. check '
-         'quota).","status":"RESOURCE_EXHAUSTED"}}]', None),
+        (
+            '[API Error: {"error":{"code":429,"message":"Resource has been exhausted (e.g. check '
+            'quota).","status":"RESOURCE_EXHAUSTED"}}]',
+            None,
+        ),
     ],
 )
 def test_rate_limit_lines_are_found_with_their_reset(line: str, reset: str | None) -> None:
@@ -165,17 +184,26 @@ AGENTS = Path(__file__).parent / "agents"
 def agent_output(tmp_path: Path, name: str, **env: str) -> tuple[int, str]:
     """The agent's stdout, then its stderr (header and prompt: the daemon strips the prompt)."""
     run = subprocess.run(
-        [sys.executable, str(AGENTS / f"{name}.py"), "do the phase"], cwd=tmp_path,
+        [sys.executable, str(AGENTS / f"{name}.py"), "do the phase"],
+        cwd=tmp_path,
         env={**os.environ, "ORCHESTRD_PHASE_ID": "P01", "ORCHESTRD_ATTEMPT": "1", **env},
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     return run.returncode, run.stdout + run.stderr
 
 
 @pytest.mark.parametrize(
     ("limit", "reset"),
-    [("at", r"\d{1,2}:\d{2} [AP]M"), ("date", r"[A-Z][a-z]{2} \d{1,2}(st|nd|rd|th), \d{4} "),
-     ("later", None), ("in", r"0\.3s"), ("429", None)],
+    [
+        ("at", r"\d{1,2}:\d{2} [AP]M"),
+        ("date", r"[A-Z][a-z]{2} \d{1,2}(st|nd|rd|th), \d{4} "),
+        ("later", None),
+        ("in", r"0\.3s"),
+        ("429", None),
+    ],
 )
 def test_the_fake_codex_limits_are_found(tmp_path: Path, limit: str, reset: str | None) -> None:
     code, out = agent_output(tmp_path, "limit_codex", AGENT_LIMIT=limit)
@@ -196,3 +224,29 @@ def test_the_fake_claude_limit_and_gemini_login_are_found(tmp_path: Path) -> Non
     code, out = agent_output(tmp_path, "auth_gemini")
     hit = detect(out)
     assert code == 41 and hit is not None and hit.kind is LimitKind.AUTH
+
+
+def test_judge_leaves_a_successful_exit_to_the_checks_and_orders_the_evidence() -> None:
+    text = "You’ve hit your usage limit. Try again later.\n"
+    assert judge(text, 0) is None
+    assert judge(text, 1) == rate("You’ve hit your usage limit. Try again later.", None)
+    assert judge(text, None) is not None  # stalled while limited
+    assert judge("all fine\n", 1) is None
+    auth = judge("", 41, auth_exit_codes=(41,))
+    assert auth == LimitHit(LimitKind.AUTH, "exit code 41 (authentication)")
+    retry = StreamError("rate_limit", "Reconnecting... 1/5 (429)", retrying=True)
+    assert judge("", 1, errors=[retry]) is None
+    assert judge("", None, errors=[retry]) == rate("Reconnecting... 1/5 (429)", None)
+    final = StreamError("rate_limit", "session limit", resets_at=1765000000)
+    hit = judge(text, 1, errors=[retry, final, StreamError("other", "bye")])
+    assert hit is not None and hit.reset_at == dt.datetime.fromtimestamp(1765000000, dt.UTC)
+    assert judge("", 1, errors=[StreamError("auth", "401")]) == LimitHit(LimitKind.AUTH, "401")
+
+
+def test_a_stream_reset_instant_is_used_with_the_margin() -> None:
+    now = NOW.astimezone(dt.UTC)
+    hit = LimitHit(LimitKind.RATE_LIMIT, "x", reset_at=now + dt.timedelta(seconds=30))
+    assert hit.resume_at(NOW, NY, 5) == now + dt.timedelta(seconds=35)
+    far = LimitHit(LimitKind.RATE_LIMIT, "x", reset_at=now + dt.timedelta(days=30))
+    assert far.resume_at(NOW, NY, 5) is None
+    assert rate("x", "2s").resume_at(NOW, NY, 1) == now + dt.timedelta(seconds=3)

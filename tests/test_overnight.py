@@ -63,7 +63,8 @@ def test_a_limited_attempt_parks_its_profile_and_resumes_without_spending_a_reme
     max_remediations = 0."""
     counter = daemon.tmp / "lim-starts"
     lim = profile(
-        "limit_codex", rate_limit_margin="1.5s",
+        "limit_codex",
+        rate_limit_margin="1.5s",
         env={"AGENT_LIMIT": "at", "AGENT_LIMIT_TIMES": "1", "AGENT_COUNTER": str(counter)},
     )
     daemon.write_config(**{"workers": {**daemon.config_data()["workers"], "lim": lim}})
@@ -87,14 +88,19 @@ def test_a_limited_attempt_parks_its_profile_and_resumes_without_spending_a_reme
     assert [e["plan"] for e in daemon.events("plan.succeeded")] == ["C", "A", "B"] or {
         e["plan"] for e in daemon.events("plan.succeeded")[1:]
     } == {"A", "B"}
-    assert not [e for e in events[:unparked] if e["event"] == "worker.started"
-                and e.get("plan") == "B"]
+    assert not [
+        e for e in events[:unparked] if e["event"] == "worker.started" and e.get("plan") == "B"
+    ]
     limited = daemon.events("worker.rate_limited")
     assert [(e["plan"], e["attempt"]) for e in limited] == [("A", 1)]
     assert daemon.events("remediation.started") == []
-    assert [(e["plan"], e["attempt"], e["role"]) for e in daemon.events("worker.started")
-            if e["plan"] in ("A", "B")][-2:] in (
-        [("A", 2, "primary"), ("B", 1, "primary")], [("B", 1, "primary"), ("A", 2, "primary")]
+    assert [
+        (e["plan"], e["attempt"], e["role"])
+        for e in daemon.events("worker.started")
+        if e["plan"] in ("A", "B")
+    ][-2:] in (
+        [("A", 2, "primary"), ("B", 1, "primary")],
+        [("B", 1, "primary"), ("A", 2, "primary")],
     )
     times = starts(counter)
     assert len(times) == 3 and times[1] - times[0] >= 1.4  # the margin: nobody started earlier
@@ -104,7 +110,8 @@ def test_a_limited_attempt_parks_its_profile_and_resumes_without_spending_a_reme
 
 def test_a_park_survives_a_restart_and_status_shows_it(daemon: Daemon) -> None:
     lim = profile(
-        "limit_codex", rate_limit_backoff="2s",
+        "limit_codex",
+        rate_limit_backoff="2s",
         env={"AGENT_LIMIT": "later", "AGENT_COUNTER": str(daemon.tmp / "n")},
     )
     daemon.write_config(**{"workers": {**daemon.config_data()["workers"], "lim": lim}})
@@ -131,9 +138,15 @@ def test_a_limit_in_a_single_run_waits_in_place(tmp_path: Path) -> None:
     reset (`Please try again in 0.3s`)."""
     counter = tmp_path / "n"
     config = make_config(
-        tmp_path, policy={"max_remediations": 0},
-        workers={"lim": profile("limit_codex", rate_limit_margin="0.1s",
-                                env={"AGENT_LIMIT": "in", "AGENT_COUNTER": str(counter)})},
+        tmp_path,
+        policy={"max_remediations": 0},
+        workers={
+            "lim": profile(
+                "limit_codex",
+                rate_limit_margin="0.1s",
+                env={"AGENT_LIMIT": "in", "AGENT_COUNTER": str(counter)},
+            )
+        },
     )
     run = anyio.run(run_plan, config, make_plan(tmp_path, worker="lim"))
     assert run.status is PlanStatus.SUCCEEDED
@@ -196,8 +209,11 @@ def test_unblock_of_a_profile_that_is_not_blocked_says_so(daemon: Daemon) -> Non
 
 
 async def test_a_silent_sleeper_is_stalled_after_silence_timeout(tmp_path: Path) -> None:
-    config = make_config(tmp_path, policy={"max_remediations": 0, "silence_timeout": "0.4s"},
-                         workers={"silent": agent_profile("silent")})
+    config = make_config(
+        tmp_path,
+        policy={"max_remediations": 0, "silence_timeout": "0.4s"},
+        workers={"silent": agent_profile("silent")},
+    )
     t0 = time.monotonic()
     run = await run_plan(config, make_plan(tmp_path, worker="silent"))
     assert run.status is PlanStatus.FAILED
@@ -210,7 +226,8 @@ async def test_a_silent_sleeper_is_stalled_after_silence_timeout(tmp_path: Path)
 
 async def test_a_cpu_busy_silent_worker_is_not_silent(tmp_path: Path) -> None:
     config = make_config(
-        tmp_path, policy={"max_remediations": 0, "silence_timeout": "0.3s"},
+        tmp_path,
+        policy={"max_remediations": 0, "silence_timeout": "0.3s"},
         workers={"busy": agent_profile("busy_silent", AGENT_BUSY="1.2")},
     )
     run = await run_plan(config, make_plan(tmp_path, worker="busy"))
@@ -225,7 +242,8 @@ async def test_a_worker_that_prints_its_result_and_hangs_is_stopped_and_passes(
     tmp_path: Path,
 ) -> None:
     config = make_config(
-        tmp_path, policy={"max_remediations": 0, "exit_grace": "0.3s"},
+        tmp_path,
+        policy={"max_remediations": 0, "exit_grace": "0.3s"},
         workers={"rth": profile("result_then_hang", output="claude-stream-json")},
     )
     t0 = time.monotonic()
@@ -243,8 +261,12 @@ async def test_a_worker_that_prints_its_result_and_hangs_is_stopped_and_passes(
 async def test_a_respawned_session_is_stopped_and_reported(tmp_path: Path) -> None:
     config = make_config(
         tmp_path,
-        policy={"max_remediations": 0, "poll_interval": "0.1s", "max_polls": 3,
-                "stop_grace": "0.6s"},
+        policy={
+            "max_remediations": 0,
+            "poll_interval": "0.1s",
+            "max_polls": 3,
+            "stop_grace": "0.6s",
+        },
         workers={"respawner": agent_profile("respawner")},
     )
     run = await run_plan(config, make_plan(tmp_path, worker="respawner"))
@@ -274,8 +296,9 @@ async def test_two_identical_failures_end_the_phase_as_stagnant(tmp_path: Path) 
 
 async def test_a_remediation_that_changes_nothing_is_stagnant(tmp_path: Path) -> None:
     repo = git_repo(tmp_path / "repo")
-    config = make_config(tmp_path, policy={"max_remediations": 5},
-                         workers={"edit_fail": agent_profile("edit_fail")})
+    config = make_config(
+        tmp_path, policy={"max_remediations": 5}, workers={"edit_fail": agent_profile("edit_fail")}
+    )
     plan = make_plan(
         tmp_path, [phase(remediation_worker="fail_report")], repo=repo, worker="edit_fail"
     )
@@ -292,11 +315,15 @@ async def test_the_remediation_prompt_shows_what_the_last_attempt_changed(
     each change something go on to max_remediations."""
     repo = git_repo(tmp_path / "repo")
     config = make_config(
-        tmp_path, policy={"max_remediations": 2},
+        tmp_path,
+        policy={"max_remediations": 2},
         workers={"edit_fail": agent_profile("edit_fail")},
     )
     plan = make_plan(
-        tmp_path, [phase(remediation_backoff="0.4s")], repo=repo, worker="edit_fail",
+        tmp_path,
+        [phase(remediation_backoff="0.4s")],
+        repo=repo,
+        worker="edit_fail",
     )
     run = await run_plan(config, plan)
     assert run.status is PlanStatus.FAILED
@@ -312,10 +339,10 @@ async def test_remediation_worker_runs_the_remediation_on_another_profile(
     tmp_path: Path,
 ) -> None:
     repo = git_repo(tmp_path / "repo")
-    config = make_config(tmp_path, policy={"max_remediations": 1},
-                         workers={"edit_fail": agent_profile("edit_fail")})
-    plan = make_plan(tmp_path, [phase(remediation_worker="pass")], repo=repo,
-                     worker="edit_fail")
+    config = make_config(
+        tmp_path, policy={"max_remediations": 1}, workers={"edit_fail": agent_profile("edit_fail")}
+    )
+    plan = make_plan(tmp_path, [phase(remediation_worker="pass")], repo=repo, worker="edit_fail")
     run = await run_plan(config, plan)
     assert run.status is PlanStatus.SUCCEEDED
     assert "pass.py" in " ".join(run.agent("P01", 2)["argv"])
@@ -325,15 +352,25 @@ async def test_remediation_worker_runs_the_remediation_on_another_profile(
 # -- 7. no-op phases --
 
 
-@pytest.mark.parametrize(("kind", "allow", "ok"), [
-    ("impl", None, False), ("stub", None, False), ("verify", None, True), ("impl", True, True),
-])
+@pytest.mark.parametrize(
+    ("kind", "allow", "ok"),
+    [
+        ("impl", None, False),
+        ("stub", None, False),
+        ("verify", None, True),
+        ("impl", True, True),
+    ],
+)
 async def test_a_phase_that_changed_nothing_but_paperwork_fails_no_changes(
-    tmp_path: Path, kind: str, allow: bool | None, ok: bool,
+    tmp_path: Path,
+    kind: str,
+    allow: bool | None,
+    ok: bool,
 ) -> None:
     repo = git_repo(tmp_path / "repo")
-    config = make_config(tmp_path, policy={"max_remediations": 0},
-                         workers={"noop": agent_profile("noop")})
+    config = make_config(
+        tmp_path, policy={"max_remediations": 0}, workers={"noop": agent_profile("noop")}
+    )
     extra = {} if allow is None else {"allow_no_changes": allow}
     plan = make_plan(tmp_path, [phase(kind=kind, **extra)], repo=repo, worker="noop")
     run = await run_plan(config, plan)
@@ -345,8 +382,9 @@ async def test_a_phase_that_changed_nothing_but_paperwork_fails_no_changes(
 
 
 async def test_no_changes_without_git_is_a_warning(tmp_path: Path) -> None:
-    config = make_config(tmp_path, policy={"max_remediations": 0},
-                         workers={"noop": agent_profile("noop")})
+    config = make_config(
+        tmp_path, policy={"max_remediations": 0}, workers={"noop": agent_profile("noop")}
+    )
     run = await run_plan(config, make_plan(tmp_path, [phase(kind="impl")], worker="noop"))
     assert run.status is PlanStatus.SUCCEEDED
     assert [e for e in run.events("check.warning") if e["check"] == "no_changes"]

@@ -108,8 +108,14 @@ async def test_waiters_wait_out_a_park_and_a_block_and_the_holds_are_saved(
     audit.close()
     events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     names = [e["event"] for e in events]
-    assert names == ["profile.parked", "profile.blocked", "plan.waiting_quota",
-                     "plan.waiting_quota", "profile.unparked", "profile.unblocked"]
+    assert names == [
+        "profile.parked",
+        "profile.blocked",
+        "plan.waiting_quota",
+        "plan.waiting_quota",
+        "profile.unparked",
+        "profile.unblocked",
+    ]
     assert Quota.load(log, path, atomic_write).holds.holds == {}
 
 

@@ -67,8 +67,9 @@ def test_a_group_that_does_not_exist_is_empty() -> None:
 
 
 def test_parse_stat_takes_the_last_parenthesis(tmp_path: Path) -> None:
-    fields = " ".join(["S", "1", "4242"] + ["0"] * 8 + ["7", "3", "2", "1"] + ["0"] * 4
-                      + ["99"] + ["0"] * 10)
+    fields = " ".join(
+        ["S", "1", "4242"] + ["0"] * 8 + ["7", "3", "2", "1"] + ["0"] * 4 + ["99"] + ["0"] * 10
+    )
     raw = f"4243 (evil) S 1 1 (x) {fields}".encode()
     parsed = parse_stat(raw)
     assert parsed is not None and parsed[2] == "4242" and parsed[19] == "99"

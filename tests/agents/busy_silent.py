@@ -10,8 +10,11 @@ import _agent
 _agent.start("busy-silent")
 busy = float(os.environ.get("AGENT_BUSY", "1"))
 subprocess.run(
-    [sys.executable, "-c",
-     f"import time\nend = time.monotonic() + {busy}\nwhile time.monotonic() < end: pass"],
+    [
+        sys.executable,
+        "-c",
+        f"import time\nend = time.monotonic() + {busy}\nwhile time.monotonic() < end: pass",
+    ],
     check=True,
 )
 _agent.finish_passing()

@@ -59,12 +59,22 @@ if _limits.limited():
     reset_in = float(os.environ.get("AGENT_RESET_IN", "0.3" if kind == "in" else "0"))
     if kind == "429":
         for n in range(1, 6):
-            emit(type="error", message=f"Reconnecting... {n}/5 (exceeded retry limit, last "
-                 "status: 429 Too Many Requests, request id: 9c1e1ab2)")
+            emit(
+                type="error",
+                message=f"Reconnecting... {n}/5 (exceeded retry limit, last "
+                "status: 429 Too Many Requests, request id: 9c1e1ab2)",
+            )
     text = message(kind, reset_in)
     emit(type="error", message=text)
     emit(type="turn.failed", error={"message": text})
     sys.exit(1)
 _agent.finish_passing()
-emit(type="turn.completed", usage={"input_tokens": 1200, "cached_input_tokens": 200,
-                                   "output_tokens": 80, "reasoning_output_tokens": 20})
+emit(
+    type="turn.completed",
+    usage={
+        "input_tokens": 1200,
+        "cached_input_tokens": 200,
+        "output_tokens": 80,
+        "reasoning_output_tokens": 20,
+    },
+)

@@ -27,7 +27,9 @@ def helper(agent: int, pids: str, env_file: str) -> None:
     time.sleep(0.1)
     session = subprocess.Popen(
         [sys.executable, "-c", "import time\nwhile True: time.sleep(1)", "respawned-session"],
-        stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
     )
     with open(pids, "a") as f:
         f.write(f"{session.pid}\n")
@@ -47,7 +49,9 @@ env_file = pids.with_suffix(".env")
 env_file.write_text("".join(f"{k}={v}\0" for k, v in env.items()))
 watcher = subprocess.Popen(
     [sys.executable, __file__, "--helper", str(os.getpid()), str(pids), str(env_file)],
-    stdin=subprocess.DEVNULL, start_new_session=True, env={"PATH": env.get("PATH", "")},
+    stdin=subprocess.DEVNULL,
+    start_new_session=True,
+    env={"PATH": env.get("PATH", "")},
 )
 with pids.open("a") as f:
     f.write(f"{watcher.pid}\n")
