@@ -442,3 +442,31 @@ async def stop_orphan(handle: WorkerHandle, grace: float) -> signal.Signals | No
     if not is_same_process(handle) and process_start_time(handle.pgid) is not None:
         return None
     return await stop_group(handle.pgid, grace)
+
+
+def command_line(pid: int) -> str:
+    """A process's command line, arguments joined by spaces ('' once it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")[:500]
+
+
+async def stop_respawned(log: str, under: Path, watch_for: float) -> dict[int, str]:
+    """For `watch_for` seconds after a worker was stopped, stop every process that carries its
+    `ORCHESTRD_LOG` (a helper of the agent starting the session again, or one that left its
+    process group); returns their pids and command lines. Only processes whose environment
+    this user can read are seen: a worker in its own PID namespace cannot outlive it anyway."""
+    found: dict[int, str] = {}
+    step = min(max(watch_for / 20, 0.02), 0.5)
+    with anyio.move_on_after(watch_for):
+        while True:
+            live = await anyio.to_thread.run_sync(processes_with_env, "ORCHESTRD_LOG", under)
+            pids = sorted(pid for pid, value in live.items() if value == log)
+            if pids:
+                for pid in pids:
+                    found.setdefault(pid, command_line(pid))
+                await stop_processes(pids, watch_for)
+            await anyio.sleep(step)
+    return found
