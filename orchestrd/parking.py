@@ -304,3 +304,29 @@ def _seconds_until(when: dt.datetime | None) -> float:
     if when is None:
         return math.inf
     return max(0.0, (when - utcnow()).total_seconds())
+
+
+HOLDS_FILE = "holds.toml"
+"""In state_dir: the parked and blocked profiles."""
+
+
+def read_holds(path: Path) -> Holds | None:
+    """The holds saved at `path` for `status` (which may run while the daemon is down); None
+    when there are none or the file cannot be read."""
+    try:
+        return Holds.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def describe_holds(holds: Holds) -> list[str]:
+    """One line per held profile: `profile codex parked until 22:14:05 (+01:00) — <message>`."""
+    lines = []
+    for h in sorted(holds.holds.values(), key=lambda h: h.profile):
+        if h.until is not None:
+            when = f" until {h.until.astimezone().isoformat(timespec='seconds')}"
+        else:
+            when = " until `orchestrd unblock " + h.profile + "` or a config reload"
+        said = f" — {h.message}" if h.message else ""
+        lines.append(f"profile {h.profile} {h.kind}{when}{said}")
+    return lines

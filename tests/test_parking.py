@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from orchestrd.audit import AuditLog
-from orchestrd.parking import HoldKind, Holds, Quota, backoff
+from orchestrd.parking import HoldKind, Holds, Quota, backoff, describe_holds, read_holds
 from orchestrd.state import atomic_write
 
 T0 = dt.datetime(2026, 12, 4, 22, 0, tzinfo=dt.UTC)
@@ -127,3 +127,21 @@ def test_an_unreadable_holds_file_is_set_aside(tmp_path: Path) -> None:
     audit.close()
     assert quota.holds == Holds() and (tmp_path / "holds.toml.corrupt").exists()
     assert "profile.holds_unreadable" in (tmp_path / "audit.jsonl").read_text()
+
+
+def test_status_lines_name_each_hold_and_until_when(tmp_path: Path) -> None:
+    holds = Holds()
+    holds.park("codex", T0, T0 + dt.timedelta(minutes=7), 60, "Try again at 11:07 PM.")
+    holds.block("gemini", T0, "exit code 41 (authentication)")
+    (tmp_path / "holds.toml").write_bytes(holds.dumps())
+    read = read_holds(tmp_path / "holds.toml")
+    assert read is not None
+    parked, blocked = describe_holds(read)
+    assert parked.startswith("profile codex parked until ") and "11:07 PM" in parked
+    until = (T0 + dt.timedelta(minutes=7)).astimezone().isoformat(timespec="seconds")
+    assert until in parked
+    assert blocked == (
+        "profile gemini blocked until `orchestrd unblock gemini` or a config reload — "
+        "exit code 41 (authentication)"
+    )
+    assert read_holds(tmp_path / "none.toml") is None
