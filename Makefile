@@ -18,7 +18,9 @@ run: $(BIN)/orchestrd
 	-command -v git >/dev/null && git -C .demo/repo init -q && \
 	  git -C .demo/repo -c user.name=demo -c user.email=demo@localhost commit -q --allow-empty -m "empty demo repo"
 	$(BIN)/orchestrd run config/examples/demo.toml --config orchestrd/local.toml
-	@echo "audit log: .orchestrd/audit.jsonl   try: jq -c 'select(.plan==\"DEMO-calc\")' .orchestrd/audit.jsonl"
+	@echo
+	$(BIN)/orchestrd report DEMO-calc --config orchestrd/local.toml
+	@echo "also: orchestrd tail --plan DEMO-calc, orchestrd logs DEMO-calc P03 (see README, Day to day)"
 
 test: $(BIN)/orchestrd
 	$(BIN)/python -m pytest -q

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""orchestrd benchmarks: reaction latency, throughput against a bare asyncio loop, scale.
+"""orchestrd benchmarks: reaction latency, throughput against a bare asyncio loop, scale, and
+a 10,000-phase plan.
 
-    python bench/run.py                 # all three at the issue's sizes
-    python bench/run.py --quick         # all three, small N, ≤ 60 s
-    python bench/run.py --only scale    # one (or a comma list: reaction,throughput,scale)
+    python bench/run.py                 # all four at the issue's sizes
+    python bench/run.py --quick         # all four, small N, ≤ 60 s
+    python bench/run.py --only scale    # one (or a comma list: reaction,throughput,scale,longplan)
     python bench/run.py --json          # also write bench/results/latest.json
     python bench/run.py --profile       # also py-spy the daemon under each load (bench/results/)
 
@@ -848,6 +849,82 @@ def bench_scale(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     }
 
 
+# ---------------------------------------------------------------- 4. a long plan
+
+
+def proc_wchar(pid: int) -> int:
+    """Bytes the process has handed to write(2) and friends (/proc/<pid>/io)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    return 0
+
+
+def bench_longplan(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """One plan of 10,000 trivial phases, and beside it a probe plan whose sleeping worker is
+    polled every 50 ms: phases/s, the daemon's CPU and bytes written per phase, and the
+    longest gap between two polls of the probe beyond its interval (an event-loop stall
+    another plan sees)."""
+    n = args.long_phases
+    window = 5.0 if args.quick else args.long_window
+    interval = 0.05
+    sleeper = {"command": ["/bin/sleep", str(args.sleep)], "env": {}}
+    d = BenchDaemon(
+        args.tmp, "longplan", max_workers=4, workers={"sleeper": sleeper},
+        spool={"max_plan_bytes": 64 * 1024 * 1024},
+    )
+    try:
+        d.start()
+        probe = d.plan("PROBE", "probe", worker="sleeper",
+                       policy={"poll_interval": f"{interval}s", "max_polls": 1_000_000})
+        d.drop(probe)
+        d.wait(lambda: d.audit.count("worker.started") >= 1, 30, "the probe's worker")
+        log(f"longplan: one plan of {n} phases")
+        t_drop = d.drop(d.plan("LONG", "long", [f"P{i:05d}" for i in range(1, n + 1)]))
+        d.wait(lambda: any(e["plan"] == "LONG" for e in d.audit.of("worker.started")),
+               120, "the long plan's first worker", interval=0.05)
+        accepted = next(e["_t"] for e in d.audit.of("plan.accepted") if e["plan"] == "LONG")
+        time.sleep(0.5)  # past the first saves
+        pid = d.pid
+        (u0, s0), (mu0, ms0), w0 = proc_cpu_split(pid), thread_cpu_split(pid), proc_wchar(pid)
+        lo = time.time()
+        time.sleep(window)
+        hi = time.time()
+        (u1, s1), (mu1, ms1), w1 = proc_cpu_split(pid), thread_cpu_split(pid), proc_wchar(pid)
+        d.audit.poll()
+        passed = [e["_t"] for e in d.audit.of("phase.passed")
+                  if e["plan"] == "LONG" and lo <= e["_t"] <= hi]
+        polls = sorted(e["_t"] for e in d.audit.of("worker.poll") if e["plan"] == "PROBE")
+        gaps = [b - a - interval for a, b in zip(polls, polls[1:], strict=False)
+                if lo <= b <= hi]
+        rc, took = d.stop()
+        left = d.leftover_workers()
+        state_bytes = _archived_state_size(d, "LONG")
+    finally:
+        d.cleanup(args.keep)
+    secs = hi - lo
+    rate = len(passed) / secs
+    cpu = 100.0 * (u1 + s1 - u0 - s0) / CLK_TCK / secs
+    loop_cpu = 100.0 * (mu1 + ms1 - mu0 - ms0) / CLK_TCK / secs
+    per_phase = (w1 - w0) / max(1, len(passed))
+    stall = dist(gaps)
+    line = (
+        f"longplan: {n} phases: {rate:.1f} phases/s, daemon CPU {cpu:.0f}% "
+        f"(loop thread {loop_cpu:.0f}%), {per_phase / 1024:.1f} KB written/phase, "
+        f"probe poll stall p99={stall.get('p99', 0):.1f}ms max={stall.get('max', 0):.1f}ms, "
+        f"accept {accepted - t_drop:.1f}s"
+        + (f" [quick: {window:.0f} s window]" if args.quick else "")
+    )
+    return line, {
+        "phases": n, "window_s": round(secs, 2), "phases_passed": len(passed),
+        "phases_per_s": round(rate, 2), "daemon_cpu_pct": round(cpu, 1),
+        "loop_thread_cpu_pct": round(loop_cpu, 1),
+        "bytes_written_per_phase": round(per_phase), "probe_poll_stall_ms": stall,
+        "accept_s": round(accepted - t_drop, 3), "state_toml_bytes": state_bytes,
+        "daemon_stop": {"rc": rc, "seconds": round(took, 2), "leftover": left},
+    }
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -855,12 +932,13 @@ BENCHES: dict[str, Callable[[argparse.Namespace], tuple[str, dict[str, Any]]]] =
     "reaction": bench_reaction,
     "throughput": bench_throughput,
     "scale": bench_scale,
+    "longplan": bench_longplan,
 }
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: C901 - option handling
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small N, all three in ≤ 60 s")
+    p.add_argument("--quick", action="store_true", help="small N, all four in ≤ 60 s")
     p.add_argument("--only", default="", help="comma list of: " + ", ".join(BENCHES))
     p.add_argument("--json", action="store_true", help="write bench/results/latest.json")
     p.add_argument("--out", type=Path, default=None, help="write the JSON results here instead")
@@ -887,6 +965,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - option handling
                    default=[100, 250, 500, 1000])
     p.add_argument("--window", type=float, default=10.0, help="scale: measuring window (s)")
     p.add_argument("--sleep", type=int, default=3600, help="scale: how long workers sleep")
+    p.add_argument("--long-phases", type=int, default=10_000, help="longplan: phases")
+    p.add_argument("--long-window", type=float, default=30.0,
+                   help="longplan: measuring window (s)")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHES)
     for n in names:

@@ -27,7 +27,8 @@ from .fsutil import write_all
 # Every event orchestrd emits, with what it means. The README's event table is generated from,
 # and tested against, this mapping.
 EVENTS: dict[str, str] = {
-    "daemon.started": "the daemon is up and serving (after recovery)",
+    "daemon.started": "the daemon is up and serving (after recovery); privilege_separation "
+    "says whether workers run as worker_user, privilege_separation_reason why (not)",
     "daemon.stopping": "SIGTERM/SIGINT received (daemon or `orchestrd run`): stopping workers",
     "daemon.stopped": "the daemon exited cleanly",
     "daemon.recovered": "a plan found running or queued in state_dir at start-up was resumed",
@@ -45,6 +46,7 @@ EVENTS: dict[str, str] = {
         "allowed_submitters, or no plan id (reason, requester)"
     ),
     "daemon.watch_failed": "inotify on the inbox failed; the daemon falls back to rescans",
+    "daemon.metrics_failed": "[metrics] textfile could not be written (reason); once per reason",
     "plan.accepted": "a file in the inbox passed validation and was moved to plans/<id>/",
     "plan.rejected": "a file in the inbox failed validation; see rejected/<name>.error",
     "plan.queued": "the plan waits for a worker slot",
@@ -61,6 +63,8 @@ EVENTS: dict[str, str] = {
         "the plan's file can no longer be loaded (reason): failed if it had not ended, and its "
         "folder moved to archive/"
     ),
+    "plan.state_mismatch": "state.toml says phases passed that the audit log never saw pass "
+    "(phases); they run again",
     "phase.started": "a phase began (its primary worker follows)",
     "phase.skipped": "a phase already passed before a restart or retry",
     "phase.passed": "all checkpoints passed",
@@ -72,14 +76,21 @@ EVENTS: dict[str, str] = {
     "worker.stalled": "the worker outlived its last poll (log_tail)",
     "worker.stopped": "the worker's process group was signalled (signal, why)",
     "worker.exited": "the worker process ended (returncode)",
-    "worker.changes": "git snapshot around the attempt: HEAD, status, diff stat before/after",
-    "worker.log_truncated": "the worker's output went over max_log_bytes; the rest was dropped",
+    "worker.changes": "git snapshot around the attempt: HEAD, status, diff stat before/after "
+    "(capped; `cut` counts what was left out)",
+    "worker.log_truncated": "the worker's output went over max_log_bytes; its head and tail were "
+    "kept in the log, the middle dropped",
     "worker.orphan_stopped": "a worker recorded as live by a previous run was stopped (signal; "
     "null: it was already gone)",
     "check.passed": "one checkpoint passed (check, reason)",
     "check.failed": "one checkpoint failed (check, reason)",
     "check.warning": "a checkpoint found something worth reading that does not fail the phase",
+    "check.output_truncated": "a verify command's output went over max_log_bytes; its head and "
+    "tail were kept in its file, the middle dropped (it was judged whole)",
     "remediation.started": "a remediation attempt begins (failure)",
+    "notify.sent": "a notification was delivered (for_event, target, attempts)",
+    "notify.failed": "a notification attempt failed (HTTP status or returncode, reason); "
+    "retried after retry_in, or gave_up after retry_for",
 }
 
 FIRST_KEYS = ("ts", "event", "plan", "phase", "attempt", "role", "pid")

@@ -20,9 +20,11 @@ from .config import CheckSettings
 from .errors import PlanError
 from .fsutil import DEFAULT_MAX_BYTES, FileRefused, read_head, read_regular
 from .gitsnap import Diff
+from .judge import Match, StreamJudge, scan_file
 from .plan import MarkerPath, Phase, Plan, confine, glob_prefix, glob_regex, phase_marker_regex
 from .policy import WatchOutcome
-from .worker import WorkerSpec, WorkerStartError, launch, log_without_prompt, tail_file
+from .privsep import Identity
+from .worker import WorkerSpec, WorkerStartError, launch, tail_file
 
 # How to repair each rule a check names, for the remediation prompt.
 FIXES: dict[str, str] = {
@@ -38,6 +40,11 @@ FIXES: dict[str, str] = {
     "output shows (a bad option, a missing module, no tests found), then run it yourself",
     "must_match": "the command's output must show the expected result; run it yourself and "
     "fix what is missing",
+    "git_tampering": "restore .git/config, .git/info/ and .git/hooks/ as they were when the phase "
+    "began, and remove any .gitignore that ignores itself; never change how git sees the "
+    "repository",
+    "stale": "the file is the same as before this phase began (left by an earlier run or plan): "
+    "do this phase's work, then write the file anew with this attempt's real results",
 }
 MAX_FINDINGS = 20  # per check and file: enough to act on, short enough to read
 MARKER_FILE_BYTES = 4 * 1024 * 1024  # a marker sits in a source file, not in a huge one
@@ -75,6 +82,13 @@ class CheckContext:
     """What the phase's workers changed in the repo; None when git cannot tell."""
     git_problem: str | None = None
     """Why `changes` is None (not a git checkout, git failed)."""
+    identity: Identity | None = None
+    """Verify commands run as the worker's user (None: as the daemon's)."""
+    pid_namespace: bool = True
+    git_broken: bool = False
+    """git worked when the phase began and failed after an attempt: no warning, a failure."""
+    stale: frozenset[str] = frozenset()
+    """Contract files (repo-relative) no worker of the phase wrote: unchanged since it began."""
 
     @property
     def report_path(self) -> str:
@@ -109,23 +123,26 @@ def check_exit(outcome: WatchOutcome) -> CheckResult:
     return CheckResult("exit_code", False, how)
 
 
-def check_log(ctx: CheckContext) -> CheckResult:
+async def check_log(ctx: CheckContext) -> CheckResult:
     fatal = (
         ctx.phase.fail_on_log_errors
         if ctx.phase.fail_on_log_errors is not None
         else ctx.settings.fail_on_log_errors
     )
+    patterns = ctx.settings.log_error_patterns
+    # the whole log (its head and tail when it was cut), not only its end
+    # bounded: a worker may write to its log file directly, past the pump's cap
+    limit = ctx.max_log_bytes + 64 * 1024
     try:
-        text = log_without_prompt(ctx.log_path, ctx.prompt)
+        found = await anyio.to_thread.run_sync(
+            scan_file, ctx.log_path, patterns, ctx.prompt, limit
+        )
     except FileRefused as exc:
         # orchestrd made that log: a worker that swapped it hides what it printed
         return CheckResult("log_errors", False, f"worker log {ctx.log_path.name} {exc}")
-    for pattern in ctx.settings.log_error_patterns:
-        for line in text.splitlines():
-            if re.search(pattern, line):
-                return CheckResult(
-                    "log_errors", False, f"log matches {pattern!r}: {line.strip()[:200]}", fatal
-                )
+    for pattern in patterns:
+        if m := found.get(pattern):
+            return CheckResult("log_errors", False, f"log matches {pattern!r}: {m.text}", fatal)
     return CheckResult("log_errors", True, "no runtime error patterns in the log")
 
 
@@ -149,13 +166,25 @@ def _read_in_repo(
         return path, None
 
 
+def stale_result(name: str, path: str) -> CheckResult:
+    return violation(
+        name, path, 0, "stale",
+        "unchanged since the phase began: no worker of this phase wrote it, so it is no "
+        "evidence of this phase's work",
+    )
+
+
 def check_report(ctx: CheckContext) -> CheckResult:
     path, text = _read_in_repo(ctx.plan, ctx.report_path, ctx.settings.max_evidence_bytes)
     if text is None:
         return CheckResult("report", False, f"{path} is missing; the worker must write it")
     if text.startswith("\0"):
         return CheckResult("report", False, text[1:])
-    status = evidence.report_status(text)
+    if path in ctx.stale:
+        return stale_result("report", path)
+    status, disagree = evidence.report_status(text)
+    if disagree:
+        return violation("report", path, 0, "contradiction", disagree)
     if status is None:
         return CheckResult("report", False, f"{path} has no 'Status: PASS' or 'Status: FAIL' line")
     if status == "PASS":
@@ -163,13 +192,19 @@ def check_report(ctx: CheckContext) -> CheckResult:
     return CheckResult("report", False, f"{path} says Status: FAIL")
 
 
-def completion_results(plan: Plan, phase: Phase, name: str = "completion") -> list[CheckResult]:
-    """Each completion file of `phase` exists and holds every marker (boundary-matched)."""
+def completion_results(
+    plan: Plan, phase: Phase, name: str = "completion", stale: frozenset[str] = frozenset()
+) -> list[CheckResult]:
+    """Each completion file of `phase` exists, was written in the phase (not `stale`) and holds
+    every marker (boundary-matched)."""
     results = []
     for rel in phase.completion_paths:
         path, text = _read_in_repo(plan, rel)
         if text is None:
             results.append(CheckResult(name, False, f"{path} is missing"))
+            continue
+        if path in stale:
+            results.append(stale_result(name, path))
             continue
         if text.startswith("\0"):
             results.append(CheckResult(name, False, text[1:]))
@@ -185,12 +220,12 @@ def completion_results(plan: Plan, phase: Phase, name: str = "completion") -> li
 
 
 def check_completion(ctx: CheckContext) -> list[CheckResult]:
-    return completion_results(ctx.plan, ctx.phase)
+    return completion_results(ctx.plan, ctx.phase, stale=ctx.stale)
 
 
 def check_evidence(ctx: CheckContext) -> list[CheckResult]:
-    """The evidence rules on the report and every completion file that exist (a missing one has
-    failed its own check already)."""
+    """The evidence rules on the report and every completion file that exist and were written
+    in the phase (a missing or stale one has failed its own check already)."""
     phase, settings = ctx.phase, ctx.settings
     rules = phase.evidence_rules if phase.evidence_rules is not None else settings.evidence_rules
     files = [(ctx.report_path, True, phase.report_requires)]
@@ -199,7 +234,7 @@ def check_evidence(ctx: CheckContext) -> list[CheckResult]:
     checked = []
     for rel, is_report, requires in files:
         path, text = _read_in_repo(ctx.plan, rel, settings.max_evidence_bytes)
-        if text is None or text.startswith("\0"):
+        if text is None or text.startswith("\0") or path in ctx.stale:
             continue
         checked.append(path)
         found = evidence.check_text(
@@ -304,8 +339,27 @@ def change_rules(
 _VERB = {"A": "added", "M": "modified", "D": "deleted", "T": "changed (type)"}
 
 
+def _tampering(diff: Diff | None) -> list[CheckResult]:
+    """How git sees the repo is never a worker's to change, whatever rules are in force."""
+    return _capped(
+        [
+            violation(
+                "git_tampering", c.path, 0, "git_tampering",
+                f"{c.path} {_VERB.get(c.status, c.status)} during the phase"
+                + (": a .gitignore git ignores hides itself and what it names"
+                   if c.path.endswith(".gitignore")
+                   else ": it decides how git sees the repository"),
+            )
+            for c in (diff.tampered if diff is not None else [])
+        ],
+        "git_tampering",
+    )
+
+
 def check_changes(ctx: CheckContext) -> list[CheckResult]:
-    """protect, forbid_test_changes and forbidden_patterns on what the phase's workers changed.
+    """protect, forbid_test_changes and forbidden_patterns on what the phase's workers changed,
+    and git tampering. Each rule's findings are capped (MAX_FINDINGS): a worker that changes
+    10,000 files gets a readable verdict, not 10,000 events.
 
     The plan's report and completion files are what workers are asked to write: never counted.
     """
@@ -314,16 +368,32 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
         n for n, on in (("protect", protect), ("forbid_test_changes", forbid_tests),
                         ("forbidden_patterns", patterns)) if on
     ]
-    if not in_force:
-        return []
     diff = ctx.changes
+    tampering = _tampering(diff)
+    if ctx.git_broken:
+        # a worker that breaks the repo must not thereby escape the rules
+        tampering.append(
+            CheckResult(
+                "git_tampering", False,
+                f"git worked when the phase began, now: {ctx.git_problem}; restore the "
+                "repository [rule: git_tampering]",
+                details={"rule": "git_tampering"},
+            )
+        )
+    if not in_force:
+        return tampering
     if diff is None:
         why = ctx.git_problem or "no git snapshot"
-        return [CheckResult("git", False, f"{why}; not checked: {', '.join(in_force)}", False)]
+        return [
+            *tampering,
+            CheckResult(
+                "git", False, f"{why}; not checked: {', '.join(in_force)}", ctx.git_broken
+            ),
+        ]
     exempt = ctx.plan.contract_files()
     protected = [glob_regex(g) for g in protect]
     tests = [glob_regex(g) for g in ctx.settings.test_globs]
-    results: list[CheckResult] = []
+    found: dict[str, list[CheckResult]] = {"protect": [], "test_changes": []}
     is_test: dict[str, bool] = {}
     for change in diff.files:
         path = change.path
@@ -333,15 +403,33 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
         line = diff.first_line.get(path, 0)
         verb = _VERB.get(change.status, change.status)
         if any(p.match(path) for p in protected):
-            results.append(violation("protect", path, line, "protect", f"protected file {verb}"))
+            found["protect"].append(
+                violation("protect", path, line, "protect", f"protected file {verb}")
+            )
         if forbid_tests and is_test[path]:
-            results.append(
+            found["test_changes"].append(
                 violation(
                     "test_changes", path, line, "forbid_test_changes",
                     f"test file {verb} in a {ctx.phase.kind} phase; tests are fixed before "
                     "the implementation",
                 )
             )
+    results = tampering + [r for name, rs in found.items() for r in _capped(rs, name)]
+    results += _capped(_forbidden(diff, patterns, is_test, exempt), "forbidden_patterns")
+    if results:
+        return results
+    return [
+        CheckResult(
+            "changes", True,
+            f"{len(diff.files)} changed file(s); {', '.join(in_force)}: ok",
+        )
+    ]
+
+
+def _forbidden(
+    diff: Diff, patterns: list[str], is_test: dict[str, bool], exempt: list[re.Pattern[str]]
+) -> list[CheckResult]:
+    """Lines the workers added to non-test files that match a forbidden pattern."""
     compiled = [re.compile(p) for p in patterns]
     hits = []
     for added in diff.added:
@@ -356,59 +444,59 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
                     )
                 )
                 break
-    results += _capped(hits, "forbidden_patterns")
-    if results:
-        return results
-    return [
-        CheckResult(
-            "changes", True,
-            f"{len(diff.files)} changed file(s); {', '.join(in_force)}: ok",
-        )
-    ]
+    return hits
 
 
-def _judge_output(text: str, cmd_expect: str, must: list[str], must_not: list[str]) -> (
-    tuple[str, int, str, str] | None
-):
+def _first_broken(
+    found: dict[str, Match], must: list[str], must_not: list[str]
+) -> tuple[str, int, str, str] | None:
     """The first output rule broken: (rule, line, pattern, the line's text), or None."""
     for pattern in must_not:
-        if m := re.search(pattern, text, re.MULTILINE):
-            line = text.count("\n", 0, m.start()) + 1
-            start = text.rfind("\n", 0, m.start()) + 1
-            end = text.find("\n", m.start())
-            quote = text[start : end if end != -1 else len(text)].strip()[:160]
-            return "must_not_match", line, pattern, quote
+        if m := found.get(pattern):
+            return "must_not_match", m.line, pattern, m.text[:160]
     for pattern in must:
-        if not re.search(pattern, text, re.MULTILINE):
+        if pattern not in found:
             return "must_match", 0, pattern, ""
     return None
 
 
-def _read_output(path: Path, max_bytes: int) -> str:
-    # the command may run what a worker wrote: its output file may be anything by now
-    try:
-        return read_head(path, max_bytes).decode("utf-8", errors="replace")
-    except (OSError, FileRefused):
-        return ""
-
-
-async def run_verify(ctx: CheckContext, index: int) -> CheckResult:
+async def run_verify(ctx: CheckContext, index: int, log: Logger) -> CheckResult:
     """Run one verify command in the repo, in its own process group, output to a file; judge it
-    by its exit code, then by its output (must_match / must_not_match)."""
+    by its exit code, then by its whole output (must_match / must_not_match), however much of
+    it the file keeps (a cut is logged: check.output_truncated)."""
     cmd = ctx.phase.verify[index]
     out_path = ctx.output_dir / f"verify-{ctx.phase.id}-{ctx.attempt}-{index}.log"
     name = f"verify[{index}]"
+    wanted = cmd.expect == "pass"
+    defaults = (
+        ctx.settings.expect_pass_must_not_match if wanted
+        else ctx.settings.expect_fail_must_not_match
+    )
+    must_not = [*cmd.must_not_match]
+    if cmd.default_must_not_match:
+        must_not += defaults.for_kind(ctx.phase.kind)
+    # judged as it streams: the file keeps only the head and the tail of a long output
+    judge = StreamJudge([*must_not, *cmd.must_match])
     started = time.monotonic()
-    spec = WorkerSpec([*ctx.settings.verify_shell, cmd.run], ctx.env, ctx.plan.repo, out_path)
+    spec = WorkerSpec(
+        [*ctx.settings.verify_shell, cmd.run], ctx.env, ctx.plan.repo, out_path, ctx.identity,
+        ctx.pid_namespace,
+    )
     rc: int | None = None
     try:
         # launched like a worker: own process group, output capped, nothing left behind
-        async with launch(spec, ctx.max_log_bytes, ctx.grace) as proc:
+        async with launch(spec, ctx.max_log_bytes, ctx.grace, judge.feed) as proc:
             with anyio.move_on_after(cmd.timeout):
                 rc = await proc.wait()
     except WorkerStartError as exc:
         return CheckResult(name, False, f"cannot run {cmd.run!r}: {exc}")
     took = round(time.monotonic() - started, 3)
+    if proc.dropped_bytes:
+        log.info(
+            "check.output_truncated", check=name, output=str(out_path),
+            max_log_bytes=ctx.max_log_bytes, output_bytes=proc.output_bytes,
+            dropped_bytes=proc.dropped_bytes,
+        )
     tail = await anyio.to_thread.run_sync(tail_file, out_path, 15, 4096)
     if rc is None:
         return CheckResult(
@@ -416,7 +504,6 @@ async def run_verify(ctx: CheckContext, index: int) -> CheckResult:
             details={"command": cmd.run, "output": str(out_path), "output_tail": tail},
         )
     passed = rc == 0
-    wanted = cmd.expect == "pass"
     details: dict[str, object] = {
         "command": cmd.run,
         "returncode": rc,
@@ -428,15 +515,7 @@ async def run_verify(ctx: CheckContext, index: int) -> CheckResult:
     if passed != wanted:
         reason = f"{cmd.run!r} exited {rc} but was expected to {cmd.expect}"
         return CheckResult(name, False, reason, details=details)
-    defaults = (
-        ctx.settings.expect_pass_must_not_match if wanted
-        else ctx.settings.expect_fail_must_not_match
-    )
-    must_not = [*cmd.must_not_match]
-    if cmd.default_must_not_match:
-        must_not += defaults.for_kind(ctx.phase.kind)
-    text = await anyio.to_thread.run_sync(_read_output, out_path, ctx.max_log_bytes)
-    broken = _judge_output(text, cmd.expect, cmd.must_match, must_not)
+    broken = _first_broken(judge.close(), cmd.must_match, must_not)
     if broken is None:
         checked = " and its output" if must_not or cmd.must_match else ""
         reason = f"{cmd.run!r} exited {rc} as expected ({cmd.expect}){checked}"
@@ -459,18 +538,19 @@ async def run_verify(ctx: CheckContext, index: int) -> CheckResult:
 
 def _file_checks(ctx: CheckContext) -> list[CheckResult]:
     """The checks that read what the worker wrote (off the event loop: a thread)."""
-    return [check_log(ctx), check_report(ctx), *check_completion(ctx), *check_evidence(ctx)]
+    return [check_report(ctx), *check_completion(ctx), *check_evidence(ctx)]
 
 
 async def inspect(ctx: CheckContext, log: Logger) -> list[CheckResult]:
     """Every checkpoint, in order, each audited as check.passed / check.failed / check.warning."""
-    results = [check_exit(ctx.outcome), *await anyio.to_thread.run_sync(_file_checks, ctx)]
+    results = [check_exit(ctx.outcome), await check_log(ctx)]
+    results += await anyio.to_thread.run_sync(_file_checks, ctx)
     results += await marker_path_results(ctx.plan, ctx.phase, "marker_paths")
     results += check_changes(ctx)
     for r in results:
         audit(log, r)
     for i in range(len(ctx.phase.verify)):
-        r = await run_verify(ctx, i)
+        r = await run_verify(ctx, i, log)
         audit(log, r)
         results.append(r)
     return results

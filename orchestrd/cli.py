@@ -18,12 +18,13 @@ from pathlib import Path
 import anyio
 import tomli_w
 
-from . import status
+from . import doctor, install, logs, progress, report, status, tail
 from .audit import AuditLog, Logger, Redactor, printable
 from .config import Config, check_state_dir, load_config
 from .errors import OrchestrdError, PlanError
 from .importer import add_subcommand as add_import_subcommand
 from .plan import Plan, check_plan_id, load_plan, plan_from_bytes
+from .privsep import separation
 from .runner import PlanRunner
 from .spool import RUN_LOCK, Spool, hold_run_lock, lock_held, submitter_allowed
 from .state import PhaseState, PlanFolder, PlanRecord, PlanState, load_state
@@ -57,8 +58,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def run_foreground(plan: Plan, config: Config, echo: bool) -> PlanStatus:
+async def run_foreground(
+    plan: Plan, config: Config, echo: bool, live: bool = False
+) -> PlanStatus:
     """Run one plan in this process under `state_dir/plans/<id>/`; SIGINT/SIGTERM interrupt it.
+    `live`: a progress view on the terminal instead of event lines.
 
     The plan fails (with the reason, no traceback) if the runner cannot go on, e.g. a full disk.
     """
@@ -70,6 +74,9 @@ async def run_foreground(plan: Plan, config: Config, echo: bool) -> PlanStatus:
         redactor=Redactor.from_config(config),
     )
     log = audit.bind(plan=plan.id)
+    if echo:
+        on, why = separation(config)
+        print(f"orchestrd: privilege_separation = {str(on).lower()} ({why})", file=sys.stderr)
     try:
         if folder.state_file.exists():
             await _end_earlier_run(folder, log, audit.redactor)
@@ -97,6 +104,8 @@ async def run_foreground(plan: Plan, config: Config, echo: bool) -> PlanStatus:
                         return
 
             tg.start_soon(on_signal)
+            if live:
+                await tg.start(progress.show, config.audit_path, plan)
             try:
                 result = await runner.run()
             except (OSError, OrchestrdError) as exc:
@@ -136,8 +145,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config, path = load_config(args.config)
     plan = _load_plan(Path(args.plan), config)
     check_state_dir(config, path)
-    status = anyio.run(run_foreground, plan, config, not args.quiet)
+    live = not (args.quiet or args.plain) and sys.stdout.isatty()
+    status = anyio.run(run_foreground, plan, config, not (args.quiet or live), live)
     folder = config.state_dir / "plans" / plan.id
+    report.write_after_run(config, folder)
     print(f"plan {plan.id}: {status} — audit log {config.audit_path}, files {folder}")
     return EXIT_OK if status is PlanStatus.SUCCEEDED else EXIT_FAILED
 
@@ -280,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common], help="run one plan in the foreground")
     p.add_argument("plan", metavar="PLAN")
     p.add_argument("-q", "--quiet", action="store_true", help="no event lines on stderr")
+    p.add_argument("--plain", action="store_true",
+                   help="event lines on stderr, not the live view a terminal gets")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("daemon", parents=[common], help="serve the inbox (what systemd runs)")
@@ -303,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: _control(a, ".retry"))
 
     add_import_subcommand(sub, common)
+    for operator_command in (tail, logs, report, install, doctor):
+        operator_command.add_subcommand(sub, common)
     return parser
 
 

@@ -98,6 +98,8 @@ class WorkerProfile(Strict):
     dangerous: bool = Field(
         False, description="gives the worker unsandboxed access (also inferred from its flags)"
     )
+    worker_user: str | None = Field(None, description="overrides the config's worker_user")
+    worker_group: str | None = Field(None, description="overrides the config's worker_group")
 
     @property
     def dangerous_flags(self) -> list[str]:
@@ -312,6 +314,49 @@ class SpoolSettings(Strict):
     )
 
 
+DEFAULT_NOTIFY_ON = [
+    "plan.succeeded", "plan.failed", "plan.paused", "phase.failed", "daemon.reload_failed",
+    "profile.parked", "profile.blocked",
+]
+
+
+class NotifyTarget(Strict):
+    """One `[[notify]]` entry: which events, and a command or a URL to send them to."""
+
+    on: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_NOTIFY_ON),
+        description="event names or globs (`check.*`); notify.* events are never sent",
+    )
+    command: list[str] | None = Field(
+        None, min_length=1,
+        description="argv; the event JSON on stdin, the report in $ORCHESTRD_REPORT_FILE",
+    )
+    url: str | None = Field(None, pattern=r"^https?://", description="HTTP POST to this URL")
+    format: Literal["json", "slack", "ntfy"] = Field(
+        "json", description="url only: the event, {\"text\": …}, or ntfy's plain text"
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="url only; `$NAME`/`${NAME}` in a value is the daemon's environment variable",
+    )
+    timeout: Duration = Field(10.0, description="one delivery attempt is stopped after this")
+    retry_for: Duration = Field(3600.0, description="retried with backoff for this long")
+    backoff: Duration = Field(5.0, description="first retry after this, doubling up to 5 min")
+
+    @pydantic.model_validator(mode="after")
+    def _one_destination(self) -> NotifyTarget:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give either command = [argv] or url = \"https://…\", not both")
+        return self
+
+
+class MetricsSettings(Strict):
+    textfile: Path | None = Field(
+        None, description="write Prometheus metrics here (node_exporter's textfile collector)"
+    )
+    interval: Duration = Field(15.0, description="how often the textfile is rewritten")
+
+
 class Config(Strict):
     state_dir: Path = Field(Path("/var/lib/orchestrd"), description="plans/<id>/ live here")
     default_worker: str = Field("codex", description="profile used when a plan names none")
@@ -331,7 +376,28 @@ class Config(Strict):
     allow_dangerous_workers: bool = Field(
         False, description="let plans use profiles that bypass the agent's sandbox"
     )
-    allow_root: bool = Field(False, description="let the daemon run as root")
+    allow_root: bool = Field(
+        False, description="let the daemon run as root (workers then need a worker_user)"
+    )
+    allow_root_workers: bool = Field(
+        False, description="let a root daemon without worker_user run workers as root: only "
+        "for throwaway containers where root is the only user (CI)"
+    )
+    worker_user: str | None = Field(
+        None, description="workers and verify commands run as this user (privilege separation); "
+        "needs root or CAP_SETUID+CAP_SETGID, else workers run as the daemon's user"
+    )
+    worker_group: str | None = Field(
+        None, description="the workers' primary group; default: worker_user's own"
+    )
+    worker_pid_namespace: bool = Field(
+        True, description="each worker alone in a user+PID namespace: its kill -9 -1 or "
+        "pkill reaches no other plan's workers (needs unprivileged user namespaces)"
+    )
+    handoff_dir: Path | None = Field(
+        None, description="per-attempt folders the worker user reads its prompt and the failed "
+        "log from; default <state_dir>-handoff"
+    )
     allowed_submitters: list[str] = Field(
         default_factory=list,
         description="users/groups whose inbox files are accepted; empty: anyone who can write",
@@ -342,6 +408,10 @@ class Config(Strict):
     max_log_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="a worker log is cut at this size (rest counted)"
     )
+    notify: list[NotifyTarget] = Field(
+        default_factory=list, description="[[notify]]: where events are sent, at least once"
+    )
+    metrics: MetricsSettings = MetricsSettings()
 
     @pydantic.model_validator(mode="after")
     def _default_worker_exists(self) -> Config:
@@ -421,6 +491,8 @@ def config_from_dict(data: dict[str, Any], source: Path | str) -> Config:
                 for i, r in enumerate(cfg.allowed_repo_roots)
             ],
             "audit": audit,
+            "handoff_dir": _absolute(cfg.handoff_dir, source, "handoff_dir")
+            if cfg.handoff_dir else None,
         }
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -26,7 +27,11 @@ from .audit import CHATTY, AuditLog, Logger, Redactor
 from .config import Config, load_config
 from .errors import ConfigError, OrchestrdError, PlanError, StateError
 from .fsutil import FileRefused, copy_regular
+from .metrics import run_metrics
+from .notify import run_notifier
 from .plan import Plan, check_plan_id, confine, is_plan_id, load_plan
+from .privsep import check_identities, clear_ambient_capabilities, separation
+from .report import archive_report
 from .runner import PlanRunner
 from .spool import (
     RUN_LOCK,
@@ -39,10 +44,11 @@ from .spool import (
     requester,
 )
 from .state import PlanFolder, PlanRecord, PlanState, load_state
-from .states import PLAN_TERMINAL, AttemptStatus, InvalidTransition, PlanStatus
+from .states import PLAN_TERMINAL, AttemptStatus, InvalidTransition, PhaseStatus, PlanStatus
 from .systemd import Notifier, NotifyError, watchdog_loop
 from .worker import (
     WorkerHandle,
+    nsinit_processes,
     processes_with_env,
     stop_orphan,
     stop_processes,
@@ -101,6 +107,7 @@ class Daemon:
         self.spool.ensure()
         check_startup(self.config)
         self.spool.lock()
+        clear_ambient_capabilities()
         use_pidfd_child_watcher()
         self._announce_dangerous()
         try:
@@ -111,15 +118,19 @@ class Daemon:
             with anyio.open_signal_receiver(*signals) as received:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._handle_signals, received, tg.cancel_scope)
+                    await tg.start(run_notifier, lambda: self.config, self.log)
+                    await tg.start(run_metrics, lambda: self.config, self.log)
                     await self._recover(tg)
                     tg.start_soon(self._watch_inbox)
                     tg.start_soon(self._main_loop, tg)
                     if self.notifier.watchdog_interval() is not None:
                         tg.start_soon(watchdog_loop, self.notifier, self._notify_failed)
+                    privsep, why = separation(self.config)
                     self.log.info(
                         "daemon.started", state_dir=str(self.config.state_dir),
                         config=str(self.config_path), max_workers=self.config.max_workers,
-                        plans=len(self.entries),
+                        plans=len(self.entries), privilege_separation=privsep,
+                        privilege_separation_reason=why,
                     )
                     self._notify_ready()
         finally:
@@ -281,7 +292,7 @@ class Daemon:
             self.log.info("daemon.spool_error", file=what, reason=reason)
 
     def _record(self, path: Path, state: PlanState, log: Logger) -> PlanRecord:
-        return PlanRecord(path, state, log, lambda text: self.audit.redactor(text))
+        return PlanRecord(path, state, log, lambda text: self.audit.redactor(text), on_disk=True)
 
     async def _scan_control(self, tg: anyio.abc.TaskGroup) -> None:
         """Act on the cancel/retry requests in control/, held to the inbox's trust rules."""
@@ -426,7 +437,8 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - a finished plan must never stop the daemon
             entry.log.info("plan.archived", reason=f"archive failed, left in plans/: {exc}")
             return
-        extra = {"evidence_skipped": skipped} if skipped else {}
+        extra: dict[str, object] = {"evidence_skipped": skipped} if skipped else {}
+        extra |= await archive_report(self.config, dest)
         # the status too: a plan found finished at start-up may have lost its plan.succeeded
         # (or .failed) event with the daemon that saved the state and was killed
         entry.log.info(
@@ -439,15 +451,19 @@ class Daemon:
         plan_id = folder.root.name
         log = self.audit.bind(plan=plan_id)
         try:
-            state = load_state(folder.state_file)
+            # off the loop: a long plan's state takes a while to read
+            state = await anyio.to_thread.run_sync(load_state, folder.state_file)
         except StateError as exc:
             if folder.state_file.exists():
                 moved = self.spool.set_aside(folder.state_file)
+                if folder.journal.exists():  # its changes, kept beside it for a person
+                    self.spool.set_aside(folder.journal)
                 log.info("plan.state_corrupt", reason=str(exc), moved_to=str(moved))
             elif not any(folder.root.glob("state.toml.corrupt*")):  # reported when set aside
                 log.info("plan.state_corrupt", reason=f"{folder.state_file} is missing")
             raise Unloadable(f"its state file cannot be read: {exc}") from None
         record = self._record(folder.state_file, state, log)
+        await self._check_passed(record, folder, log)
         try:
             plan = load_plan(folder.plan_file, self.config)
         except PlanError as exc:
@@ -472,6 +488,35 @@ class Daemon:
             return
         log.info("plan.set_aside", reason=str(exc), status=str(record.state.status),
                  moved_to=str(dest))
+
+    async def _check_passed(self, record: PlanRecord, folder: PlanFolder, log: Logger) -> None:
+        """A phase counts as passed only if the daemon recorded it: a line in the plan's
+        `phases-passed.txt`, or its `phase.passed` in the audit log (plans from before the ledger
+        had it; the audit log may have been rotated since). A state file claiming more — a
+        worker of the daemon's own user could rewrite it — is reported, those phases rerun."""
+        state = record.state
+        claimed = [p for p, ps in state.phases.items() if ps.status is PhaseStatus.PASSED]
+        if not claimed:
+            return
+        proven = await anyio.to_thread.run_sync(recorded_passes, folder.passes)
+        if not proven.issuperset(claimed):
+            proven |= await anyio.to_thread.run_sync(
+                passed_in_audit, self.config.audit_path, state.plan
+            )
+        unproven = [p for p in claimed if p not in proven]
+        if not unproven:
+            return
+        for phase_id in unproven:
+            # not a transition: the state file was wrong, this puts it back to the truth
+            state.phases[phase_id].status = PhaseStatus.PENDING
+        if state.status is PlanStatus.SUCCEEDED:
+            state.status = PlanStatus.INTERRUPTED
+        await record.save(*unproven)
+        log.info(
+            "plan.state_mismatch", phases=unproven,
+            reason="state.toml says passed; neither phases-passed.txt nor the audit log "
+            "records their pass",
+        )
 
     async def _recover(self, tg: anyio.abc.TaskGroup) -> None:
         """Rebuild the queue from plans/: stop leftover workers, resume unfinished plans."""
@@ -512,6 +557,7 @@ class Daemon:
         """Stop the workers the plan's state file says were running (if still the same
         processes), and record them as stopped."""
         grace = self.config.policy_for(entry.plan.policy).stop_grace
+        changed = []
         for phase_id, ps in entry.record.state.phases.items():
             for att in ps.attempts:
                 live = (AttemptStatus.STARTING, AttemptStatus.RUNNING, AttemptStatus.STALLED)
@@ -523,11 +569,13 @@ class Daemon:
                 )
                 sig = await stop_orphan(handle, grace)
                 att.status = AttemptStatus.STOPPED
+                changed.append(phase_id)
                 entry.log.info(
                     "worker.orphan_stopped", phase=phase_id, attempt=att.n, pid=att.pid,
                     signal=sig.name if sig else None,
                 )
-        await entry.record.save()
+        if changed:
+            await entry.record.save(*dict.fromkeys(changed))
 
     async def _stop_strays(self, entries: list[PlanEntry]) -> None:
         """Stop what the state files cannot know: a worker started just before a crash (its PID
@@ -539,6 +587,7 @@ class Daemon:
         strays = await anyio.to_thread.run_sync(
             processes_with_env, "ORCHESTRD_LOG", self.spool.plans
         )
+        strays |= await anyio.to_thread.run_sync(nsinit_processes, self.spool.plans)
         for entry in entries:
             workers = f"{entry.folder.workers}{os.sep}"
             mine = {pid: log for pid, log in strays.items() if log.startswith(workers)}
@@ -564,6 +613,13 @@ def check_startup(config: Config) -> None:
             "orchestrd user (see README, 'Install as a systemd service'), or set "
             "allow_root = true in the config"
         )
+    if os.geteuid() == 0 and not config.worker_user and not config.allow_root_workers:
+        raise ConfigError(
+            "refusing to run the daemon as root without worker_user: a root daemon never runs "
+            "a worker as root. Set worker_user = \"orchestrd-worker\" (systemd/orchestrd."
+            "sysusers creates it) in the config"
+        )
+    check_identities(config)
     spool = Spool(config.state_dir)
     # and the folders whose files it acts on: a request in control/ cancels or retries any
     # plan, a folder in plans/ runs
@@ -582,6 +638,32 @@ def check_startup(config: Config) -> None:
                 f"{folder} is owned by uid {st.st_uid}, not by the daemon's user "
                 f"(uid {os.geteuid()}) or root; chown it to the daemon's user"
             )
+
+
+def recorded_passes(path: Path) -> set[str]:
+    """The phases in a plan's `phases-passed.txt` (`<ts> <phase>` lines)."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return set()
+    return {words[1] for line in lines if len(words := line.split()) == 2}
+
+
+def passed_in_audit(path: Path, plan_id: str) -> set[str]:
+    """The phases of `plan_id` with a `phase.passed` event in the audit log."""
+    passed: set[str] = set()
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if b'"phase.passed"' not in line:
+                    continue  # most lines: no JSON parsing
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if event.get("event") == "phase.passed" and event.get("plan") == plan_id:
+                        passed.add(str(event.get("phase")))
+    except FileNotFoundError:
+        return set()  # no audit log: nothing was ever proven
+    return passed
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -635,8 +717,10 @@ def archive_plan(
 
 def run_daemon(config: Config, config_path: Path | None) -> None:
     check_startup(config)  # before the audit log or any folder is created in state_dir
-    # nothing the daemon or its workers create is writable by others, whatever umask it got
-    os.umask(os.umask(0o002) | 0o002)
+    # nothing the daemon or its workers create is writable by others, whatever umask it got;
+    # with separate worker users, "others" are the workers: they may not even read its files
+    private = 0o027 if separation(config)[0] else 0o002
+    os.umask(os.umask(private) | private)
     anyio.run(Daemon(config, config_path).serve)
 
 

@@ -22,7 +22,8 @@ FIXES: dict[str, str] = {
     "command output)",
     "empty_output_block": "paste the command's real output into the block, or remove the block",
     "contradiction": "a check your own report records as FAIL must be fixed before Status: PASS; "
-    "fix it, or report Status: FAIL",
+    "fix it, or report Status: FAIL; give one Status line (quoted output goes in fenced blocks, "
+    "where Status lines do not count)",
     "phase_line": "add a line `Phase: <this phase id>`",
     "timestamp_line": "add a line `Completed: <date and time>` with the real date "
     "(date +%Y-%m-%dT%H:%M:%S%z)",
@@ -275,7 +276,7 @@ def check_text(
 ) -> list[Finding]:
     """Every finding of the enabled `rules` (and the `requires`d lines) in one file's text.
 
-    The contradiction rule applies to a report whose last Status line says PASS.
+    The contradiction rule applies to a report whose Status lines say PASS.
     """
     lines, blocks = parse(text)
     found: list[Finding] = []
@@ -285,7 +286,7 @@ def check_text(
         found += placeholders(path, lines, placeholder_texts)
     if "empty_output_block" in rules:
         found += empty_blocks(path, blocks)
-    if "contradiction" in rules and report and report_status(text) == "PASS":
+    if "contradiction" in rules and report and verdict(lines) == "PASS":
         found += contradictions(path, lines, kind)
     if "phase" in requires:
         found += phase_line(path, lines, phase_id)
@@ -294,9 +295,34 @@ def check_text(
     return sorted(found, key=lambda f: (f.line, f.rule))
 
 
-def report_status(text: str) -> str | None:
-    """'PASS' or 'FAIL' from a report's last Status line, None without one."""
-    found = STATUS.findall(text)
-    if not found:
-        return None
-    return "PASS" if found[-1].upper().startswith("PASS") else "FAIL"
+def status_lines(lines: list[Line]) -> list[tuple[int, str]]:
+    """(line, 'PASS' or 'FAIL') of every Status line outside fenced blocks: a fenced block is
+    quoted output (a test runner's, an earlier report's), not the worker's verdict."""
+    found = []
+    for line in lines:
+        if line.block is None and (m := STATUS.match(line.text)):
+            found.append((line.no, "PASS" if m.group(1).upper().startswith("PASS") else "FAIL"))
+    return found
+
+
+def verdict(lines: list[Line]) -> str | None:
+    """'PASS' only when every Status line outside fences says PASS; 'FAIL' if one says FAIL;
+    None without any."""
+    said = {v for _, v in status_lines(lines)}
+    return None if not said else ("PASS" if said == {"PASS"} else "FAIL")
+
+
+def report_status(text: str) -> tuple[str | None, str]:
+    """A report's verdict ('PASS', 'FAIL' or None without a Status line outside fences) and,
+    when its Status lines disagree, why (else '')."""
+    lines, _ = parse(text)
+    found = status_lines(lines)
+    said = verdict(lines)
+    if said != "FAIL" or all(v == "FAIL" for _, v in found):
+        return said, ""
+    first_pass = next(n for n, v in found if v == "PASS")
+    first_fail = next(n for n, v in found if v == "FAIL")
+    return "FAIL", (
+        f"Status: PASS (line {first_pass}) and Status: FAIL (line {first_fail}) disagree; "
+        "a report has one verdict"
+    )

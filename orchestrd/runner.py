@@ -5,13 +5,16 @@ and remediation workers until the phase passes or the remediations run out.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 
 from .audit import Logger
 from .checks import (
@@ -26,10 +29,13 @@ from .checks import (
     run_verify,
 )
 from .config import CheckSettings, Config, Policy, WorkerProfile
+from .contract import ContractBaseline
+from .errors import OrchestrdError, PlanError
 from .fsutil import FileRefused, read_head, read_regular, write_file
-from .gitsnap import Git, PhaseGit
-from .plan import Phase, Plan
+from .gitsnap import Git, PhaseGit, drop_snapshots
+from .plan import Phase, Plan, confine
 from .policy import WatchOutcome, watch
+from .privsep import Identity, handoff_root, identity_for, make_handoff
 from .state import AttemptState, PhaseState, PlanFolder, PlanRecord, now_iso
 from .states import (
     ATTEMPT_TRANSITIONS,
@@ -90,6 +96,8 @@ def contract_trailer(
         f"- When you are done, write the report `{report}` (relative to the repository) with a "
         "line `Status: PASS`, or `Status: FAIL` and what is missing."
         + "".join(f" It needs a line {required[r]}." for r in phase.report_requires),
+        "- Write the report and completion files in this attempt: one left as it was before "
+        "this phase began (by an earlier run or plan) is no evidence.",
     ]
     if completion:  # `completion = []`: an imported phase that names no completion file
         lines.append(
@@ -185,6 +193,36 @@ def log_tail_without(log: Path, prompt_file: Path, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+@dataclasses.dataclass
+class Handoff:
+    """Who the attempt's worker runs as, and its hand-off folder (None: as the daemon)."""
+
+    identity: Identity | None
+    folder: Path | None = None
+
+    async def remove(self) -> None:
+        if self.folder is not None:
+            await anyio.to_thread.run_sync(
+                functools.partial(shutil.rmtree, self.folder, ignore_errors=True)
+            )
+
+
+MAX_PROMPT_FILE = 4 * 1024 * 1024
+
+
+def read_prompt_file(plan: Plan, rel: str) -> str:
+    """A phase's prompt file, which an earlier phase's worker may have replaced: read by the
+    daemon (perhaps as root), so a link leading out of the repo is refused (PlanError; it would
+    hand the daemon's files to the next worker), and so is anything but a regular file (a FIFO
+    would block) or a file over MAX_PROMPT_FILE."""
+    path = confine(plan.repo, plan.in_plan_dir(rel))
+    try:
+        raw = read_regular(path, MAX_PROMPT_FILE, "the prompt file limit", follow=False)
+    except FileRefused as exc:
+        raise PlanError(f"prompt_file {plan.in_plan_dir(rel)}: {exc}") from None
+    return raw.decode("utf-8", errors="replace")
+
+
 def describe(failed: list[CheckResult]) -> str:
     return "; ".join(f"{r.name}: {r.reason}" for r in failed).replace("\0", "")
 
@@ -223,8 +261,11 @@ class PlanRunner:
                 continue
             if not await self.run_phase(phase):
                 reason = f"phase {phase.id} failed: {state.phases[phase.id].reason}"
+                await anyio.to_thread.run_sync(drop_snapshots, self.folder.workers)
                 await self.record.set_status(PlanStatus.FAILED, reason, phase=phase.id)
                 return PlanStatus.FAILED
+        # kept while the plan may resume (its index spares hashing every file again)
+        await anyio.to_thread.run_sync(drop_snapshots, self.folder.workers)
         await self.record.set_status(PlanStatus.SUCCEEDED)
         return PlanStatus.SUCCEEDED
 
@@ -247,16 +288,28 @@ class PlanRunner:
             return False
         config = self.get_config()
         # the phase's workers are judged on what they changed since the phase began
-        pgit = PhaseGit(Git(self.plan.repo, self.folder.workers, config.checks.git_timeout))
+        git = self._git(config)
+        # ignored files matching these are compared too: hiding one from git hides nothing
+        watch = (*config.checks.test_globs, *self.plan.protected_globs(phase))
+        pgit = PhaseGit(git, tuple(dict.fromkeys(watch)))
+        # and a report or completion file none of them wrote is no evidence of their work
+        contract = ContractBaseline(self.plan, phase)
+        policy = config.policy_for(self.plan.policy, phase.policy)
+        await contract.take(contract.paths(policy.max_remediations))
         previous: tuple[list[CheckResult], Path] | None = None
         while True:
             config = self.get_config()
             policy = config.policy_for(self.plan.policy, phase.policy)
             role = "primary" if ps.failures == 0 else "remediation"
-            results, log_path = await self.attempt(phase, config, policy, role, previous, pgit)
+            results, log_path = await self.attempt(
+                phase, config, policy, role, previous, (pgit, contract)
+            )
             bad = failures(results)
             if not bad:
                 await self.record.set_phase(phase.id, PhaseStatus.PASSED, "phase.passed")
+                # the daemon's own record, next to the state: recovery believes a pass only
+                # with it (or the audit log's phase.passed), never state.toml alone
+                self.folder.append_ledger(phase.id, self.folder.passes)
                 return True
             ps.failures += 1
             if ps.failures > policy.max_remediations:
@@ -271,6 +324,15 @@ class PlanRunner:
                 attempt=len(ps.attempts) + 1, remediation=ps.failures,
                 max_remediations=policy.max_remediations,
             )
+
+    def _git(self, config: Config) -> Git:
+        """git for the plan's repo. What reads the repo's own config (status, rev-parse) runs
+        as its workers' user when they have one: that config is theirs to write. Snapshots are
+        built as the daemon in a repository of our own in the plan's folder, out of their
+        reach."""
+        profile = config.workers.get(self.plan.worker or config.default_worker)
+        identity = identity_for(config, profile)  # ConfigError (the user is gone): plan fails
+        return Git(self.plan.repo, self.folder.workers, config.checks.git_timeout, identity)
 
     async def _prerequisites_met(self, phase: Phase) -> bool:
         """Earlier phases named in `prerequisites` left their markers and the `precheck`
@@ -297,16 +359,21 @@ class PlanRunner:
         """The precheck commands, run and judged as verify commands are (output in the
         workers folder as verify-ID-0-N.log: attempt 0, before the first worker)."""
         config = self.get_config()
+        # run as the workers are: the commands come from the plan, as verify's do
+        profile = config.workers.get(self.plan.worker or config.default_worker)
+        identity = identity_for(config, profile)
+        env = base_env(config) | (identity.env() if identity else {})
         ctx = CheckContext(
             plan=self.plan, phase=phase.model_copy(update={"verify": phase.precheck}),
             settings=config.checks, outcome=WatchOutcome(0, 0), log_path=Path(os.devnull),
-            output_dir=self.folder.workers, attempt=0, env=base_env(config),
+            output_dir=self.folder.workers, attempt=0, env=env,
             grace=config.policy_for(self.plan.policy, phase.policy).stop_grace,
-            max_log_bytes=config.max_log_bytes,
+            max_log_bytes=config.max_log_bytes, identity=identity,
+            pid_namespace=config.worker_pid_namespace,
         )
         results = []
         for i in range(len(phase.precheck)):
-            r = dataclasses.replace(await run_verify(ctx, i), name=f"precheck[{i}]")
+            r = dataclasses.replace(await run_verify(ctx, i, log), name=f"precheck[{i}]")
             audit(log, r)
             results.append(r)
         return results
@@ -314,29 +381,29 @@ class PlanRunner:
     def _prompt(
         self, phase: Phase, n: int, role: str, report: str, settings: CheckSettings,
         previous: tuple[list[CheckResult], Path] | None, baseline: str | None,
+        shown_log: Path | None = None,
     ) -> str:
+        """`shown_log`: where the worker finds the failed log (its hand-off copy)."""
         if phase.prompt is not None:
             text = phase.prompt
         else:
             assert phase.prompt_file is not None
-            prompt_path = self.plan.repo / self.plan.in_plan_dir(phase.prompt_file)
-            try:  # an earlier phase's worker could have made it a FIFO or a sparse gigabyte
-                raw = read_regular(prompt_path, settings.max_evidence_bytes)
-            except FileRefused as exc:
-                raise WorkerStartError(f"cannot read prompt_file {prompt_path}: {exc}") from None
-            text = raw.decode("utf-8", errors="replace")
+            text = read_prompt_file(self.plan, phase.prompt_file)
         if previous is not None:
             failed, failed_log = previous
             echoed = self.folder.workers / f"prompt-{phase.id}-{n - 1}.md"
             tail = log_tail_without(failed_log, echoed, LOG_TAIL_LINES)
-            text += remediation_section(failed, failed_log, tail, baseline)
+            text += remediation_section(failed, shown_log or failed_log, tail, baseline)
         return text + contract_trailer(self.plan, phase, n, role, report, settings)
 
     def _env(
         self, config: Config, profile: WorkerProfile, phase: Phase, n: int, role: str,
         report: str, log_path: Path, previous: tuple[list[CheckResult], Path] | None,
+        handoff: Handoff,
     ) -> dict[str, str]:
         env = base_env(config)
+        if handoff.identity is not None:
+            env.update(handoff.identity.env())
         env.update(profile.env)
         env.update(
             ORCHESTRD_PLAN_ID=self.plan.id,
@@ -352,7 +419,9 @@ class PlanRunner:
             ORCHESTRD_LOG=str(log_path),
         )
         if previous is not None:
-            env["ORCHESTRD_FAILED_LOG"] = str(previous[1])
+            # the worker user cannot open the state folder: it reads a copy
+            failed = handoff.folder / "failed.log" if handoff.folder else previous[1]
+            env["ORCHESTRD_FAILED_LOG"] = str(failed)
             env["ORCHESTRD_FAILURE"] = describe(previous[0])
         return env
 
@@ -363,8 +432,9 @@ class PlanRunner:
         policy: Policy,
         role: str,
         previous: tuple[list[CheckResult], Path] | None,
-        pgit: PhaseGit,
+        baselines: tuple[PhaseGit, ContractBaseline],
     ) -> tuple[list[CheckResult], Path]:
+        pgit, contract = baselines
         ps = self.record.state.phases[phase.id]
         n = len(ps.attempts) + 1
         # remediation k writes its own report: the failed one stays as it was
@@ -376,10 +446,11 @@ class PlanRunner:
         att = AttemptState(n=n, role=role, log=str(log_path))
         try:
             baseline = pgit.baseline.head if pgit.baseline else None
-            # in a thread: it reads the plan's prompt_file and the failed worker's log
-            spec, env, prompt, flags = await anyio.to_thread.run_sync(
-                self._prepare, phase, config, n, role, report, log_path, previous, baseline
+            spec, env, prompt, flags, handoff = await self._prepare(
+                phase, config, n, role, report, log_path, previous, baseline
             )
+            mine = [self.plan.in_plan_dir(p) for p in (report, *phase.completion_paths)]
+            await contract.take(mine)
             await pgit.start_attempt(f"{phase.id}-{n}")
             async with launch(spec, config.max_log_bytes, policy.stop_grace) as worker:
                 wlog = log.bind(pid=worker.handle.pid)
@@ -406,21 +477,29 @@ class PlanRunner:
         changes, diff = await pgit.end_attempt(f"{phase.id}-{n}")
         if changes is not None:
             wlog.info("worker.changes", **changes)
+        # without git, a file rewritten with the same text is told apart by its mtime
+        stale = await contract.stale(mine, mtime=pgit.problem is not None)
         # the attempt's end was just saved; checking restarts the phase like running does
         await self.record.set_phase(phase.id, PhaseStatus.CHECKING, None, save=False)
         ctx = CheckContext(
             plan=self.plan, phase=phase, settings=config.checks, outcome=outcome,
             log_path=log_path, output_dir=self.folder.workers, attempt=n, env=env,
             grace=policy.stop_grace, max_log_bytes=config.max_log_bytes, prompt=prompt,
-            report=report, changes=diff, git_problem=pgit.problem,
+            report=report, changes=diff, git_problem=pgit.problem, git_broken=pgit.broken,
+            stale=stale, identity=spec.identity, pid_namespace=spec.pid_namespace,
         )
-        return await inspect(ctx, wlog), log_path
+        try:
+            return await inspect(ctx, wlog), log_path
+        finally:
+            with anyio.CancelScope(shield=True):
+                await handoff.remove()
 
-    def _prepare(
+    async def _prepare(
         self, phase: Phase, config: Config, n: int, role: str, report: str, log_path: Path,
         previous: tuple[list[CheckResult], Path] | None, baseline: str | None,
-    ) -> tuple[WorkerSpec, dict[str, str], str, list[str]]:
-        """The worker's spec, env, prompt and dangerous flags; WorkerStartError if impossible."""
+    ) -> tuple[WorkerSpec, dict[str, str], str, list[str], Handoff]:
+        """The worker's spec, env, prompt, dangerous flags and hand-off folder;
+        WorkerStartError if impossible."""
         profile_name = self.plan.worker or config.default_worker
         profile = config.workers.get(profile_name)
         if profile is None:
@@ -433,22 +512,43 @@ class PlanRunner:
             )
         prompt_file = self.folder.workers / f"prompt-{phase.id}-{n}.md"
         try:
-            prompt = self._prompt(phase, n, role, report, config.checks, previous, baseline)
+            identity = identity_for(config, profile)
+            handoff = Handoff(identity)
+            if identity is not None:
+                handoff.folder = handoff_root(config) / f"{self.plan.id}-{phase.id}-{n}"
+            shown = handoff.folder / "failed.log" if handoff.folder else None
+            # reads files workers could have touched: off the event loop
+            prompt = await anyio.to_thread.run_sync(
+                self._prompt, phase, n, role, report, config.checks, previous, baseline, shown
+            )
+            prompt_file = self.folder.workers / f"prompt-{phase.id}-{n}.md"
             # a file name that is not UTF-8 (quoted in a reason) is written as its own bytes
-            write_file(prompt_file, prompt.encode("utf-8", "surrogateescape"))
+            await anyio.to_thread.run_sync(
+                write_file, prompt_file, prompt.encode("utf-8", "surrogateescape")
+            )
+            if identity is not None and handoff.folder is not None:
+                await anyio.to_thread.run_sync(
+                    make_handoff, handoff.folder, identity, prompt,
+                    previous[1] if previous else None,
+                )
+                prompt_file = handoff.folder / "prompt.md"
         except OSError as exc:
-            raise WorkerStartError(f"cannot write the prompt: {exc}") from None
+            raise WorkerStartError(f"cannot prepare the prompt: {exc}") from None
         except FileRefused as exc:
             raise WorkerStartError(f"cannot write the prompt {prompt_file}: it {exc}") from None
+        except OrchestrdError as exc:  # the worker user is gone since the start
+            raise WorkerStartError(str(exc)) from None
         values = {
             "prompt": prompt, "prompt_file": str(prompt_file), "plan": self.plan.id,
             "phase": phase.id, "attempt": str(n), "log": str(log_path),
             "python": sys.executable,
         }
         argv = render_command(profile, values)
-        env = self._env(config, profile, phase, n, role, report, log_path, previous)
-        spec = WorkerSpec(argv, env, self.plan.repo, log_path)
-        return spec, env, prompt, profile.dangerous_flags
+        env = self._env(config, profile, phase, n, role, report, log_path, previous, handoff)
+        spec = WorkerSpec(
+            argv, env, self.plan.repo, log_path, identity, config.worker_pid_namespace
+        )
+        return spec, env, prompt, profile.dangerous_flags, handoff
 
     async def _supervise(
         self, worker: LocalWorker, att: AttemptState, phase: Phase, policy: Policy, log: Logger
@@ -457,7 +557,7 @@ class PlanRunner:
         self.record.state.phases[phase.id].attempts.append(att)
         att.pid, att.pgid, att.start_time, att.boot_id = h.pid, h.pgid, h.start_time, h.boot_id
         set_attempt(att, AttemptStatus.RUNNING)
-        await self.record.save()
+        await self.record.save(phase.id)
         who = f"{phase.id} attempt={att.n} role={att.role} pid={h.pid}"
         self.folder.append_ledger(who)
         log.info("worker.started", log=h.log, command=worker.argv[0])
@@ -497,4 +597,4 @@ class PlanRunner:
                     self.folder.append_ledger(f"{who} stopped={sig.name if sig else 'gone'}")
             att.ended_at = now_iso()
             with anyio.CancelScope(shield=True):
-                await self.record.save()
+                await self.record.save(phase.id)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,8 +25,15 @@ import anyio.to_thread
 
 from .errors import OrchestrdError
 from .fsutil import FileRefused, open_for_writing, read_tail
+from .privsep import NSINIT, Identity, wrap
 
 _GROUP_POLL = 0.02  # how often a stopping process group is looked at (seconds)
+# The end of an output over its cap is kept (a test runner's summary, an agent's last error):
+# at most this much, in memory only once the cap is hit (twice this at most, between trims).
+TAIL_BYTES = 512 * 1024
+
+OutputObserver = Callable[[bytes], None]
+"""Fed every chunk of a worker's output as it is read, before any of it is cut."""
 
 
 def use_pidfd_child_watcher() -> None:
@@ -57,6 +65,10 @@ class WorkerSpec:
     env: Mapping[str, str]
     cwd: Path
     log_path: Path
+    identity: Identity | None = None
+    """Run as this user (through nsinit); None: as the daemon's user."""
+    pid_namespace: bool = True
+    """With an identity: alone in a user+PID namespace (see nsinit)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,24 +189,31 @@ async def stop_group(
 class LocalWorker:
     """A running local worker process (our child), with the task copying its output to the log.
 
-    Output goes through a pipe so the log can be capped at `max_log_bytes`: what comes after is
-    counted and dropped, and the daemon's memory stays flat whatever the worker prints.
+    Output goes through a pipe so the log can be capped at `max_log_bytes`: its head and its
+    tail are kept, what lies between is counted and dropped (the cut marked in the file), and
+    the daemon's memory stays flat whatever the worker prints. An `on_output` observer sees
+    every byte, cut or not.
     """
 
     def __init__(
         self, process: anyio.abc.Process, handle: WorkerHandle, argv: Sequence[str],
-        max_log_bytes: int,
+        max_log_bytes: int, on_output: OutputObserver | None = None,
     ) -> None:
         self.process = process
         self.argv = argv
         self.handle = handle
         self.started = time.monotonic()
         self.max_log_bytes = max_log_bytes
+        self.on_output = on_output
         self.output_bytes = 0
         """Bytes the worker wrote, kept or not."""
         self.log_error: OSError | None = None
         """Why the log could not be written (its output was drained and dropped from then on)."""
         self.pumped = anyio.Event()
+        self._tail_keep = min(TAIL_BYTES, max_log_bytes // 4)
+        self._head = max_log_bytes - self._tail_keep
+        self._tail: bytearray | None = None
+        """Output after the head, trimmed to `_tail_keep` now and then; None below the head."""
 
     @property
     def returncode(self) -> int | None:
@@ -214,6 +233,9 @@ class LocalWorker:
         return self.output_bytes
 
     def tail(self, lines: int = 40, max_bytes: int = 16384) -> str:
+        if self._tail:  # past the head the end is in memory until the output ends
+            text = bytes(self._tail[-max_bytes:]).decode("utf-8", errors="replace")
+            return "\n".join(text.splitlines()[-lines:])
         return tail_file(Path(self.handle.log), lines, max_bytes)
 
     async def stop(self, grace: float) -> signal.Signals | None:
@@ -234,23 +256,45 @@ class LocalWorker:
             except OSError as exc:
                 self.log_error = exc
             async for chunk in self.process.stdout:
-                room = self.max_log_bytes - self.output_bytes
+                if self.on_output is not None:
+                    self.on_output(chunk)
+                room = self._head - self.output_bytes
                 self.output_bytes += len(chunk)
                 if room > 0 and log is not None:
                     log = await self._write(log, chunk[:room])
-            if self.dropped_bytes and log is not None:
-                await self._write(
-                    log,
-                    f"\n[orchestrd: log cut at max_log_bytes={self.max_log_bytes}; "
-                    f"{self.dropped_bytes} more bytes dropped]\n".encode(),
-                )
+                if room < len(chunk):
+                    self._keep_tail(chunk[max(room, 0) :])
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the pipe went away with the process: nothing more to copy
         finally:
-            if log is not None:
-                with anyio.CancelScope(shield=True), contextlib.suppress(OSError):
-                    await log.aclose()
+            # the tail is written even when the pump is given up (a descendant holds the pipe)
+            with anyio.CancelScope(shield=True):
+                if log is not None and self._tail is not None:
+                    log = await self._write(log, self._cut() + bytes(self._tail))
+                if log is not None:
+                    with contextlib.suppress(OSError):
+                        await log.aclose()
+            self._tail = None
             self.pumped.set()
+
+    def _keep_tail(self, data: bytes) -> None:
+        if self._tail is None:
+            self._tail = bytearray()
+        self._tail += data
+        if len(self._tail) > 2 * self._tail_keep:  # trimmed now and then, not at every chunk
+            del self._tail[: -self._tail_keep]
+
+    def _cut(self) -> bytes:
+        """The marker between head and tail; the tail trimmed to what is kept."""
+        assert self._tail is not None
+        if not self.dropped_bytes:
+            return b""
+        del self._tail[: -self._tail_keep or len(self._tail)]
+        return (
+            f"\n[orchestrd: log cut at max_log_bytes={self.max_log_bytes}; "
+            f"{self.dropped_bytes} more bytes dropped here; the last {len(self._tail)} "
+            "follow]\n".encode()
+        )
 
     async def _write(
         self, log: anyio.AsyncFile[bytes], data: bytes
@@ -317,17 +361,33 @@ async def _open(spec: WorkerSpec) -> anyio.abc.Process:
         raise WorkerStartError(f"cannot open worker log {spec.log_path}: it {exc}") from None
     if not spec.cwd.is_dir():
         raise WorkerStartError(f"the repo {spec.cwd} does not exist (any more)")
+    argv = list(spec.argv)
+    if spec.identity is not None:
+        # nsinit reports an exec failure only in the log: find a missing binary here
+        if argv and shutil.which(argv[0], path=spec.env.get("PATH", os.defpath)) is None:
+            raise WorkerStartError(
+                f"cannot execute {argv[0]!r}: not found; is it installed and on PATH?"
+            )
+        argv = wrap(argv, spec.pid_namespace, spec.log_path)
+    as_user = spec.identity.process_kwargs() if spec.identity is not None else {}
     try:
         return await anyio.open_process(
-            list(spec.argv),
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=spec.cwd,
             env=dict(spec.env),
             start_new_session=True,
+            **as_user,
         )
     except OSError as exc:
+        if spec.identity is not None and isinstance(exc, PermissionError):
+            raise WorkerStartError(
+                f"cannot start a worker as {spec.identity.user}: {exc.strerror}; that user must "
+                f"be able to execute {argv[0]} and read orchestrd's package (install it outside "
+                "any private home folder, e.g. /opt/orchestrd)"
+            ) from None
         raise WorkerStartError(
             f"cannot execute {spec.argv[0]!r}: {exc.strerror or exc}"
             + ("; is it installed and on PATH?" if isinstance(exc, FileNotFoundError) else "")
@@ -338,11 +398,12 @@ async def _open(spec: WorkerSpec) -> anyio.abc.Process:
 
 @contextlib.asynccontextmanager
 async def launch(
-    spec: WorkerSpec, max_log_bytes: int, grace: float
+    spec: WorkerSpec, max_log_bytes: int, grace: float, on_output: OutputObserver | None = None
 ) -> AsyncIterator[LocalWorker]:
     """Run a headless worker for the body of the `async with`: stdin /dev/null, own session,
-    output copied to its log (capped). On the way out — normal, error or cancellation — whatever
-    is left of its process group is stopped and the output drained.
+    output copied to its log (capped: head and tail kept) and fed to `on_output` whole. On the
+    way out — normal, error or cancellation — whatever is left of its process group is stopped
+    and the output drained.
 
     Raises WorkerStartError if it cannot be started, WorkerLogError (once it is stopped) if its
     output could not be written to its log.
@@ -355,7 +416,7 @@ async def launch(
         boot_id=BOOT_ID,
         log=str(spec.log_path),
     )
-    worker = LocalWorker(process, handle, spec.argv, max_log_bytes)
+    worker = LocalWorker(process, handle, spec.argv, max_log_bytes, on_output)
     async with anyio.create_task_group() as tg:
         tg.start_soon(worker._pump, name=f"log pump {process.pid}")
         try:
@@ -401,6 +462,25 @@ def processes_with_env(name: str, under: Path) -> dict[int, str]:
                 if item[len(prefix) :].startswith(root):
                     found[int(entry.name)] = os.fsdecode(item[len(prefix) :])
                 break
+    return found
+
+
+def nsinit_processes(under: Path) -> dict[int, str]:
+    """Live nsinit processes (workers run as the worker user) whose attempt log is inside
+    `under`, with that log. Their environment is not this user's to read; their command line
+    is anyone's, and the processes inside their namespace die with them."""
+    found = {}
+    root = os.fsencode(under) + b"/"
+    marker = os.fsencode(NSINIT)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 5 and argv[3] == marker and argv[5].startswith(root):
+            found[int(entry.name)] = os.fsdecode(argv[5])
     return found
 
 

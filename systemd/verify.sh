@@ -84,4 +84,21 @@ expect /var/lib/orchestrd/control 2770
 expect /var/lib/orchestrd/rejected 750
 expect /var/lib/orchestrd/archive 750
 expect /var/lib/orchestrd/home 700
-echo "verify.sh: ok: sysusers and tmpfiles (user orchestrd, inbox 2770, folders 0750, home 0700)"
+
+# the worker user: its own group, the daemon in that group, never the other way round
+wuser_line=$(grep '^orchestrd-worker:' "$root/etc/passwd") || fail "sysusers created no orchestrd-worker"
+wgid=$(grep '^orchestrd-worker:' "$root/etc/group" | cut -d: -f3)
+wuid=$(cut -d: -f3 <<<"$wuser_line")
+[[ $(cut -d: -f4 <<<"$wuser_line") == "$wgid" ]] || fail "orchestrd-worker's primary group"
+[[ $(cut -d: -f6 <<<"$wuser_line") == /var/lib/orchestrd-worker ]] || fail "worker HOME: $wuser_line"
+grep -q "^orchestrd-worker:[^:]*:$wgid:\(.*,\)\?orchestrd\(,.*\)\?$" "$root/etc/group" \
+    || fail "the orchestrd user is not in the orchestrd-worker group"
+if grep -q "^orchestrd:[^:]*:$gid:.*orchestrd-worker" "$root/etc/group"; then
+    fail "orchestrd-worker must not be in the daemon's group"
+fi
+got=$(stat -c '%a %u %g' "$root/var/lib/orchestrd-worker")
+[[ $got == "700 $wuid $wgid" ]] || fail "/var/lib/orchestrd-worker: '$got'"
+got=$(stat -c '%a %u %g' "$root/var/lib/orchestrd-handoff")
+[[ $got == "2750 $uid $wgid" ]] || fail "/var/lib/orchestrd-handoff: '$got'"
+echo "verify.sh: ok: sysusers and tmpfiles (users orchestrd and orchestrd-worker, inbox 2770," \
+    "folders 0750, homes 0700, hand-off 2750)"

@@ -80,6 +80,10 @@ class Daemon:
         self.pid_dir = tmp / "pids"
         self.hold_dir = tmp / "hold"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.python = sys.executable
+        """The daemon's interpreter (workers run as another user need one they can execute)."""
+        self.prefix: list[str] = []
+        """Runs the daemon (e.g. setpriv: as another user, with capabilities)."""
         self.returncodes: list[int] = []
         self._stderr_paths: list[Path] = []
         self.write_config()
@@ -112,6 +116,8 @@ class Daemon:
         }
         if os.geteuid() == 0 and "allow_root" in Config.model_fields:
             data["allow_root"] = True  # CI containers run tests as root
+            # …with no other user the venv (under /root) and tmp_path are open to
+            data["allow_root_workers"] = True
         data.update(overrides)
         return data
 
@@ -179,7 +185,8 @@ class Daemon:
         self._stderr_paths.append(stderr_path)
         with open(stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrd", "daemon", "--config", str(self.config_path)],
+                [*self.prefix, self.python, "-m", "orchestrd", "daemon", "--config",
+                 str(self.config_path)],
                 cwd=self.tmp, env=self.env(**env), stdin=subprocess.DEVNULL,
                 stdout=err, stderr=err,
             )

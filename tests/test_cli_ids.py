@@ -21,8 +21,9 @@ import tomli_w
 from conftest import make_config, make_plan, run_cli
 from daemon_support import Daemon, wait_for
 
-from orchestrd.errors import PlanError
+from orchestrd.errors import PlanError, StateError
 from orchestrd.spool import check_plan_id
+from orchestrd.state import load_state
 
 
 @pytest.mark.parametrize(
@@ -67,8 +68,8 @@ def test_a_plan_of_a_killed_run_is_interrupted_and_runs_again(tmp_path: Path) ->
     state_file = tmp_path / "state/plans/T/state.toml"
 
     def worker_pid() -> int | None:
-        with contextlib.suppress(OSError, tomllib.TOMLDecodeError, KeyError, IndexError):
-            state = tomllib.loads(state_file.read_text())
+        with contextlib.suppress(OSError, StateError, KeyError, IndexError):
+            state = load_state(state_file).model_dump(mode="json")
             pid = state["phases"]["P01"]["attempts"][0].get("pid")
             return int(pid) if pid else None
         return None
@@ -81,7 +82,7 @@ def test_a_plan_of_a_killed_run_is_interrupted_and_runs_again(tmp_path: Path) ->
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)  # its own session: SIGKILL of `run` left it
 
-    assert tomllib.loads(state_file.read_text())["status"] == "running"
+    assert load_state(state_file).status == "running"
     result = run_cli("status", "T", "--config", config, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "interrupted" in result.stdout.splitlines()[1], result.stdout
@@ -92,5 +93,5 @@ def test_a_plan_of_a_killed_run_is_interrupted_and_runs_again(tmp_path: Path) ->
     result = run_cli("run", plan, "--config", config, "-q", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("plan T: succeeded")
-    archived = tomllib.loads((tmp_path / "state/archive/T/state.toml").read_text())
+    archived = load_state(tmp_path / "state/archive/T/state.toml").model_dump(mode="json")
     assert archived["status"] == "interrupted"

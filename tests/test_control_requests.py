@@ -18,11 +18,12 @@ import os
 import shutil
 import signal
 import stat
-import tomllib
 from pathlib import Path
 
 import pytest
 from daemon_support import Daemon
+
+from orchestrd.state import load_state
 
 IS_ROOT = os.geteuid() == 0
 NOBODY = 65534
@@ -153,7 +154,7 @@ def test_retry_while_the_daemon_is_down_names_an_unloadable_plans_state(daemon: 
     assert "u2 is failed" in result.stderr and "cannot be loaded" in result.stderr
     assert "not found" not in result.stderr
     # nothing was half done: the plan is where it was, still failed
-    state = tomllib.loads((daemon.state_dir / "plans" / "u2" / "state.toml").read_text())
+    state = load_state(daemon.state_dir / "plans" / "u2" / "state.toml").model_dump(mode="json")
     assert state["status"] == "failed"
 
 
@@ -177,7 +178,7 @@ def test_a_cancel_before_the_worker_starts_leaves_no_attempt_without_its_events(
     daemon.wait_event("plan.archived", plan="k1", count=2)
 
     folder = daemon.state_dir / "archive" / "k1"
-    state = tomllib.loads((folder / "state.toml").read_text())
+    state = load_state(folder / "state.toml").model_dump(mode="json")
     attempts = [a["n"] for a in state["phases"]["P01"]["attempts"]]
     started = [e["attempt"] for e in daemon.events("worker.started", plan="k1")]
     ledger = (folder / "worker-pids.txt").read_text()

@@ -73,11 +73,14 @@ async def test_snapshot_sees_the_whole_working_tree_without_touching_index_or_re
     assert first == {"README.md": 0, "new.py": 1, "src/a.py": 1}
     assert "A  staged.py" in before.status and "?? new.py" in after.status
     assert "1 file changed" in after.diffstat or "files changed" in after.diffstat
-    # the user's staged change, index and refs are as they were; no temporary index is left
+    # the user's staged change, index and refs are as they were; what the snapshots wrote is
+    # in our own repository in the scratch folder, not in the user's
     assert (repo / ".git/index").read_bytes() == index
     assert git(repo, "show-ref") == refs
     assert git(repo, "diff", "--cached", "--name-only") == "staged.py\n"
-    assert list((tmp_path / "scratch").iterdir()) == []
+    assert [p.name for p in (tmp_path / "scratch").iterdir()] == ["snapshot.git"]
+    with pytest.raises(subprocess.CalledProcessError):
+        git(repo, "cat-file", "-e", after.tree)
 
 
 async def test_commits_are_compared_as_trees(tmp_path: Path) -> None:
@@ -90,9 +93,8 @@ async def test_commits_are_compared_as_trees(tmp_path: Path) -> None:
     after = await g.snapshot("t")
     assert before.head != after.head and after.status == []
     assert [(c.status, c.path) for c in await g.changed(before.tree, after.tree)] == [("A", "x.py")]
-    assert [c.split(" ", 1)[1] for c in await g.commits(before.head, after.head)] == [
-        "worker commit"
-    ]
+    commits, count = await g.commits(before.head, after.head)
+    assert [c.split(" ", 1)[1] for c in commits] == ["worker commit"] and count == 1
 
 
 async def test_a_folder_that_is_no_checkout_or_an_ignored_one_is_named(tmp_path: Path) -> None:
