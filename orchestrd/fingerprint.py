@@ -9,8 +9,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from .fsutil import FileRefused, read_regular
+
+CONTENT_BYTES = 4 * 1024 * 1024
+"""A changed file larger than this is told apart by its size and mtime, unread."""
 
 # Order matters: whole timestamps before their digits, temp paths before hex ids in them.
 _MASKS: list[tuple[re.Pattern[str], str]] = [
@@ -95,6 +102,36 @@ def changes_hash(diff: str | None) -> str:
     if diff is None:
         return ""
     return hashlib.sha256(diff.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def work_changes(changed: Iterable[str], paperwork: Sequence[re.Pattern[str]]) -> list[str]:
+    """The `S path` entries of a worker.changes list that are not the plan's paperwork (its
+    report and completion files)."""
+    return [e for e in changed if not any(p.match(e.partition(" ")[2]) for p in paperwork)]
+
+
+def describe_changes(repo: Path, entries: Iterable[str]) -> str:
+    """What an attempt changed, as text to hash: `S path digest` per file, sorted (a deleted
+    file has no digest). Read from disk, off the event loop: a worker's files."""
+    lines = []
+    for entry in entries:
+        status, _, path = entry.partition(" ")
+        digest = "-"
+        if status != "D":
+            try:
+                digest = hashlib.sha256(
+                    read_regular(repo / path, CONTENT_BYTES, follow=False)
+                ).hexdigest()
+            except FileRefused:
+                try:
+                    st = os.lstat(repo / path)
+                    digest = f"size={st.st_size} mtime={st.st_mtime_ns}"
+                except OSError:
+                    digest = "?"
+            except OSError:
+                digest = "?"
+        lines.append(f"{status} {path} {digest}\n")
+    return "".join(sorted(lines))
 
 
 def fingerprint(failures: Iterable[Failure], diff: str | None) -> Fingerprint:

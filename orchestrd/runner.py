@@ -1,17 +1,22 @@
 """One plan: its phases in order, a fresh worker per attempt, the poll policy, the checkpoints,
-and remediation workers until the phase passes or the remediations run out.
+and remediation workers until the phase passes, the remediations run out or they stagnate. An
+attempt that ended on its account (a limit, a lost login) is no failure: its profile is put on
+hold, and the phase starts again with a fresh worker when the profile may run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
 import re
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -31,10 +36,20 @@ from .checks import (
 from .config import CheckSettings, Config, Policy, WorkerProfile
 from .contract import ContractBaseline
 from .errors import OrchestrdError, PlanError
+from .fingerprint import (
+    Failure,
+    Fingerprint,
+    Stagnation,
+    describe_changes,
+    fingerprint,
+    work_changes,
+)
 from .fsutil import FileRefused, read_head, read_regular, write_file
-from .gitsnap import Git, PhaseGit, drop_snapshots
+from .gitsnap import Diff, Git, PhaseGit, drop_snapshots
+from .limits import LimitHit, LimitKind, auth_exit_codes, judge, local_zone
+from .parking import Quota, utcnow
 from .plan import Phase, Plan, confine
-from .policy import WatchOutcome, watch
+from .policy import Ended, Liveness, WatchOutcome, watch
 from .privsep import Identity, handoff_root, identity_for, make_handoff
 from .state import AttemptState, PhaseState, PlanFolder, PlanRecord, now_iso
 from .states import (
@@ -52,11 +67,15 @@ from .worker import (
     launch,
     log_without_prompt,
     stop_group,
+    stop_respawned,
 )
 
 # What a worker inherits from the daemon's environment, besides env_passthrough and its profile.
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
 LOG_TAIL_LINES = 40
+DEFAULT_STREAM_SILENCE = 600.0
+"""silence_timeout of a stream-format worker when nothing sets one: a stream always says
+something (a tool call, a retry) within minutes."""
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
@@ -227,6 +246,36 @@ def describe(failed: list[CheckResult]) -> str:
     return "; ".join(f"{r.name}: {r.reason}" for r in failed).replace("\0", "")
 
 
+def tried_section(attempt: int, diffstat: str) -> str:
+    """What the failed attempt changed, so the next worker does not try the same again."""
+    if not diffstat:
+        return (
+            f"\nAttempt {attempt} changed no file besides its report and completion files.\n"
+        )
+    return (
+        f"\nAttempt {attempt} changed (git diff --stat); it did not pass, so do not simply "
+        f"repeat it:\n```\n{diffstat}\n```\n"
+    )
+
+
+@dataclasses.dataclass
+class AttemptEnd:
+    """How an attempt ended: its check results, or the limit that ended it unchecked."""
+
+    n: int
+    results: list[CheckResult]
+    log_path: Path
+    limit: LimitHit | None = None
+    changes: str | None = None
+    """What it changed outside the plan's paperwork (`S path digest` lines; None: unknown)."""
+    diffstat: str = ""
+
+
+@contextlib.asynccontextmanager
+async def _nothing_to_free() -> AsyncIterator[None]:
+    yield
+
+
 class PlanRunner:
     """Carries out one plan. The caller owns the record's plan-level status."""
 
@@ -237,12 +286,20 @@ class PlanRunner:
         folder: PlanFolder,
         get_config: Callable[[], Config],
         log: Logger,
+        quota: Quota | None = None,
+        idle: Callable[[], AbstractAsyncContextManager[None]] = _nothing_to_free,
     ) -> None:
         self.plan = plan
         self.record = record
         self.folder = folder
         self.get_config = get_config
         self.log = log
+        self.quota = quota if quota is not None else Quota(log)
+        """The daemon's held profiles (`orchestrd run`: its own, in memory)."""
+        self.idle = idle
+        """Frees the plan's worker slot while it waits for a held profile."""
+        self._tried: tuple[int, str] | None = None
+        """The last failed attempt and its diffstat, for the next remediation prompt."""
 
     async def run(self) -> PlanStatus:
         """Run every phase not yet passed; returns SUCCEEDED or FAILED (and records it)."""
@@ -297,14 +354,22 @@ class PlanRunner:
         policy = config.policy_for(self.plan.policy, phase.policy)
         await contract.take(contract.paths(policy.max_remediations))
         previous: tuple[list[CheckResult], Path] | None = None
+        stagnation = Stagnation()
+        self._tried = None
         while True:
             config = self.get_config()
             policy = config.policy_for(self.plan.policy, phase.policy)
             role = "primary" if ps.failures == 0 else "remediation"
-            results, log_path = await self.attempt(
-                phase, config, policy, role, previous, (pgit, contract)
+            profile = self._profile_name(phase, role, config)
+            await self._wait_for(profile)
+            end = await self.attempt(
+                phase, config, policy, role, profile, previous, (pgit, contract)
             )
-            bad = failures(results)
+            if end.limit is not None:
+                await self._hold(profile, phase, end)
+                continue  # no remediation spent: the same attempt again, when it may run
+            await self.quota.succeeded(profile)
+            bad = failures(end.results)
             if not bad:
                 await self.record.set_phase(phase.id, PhaseStatus.PASSED, "phase.passed")
                 # the daemon's own record, next to the state: recovery believes a pass only
@@ -312,18 +377,62 @@ class PlanRunner:
                 self.folder.append_ledger(phase.id, self.folder.passes)
                 return True
             ps.failures += 1
-            if ps.failures > policy.max_remediations:
+            stagnant = stagnation.failed(end.n, self._fingerprint(bad, end))
+            if stagnant is not None or ps.failures > policy.max_remediations:
+                reason, extra = describe(bad), dict[str, Any]()
+                if stagnant is not None:
+                    reason = f"{stagnant[0]}: {reason}"
+                    extra = {"stagnant_attempts": stagnant[1]}
                 await self.record.set_phase(
-                    phase.id, PhaseStatus.FAILED, "phase.failed", describe(bad),
-                    attempts=len(ps.attempts),
+                    phase.id, PhaseStatus.FAILED, "phase.failed", reason,
+                    attempts=len(ps.attempts), **extra,
                 )
                 return False
-            previous = (bad, log_path)
+            previous = (bad, end.log_path)
+            self._tried = (end.n, end.diffstat)
             await self.record.set_phase(
                 phase.id, PhaseStatus.RUNNING, "remediation.started", describe(bad),
                 attempt=len(ps.attempts) + 1, remediation=ps.failures,
                 max_remediations=policy.max_remediations,
             )
+            if phase.remediation_backoff is not None:
+                await anyio.sleep(phase.remediation_backoff)
+
+    def _profile_name(self, phase: Phase, role: str, config: Config) -> str:
+        if role == "remediation" and phase.remediation_worker is not None:
+            return phase.remediation_worker
+        return self.plan.worker or config.default_worker
+
+    async def _wait_for(self, profile: str) -> None:
+        """Wait while `profile` is parked or blocked, the plan's worker slot freed meanwhile
+        (another plan may have put it on hold again by the time the slot is back)."""
+        while self.quota.holds.get(profile) is not None:
+            async with self.idle():
+                await self.quota.wait(profile, self.log)
+
+    async def _hold(self, profile: str, phase: Phase, end: AttemptEnd) -> None:
+        """Park the profile until its limit resets (or for a backoff), or block it."""
+        hit = end.limit
+        assert hit is not None
+        where = {"plan": self.plan.id, "phase": phase.id, "attempt": end.n}
+        prof = self.get_config().workers.get(profile)
+        if hit.kind is LimitKind.AUTH:
+            await self.quota.block(profile, hit.message, **where)
+            return
+        margin = prof.rate_limit_margin if prof else 60.0
+        backoff = prof.rate_limit_backoff if prof else 60.0
+        until = hit.resume_at(utcnow(), local_zone(), margin)
+        await self.quota.park(profile, until, backoff, hit.message, **where)
+
+    def _fingerprint(self, bad: list[CheckResult], end: AttemptEnd) -> Fingerprint:
+        found = [
+            Failure.of(
+                r.name, r.details,
+                str(r.details["output_tail"]) if "output_tail" in r.details else None,
+            )
+            for r in bad
+        ]
+        return fingerprint(found, end.changes)
 
     def _git(self, config: Config) -> Git:
         """git for the plan's repo. What reads the repo's own config (status, rev-parse) runs
@@ -394,6 +503,8 @@ class PlanRunner:
             echoed = self.folder.workers / f"prompt-{phase.id}-{n - 1}.md"
             tail = log_tail_without(failed_log, echoed, LOG_TAIL_LINES)
             text += remediation_section(failed, shown_log or failed_log, tail, baseline)
+            if self._tried is not None:
+                text += tried_section(*self._tried)
         return text + contract_trailer(self.plan, phase, n, role, report, settings)
 
     def _env(
@@ -431,9 +542,10 @@ class PlanRunner:
         config: Config,
         policy: Policy,
         role: str,
+        profile: str,
         previous: tuple[list[CheckResult], Path] | None,
         baselines: tuple[PhaseGit, ContractBaseline],
-    ) -> tuple[list[CheckResult], Path]:
+    ) -> AttemptEnd:
         pgit, contract = baselines
         ps = self.record.state.phases[phase.id]
         n = len(ps.attempts) + 1
@@ -447,16 +559,24 @@ class PlanRunner:
         try:
             baseline = pgit.baseline.head if pgit.baseline else None
             spec, env, prompt, flags, handoff = await self._prepare(
-                phase, config, n, role, report, log_path, previous, baseline
+                phase, config, profile, n, role, report, log_path, previous, baseline
             )
             mine = [self.plan.in_plan_dir(p) for p in (report, *phase.completion_paths)]
             await contract.take(mine)
             await pgit.start_attempt(f"{phase.id}-{n}")
+            # stream formats (orchestrd.streams, #13) feed a Liveness from `on_output`; a text
+            # worker's liveness is its log's growth
+            liveness: Liveness | None = None
+            silence = self._silence(phase, config, profile, stream=liveness is not None)
+            # a worker alone in its PID namespace cannot outlive it: nothing to watch for
+            respawn = spec.identity is None or not spec.pid_namespace
             async with launch(spec, config.max_log_bytes, policy.stop_grace) as worker:
                 wlog = log.bind(pid=worker.handle.pid)
                 if flags:
                     wlog.info("worker.dangerous", flags=flags)
-                outcome = await self._supervise(worker, att, phase, policy, wlog)
+                outcome = await self._supervise(
+                    worker, att, phase, policy, wlog, silence, liveness, respawn
+                )
         except WorkerStartError as exc:
             ps.attempts.append(att)
             set_attempt(att, AttemptStatus.FAILED_TO_START)
@@ -468,7 +588,7 @@ class PlanRunner:
             log.info("worker.failed_to_start", reason=str(exc))
             result = CheckResult("start", False, f"worker failed to start: {exc}")
             log.info("check.failed", check=result.name, reason=result.reason)
-            return [result], log_path
+            return AttemptEnd(n, [result], log_path, changes=None if pgit.problem else "")
         if worker.dropped_bytes:
             wlog.info(
                 "worker.log_truncated", max_log_bytes=config.max_log_bytes,
@@ -477,6 +597,28 @@ class PlanRunner:
         changes, diff = await pgit.end_attempt(f"{phase.id}-{n}")
         if changes is not None:
             wlog.info("worker.changes", **changes)
+        try:
+            limit = await self._limit(config, profile, outcome, log_path, prompt)
+            if limit is not None:
+                await self._limited(att, phase, limit, profile, wlog)
+                return AttemptEnd(n, [], log_path, limit)
+            return await self._check(
+                phase, config, policy, n, outcome, log_path, env, prompt, report, spec,
+                (pgit, contract), (changes, diff), mine, wlog,
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await handoff.remove()
+
+    async def _check(
+        self, phase: Phase, config: Config, policy: Policy, n: int, outcome: WatchOutcome,
+        log_path: Path, env: dict[str, str], prompt: str, report: str,
+        spec: WorkerSpec, baselines: tuple[PhaseGit, ContractBaseline],
+        git_view: tuple[dict[str, object] | None, Diff | None], mine: list[str], wlog: Logger,
+    ) -> AttemptEnd:
+        """The attempt's checkpoints, and what it changed (for the stagnation breaker)."""
+        pgit, contract = baselines
+        changes, diff = git_view
         # without git, a file rewritten with the same text is told apart by its mtime
         stale = await contract.stale(mine, mtime=pgit.problem is not None)
         # the attempt's end was just saved; checking restarts the phase like running does
@@ -488,19 +630,71 @@ class PlanRunner:
             report=report, changes=diff, git_problem=pgit.problem, git_broken=pgit.broken,
             stale=stale, identity=spec.identity, pid_namespace=spec.pid_namespace,
         )
-        try:
-            return await inspect(ctx, wlog), log_path
-        finally:
-            with anyio.CancelScope(shield=True):
-                await handoff.remove()
+        results = await inspect(ctx, wlog)
+        own: str | None = None
+        diffstat = ""
+        if changes is not None:
+            changed = changes.get("changed")
+            entries = work_changes(
+                [str(c) for c in changed] if isinstance(changed, list) else [],
+                self.plan.contract_files(),
+            )
+            own = await anyio.to_thread.run_sync(describe_changes, self.plan.repo, entries)
+            diffstat = str(changes.get("diffstat", "")) if entries else ""
+        return AttemptEnd(n, results, log_path, changes=own, diffstat=diffstat)
+
+    def _silence(self, phase: Phase, config: Config, profile: str, stream: bool) -> float | None:
+        """silence_timeout from the phase's policy, the plan's, the profile, the config's
+        [policy]; unset everywhere: off for text, 10 minutes for a stream format."""
+        prof = config.workers.get(profile)
+        for value in (
+            phase.policy.silence_timeout if phase.policy else None,
+            self.plan.policy.silence_timeout if self.plan.policy else None,
+            prof.silence_timeout if prof else None,
+            config.policy.silence_timeout,
+        ):
+            if value is not None:
+                return None if value is False else float(value)
+        return DEFAULT_STREAM_SILENCE if stream else None
+
+    async def _limit(
+        self, config: Config, profile: str, outcome: WatchOutcome, log_path: Path, prompt: str
+    ) -> LimitHit | None:
+        """The limit or lost login an attempt that did not end well ended on, if any."""
+        if outcome.returncode == 0 or outcome.ended is Ended.NO_EXIT:
+            return None
+        prof = config.workers.get(profile)
+        if prof is None:
+            return None
+        try:  # the end of the log, without the prompt it echoed (a remediation prompt quotes)
+            text = await anyio.to_thread.run_sync(log_without_prompt, log_path, prompt)
+        except FileRefused:
+            text = ""
+        codes = prof.auth_exit_codes
+        return judge(
+            text, outcome.returncode, prof.rate_limit_patterns, prof.auth_patterns,
+            auth_exit_codes(prof.command) if codes is None else codes,
+        )
+
+    async def _limited(
+        self, att: AttemptState, phase: Phase, hit: LimitHit, profile: str, log: Logger
+    ) -> None:
+        rate = hit.kind is LimitKind.RATE_LIMIT
+        set_attempt(att, AttemptStatus.RATE_LIMITED if rate else AttemptStatus.AUTH_FAILED)
+        att.failure = hit.message
+        await self.record.save(phase.id)
+        if rate:
+            log.info("worker.rate_limited", profile=profile, message=hit.message,
+                     reset=hit.reset_text)
+        else:
+            log.info("worker.auth_failed", profile=profile, message=hit.message)
 
     async def _prepare(
-        self, phase: Phase, config: Config, n: int, role: str, report: str, log_path: Path,
-        previous: tuple[list[CheckResult], Path] | None, baseline: str | None,
+        self, phase: Phase, config: Config, profile_name: str, n: int, role: str, report: str,
+        log_path: Path, previous: tuple[list[CheckResult], Path] | None, baseline: str | None,
     ) -> tuple[WorkerSpec, dict[str, str], str, list[str], Handoff]:
         """The worker's spec, env, prompt, dangerous flags and hand-off folder;
         WorkerStartError if impossible."""
-        profile_name = self.plan.worker or config.default_worker
         profile = config.workers.get(profile_name)
         if profile is None:
             raise WorkerStartError(f"worker profile {profile_name!r} is not in the config")
@@ -550,8 +744,18 @@ class PlanRunner:
         )
         return spec, env, prompt, profile.dangerous_flags, handoff
 
+    async def _respawned(self, log_file: str, policy: Policy, log: Logger, watch: bool) -> None:
+        """For stop_grace after a stop, stop whatever carries the attempt's ORCHESTRD_LOG."""
+        if not watch:
+            return
+        found = await stop_respawned(log_file, self.folder.workers, policy.stop_grace)
+        if found:
+            pids = sorted(found)
+            log.info("worker.respawned", pids=pids, commands=[found[p] for p in pids])
+
     async def _supervise(
-        self, worker: LocalWorker, att: AttemptState, phase: Phase, policy: Policy, log: Logger
+        self, worker: LocalWorker, att: AttemptState, phase: Phase, policy: Policy, log: Logger,
+        silence: float | None = None, liveness: Liveness | None = None, respawn: bool = True,
     ) -> WatchOutcome:
         h = worker.handle
         self.record.state.phases[phase.id].attempts.append(att)
@@ -562,17 +766,29 @@ class PlanRunner:
         self.folder.append_ledger(who)
         log.info("worker.started", log=h.log, command=worker.argv[0])
         try:
-            outcome = await watch(worker, policy, log)
+            outcome = await watch(worker, policy, log, silence, liveness)
             if outcome.stalled:
                 set_attempt(att, AttemptStatus.STALLED)
+                why: dict[str, Any] = {"reason": str(outcome.ended)}
+                if outcome.silent_for is not None:
+                    why["silent_for"] = outcome.silent_for
                 log.info(
                     "worker.stalled", polls=outcome.polls, elapsed=round(worker.elapsed(), 3),
-                    log_tail=await anyio.to_thread.run_sync(worker.tail, LOG_TAIL_LINES),
+                    **why, log_tail=await anyio.to_thread.run_sync(worker.tail, LOG_TAIL_LINES),
                 )
                 sig = await worker.stop(policy.stop_grace)
                 set_attempt(att, AttemptStatus.STOPPED)
                 log.info("worker.stopped", signal=sig.name if sig else None, why="stalled")
                 self.folder.append_ledger(f"{who} stalled stopped={sig.name if sig else 'gone'}")
+                await self._respawned(h.log, policy, log, respawn)
+            elif outcome.ended is Ended.NO_EXIT:
+                log.info("worker.no_exit", exit_grace=policy.exit_grace,
+                         elapsed=round(worker.elapsed(), 3))
+                sig = await worker.stop(policy.stop_grace)
+                set_attempt(att, AttemptStatus.STOPPED)
+                log.info("worker.stopped", signal=sig.name if sig else None, why="no exit")
+                self.folder.append_ledger(f"{who} no exit stopped={sig.name if sig else 'gone'}")
+                await self._respawned(h.log, policy, log, respawn)
             else:
                 set_attempt(att, AttemptStatus.EXITED)
                 att.returncode = outcome.returncode
@@ -585,6 +801,7 @@ class PlanRunner:
                 sig = await stop_group(h.pgid, policy.stop_grace)
                 if sig is not None:
                     log.info("worker.stopped", signal=sig.name, why="left running after exit")
+                    await self._respawned(h.log, policy, log, respawn)
             return outcome
         finally:
             if worker.returncode is None or att.status is AttemptStatus.RUNNING:
