@@ -22,7 +22,7 @@ from .fsutil import DEFAULT_MAX_BYTES, FileRefused, read_head, read_regular
 from .gitsnap import Diff
 from .judge import Match, StreamJudge, scan_file
 from .plan import MarkerPath, Phase, Plan, confine, glob_prefix, glob_regex, phase_marker_regex
-from .policy import WatchOutcome
+from .policy import Ended, WatchOutcome
 from .privsep import Identity
 from .worker import WorkerSpec, WorkerStartError, launch, tail_file
 
@@ -40,6 +40,8 @@ FIXES: dict[str, str] = {
     "output shows (a bad option, a missing module, no tests found), then run it yourself",
     "must_match": "the command's output must show the expected result; run it yourself and "
     "fix what is missing",
+    "no_changes": "do the phase's work in the repository itself: a report and completion files "
+    "alone are not the phase",
     "git_tampering": "restore .git/config, .git/info/ and .git/hooks/ as they were when the phase "
     "began, and remove any .gitignore that ignores itself; never change how git sees the "
     "repository",
@@ -112,6 +114,14 @@ def _capped(results: list[CheckResult], name: str) -> list[CheckResult]:
 
 
 def check_exit(outcome: WatchOutcome) -> CheckResult:
+    if outcome.ended is Ended.NO_EXIT:
+        # its stream said it was done; the other checks judge whether it was
+        return CheckResult("exit_code", True, "gave its final result, stopped after exit_grace")
+    if outcome.ended is Ended.SILENT:
+        return CheckResult(
+            "exit_code", False,
+            f"silent: no output and no CPU for {outcome.silent_for}s, stopped",
+        )
     if outcome.stalled:
         return CheckResult(
             "exit_code", False, f"stalled: still running after {outcome.polls} polls, stopped"
@@ -356,6 +366,35 @@ def _tampering(diff: Diff | None) -> list[CheckResult]:
     )
 
 
+NO_CHANGES_KINDS = frozenset({"stub", "test", "impl"})
+"""Phase kinds whose workers must change something besides their report and completion files."""
+
+
+def check_no_changes(ctx: CheckContext) -> list[CheckResult]:
+    """A stub, test or impl phase whose workers changed nothing but the plan's report and
+    completion files did not do the phase (`allow_no_changes = true` lets one pass)."""
+    allowed = ctx.phase.allow_no_changes
+    if allowed is None:
+        allowed = ctx.phase.kind not in NO_CHANGES_KINDS
+    if allowed:
+        return []
+    if ctx.changes is None:
+        why = ctx.git_problem or "no git snapshot"
+        return [CheckResult("no_changes", False, f"{why}; not checked: no_changes", False)]
+    exempt = ctx.plan.contract_files()
+    work = [c.path for c in ctx.changes.files if not any(e.match(c.path) for e in exempt)]
+    if work:
+        return [CheckResult("no_changes", True, f"{len(work)} file(s) changed besides reports")]
+    return [
+        CheckResult(
+            "no_changes", False,
+            f"nothing changed but the paperwork: this {ctx.phase.kind} phase changed no file "
+            "besides the plan's report and completion files [rule: no_changes]",
+            details={"rule": "no_changes"},
+        )
+    ]
+
+
 def check_changes(ctx: CheckContext) -> list[CheckResult]:
     """protect, forbid_test_changes and forbidden_patterns on what the phase's workers changed,
     and git tampering. Each rule's findings are capped (MAX_FINDINGS): a worker that changes
@@ -547,6 +586,7 @@ async def inspect(ctx: CheckContext, log: Logger) -> list[CheckResult]:
     results += await anyio.to_thread.run_sync(_file_checks, ctx)
     results += await marker_path_results(ctx.plan, ctx.phase, "marker_paths")
     results += check_changes(ctx)
+    results += check_no_changes(ctx)
     for r in results:
         audit(log, r)
     for i in range(len(ctx.phase.verify)):

@@ -29,6 +29,7 @@ from .errors import ConfigError, OrchestrdError, PlanError, StateError
 from .fsutil import FileRefused, copy_regular
 from .metrics import run_metrics
 from .notify import run_notifier
+from .parking import HOLDS_FILE, Quota
 from .plan import Plan, check_plan_id, confine, is_plan_id, load_plan
 from .privsep import check_identities, clear_ambient_capabilities, separation
 from .report import archive_report
@@ -43,7 +44,7 @@ from .spool import (
     lock_held,
     requester,
 )
-from .state import PlanFolder, PlanRecord, PlanState, load_state
+from .state import PlanFolder, PlanRecord, PlanState, atomic_write, load_state
 from .states import PLAN_TERMINAL, AttemptStatus, InvalidTransition, PhaseStatus, PlanStatus
 from .systemd import Notifier, NotifyError, watchdog_loop
 from .worker import (
@@ -94,6 +95,8 @@ class Daemon:
         self.entries: dict[str, PlanEntry] = {}
         self.limiter = anyio.CapacityLimiter(config.max_workers)
         self.repo_locks: dict[Path, anyio.Lock] = {}
+        self.quota = Quota(self.log)
+        """Parked and blocked worker profiles (loaded from state_dir at start-up)."""
         self.seq = 0
         self._spool_errors: dict[str, str] = {}
         """Inbox or control entries that could not be handled, and why (reported once)."""
@@ -107,6 +110,7 @@ class Daemon:
         self.spool.ensure()
         check_startup(self.config)
         self.spool.lock()
+        self.quota = Quota.load(self.log, self.config.state_dir / HOLDS_FILE, atomic_write)
         clear_ambient_capabilities()
         use_pidfd_child_watcher()
         self._announce_dangerous()
@@ -120,6 +124,7 @@ class Daemon:
                     tg.start_soon(self._handle_signals, received, tg.cancel_scope)
                     await tg.start(run_notifier, lambda: self.config, self.log)
                     await tg.start(run_metrics, lambda: self.config, self.log)
+                    tg.start_soon(self.quota.run)
                     await self._recover(tg)
                     tg.start_soon(self._watch_inbox)
                     tg.start_soon(self._main_loop, tg)
@@ -172,6 +177,8 @@ class Daemon:
             self.limiter.total_tokens = new.max_workers
             self._announce_dangerous()
             self.log.info("daemon.reloaded", config=str(path), max_workers=new.max_workers)
+            # a reload is how an operator says "the logins are fixed"
+            await self.quota.unblock_all("config reload")
             self._wake()
         self._notify_ready()
 
@@ -315,12 +322,16 @@ class Daemon:
                 continue
             if request.refused is not None:
                 plan = {"plan": request.plan_id} if is_plan_id(request.plan_id) else {}
+                if request.kind == "unblock":
+                    plan = {"profile": request.plan_id}
                 self.log.info(
                     "daemon.request_refused", **plan, request=request.kind, file=request.file,
                     reason=request.refused, requester=request.requester,
                 )
             elif request.kind == "cancel":
                 await self._cancel(request)
+            elif request.kind == "unblock":
+                await self._unblock(request)
             else:
                 await self._retry(tg, request)
 
@@ -329,6 +340,28 @@ class Daemon:
             "daemon.request_ignored", plan=request.plan_id, request=request.kind, reason=reason,
             requester=request.requester,
         )
+
+    async def _unblock(self, request: ControlRequest) -> None:
+        profile = request.plan_id  # an unblock request names a worker profile
+        if not await self.quota.unblock(
+            profile, "unblock request", requester=request.requester
+        ):
+            self.log.info(
+                "daemon.request_ignored", profile=profile, request=request.kind,
+                reason="the profile is not blocked", requester=request.requester,
+            )
+
+    @contextlib.asynccontextmanager
+    async def _slot_freed(self) -> AsyncIterator[None]:
+        """A plan waiting for a held profile lends its worker slot to other plans meanwhile
+        (it keeps its repo: it is in the middle of a phase there)."""
+        self.limiter.release()
+        try:
+            yield
+        finally:
+            # even when cancelled: the plan's `async with self.limiter` gives it back after
+            with anyio.CancelScope(shield=True):
+                await self.limiter.acquire()
 
     async def _cancel(self, request: ControlRequest) -> None:
         entry = self.entries.get(request.plan_id)
@@ -391,7 +424,10 @@ class Daemon:
                 async with lock, self.limiter:
                     entry.running = True
                     self._notify(f"STATUS={self._status_line()}")
-                    runner = PlanRunner(plan, record, entry.folder, lambda: self.config, entry.log)
+                    runner = PlanRunner(
+                        plan, record, entry.folder, lambda: self.config, entry.log, self.quota,
+                        self._slot_freed,
+                    )
                     await runner.run()
             if entry.cancel_requested and record.state.status not in PLAN_TERMINAL:
                 await record.set_status(

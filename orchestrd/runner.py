@@ -415,6 +415,8 @@ class PlanRunner:
         hit = end.limit
         assert hit is not None
         where = {"plan": self.plan.id, "phase": phase.id, "attempt": end.n}
+        # holds.toml is read by `status` without the daemon's secrets to redact with
+        hit = dataclasses.replace(hit, message=self.record.redact(hit.message))
         prof = self.get_config().workers.get(profile)
         if hit.kind is LimitKind.AUTH:
             await self.quota.block(profile, hit.message, **where)

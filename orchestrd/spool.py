@@ -22,7 +22,7 @@ from .plan import Plan, check_plan_id, parse_plan_bytes
 from .state import PhaseState, PlanFolder, PlanState, atomic_write, dump_state
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".swp")
-REQUEST_KINDS = (".cancel", ".retry")
+REQUEST_KINDS = (".cancel", ".retry", ".unblock")
 RUN_LOCK = "run.lock"
 STAGING_SUFFIX = ".accepting"
 
@@ -52,7 +52,7 @@ class ControlRequest:
     and why it is refused (None: it may be acted on)."""
 
     file: str
-    kind: str  # "cancel" | "retry"
+    kind: str  # "cancel" | "retry" | "unblock" (whose id names a worker profile)
     plan_id: str
     uid: int
     refused: str | None = None
