@@ -357,11 +357,12 @@ class PlanRunner:
         stagnation = Stagnation()
         self._tried = None
         while True:
+            role = "primary" if ps.failures == 0 else "remediation"
+            profile = self._profile_name(phase, role, self.get_config())
+            await self._wait_for(profile)
+            # read after the wait: a night's park may have seen the config reloaded
             config = self.get_config()
             policy = config.policy_for(self.plan.policy, phase.policy)
-            role = "primary" if ps.failures == 0 else "remediation"
-            profile = self._profile_name(phase, role, config)
-            await self._wait_for(profile)
             end = await self.attempt(
                 phase, config, policy, role, profile, previous, (pgit, contract)
             )

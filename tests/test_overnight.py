@@ -23,6 +23,7 @@ import pytest
 from conftest import AGENTS, agent_profile, alive, make_config, make_plan, phase, run_plan
 from daemon_support import Daemon
 
+from orchestrd.config import WorkerProfile
 from orchestrd.states import PlanStatus
 
 pytestmark = pytest.mark.anyio
@@ -170,12 +171,13 @@ def test_an_auth_failure_blocks_the_profile_once_until_unblock(daemon: Daemon) -
     daemon.write_config(**{"workers": {**daemon.config_data()["workers"], "gem": auth}})
     daemon.start()
     daemon.submit("A", repo="ra", worker="gem")
-    daemon.submit("B", repo="rb", worker="gem")
     blocked = daemon.wait_event("profile.blocked")
+    daemon.submit("B", repo="rb", worker="gem")
     daemon.wait_event("plan.waiting_quota", 2)
     time.sleep(0.5)
     assert len(daemon.events("profile.blocked")) == 1 and blocked[0]["profile"] == "gem"
-    assert len(starts(counter)) == 1  # one worker, however many plans
+    assert "exit code 41" in blocked[0]["message"]
+    assert len(starts(counter)) == 1  # one worker, however many plans wait
     assert daemon.events("plan.failed") == [] and daemon.events("remediation.started") == []
     status = daemon.cli("status")
     assert "gem" in status.stdout and "blocked" in status.stdout
@@ -186,14 +188,19 @@ def test_an_auth_failure_blocks_the_profile_once_until_unblock(daemon: Daemon) -
     result = daemon.cli("unblock", "gem")
     assert result.returncode == 0, result.stderr
     daemon.wait_event("profile.unblocked")
-    # still failing: blocked again, once more
+    # still failing: blocked again, once (the two waiting plans may both have started)
     daemon.wait_event("profile.blocked", 2)
-    assert len(starts(counter)) == 2
+    time.sleep(0.3)
+    assert len(daemon.events("profile.blocked")) == 2 and len(starts(counter)) in (2, 3)
+    tried = len(starts(counter))
     daemon.write_config(**{"workers": {**daemon.config_data()["workers"], "gem": fixed}})
     daemon.send(signal.SIGHUP)  # a reload lifts blocks too
     daemon.wait_plans_end(["A", "B"])
     assert {e["plan"] for e in daemon.events("plan.succeeded")} == {"A", "B"}
-    assert len(starts(counter)) == 2
+    assert len(starts(counter)) == tried  # the fixed profile ran pass.py
+    assert [e["why"] for e in daemon.events("profile.unblocked")] == [
+        "unblock request", "config reload"
+    ]
 
 
 def test_unblock_of_a_profile_that_is_not_blocked_says_so(daemon: Daemon) -> None:
@@ -238,6 +245,10 @@ async def test_a_cpu_busy_silent_worker_is_not_silent(tmp_path: Path) -> None:
 # -- 4. result, then no exit --
 
 
+@pytest.mark.skipif(
+    "output" not in WorkerProfile.model_fields,
+    reason="needs the stream adapters (#13): only a stream says its final result came",
+)
 async def test_a_worker_that_prints_its_result_and_hangs_is_stopped_and_passes(
     tmp_path: Path,
 ) -> None:
