@@ -91,7 +91,9 @@ class Fingerprint:
     """The attempt left the repository exactly as it found it."""
 
     def same_failure(self, other: Fingerprint) -> bool:
-        return self.digest == other.digest
+        """The same failures after the same changes; never when git could not say what
+        either attempt changed (a worker may have made progress no check shows yet)."""
+        return bool(self.changes and other.changes) and self.digest == other.digest
 
 
 EMPTY_CHANGES = hashlib.sha256(b"").hexdigest()

@@ -62,9 +62,12 @@ def test_stagnation_needs_two_failures_alike_or_a_remediation_that_did_nothing()
     same = [Failure.of("report_status", {})]
     s = Stagnation()
     assert s.failed(1, fingerprint(same, None)) is None
-    assert s.failed(2, fingerprint([Failure.of("exit_code", {})], None)) is None
-    reason, attempts = s.failed(3, fingerprint([Failure.of("exit_code", {})], None)) or ("", [])
-    assert reason == "stagnant: attempt 3 failed exactly like attempt 2" and attempts == [2, 3]
+    assert s.failed(2, fingerprint(same, None)) is None  # without git: cannot tell
+    assert s.failed(3, fingerprint([Failure.of("exit_code", {})], "M a 1\n")) is None
+    reason, attempts = s.failed(4, fingerprint([Failure.of("exit_code", {})], "M a 1\n")) or (
+        "", []
+    )
+    assert reason == "stagnant: attempt 4 failed exactly like attempt 3" and attempts == [3, 4]
     s = Stagnation()
     assert s.failed(1, fingerprint(same, "")) is None  # a first attempt may do nothing
     assert s.failed(2, fingerprint(same, "M a.py 1\n")) is None

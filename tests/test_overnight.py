@@ -296,8 +296,9 @@ async def test_a_respawned_session_is_stopped_and_reported(tmp_path: Path) -> No
 
 
 async def test_two_identical_failures_end_the_phase_as_stagnant(tmp_path: Path) -> None:
+    repo = git_repo(tmp_path / "repo")
     config = make_config(tmp_path, policy={"max_remediations": 5})
-    run = await run_plan(config, make_plan(tmp_path, worker="fail_report"))
+    run = await run_plan(config, make_plan(tmp_path, repo=repo, worker="fail_report"))
     assert run.status is PlanStatus.FAILED
     failed = run.events("phase.failed")[0]
     assert failed["reason"].startswith("stagnant")
