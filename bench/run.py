@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """orchestrd benchmarks: reaction latency, throughput against a bare asyncio loop, scale, and
-a 10,000-phase plan.
+a 10,000-phase plan, the status page (web).
 
-    python bench/run.py                 # all four at the issue's sizes
-    python bench/run.py --quick         # all four, small N, ≤ 60 s
-    python bench/run.py --only scale    # one (or a comma list: reaction,throughput,scale,longplan)
+    python bench/run.py                 # all five at the issue's sizes
+    python bench/run.py --quick         # all five, small N, ≤ 60 s
+    python bench/run.py --only web      # one, or a list: reaction,throughput,scale,longplan,web
     python bench/run.py --json          # also write bench/results/latest.json
     python bench/run.py --profile       # also py-spy the daemon under each load (bench/results/)
 
@@ -26,6 +26,7 @@ import platform
 import resource
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -925,6 +926,101 @@ def bench_longplan(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     }
 
 
+# ---------------------------------------------------------------- 5. the status page (web)
+
+
+def _seed_archive(d: BenchDaemon, n: int) -> None:
+    """`n` finished three-phase plans in archive/ (state, plan file) and their events in the
+    audit log, as a daemon that ran them would have left them: what the status page reads."""
+    from orchestrd.state import AttemptState, PhaseState, PlanState, dump_state
+    from orchestrd.states import AttemptStatus, PhaseStatus, PlanStatus
+
+    events = []
+    for i in range(n):
+        plan_id = f"W-{i:04d}"
+        folder = d.state_dir / "archive" / plan_id
+        (folder / "workers").mkdir(parents=True)
+        data = d.plan(plan_id, f"repo-{i % 20:02d}", phases=("P01", "P02", "P03"))
+        (folder / "plan.toml").write_text(tomli_w.dumps(data), encoding="utf-8")
+        status = PlanStatus.FAILED if i % 7 == 0 else PlanStatus.SUCCEEDED
+        state = PlanState(plan=plan_id, status=status, submitted_at=f"2026-01-01T{i // 60 % 24:02d}"
+                          f":{i % 60:02d}:00+00:00", started_at="2026-01-01T00:00:00+00:00",
+                          finished_at="2026-01-01T00:05:00+00:00")
+        for p in ("P01", "P02", "P03"):
+            att = AttemptState(n=1, role="primary", status=AttemptStatus.EXITED, returncode=0,
+                               log=str(folder / "workers" / f"worker-{p}-1.log"))
+            state.phases[p] = PhaseState(status=PhaseStatus.PASSED, attempts=[att])
+            for ev in ("phase.started", "worker.started", "worker.exited", "check.passed",
+                       "check.passed", "phase.passed"):
+                events.append({"ts": "2026-01-01T00:01:00+00:00", "event": ev, "plan": plan_id,
+                               "phase": p, "attempt": 1, "check": "report", "reason": "ok"})
+        (folder / "state.toml").write_bytes(dump_state(state))
+    d.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(d.state_dir / "audit.jsonl", "a", encoding="utf-8") as f:
+        f.writelines(json.dumps(e) + "\n" for e in events)
+
+
+def _http_get(port: int, path: str) -> tuple[float, int]:
+    import http.client
+
+    t0 = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    return time.perf_counter() - t0, resp.status
+
+
+def bench_web(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The status page with 1,000 plans (archived included): time to answer, and the daemon's
+    CPU at idle with 50 Server-Sent Events clients against none."""
+    n_plans, n_requests, n_clients = 1000, 20 if args.quick else 100, 50
+    window = 3.0 if args.quick else args.window
+    d = BenchDaemon(args.tmp, "web", http={"listen": "127.0.0.1:0"})
+    clients: list[Any] = []
+    try:
+        _seed_archive(d, n_plans)
+        d.start()
+        d.wait(lambda: d.audit.count("http.listening") > 0, 10, "http.listening")
+        port = int(d.audit.of("http.listening")[0]["url"].rsplit(":", 1)[1].strip("/"))
+        first, status = _http_get(port, "/")
+        assert status == 200, status
+        page = [_http_get(port, "/")[0] for _ in range(n_requests)]
+        api = [_http_get(port, "/api/plans")[0] for _ in range(n_requests)]
+        plan = [_http_get(port, "/plans/W-0500")[0] for _ in range(n_requests)]
+        time.sleep(0.5)
+        idle = measure(d.pid, window)
+        for _ in range(n_clients):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            clients.append(s)
+        time.sleep(1.0)
+        streaming = measure(d.pid, window)
+    finally:
+        for s in clients:
+            s.close()
+        d.cleanup(args.keep)
+    added = streaming["cpu_pct"] - idle["cpu_pct"]
+    page_d, api_d = dist(page), dist(api)
+    ok = page_d["p99"] <= 200 and added <= 5.0
+    line = (
+        f"web: {n_plans} plans: plans page first {first * 1000:.0f}ms, then "
+        f"p50={page_d['p50']:.1f}ms p99={page_d['p99']:.1f}ms; "
+        f"/api/plans p50={api_d['p50']:.1f}ms; plan page "
+        f"p50={dist(plan)['p50']:.1f}ms | {n_clients} SSE clients at idle: cpu "
+        f"{idle['cpu_pct']:.1f}% → {streaming['cpu_pct']:.1f}% (+{added:.1f}%) "
+        f"[target page ≤200ms, +≤5% cpu: {'met' if ok else 'NOT met'}]"
+        + (f" [quick: {n_requests} requests, {window:.0f} s windows]" if args.quick else "")
+    )
+    idle.pop("_wall")
+    streaming.pop("_wall")
+    return line, {"plans": n_plans, "first_request_ms": round(first * 1000, 1), "page_ms": page_d,
+                  "api_ms": api_d, "plan_page_ms": dist(plan), "idle": idle,
+                  "sse_clients": n_clients, "streaming": streaming,
+                  "added_cpu_pct": round(added, 2), "target_met": ok}
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -933,6 +1029,9 @@ BENCHES: dict[str, Callable[[argparse.Namespace], tuple[str, dict[str, Any]]]] =
     "throughput": bench_throughput,
     "scale": bench_scale,
     "longplan": bench_longplan,
+
+
+    "web": bench_web,
 }
 
 

@@ -49,6 +49,8 @@ EVENTS: dict[str, str] = {
     ),
     "daemon.watch_failed": "inotify on the inbox failed; the daemon falls back to rescans",
     "daemon.metrics_failed": "[metrics] textfile could not be written (reason); once per reason",
+    "http.listening": "the status page and JSON API serve at url ([http]); token: whether one "
+    "is required",
     "plan.accepted": "a file in the inbox passed validation and was moved to plans/<id>/",
     "plan.rejected": "a file in the inbox failed validation; see rejected/<name>.error",
     "plan.queued": "the plan waits for a worker slot",

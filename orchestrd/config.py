@@ -400,6 +400,68 @@ class MetricsSettings(Strict):
     interval: Duration = Field(15.0, description="how often the textfile is rewritten")
 
 
+LOOPBACK_HOSTS = frozenset({"localhost", "::1"})
+
+
+def parse_listen(value: str) -> tuple[str, str | int]:
+    """`"unix:/path"` → ("unix", path); `"HOST:PORT"` (`[::1]:PORT` for IPv6) → (host, port)."""
+    if value.startswith("unix:"):
+        path = value.removeprefix("unix:")
+        if not path.startswith("/"):
+            raise ValueError(f"{value!r}: a unix socket needs an absolute path, e.g. "
+                             "\"unix:/run/orchestrd/http.sock\"")
+        return "unix", path
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not \"unix:/path\" or \"HOST:PORT\"; write e.g. "
+                         "\"127.0.0.1:8765\" or \"unix:/run/orchestrd/http.sock\"")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+class HttpSettings(Strict):
+    """The read-only status page and JSON API (orchestrd.web)."""
+
+    listen: str = Field(
+        description='"unix:/run/orchestrd/http.sock" or "HOST:PORT" (port 0: any free port)'
+    )
+    token: str | None = Field(
+        None, min_length=16,
+        description="bearer token every request but /healthz must carry; required unless "
+        "listen is a unix socket or a loopback address",
+    )
+    socket_group: str | None = Field(
+        "orchestrd", description="group of the unix socket (mode 0660), if that group exists"
+    )
+    max_connections: int = Field(
+        64, gt=0, description="connections at once; more are answered 503"
+    )
+    timeout_keep_alive: Duration = Field(
+        5.0, description="an idle keep-alive connection is closed after this"
+    )
+
+    @pydantic.field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, listen: str) -> str:
+        parse_listen(listen)
+        return listen
+
+    @pydantic.model_validator(mode="after")
+    def _token_off_loopback(self) -> HttpSettings:
+        host, _ = parse_listen(self.listen)
+        if host != "unix" and not is_loopback(host) and self.token is None:
+            raise ValueError(
+                f"listen = {self.listen!r} is reachable from other machines: set token = "
+                "\"<a long random string>\" (e.g. `openssl rand -hex 32`) or listen on "
+                "127.0.0.1 or a unix socket"
+            )
+        return self
+
+
 class Config(Strict):
     state_dir: Path = Field(Path("/var/lib/orchestrd"), description="plans/<id>/ live here")
     default_worker: str = Field("codex", description="profile used when a plan names none")
@@ -415,6 +477,9 @@ class Config(Strict):
     policy: Policy = Policy()
     checks: CheckSettings = CheckSettings()
     spool: SpoolSettings = SpoolSettings()
+    http: HttpSettings | None = Field(
+        None, description="serve the status page and JSON API; absent: nothing is served"
+    )
     workers: dict[str, WorkerProfile] = Field(default_factory=dict)
     allow_dangerous_workers: bool = Field(
         False, description="let plans use profiles that bypass the agent's sandbox"

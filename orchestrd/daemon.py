@@ -27,7 +27,7 @@ from .audit import CHATTY, AuditLog, Logger, Redactor
 from .config import Config, load_config
 from .errors import ConfigError, OrchestrdError, PlanError, StateError
 from .fsutil import FileRefused, copy_regular
-from .metrics import run_metrics
+from .metrics import Metrics, run_metrics
 from .notify import run_notifier
 from .parking import HOLDS_FILE, Quota
 from .plan import Plan, check_plan_id, confine, is_plan_id, load_plan
@@ -92,6 +92,8 @@ class Daemon:
         )
         self.log = self.audit.bind()
         self.notifier = Notifier.from_env()
+        self.metrics = Metrics()
+        """Counted from the audit log by the metrics task; served at /metrics."""
         self.entries: dict[str, PlanEntry] = {}
         self.limiter = anyio.CapacityLimiter(config.max_workers)
         self.repo_locks: dict[Path, anyio.Lock] = {}
@@ -114,6 +116,12 @@ class Daemon:
         clear_ambient_capabilities()
         use_pidfd_child_watcher()
         self._announce_dangerous()
+        listener = None
+        if self.config.http is not None:
+            from .web import Listener  # starlette and uvicorn only when asked for
+
+            # before anything runs: a port in use stops start-up with the key named
+            listener = Listener.bind(self.config.http, self.config_path)
         try:
             # Signals are caught from before READY=1 until every worker is stopped: one more
             # SIGTERM/SIGINT/SIGHUP during shutdown waits in the receiver instead of killing
@@ -123,11 +131,14 @@ class Daemon:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._handle_signals, received, tg.cancel_scope)
                     await tg.start(run_notifier, lambda: self.config, self.log)
-                    await tg.start(run_metrics, lambda: self.config, self.log)
+                    await tg.start(run_metrics, lambda: self.config, self.log, self.metrics)
                     tg.start_soon(self.quota.run)
                     await self._recover(tg)
                     tg.start_soon(self._watch_inbox)
                     tg.start_soon(self._main_loop, tg)
+                    if listener is not None:
+                        url = await tg.start(listener.serve, self)
+                        print(f"orchestrd: status page at {url}", file=sys.stderr, flush=True)
                     if self.notifier.watchdog_interval() is not None:
                         tg.start_soon(watchdog_loop, self.notifier, self._notify_failed)
                     privsep, why = separation(self.config)
@@ -214,6 +225,12 @@ class Daemon:
 
     def _count_running(self) -> int:
         return sum(1 for e in self.entries.values() if e.running)
+
+    def web_status(self) -> dict[str, object]:
+        """What the status page shows of the daemon itself (orchestrd.web)."""
+        running = [e.plan.id for e in self.entries.values() if e.running]
+        queued = [e.plan.id for e in self.entries.values() if not e.running]
+        return {"running": len(running), "running_plans": running, "queued": queued}
 
     def _status_line(self) -> str:
         running = self._count_running()

@@ -15,7 +15,14 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.to_thread
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, write_to_textfile
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    write_to_textfile,
+)
 
 from . import status
 from .audit import Logger
@@ -94,7 +101,10 @@ class Metrics:
 
     def read_state(self, state_dir: Path) -> None:
         """The gauges, from the state files (what is true now, whatever the log said)."""
-        rows = status.collect(Spool(state_dir))
+        self.set_plans(status.collect(Spool(state_dir)))
+
+    def set_plans(self, rows: list[dict[str, Any]]) -> None:
+        """The gauges from `status` rows (one per plan, archived included)."""
         counts: dict[str, int] = {}
         for row in rows:
             counts[row["state"]] = counts.get(row["state"], 0) + 1
@@ -111,13 +121,18 @@ def write_textfile(metrics: Metrics, config: Config) -> None:
     write_to_textfile(str(config.metrics.textfile), metrics.registry)
 
 
+def exposition(metrics: Metrics) -> bytes:
+    """The Prometheus text of `metrics` (what /metrics serves)."""
+    return generate_latest(metrics.registry)
+
+
 async def run_metrics(
-    config: Callable[[], Config], log: Logger,
+    config: Callable[[], Config], log: Logger, metrics: Metrics,
     *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The daemon's metrics task: follow the audit log from now on (started before recovery),
-    and rewrite the textfile every `interval` while one is configured."""
-    metrics = Metrics()
+    """The daemon's metrics task: follow the audit log from now on (started before recovery)
+    into `metrics` (which /metrics serves too), and rewrite the textfile every `interval`
+    while one is configured."""
     follower = LineFollower(config().audit_path, None)
     await anyio.to_thread.run_sync(follower.read)  # the place is fixed now
     task_status.started()

@@ -21,7 +21,7 @@ def test_readme_event_table_lists_exactly_the_vocabulary() -> None:
 
 def test_every_event_name_in_the_code_is_in_the_vocabulary() -> None:
     emitted: set[str] = set()
-    for path in (ROOT / "orchestrd").glob("*.py"):
+    for path in (ROOT / "orchestrd").rglob("*.py"):  # subpackages (orchestrd.web) too
         text = path.read_text(encoding="utf-8")
         emitted |= set(re.findall(r"\.(?:info|exception)\(\s*\"([a-z_]+\.[a-z_]+)\"", text))
         emitted |= set(re.findall(r"^\s+\w+\.\w+: \"([a-z]+\.[a-z_]+)\",$", text, re.MULTILINE))
