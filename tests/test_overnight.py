@@ -20,10 +20,20 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import AGENTS, agent_profile, alive, make_config, make_plan, phase, run_plan
+from conftest import (
+    AGENTS,
+    agent_profile,
+    alive,
+    make_config,
+    make_plan,
+    phase,
+    run_cli,
+    run_plan,
+)
 from daemon_support import Daemon
 
 from orchestrd.config import WorkerProfile
+from orchestrd.parking import Holds, read_holds
 from orchestrd.states import PlanStatus
 
 pytestmark = pytest.mark.anyio
@@ -210,6 +220,23 @@ def test_unblock_of_a_profile_that_is_not_blocked_says_so(daemon: Daemon) -> Non
     ignored = daemon.wait_event("daemon.request_ignored")
     assert "not blocked" in ignored[0]["reason"]
     assert daemon.cli("unblock", "nosuch").returncode != 0
+
+
+def test_unblock_without_a_daemon_edits_the_saved_holds(tmp_path: Path) -> None:
+    config = make_config(tmp_path, workers={"gem": agent_profile("auth_gemini")})
+    (tmp_path / "state").mkdir()
+    holds = Holds()
+    holds.block("gem", dt.datetime.now(dt.UTC), "exit code 41 (authentication)")
+    (tmp_path / "state" / "holds.toml").write_bytes(holds.dumps())
+    status = run_cli("status", "--config", config, cwd=tmp_path)
+    assert "profile gem blocked until `orchestrd unblock gem`" in status.stdout
+    result = run_cli("unblock", "gem", "--config", config, cwd=tmp_path)
+    assert result.returncode == 0 and "unblocked" in result.stdout, result.stderr
+    assert read_holds(tmp_path / "state" / "holds.toml") == Holds(strikes={})
+    again = run_cli("unblock", "gem", "--config", config, cwd=tmp_path)
+    assert again.returncode == 0 and "is not blocked" in again.stdout
+    unknown = run_cli("unblock", "nosuch", "--config", config, cwd=tmp_path)
+    assert unknown.returncode != 0 and "no worker profile 'nosuch'" in unknown.stderr
 
 
 # -- 3. silence --
