@@ -249,6 +249,8 @@ class Quota:
         """End every park whose time has come (an event each)."""
         now = utcnow()
         for hold in self.holds.due(now):
+            if self.holds.get(hold.profile) is not hold:
+                continue  # ended by another waiter, or parked anew, while this one saved
             self.holds.release(hold.profile)
             await self._save()
             self.log.info(
