@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,9 +34,12 @@ from conftest import (
 )
 from daemon_support import Daemon
 
-from orchestrd.config import WorkerProfile
+from orchestrd.audit import AuditLog
+from orchestrd.config import Policy, WorkerProfile
 from orchestrd.parking import Holds, read_holds
+from orchestrd.policy import Ended, Liveness, watch
 from orchestrd.states import PlanStatus
+from orchestrd.worker import WorkerSpec, launch
 
 pytestmark = pytest.mark.anyio
 
@@ -291,6 +296,34 @@ async def test_a_worker_that_prints_its_result_and_hangs_is_stopped_and_passes(
     hang = run.events("worker.no_exit")
     assert len(hang) == 1 and hang[0]["exit_grace"] == 0.3
     assert run.events("worker.stalled") == []
+
+
+async def test_exit_grace_stops_a_worker_whose_stream_gave_its_final_result(
+    tmp_path: Path,
+) -> None:
+    """The policy's rule alone, on a real worker: whoever reads the stream (here a stand-in
+    for the adapter) marks the result; exit_grace later the watch ends, not as a stall."""
+    liveness = Liveness(stream=True)
+
+    def observe(chunk: bytes) -> None:
+        liveness.event(final=b'"type": "result"' in chunk)
+
+    env = {
+        "PATH": os.environ["PATH"], "ORCHESTRD_PHASE_ID": "P01", "ORCHESTRD_ATTEMPT": "1",
+        "ORCHESTRD_REPORT": "report.md", "ORCHESTRD_COMPLETION": "", "ORCHESTRD_MARKERS": "",
+    }
+    argv = [sys.executable, str(AGENTS / "result_then_hang.py"), "do it"]
+    spec = WorkerSpec(argv, env, tmp_path, tmp_path / "worker.log")
+    policy = Policy(poll_interval=5, max_polls=4, exit_grace=0.3, stop_grace=0.2)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    t0 = time.monotonic()
+    with anyio.fail_after(10):
+        async with launch(spec, 1 << 20, 0.2, on_output=observe) as worker:
+            outcome = await watch(worker, policy, audit.bind(), None, liveness)
+    audit.close()
+    assert outcome.ended is Ended.NO_EXIT and outcome.returncode is None
+    assert not outcome.stalled and time.monotonic() - t0 < 4
+    assert "Status: PASS" in (tmp_path / "report.md").read_text()
 
 
 # -- 5. respawn --
