@@ -25,5 +25,11 @@ run: $(BIN)/orchestrd
 test: $(BIN)/orchestrd
 	$(BIN)/python -m pytest -q
 
+# Formatting, lint and types, as CI checks them before the tests.
+lint: $(BIN)/orchestrd
+	$(BIN)/ruff format --check orchestrd tests bench
+	$(BIN)/ruff check orchestrd tests bench
+	$(BIN)/mypy orchestrd
+
 clean:
 	rm -rf $(VENV) .demo .orchestrd

@@ -34,21 +34,43 @@ METRICS: dict[str, list[tuple[str, Any]]] = {
     ],
     "throughput": [
         ("ratio daemon/bare", lambda r: r["ratio"]),
-        ("daemon s", lambda r: statistics.median(
-            x["wall_s"] for x in r["rounds"] if x["kind"] == "daemon")),
-        ("bare s", lambda r: statistics.median(
-            x["wall_s"] for x in r["rounds"] if x["kind"] == "bare")),
-        ("daemon CPU ms/plan", lambda r: statistics.median(
-            x["daemon_cpu_ms_per_plan"] for x in r["rounds"] if x["kind"] == "daemon")),
-        ("loop thread ms/plan", lambda r: statistics.median(
-            x["cpu_ms_per_plan_split"]["loop_thread_user"]
-            + x["cpu_ms_per_plan_split"]["loop_thread_sys"]
-            for x in r["rounds"] if x["kind"] == "daemon")),
-        ("other threads ms/plan", lambda r: statistics.median(
-            x["cpu_ms_per_plan_split"]["other_threads"]
-            for x in r["rounds"] if x["kind"] == "daemon")),
-        ("worker CPU ms (bare)", lambda r: statistics.median(
-            x["worker_cpu_ms_each"] for x in r["rounds"] if x["kind"] == "bare")),
+        (
+            "daemon s",
+            lambda r: statistics.median(x["wall_s"] for x in r["rounds"] if x["kind"] == "daemon"),
+        ),
+        (
+            "bare s",
+            lambda r: statistics.median(x["wall_s"] for x in r["rounds"] if x["kind"] == "bare"),
+        ),
+        (
+            "daemon CPU ms/plan",
+            lambda r: statistics.median(
+                x["daemon_cpu_ms_per_plan"] for x in r["rounds"] if x["kind"] == "daemon"
+            ),
+        ),
+        (
+            "loop thread ms/plan",
+            lambda r: statistics.median(
+                x["cpu_ms_per_plan_split"]["loop_thread_user"]
+                + x["cpu_ms_per_plan_split"]["loop_thread_sys"]
+                for x in r["rounds"]
+                if x["kind"] == "daemon"
+            ),
+        ),
+        (
+            "other threads ms/plan",
+            lambda r: statistics.median(
+                x["cpu_ms_per_plan_split"]["other_threads"]
+                for x in r["rounds"]
+                if x["kind"] == "daemon"
+            ),
+        ),
+        (
+            "worker CPU ms (bare)",
+            lambda r: statistics.median(
+                x["worker_cpu_ms_each"] for x in r["rounds"] if x["kind"] == "bare"
+            ),
+        ),
     ],
     "scale": [
         ("RSS MB", lambda r: r["points"][-1]["rss_mb"]),
@@ -71,15 +93,25 @@ def main() -> int:
     p.add_argument("bench", choices=list(METRICS))
     p.add_argument("variants", nargs="+", help="plain, or a +-joined list of variants")
     p.add_argument("--repeat", type=int, default=2)
-    p.add_argument("--table-only", action="store_true",
-                   help="no runs: rebuild the table from bench/results/ablate/*.json")
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="no runs: rebuild the table from bench/results/ablate/*.json",
+    )
     args = p.parse_args(argv)
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
     for rep in range(args.repeat):
         for v in args.variants:
             out = RESULTS / "ablate" / f"{args.bench}-{v}-{rep}.json"
-            cmd = [sys.executable, str(BENCH / "run.py"), "--only", args.bench, "--out", str(out),
-                   *extra]
+            cmd = [
+                sys.executable,
+                str(BENCH / "run.py"),
+                "--only",
+                args.bench,
+                "--out",
+                str(out),
+                *extra,
+            ]
             if v != "plain":
                 cmd += ["--variant", v.replace("+", ",")]
             if not args.table_only:
@@ -91,18 +123,23 @@ def main() -> int:
                 continue
             runs[v].append(data[args.bench])
     names = [m for m, _ in METRICS[args.bench]]
-    lines = [f"| variant ({args.repeat} runs, median) | " + " | ".join(names) + " |",
-             "|---" * (len(names) + 1) + "|"]
+    lines = [
+        f"| variant ({args.repeat} runs, median) | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
     table = {}
     for v, rs in runs.items():
-        vals = [statistics.median(f(r) for r in rs) if rs else float("nan")
-                for _, f in METRICS[args.bench]]
+        vals = [
+            statistics.median(f(r) for r in rs) if rs else float("nan")
+            for _, f in METRICS[args.bench]
+        ]
         table[v] = dict(zip(names, vals, strict=False))
         lines.append(f"| {v} | " + " | ".join(f"{x:g}" for x in vals) + " |")
     print("\n".join(lines))
     (RESULTS / f"ablate-{args.bench}.json").write_text(
-        json.dumps({"extra": extra, "repeat": args.repeat, "table": table,
-                    "runs": runs}, indent=1) + "\n")
+        json.dumps({"extra": extra, "repeat": args.repeat, "table": table, "runs": runs}, indent=1)
+        + "\n"
+    )
     return 0
 
 

@@ -45,12 +45,20 @@ def state_of(phases: int) -> PlanState:
     st = PlanState(plan="P", seq=1)
     for i in range(phases):
         ps = PhaseState(status="passed")
-        ps.attempts.append(AttemptState(
-            n=1, role="primary", status="exited", pid=123456, pgid=123456, start_time=99999999,
-            boot_id="0f0e0d0c-0b0a-0908-0706-050403020100", returncode=0,
-            log=f"/var/lib/orchestrd/plans/P/workers/worker-P{i:03d}-1.log",
-            ended_at="2025-11-25T16:57:01.123456+00:00",
-        ))
+        ps.attempts.append(
+            AttemptState(
+                n=1,
+                role="primary",
+                status="exited",
+                pid=123456,
+                pgid=123456,
+                start_time=99999999,
+                boot_id="0f0e0d0c-0b0a-0908-0706-050403020100",
+                returncode=0,
+                log=f"/var/lib/orchestrd/plans/P/workers/worker-P{i:03d}-1.log",
+                ended_at="2025-11-25T16:57:01.123456+00:00",
+            )
+        )
         st.phases[f"P{i:03d}"] = ps
     return st
 
@@ -60,10 +68,13 @@ def bench_state() -> None:
         st = state_of(k)
         size = len(dump_state(st))
         d = timeit(lambda st=st: dump_state(st), 50 if k <= 200 else 10)
-        d2 = timeit(lambda st=st: st.model_dump(mode="json", exclude_none=True),
-                    50 if k <= 200 else 10)
-        print(f"dump_state, {k:4d} phases ({size:6d} B): {fmt(d)}   of which model_dump "
-              f"p50 {d2['p50']:.3f} ms")
+        d2 = timeit(
+            lambda st=st: st.model_dump(mode="json", exclude_none=True), 50 if k <= 200 else 10
+        )
+        print(
+            f"dump_state, {k:4d} phases ({size:6d} B): {fmt(d)}   of which model_dump "
+            f"p50 {d2['p50']:.3f} ms"
+        )
 
 
 def bench_take(tmp: Path) -> None:
@@ -77,17 +88,24 @@ def bench_take(tmp: Path) -> None:
         root = tmp / f"take-{fsync}"
         spool = Spool(root / "state")
         spool.ensure()
-        config = config_from_dict({
-            "state_dir": str(spool.root), "allowed_repo_roots": [str(root)],
-            "default_worker": "t", "workers": {"t": {"command": ["true"]}},
-        }, "micro")
+        config = config_from_dict(
+            {
+                "state_dir": str(spool.root),
+                "allowed_repo_roots": [str(root)],
+                "default_worker": "t",
+                "workers": {"t": {"command": ["true"]}},
+            },
+            "micro",
+        )
         names = []
         for i in range(200):
             repo = root / "repos" / f"r{i}"
             repo.mkdir(parents=True)
-            plan = {"id": f"M-{i:04d}", "repo": str(repo),
-                    "phases": [{"id": "P01", "prompt": "Do P01.",
-                                "markers": [f"@plan:M-{i:04d}.P01"]}]}
+            plan = {
+                "id": f"M-{i:04d}",
+                "repo": str(repo),
+                "phases": [{"id": "P01", "prompt": "Do P01.", "markers": [f"@plan:M-{i:04d}.P01"]}],
+            }
             (spool.inbox / f"M-{i:04d}.toml").write_text(tomli_w.dumps(plan))
             names.append(f"M-{i:04d}.toml")
         real = os.fsync
@@ -95,15 +113,22 @@ def bench_take(tmp: Path) -> None:
             os.fsync = lambda fd: None  # type: ignore[assignment]
         try:
             it = iter(range(len(names)))
-            d = timeit(lambda spool=spool, names=names, it=it, config=config:
-                       spool.take(names[next(it)], config, 1), len(names))
+            d = timeit(
+                lambda spool=spool, names=names, it=it, config=config: spool.take(
+                    names[next(it)], config, 1
+                ),
+                len(names),
+            )
         finally:
             os.fsync = real
         print(f"Spool.take, one-phase plan, {'with' if fsync else 'without'} fsync: {fmt(d)}")
     from orchestrd.plan import parse_plan_bytes
+
     raw = tomli_w.dumps(plan).encode()
-    print(f"  of which parse_plan_bytes (tomllib + pydantic + confine): "
-          f"{fmt(timeit(lambda: parse_plan_bytes(raw, 'x', config), 200))}")
+    print(
+        f"  of which parse_plan_bytes (tomllib + pydantic + confine): "
+        f"{fmt(timeit(lambda: parse_plan_bytes(raw, 'x', config), 200))}"
+    )
 
 
 def bench_fsync(tmp: Path) -> None:
@@ -116,6 +141,7 @@ def bench_fsync(tmp: Path) -> None:
         t = target.with_name(".x.tmp")
         t.write_bytes(data)
         os.replace(t, target)
+
     print(f"write+rename, no fsync:          {fmt(timeit(no_fsync, 200))}")
 
 
@@ -126,8 +152,9 @@ def bench_audit(tmp: Path) -> None:
         n = 20000
         t0 = time.perf_counter()
         for _ in range(n):
-            log.info("worker.poll", cycle=3, max_polls=6, elapsed=3.001, log_bytes=1234,
-                     log_growth=12)
+            log.info(
+                "worker.poll", cycle=3, max_polls=6, elapsed=3.001, log_bytes=1234, log_growth=12
+            )
         per = (time.perf_counter() - t0) / n
         print(f"audit event worker.poll, {label:28s}: {per * 1e6:.1f} µs per event (mean of {n})")
         a.close()
@@ -139,8 +166,12 @@ def bench_spawn(tmp: Path) -> None:
 
     from orchestrd import worker as w
 
-    env = {"PATH": os.environ["PATH"], "ORCHESTRD_REPORT": "r.md",
-           "ORCHESTRD_COMPLETION": "c.md", "ORCHESTRD_MARKERS": "m"}
+    env = {
+        "PATH": os.environ["PATH"],
+        "ORCHESTRD_REPORT": "r.md",
+        "ORCHESTRD_COMPLETION": "c.md",
+        "ORCHESTRD_MARKERS": "m",
+    }
 
     async def main() -> tuple[list[float], list[float]]:
         starts, totals = [], []
@@ -184,8 +215,10 @@ def bench_hop(tmp: Path) -> None:
         return wall / n, cpu / n
 
     wall, cpu = anyio.run(main, 5000)
-    print(f"anyio.to_thread.run_sync(noop) round trip: {wall * 1e6:.0f} µs wall, "
-          f"{cpu * 1e6:.0f} µs CPU (both threads), mean of 5000")
+    print(
+        f"anyio.to_thread.run_sync(noop) round trip: {wall * 1e6:.0f} µs wall, "
+        f"{cpu * 1e6:.0f} µs CPU (both threads), mean of 5000"
+    )
 
 
 def bench_group(tmp: Path) -> None:
@@ -208,8 +241,12 @@ def bench_waiters(tmp: Path) -> None:
     import anyio
 
     async def main() -> int:
-        proc = await anyio.open_process(["/bin/sleep", "30"], stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = await anyio.open_process(
+            ["/bin/sleep", "30"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for _ in range(1000):
             with anyio.move_on_after(0.0005):
                 await proc.wait()
@@ -218,8 +255,10 @@ def bench_waiters(tmp: Path) -> None:
         await proc.wait()
         return n
 
-    print(f"Process.wait() cancelled 1000× (as watch() polls): {anyio.run(main)} futures left "
-          "in asyncio's _exit_waiters (anyio waits on its own Event: no leak)")
+    print(
+        f"Process.wait() cancelled 1000× (as watch() polls): {anyio.run(main)} futures left "
+        "in asyncio's _exit_waiters (anyio waits on its own Event: no leak)"
+    )
 
 
 def main() -> int:

@@ -33,8 +33,12 @@ from orchestrd.privsep import Identity, wrap
 async def spawn(argv: list[str], kwargs: dict[str, object]) -> float:
     started = time.perf_counter()
     proc = await anyio.open_process(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, **kwargs,  # type: ignore[arg-type]
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        **kwargs,  # type: ignore[arg-type]
     )
     await proc.wait()
     if proc.returncode != 0:

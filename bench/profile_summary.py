@@ -37,12 +37,16 @@ ACTIVITIES = [
     ("audit: timestamp (_timestamp: datetime.now().astimezone())", r"_timestamp"),
     ("audit: file write+flush+inode stat (AuditSink.msg/_current)", r"AuditSink"),
     ("audit: structlog / key order", r"_order_keys|structlog/"),
-    ("state: serialise (dump_state / redacted_state: model_dump + tomli_w)",
-     r"dump_state|redacted_state"),
+    (
+        "state: serialise (dump_state / redacted_state: model_dump + tomli_w)",
+        r"dump_state|redacted_state",
+    ),
     ("state: atomic_write (write+fsync+rename+dir fsync)", r"atomic_write"),
     ("git: PhaseGit / Git._run (git processes spawned from the loop)", r"gitsnap\.py"),
-    ("spawn: fork/exec in the loop (subprocess / asyncio transport)",
-     r"_execute_child|subprocess\.py|_make_subprocess_transport|base_subprocess"),
+    (
+        "spawn: fork/exec in the loop (subprocess / asyncio transport)",
+        r"_execute_child|subprocess\.py|_make_subprocess_transport|base_subprocess",
+    ),
     ("worker: group_members /proc scan", r"group_members|_stat_fields"),
     ("worker: log pump / launch (anyio.open_file, pipe)", r"_pump|launch|_open \("),
     ("spool: take (parse plan, validate)", r"Spool\.take|parse_plan|read_plan_file"),
@@ -111,8 +115,10 @@ def summarise(path: Path, top: int) -> str:  # noqa: C901 - a report, read top t
     if not lt:
         return "\n".join(out)
     idle = sum(n for f, n in loop if re.search(ACTIVITIES[0][1], f[-1] if f else ""))
-    out.append(f"event loop: {lt} samples, busy {100 * (lt - idle) / lt:.1f}% "
-               f"(idle in selector {100 * idle / lt:.1f}%)")
+    out.append(
+        f"event loop: {lt} samples, busy {100 * (lt - idle) / lt:.1f}% "
+        f"(idle in selector {100 * idle / lt:.1f}%)"
+    )
     acts: collections.Counter[str] = collections.Counter()
     for frames, n in loop:
         joined = ";".join(frames)
@@ -146,9 +152,22 @@ def summarise(path: Path, top: int) -> str:  # noqa: C901 - a report, read top t
         out.append(f"  {100 * n / lt:5.1f}%  {k}")
     out.append("event loop, top inclusive — % of event-loop samples:")
     for k, n in incl.most_common(top + 15):
-        if any(s in k for s in ("<module>", "runpy", "_run_module", "cli.py", "run_daemon",
-                                "_eventloop.py", "runners.py", "run_until_complete",
-                                "run_forever", "Handle._run", "AsyncIOBackend.run")):
+        if any(
+            s in k
+            for s in (
+                "<module>",
+                "runpy",
+                "_run_module",
+                "cli.py",
+                "run_daemon",
+                "_eventloop.py",
+                "runners.py",
+                "run_until_complete",
+                "run_forever",
+                "Handle._run",
+                "AsyncIOBackend.run",
+            )
+        ):
             continue
         out.append(f"  {100 * n / lt:5.1f}%  {k}")
     # the other threads: where they spend their samples (innermost orchestrd line)

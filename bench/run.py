@@ -80,9 +80,13 @@ def dist(values: list[float], scale: float = 1000.0) -> dict[str, float]:
         return {"n": 0}
     v = [x * scale for x in values]
     return {
-        "n": len(v), "p50": round(percentile(v, 50), 2), "p90": round(percentile(v, 90), 2),
-        "p99": round(percentile(v, 99), 2), "max": round(max(v), 2),
-        "mean": round(sum(v) / len(v), 2), "min": round(min(v), 2),
+        "n": len(v),
+        "p50": round(percentile(v, 50), 2),
+        "p90": round(percentile(v, 90), 2),
+        "p99": round(percentile(v, 99), 2),
+        "max": round(max(v), 2),
+        "mean": round(sum(v) / len(v), 2),
+        "min": round(min(v), 2),
     }
 
 
@@ -154,8 +158,11 @@ def machine() -> dict[str, Any]:
         model = platform.processor()
     mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
     return {
-        "cpus": os.cpu_count(), "cpu_model": model, "mem_mb": int(mem) // 1024,
-        "python": platform.python_version(), "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "mem_mb": int(mem) // 1024,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
         "loadavg_at_start": os.getloadavg(),
     }
 
@@ -174,11 +181,15 @@ def git_rev() -> str:
     try:
         rev = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "orchestrd"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -248,8 +259,9 @@ def snapshot_package(base: Path | None) -> Path:
     the package is edited by others while the benchmarks run, and every daemon of one run must
     run the same code (its sha256 is in the results)."""
     dest = Path(tempfile.mkdtemp(prefix="orchestrd-bench-pkg-", dir=base))
-    shutil.copytree(REPO_ROOT / "orchestrd", dest / "orchestrd",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO_ROOT / "orchestrd", dest / "orchestrd", ignore=shutil.ignore_patterns("__pycache__")
+    )
     return dest
 
 
@@ -259,8 +271,9 @@ class BenchDaemon:
     variants: tuple[str, ...] = ()  # see bench/variants/sitecustomize.py
     package_path: Path | None = None  # the snapshot of orchestrd/ (None: the working tree)
 
-    def __init__(self, base: Path | None, name: str, extra_variants: tuple[str, ...] = (),
-                 **config: Any) -> None:
+    def __init__(
+        self, base: Path | None, name: str, extra_variants: tuple[str, ...] = (), **config: Any
+    ) -> None:
         self.variants = (*type(self).variants, *extra_variants)
         self.tmp = Path(tempfile.mkdtemp(prefix=f"orchestrd-bench-{name}-", dir=base))
         self.sample_out = self.tmp / "sample.raw"
@@ -280,7 +293,9 @@ class BenchDaemon:
             "allowed_repo_roots": [str(self.tmp)],
             "allow_root": True,
             "policy": {
-                "poll_interval": "5m", "max_polls": 6, "stop_grace": "2s",
+                "poll_interval": "5m",
+                "max_polls": 6,
+                "stop_grace": "2s",
                 "max_remediations": 0,
             },
             "spool": {"rescan_interval": "0.5s"},
@@ -309,22 +324,31 @@ class BenchDaemon:
             path.mkdir(parents=True)
             if self.git_repos:
                 (path / "README.md").write_text(f"# {name}\n", encoding="utf-8")
-                git = ["git", "-C", str(path), "-c", "user.name=bench",
-                       "-c", "user.email=bench@localhost", "-c", "init.defaultBranch=main"]
+                git = [
+                    "git",
+                    "-C",
+                    str(path),
+                    "-c",
+                    "user.name=bench",
+                    "-c",
+                    "user.email=bench@localhost",
+                    "-c",
+                    "init.defaultBranch=main",
+                ]
                 subprocess.run([*git, "init", "-q"], check=True)
                 subprocess.run([*git, "add", "-A"], check=True)
                 subprocess.run([*git, "commit", "-q", "-m", "init"], check=True)
         return path
 
-    def plan(self, plan_id: str, repo: str, phases: Iterable[str] = ("P01",), **fields: Any
-             ) -> dict[str, Any]:
+    def plan(
+        self, plan_id: str, repo: str, phases: Iterable[str] = ("P01",), **fields: Any
+    ) -> dict[str, Any]:
         return {
             "id": plan_id,
             "repo": str(self.repo(repo)),
             **fields,
             "phases": [
-                {"id": p, "prompt": f"Do {p}.", "markers": [f"@plan:{plan_id}.{p}"]}
-                for p in phases
+                {"id": p, "prompt": f"Do {p}.", "markers": [f"@plan:{plan_id}.{p}"]} for p in phases
             ],
         }
 
@@ -339,8 +363,11 @@ class BenchDaemon:
     # -- the process --
 
     def start(self, timeout: float = 30.0) -> None:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("ORCHESTRD_CONFIG", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("ORCHESTRD_CONFIG", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+        }
         paths = [str(self.package_path)] if self.package_path else []
         if self.variants:
             paths.insert(0, str(BENCH / "variants"))
@@ -351,7 +378,11 @@ class BenchDaemon:
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "orchestrd", "daemon", "--config", str(self.config_path)],
-                cwd=self.tmp, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                cwd=self.tmp,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
                 preexec_fn=_raise_nofile,
             )
         self.wait(lambda: self.audit.count("daemon.started") > 0, timeout, "daemon.started")
@@ -361,8 +392,9 @@ class BenchDaemon:
         assert self.proc is not None
         return self.proc.pid
 
-    def wait(self, predicate: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.005) -> Any:
+    def wait(
+        self, predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.005
+    ) -> Any:
         deadline = time.monotonic() + timeout
         while True:
             self.audit.poll()
@@ -370,8 +402,10 @@ class BenchDaemon:
             if result:
                 return result
             if self.proc is not None and self.proc.poll() is not None:
-                raise DaemonDied(f"daemon exited ({self.proc.returncode}) waiting for {what}; "
-                                 f"stderr: {self.stderr_tail()}")
+                raise DaemonDied(
+                    f"daemon exited ({self.proc.returncode}) waiting for {what}; "
+                    f"stderr: {self.stderr_tail()}"
+                )
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
             time.sleep(interval)
@@ -438,8 +472,19 @@ class BenchDaemon:
             log("py-spy not found (pip install py-spy): no profile")
             return False
         out.parent.mkdir(parents=True, exist_ok=True)
-        argv = [spy, "record", "--pid", str(self.pid), "--format", "raw", "--rate", str(rate),
-                "--nonblocking", "-o", str(out)]
+        argv = [
+            spy,
+            "record",
+            "--pid",
+            str(self.pid),
+            "--format",
+            "raw",
+            "--rate",
+            str(rate),
+            "--nonblocking",
+            "-o",
+            str(out),
+        ]
         if idle:
             argv.append("--idle")
         with open(out.with_suffix(".log"), "wb") as err:
@@ -475,8 +520,12 @@ def bench_reaction(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             d.start_profiler(RESULTS / "profile-reaction.raw", idle=True)
         t0 = time.monotonic()
         d.drop(plan)
-        d.wait(lambda: d.audit.count("plan.archived") >= 1, 60 + 3.0 * len(phases),
-               "plan REACT-A archived", interval=0.05)
+        d.wait(
+            lambda: d.audit.count("plan.archived") >= 1,
+            60 + 3.0 * len(phases),
+            "plan REACT-A archived",
+            interval=0.05,
+        )
         took_a = time.monotonic() - t0
         d.stop_profiler()
         if d.audit.count("plan.succeeded") != 1:
@@ -494,14 +543,16 @@ def bench_reaction(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             seg_launch.append(ev[("worker.started", nxt)] - ev[("phase.passed", prev)])
         k = max(1, len(samples) // 10)
         res_a = {
-            "phases": len(phases), "samples": dist(samples),
+            "phases": len(phases),
+            "samples": dist(samples),
             "segments_ms": {
                 "exit→worker.exited": dist(seg_notice),
                 "worker.exited→phase.passed": dist(seg_checks),
                 "phase.passed→worker.started": dist(seg_launch),
             },
             "drift_ms": {
-                f"first {k}": dist(samples[:k]), f"last {k}": dist(samples[-k:]),
+                f"first {k}": dist(samples[:k]),
+                f"last {k}": dist(samples[-k:]),
             },
             "plan_seconds": round(took_a, 3),
             "state_toml_bytes_at_end": _archived_state_size(d, "REACT-A"),
@@ -515,8 +566,12 @@ def bench_reaction(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             pid = f"REACT-B-{i:04d}"
             drops[pid] = d.drop(d.plan(pid, f"b-{i:04d}"))
             archived = d.audit.count("plan.archived")
-            d.wait(lambda a=archived: d.audit.count("plan.archived") > a, 30, f"{pid} archived",
-                   interval=0.005)
+            d.wait(
+                lambda a=archived: d.audit.count("plan.archived") > a,
+                30,
+                f"{pid} archived",
+                interval=0.005,
+            )
         d.stop_profiler()
         started = {e["plan"]: e["_t"] for e in d.audit.of("worker.started")}
         accepted = {e["plan"]: e["_t"] for e in d.audit.of("plan.accepted")}
@@ -524,10 +579,8 @@ def bench_reaction(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         res_b = {
             "samples": dist(inbox),
             "segments_ms": {
-                "rename→plan.accepted":
-                    dist([accepted[p] - t for p, t in drops.items()]),
-                "plan.accepted→worker.started":
-                    dist([started[p] - accepted[p] for p in drops]),
+                "rename→plan.accepted": dist([accepted[p] - t for p, t in drops.items()]),
+                "plan.accepted→worker.started": dist([started[p] - accepted[p] for p in drops]),
             },
         }
         rc, took = d.stop()
@@ -535,20 +588,26 @@ def bench_reaction(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     finally:
         d.cleanup(args.keep)
     a, b = res_a["samples"], res_b["samples"]
-    ok = (a["p50"] <= 20 and a["p99"] <= 100 and b["p50"] <= 20 and b["p99"] <= 100)
+    ok = a["p50"] <= 20 and a["p99"] <= 100 and b["p50"] <= 20 and b["p99"] <= 100
     line = (
         f"reaction: exit→next p50={a['p50']:.1f}ms p99={a['p99']:.1f}ms (n={a['n']}) | "
         f"inbox→start p50={b['p50']:.1f}ms p99={b['p99']:.1f}ms (n={b['n']}) "
         f"[target p50≤20ms p99≤100ms: {'met' if ok else 'NOT met'}]"
         + (" [quick: 50 samples each]" if args.quick else "")
     )
-    return line, {"exit_to_next": res_a, "inbox_to_start": res_b, "target_met": ok,
-                  "daemon_stop": {"rc": rc, "seconds": round(took, 3), "leftover": left}}
+    return line, {
+        "exit_to_next": res_a,
+        "inbox_to_start": res_b,
+        "target_met": ok,
+        "daemon_stop": {"rc": rc, "seconds": round(took, 3), "leftover": left},
+    }
 
 
 def _archived_state_size(d: BenchDaemon, plan_id: str) -> int | None:
-    for p in (d.state_dir / "archive" / plan_id / "state.toml",
-              d.state_dir / "plans" / plan_id / "state.toml"):
+    for p in (
+        d.state_dir / "archive" / plan_id / "state.toml",
+        d.state_dir / "plans" / plan_id / "state.toml",
+    ):
         if p.exists():
             return p.stat().st_size
     return None
@@ -578,16 +637,27 @@ def bare_jobs(d: BenchDaemon, prefix: str, n: int) -> list[BareJob]:
         prompt.write_text("Do P01.\n", encoding="utf-8")
         log_path = folder / "worker-P01-1.log"
         env = {
-            **base, **d.config["workers"]["trivial"]["env"],
-            "ORCHESTRD_PLAN_ID": plan_id, "ORCHESTRD_PHASE_ID": "P01",
-            "ORCHESTRD_PHASE_KIND": "other", "ORCHESTRD_ATTEMPT": "1",
-            "ORCHESTRD_ROLE": "primary", "ORCHESTRD_REPORT": "reports/P01-worker.md",
+            **base,
+            **d.config["workers"]["trivial"]["env"],
+            "ORCHESTRD_PLAN_ID": plan_id,
+            "ORCHESTRD_PHASE_ID": "P01",
+            "ORCHESTRD_PHASE_KIND": "other",
+            "ORCHESTRD_ATTEMPT": "1",
+            "ORCHESTRD_ROLE": "primary",
+            "ORCHESTRD_REPORT": "reports/P01-worker.md",
             "ORCHESTRD_COMPLETION": ".completed/P01.md",
-            "ORCHESTRD_MARKERS": f"@plan:{plan_id}.P01", "ORCHESTRD_LOG": str(log_path),
+            "ORCHESTRD_MARKERS": f"@plan:{plan_id}.P01",
+            "ORCHESTRD_LOG": str(log_path),
         }
         env.pop("BENCH_EXIT_DIR", None)
-        jobs.append(BareJob([sys.executable, str(AGENT), str(prompt)], env,
-                            d.repo(f"{prefix.lower()}-{i:04d}"), log_path))
+        jobs.append(
+            BareJob(
+                [sys.executable, str(AGENT), str(prompt)],
+                env,
+                d.repo(f"{prefix.lower()}-{i:04d}"),
+                log_path,
+            )
+        )
     return jobs
 
 
@@ -599,8 +669,13 @@ async def _bare_loop(jobs: list[BareJob], concurrency: int) -> list[int]:
             out = open(job.log, "ab")  # noqa: SIM115, ASYNC230 - as the daemon does; closed below
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    *job.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    cwd=job.cwd, env=job.env, start_new_session=True,
+                    *job.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=job.cwd,
+                    env=job.env,
+                    start_new_session=True,
                 )
             finally:
                 out.close()
@@ -623,10 +698,13 @@ def run_bare(jobs: list[BareJob], concurrency: int) -> dict[str, float]:
         raise RuntimeError(f"bare workers failed: {sorted(set(rcs))}")
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     workers = (ch1.ru_utime - ch0.ru_utime) + (ch1.ru_stime - ch0.ru_stime)
-    return {"wall_s": round(wall, 3), "loop_cpu_s": round(cpu, 3),
-            "loop_cpu_ms_per_worker": round(1000 * cpu / len(jobs), 2),
-            "worker_cpu_ms_each": round(1000 * workers / len(jobs), 2),
-            "machine_busy_pct": round(100.0 * (b1 - b0) / max(1, a1 - a0), 1)}
+    return {
+        "wall_s": round(wall, 3),
+        "loop_cpu_s": round(cpu, 3),
+        "loop_cpu_ms_per_worker": round(1000 * cpu / len(jobs), 2),
+        "worker_cpu_ms_each": round(1000 * workers / len(jobs), 2),
+        "machine_busy_pct": round(100.0 * (b1 - b0) / max(1, a1 - a0), 1),
+    }
 
 
 def run_daemon_batch(d: BenchDaemon, prefix: str, n: int) -> dict[str, float]:
@@ -638,8 +716,12 @@ def run_daemon_batch(d: BenchDaemon, prefix: str, n: int) -> dict[str, float]:
     t_first = time.time()
     for p in plans:
         d.drop(p)
-    d.wait(lambda: d.audit.count("plan.archived") - done0 >= n, 60 + 2.0 * n,
-           f"{n} plans archived", interval=0.02)
+    d.wait(
+        lambda: d.audit.count("plan.archived") - done0 >= n,
+        60 + 2.0 * n,
+        f"{n} plans archived",
+        interval=0.02,
+    )
     t_seen = time.time()
     (u1, s1), (mu1, ms1) = proc_cpu_split(d.pid), thread_cpu_split(d.pid)
     c1, (b1, a1) = children_cpu_ticks(d.pid), system_busy_ticks()
@@ -658,8 +740,10 @@ def run_daemon_batch(d: BenchDaemon, prefix: str, n: int) -> dict[str, float]:
         "daemon_cpu_s": round(cpu, 3),
         "daemon_cpu_ms_per_plan": round(1000 * cpu / n, 2),
         "cpu_ms_per_plan_split": {
-            "user": per_plan(u1 - u0), "sys": per_plan(s1 - s0),
-            "loop_thread_user": per_plan(mu1 - mu0), "loop_thread_sys": per_plan(ms1 - ms0),
+            "user": per_plan(u1 - u0),
+            "sys": per_plan(s1 - s0),
+            "loop_thread_user": per_plan(mu1 - mu0),
+            "loop_thread_sys": per_plan(ms1 - ms0),
             "other_threads": per_plan((u1 + s1 - u0 - s0) - (mu1 + ms1 - mu0 - ms0)),
         },
         "worker_cpu_ms_each": per_plan(c1 - c0),
@@ -675,8 +759,11 @@ def bench_throughput(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     rounds: list[dict[str, Any]] = []
     try:
         d.start()
-        order = ["bare", "daemon", "bare", "daemon", "bare"] if args.rounds > 1 else \
-            ["bare", "daemon", "bare"]
+        order = (
+            ["bare", "daemon", "bare", "daemon", "bare"]
+            if args.rounds > 1
+            else ["bare", "daemon", "bare"]
+        )
         for k, kind in enumerate(order):
             prefix = f"T{k}{'B' if kind == 'bare' else 'D'}"
             if kind == "bare":
@@ -720,10 +807,13 @@ def bench_throughput(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         + (" [quick: 64 plans]" if args.quick else "")
     )
     return line, {
-        "plans": n, "concurrency": conc, "rounds": rounds,
+        "plans": n,
+        "concurrency": conc,
+        "rounds": rounds,
         "ratio_daemon_over_bare": [round(x, 3) for x in ratios],
         "ratio_to_last_succeeded": [round(x, 3) for x in ratios_succ],
-        "ratio": round(ratio, 3), "target_met": ratio <= 1.3,
+        "ratio": round(ratio, 3),
+        "target_met": ratio <= 1.3,
         # on a CPU-bound box (2 cores, 16 runnable workers) the daemon's CPU per plan adds to
         # the worker's: this is the ratio that CPU alone allows, whatever the latencies
         "cpu_floor_ratio": round((w_cpu + d_cpu) / w_cpu, 3),
@@ -761,8 +851,11 @@ def bench_scale(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     top = steps[-1]
     sleeper = {"command": ["/bin/sleep", str(args.sleep)], "env": {}}
     d = BenchDaemon(
-        args.tmp, "scale", extra_variants=("sampler",) if args.profile else (),
-        max_workers=top + 8, default_worker="sleeper",
+        args.tmp,
+        "scale",
+        extra_variants=("sampler",) if args.profile else (),
+        max_workers=top + 8,
+        default_worker="sleeper",
         policy={"poll_interval": "1s", "max_polls": 1_000_000, "stop_grace": "2s"},
         workers={"sleeper": sleeper},
     )
@@ -784,8 +877,12 @@ def bench_scale(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             t0 = time.monotonic()
             for i in range(have, target):
                 d.drop(d.plan(f"S-{i:04d}", f"s-{i:04d}"))
-            d.wait(lambda t=target: d.audit.count("worker.started") >= t, 60 + target * 0.5,
-                   f"{target} workers started", interval=0.05)
+            d.wait(
+                lambda t=target: d.audit.count("worker.started") >= t,
+                60 + target * 0.5,
+                f"{target} workers started",
+                interval=0.05,
+            )
             ramp = time.monotonic() - t0
             have = target
             time.sleep(2.0)  # let the start-up bookkeeping finish
@@ -794,8 +891,10 @@ def bench_scale(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
                 # after the measurement, so the profiler does not perturb it. py-spy cannot
                 # keep up with 1,000 threads (ThreadedChildWatcher): the in-process sampler
                 # counts the event loop's stack per 1 ms of the daemon's CPU time instead
-                log(f"scale: sampling the event loop for {args.profile_seconds:.0f} s "
-                    f"at {target} workers")
+                log(
+                    f"scale: sampling the event loop for {args.profile_seconds:.0f} s "
+                    f"at {target} workers"
+                )
                 d.sample(args.profile_seconds, RESULTS / "profile-scale.raw")
             d.audit.poll()
             lo, hi = m.pop("_wall")
@@ -803,7 +902,8 @@ def bench_scale(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             polls = [e for e in d.audit.of("worker.poll") if lo <= e["_t"] <= hi]
             lag = [e["_t"] - started[e["plan"]] - e["cycle"] * 1.0 for e in polls]
             m.update(
-                workers=target, ramp_s=round(ramp, 2),
+                workers=target,
+                ramp_s=round(ramp, 2),
                 polls_per_s=round(len(polls) / (hi - lo), 1),
                 poll_lag_ms=dist(lag),
                 alive=sum(1 for e in d.audit.of("worker.started") if alive(e["pid"])),
@@ -818,34 +918,50 @@ def bench_scale(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         time.sleep(0.2)
         left = d.leftover_workers()
         interrupted = d.audit.count("plan.interrupted")
-        log(f"scale: daemon stopped rc={rc} in {took:.1f}s, {interrupted} plans interrupted, "
-            f"{len(left)} workers left behind")
+        log(
+            f"scale: daemon stopped rc={rc} in {took:.1f}s, {interrupted} plans interrupted, "
+            f"{len(left)} workers left behind"
+        )
     finally:
         d.cleanup(args.keep)
     lo_p, hi_p = next(p for p in points if p["workers"] == steps[0]), points[-1]
     per_worker = {
-        "rss_kb": round((hi_p["rss_mb"] - lo_p["rss_mb"]) * 1024
-                        / (hi_p["workers"] - lo_p["workers"]), 1),
-        "cpu_pct": round((hi_p["cpu_pct"] - lo_p["cpu_pct"])
-                         / (hi_p["workers"] - lo_p["workers"]), 4),
-        "threads": round((hi_p["threads"] - lo_p["threads"])
-                         / (hi_p["workers"] - lo_p["workers"]), 3),
+        "rss_kb": round(
+            (hi_p["rss_mb"] - lo_p["rss_mb"]) * 1024 / (hi_p["workers"] - lo_p["workers"]), 1
+        ),
+        "cpu_pct": round(
+            (hi_p["cpu_pct"] - lo_p["cpu_pct"]) / (hi_p["workers"] - lo_p["workers"]), 4
+        ),
+        "threads": round(
+            (hi_p["threads"] - lo_p["threads"]) / (hi_p["workers"] - lo_p["workers"]), 3
+        ),
         "fds": round((hi_p["fds"] - lo_p["fds"]) / (hi_p["workers"] - lo_p["workers"]), 3),
     }
     ok = hi_p["rss_mb"] <= 150 and hi_p["cpu_pct"] <= 5.0 and not left
-    line = "scale: " + " | ".join(
-        f"{p['workers']} workers rss {p['rss_mb']:.0f}MB cpu {p['cpu_pct']:.1f}% "
-        f"fds {p['fds']} threads {p['threads']}"
-        for p in points if p["workers"] in (steps[0], top)
-    ) + (
-        f" | stop {took:.1f}s, {len(left)} left"
-        f" [target ≤150MB ≤5%: {'met' if ok else 'NOT met'}]"
-        + (" [quick: 100→200 workers, 5 s windows]" if args.quick else "")
+    line = (
+        "scale: "
+        + " | ".join(
+            f"{p['workers']} workers rss {p['rss_mb']:.0f}MB cpu {p['cpu_pct']:.1f}% "
+            f"fds {p['fds']} threads {p['threads']}"
+            for p in points
+            if p["workers"] in (steps[0], top)
+        )
+        + (
+            f" | stop {took:.1f}s, {len(left)} left"
+            f" [target ≤150MB ≤5%: {'met' if ok else 'NOT met'}]"
+            + (" [quick: 100→200 workers, 5 s windows]" if args.quick else "")
+        )
     )
     return line, {
-        "points": points, "per_added_worker": per_worker, "nofile_limit": nofile_line.split(),
-        "daemon_stop": {"rc": rc, "seconds": round(took, 2), "leftover": left,
-                        "plans_interrupted": interrupted},
+        "points": points,
+        "per_added_worker": per_worker,
+        "nofile_limit": nofile_line.split(),
+        "daemon_stop": {
+            "rc": rc,
+            "seconds": round(took, 2),
+            "leftover": left,
+            "plans_interrupted": interrupted,
+        },
         "target_met": ok,
     }
 
@@ -871,19 +987,30 @@ def bench_longplan(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     interval = 0.05
     sleeper = {"command": ["/bin/sleep", str(args.sleep)], "env": {}}
     d = BenchDaemon(
-        args.tmp, "longplan", max_workers=4, workers={"sleeper": sleeper},
+        args.tmp,
+        "longplan",
+        max_workers=4,
+        workers={"sleeper": sleeper},
         spool={"max_plan_bytes": 64 * 1024 * 1024},
     )
     try:
         d.start()
-        probe = d.plan("PROBE", "probe", worker="sleeper",
-                       policy={"poll_interval": f"{interval}s", "max_polls": 1_000_000})
+        probe = d.plan(
+            "PROBE",
+            "probe",
+            worker="sleeper",
+            policy={"poll_interval": f"{interval}s", "max_polls": 1_000_000},
+        )
         d.drop(probe)
         d.wait(lambda: d.audit.count("worker.started") >= 1, 30, "the probe's worker")
         log(f"longplan: one plan of {n} phases")
         t_drop = d.drop(d.plan("LONG", "long", [f"P{i:05d}" for i in range(1, n + 1)]))
-        d.wait(lambda: any(e["plan"] == "LONG" for e in d.audit.of("worker.started")),
-               120, "the long plan's first worker", interval=0.05)
+        d.wait(
+            lambda: any(e["plan"] == "LONG" for e in d.audit.of("worker.started")),
+            120,
+            "the long plan's first worker",
+            interval=0.05,
+        )
         accepted = next(e["_t"] for e in d.audit.of("plan.accepted") if e["plan"] == "LONG")
         time.sleep(0.5)  # past the first saves
         pid = d.pid
@@ -893,11 +1020,13 @@ def bench_longplan(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         hi = time.time()
         (u1, s1), (mu1, ms1), w1 = proc_cpu_split(pid), thread_cpu_split(pid), proc_wchar(pid)
         d.audit.poll()
-        passed = [e["_t"] for e in d.audit.of("phase.passed")
-                  if e["plan"] == "LONG" and lo <= e["_t"] <= hi]
+        passed = [
+            e["_t"]
+            for e in d.audit.of("phase.passed")
+            if e["plan"] == "LONG" and lo <= e["_t"] <= hi
+        ]
         polls = sorted(e["_t"] for e in d.audit.of("worker.poll") if e["plan"] == "PROBE")
-        gaps = [b - a - interval for a, b in zip(polls, polls[1:], strict=False)
-                if lo <= b <= hi]
+        gaps = [b - a - interval for a, b in zip(polls, polls[1:], strict=False) if lo <= b <= hi]
         rc, took = d.stop()
         left = d.leftover_workers()
         state_bytes = _archived_state_size(d, "LONG")
@@ -917,11 +1046,16 @@ def bench_longplan(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         + (f" [quick: {window:.0f} s window]" if args.quick else "")
     )
     return line, {
-        "phases": n, "window_s": round(secs, 2), "phases_passed": len(passed),
-        "phases_per_s": round(rate, 2), "daemon_cpu_pct": round(cpu, 1),
+        "phases": n,
+        "window_s": round(secs, 2),
+        "phases_passed": len(passed),
+        "phases_per_s": round(rate, 2),
+        "daemon_cpu_pct": round(cpu, 1),
         "loop_thread_cpu_pct": round(loop_cpu, 1),
-        "bytes_written_per_phase": round(per_phase), "probe_poll_stall_ms": stall,
-        "accept_s": round(accepted - t_drop, 3), "state_toml_bytes": state_bytes,
+        "bytes_written_per_phase": round(per_phase),
+        "probe_poll_stall_ms": stall,
+        "accept_s": round(accepted - t_drop, 3),
+        "state_toml_bytes": state_bytes,
         "daemon_stop": {"rc": rc, "seconds": round(took, 2), "leftover": left},
     }
 
@@ -943,17 +1077,41 @@ def _seed_archive(d: BenchDaemon, n: int) -> None:
         data = d.plan(plan_id, f"repo-{i % 20:02d}", phases=("P01", "P02", "P03"))
         (folder / "plan.toml").write_text(tomli_w.dumps(data), encoding="utf-8")
         status = PlanStatus.FAILED if i % 7 == 0 else PlanStatus.SUCCEEDED
-        state = PlanState(plan=plan_id, status=status, submitted_at=f"2026-01-01T{i // 60 % 24:02d}"
-                          f":{i % 60:02d}:00+00:00", started_at="2026-01-01T00:00:00+00:00",
-                          finished_at="2026-01-01T00:05:00+00:00")
+        state = PlanState(
+            plan=plan_id,
+            status=status,
+            submitted_at=f"2026-01-01T{i // 60 % 24:02d}:{i % 60:02d}:00+00:00",
+            started_at="2026-01-01T00:00:00+00:00",
+            finished_at="2026-01-01T00:05:00+00:00",
+        )
         for p in ("P01", "P02", "P03"):
-            att = AttemptState(n=1, role="primary", status=AttemptStatus.EXITED, returncode=0,
-                               log=str(folder / "workers" / f"worker-{p}-1.log"))
+            att = AttemptState(
+                n=1,
+                role="primary",
+                status=AttemptStatus.EXITED,
+                returncode=0,
+                log=str(folder / "workers" / f"worker-{p}-1.log"),
+            )
             state.phases[p] = PhaseState(status=PhaseStatus.PASSED, attempts=[att])
-            for ev in ("phase.started", "worker.started", "worker.exited", "check.passed",
-                       "check.passed", "phase.passed"):
-                events.append({"ts": "2026-01-01T00:01:00+00:00", "event": ev, "plan": plan_id,
-                               "phase": p, "attempt": 1, "check": "report", "reason": "ok"})
+            for ev in (
+                "phase.started",
+                "worker.started",
+                "worker.exited",
+                "check.passed",
+                "check.passed",
+                "phase.passed",
+            ):
+                events.append(
+                    {
+                        "ts": "2026-01-01T00:01:00+00:00",
+                        "event": ev,
+                        "plan": plan_id,
+                        "phase": p,
+                        "attempt": 1,
+                        "check": "report",
+                        "reason": "ok",
+                    }
+                )
         (folder / "state.toml").write_bytes(dump_state(state))
     d.state_dir.mkdir(parents=True, exist_ok=True)
     with open(d.state_dir / "audit.jsonl", "a", encoding="utf-8") as f:
@@ -1015,10 +1173,18 @@ def bench_web(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     )
     idle.pop("_wall")
     streaming.pop("_wall")
-    return line, {"plans": n_plans, "first_request_ms": round(first * 1000, 1), "page_ms": page_d,
-                  "api_ms": api_d, "plan_page_ms": dist(plan), "idle": idle,
-                  "sse_clients": n_clients, "streaming": streaming,
-                  "added_cpu_pct": round(added, 2), "target_met": ok}
+    return line, {
+        "plans": n_plans,
+        "first_request_ms": round(first * 1000, 1),
+        "page_ms": page_d,
+        "api_ms": api_d,
+        "plan_page_ms": dist(plan),
+        "idle": idle,
+        "sse_clients": n_clients,
+        "streaming": streaming,
+        "added_cpu_pct": round(added, 2),
+        "target_met": ok,
+    }
 
 
 # ---------------------------------------------------------------- main
@@ -1029,8 +1195,6 @@ BENCHES: dict[str, Callable[[argparse.Namespace], tuple[str, dict[str, Any]]]] =
     "throughput": bench_throughput,
     "scale": bench_scale,
     "longplan": bench_longplan,
-
-
     "web": bench_web,
 }
 
@@ -1041,32 +1205,54 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - option handling
     p.add_argument("--only", default="", help="comma list of: " + ", ".join(BENCHES))
     p.add_argument("--json", action="store_true", help="write bench/results/latest.json")
     p.add_argument("--out", type=Path, default=None, help="write the JSON results here instead")
-    p.add_argument("--profile", action="store_true",
-                   help="py-spy record the daemon under each load into bench/results/*.raw")
-    p.add_argument("--variant", default="",
-                   help="what-if patches of the daemon (bench/variants/sitecustomize.py): "
-                   "comma list of " + ", ".join(VARIANTS))
-    p.add_argument("--profile-seconds", type=float, default=30.0,
-                   help="scale: how long to profile at the top step")
-    p.add_argument("--live", action="store_true",
-                   help="run the working tree's orchestrd/ (default: a snapshot taken at start)")
-    p.add_argument("--package", type=Path, default=None,
-                   help="run this snapshot (a folder holding orchestrd/) instead of taking one")
-    p.add_argument("--git", action="store_true",
-                   help="make every repo a git checkout (the daemon then snapshots it with git "
-                   "around each worker); default: plain folders")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy record the daemon under each load into bench/results/*.raw",
+    )
+    p.add_argument(
+        "--variant",
+        default="",
+        help="what-if patches of the daemon (bench/variants/sitecustomize.py): "
+        "comma list of " + ", ".join(VARIANTS),
+    )
+    p.add_argument(
+        "--profile-seconds",
+        type=float,
+        default=30.0,
+        help="scale: how long to profile at the top step",
+    )
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="run the working tree's orchestrd/ (default: a snapshot taken at start)",
+    )
+    p.add_argument(
+        "--package",
+        type=Path,
+        default=None,
+        help="run this snapshot (a folder holding orchestrd/) instead of taking one",
+    )
+    p.add_argument(
+        "--git",
+        action="store_true",
+        help="make every repo a git checkout (the daemon then snapshots it with git "
+        "around each worker); default: plain folders",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dirs (state, logs)")
     p.add_argument("--tmp", type=Path, default=None, help="where temp dirs go (default $TMPDIR)")
     p.add_argument("--reaction-samples", type=int, default=200)
     p.add_argument("--throughput-plans", type=int, default=500)
     p.add_argument("--rounds", type=int, default=2, help="daemon rounds (bare rounds around)")
-    p.add_argument("--scale-steps", type=lambda s: [int(x) for x in s.split(",")],
-                   default=[100, 250, 500, 1000])
+    p.add_argument(
+        "--scale-steps",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[100, 250, 500, 1000],
+    )
     p.add_argument("--window", type=float, default=10.0, help="scale: measuring window (s)")
     p.add_argument("--sleep", type=int, default=3600, help="scale: how long workers sleep")
     p.add_argument("--long-phases", type=int, default=10_000, help="longplan: phases")
-    p.add_argument("--long-window", type=float, default=30.0,
-                   help="longplan: measuring window (s)")
+    p.add_argument("--long-window", type=float, default=30.0, help="longplan: measuring window (s)")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHES)
     for n in names:
@@ -1081,9 +1267,12 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - option handling
         args.rounds = 1
     results: dict[str, Any] = {
         "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "argv": sys.argv[1:], "quick": args.quick, "variants": list(BenchDaemon.variants),
+        "argv": sys.argv[1:],
+        "quick": args.quick,
+        "variants": list(BenchDaemon.variants),
         "git_repos": args.git,
-        "machine": machine(), "git": git_rev(),
+        "machine": machine(),
+        "git": git_rev(),
     }
     own_snapshot = False
     if args.package:
@@ -1096,8 +1285,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - option handling
         own_snapshot = True
         results["package_snapshot"] = str(BenchDaemon.package_path)
     results["package_sha256"] = package_digest(BenchDaemon.package_path or REPO_ROOT)
-    log(f"orchestrd sources sha256 {results['package_sha256']}"
-        + (f" (snapshot in {BenchDaemon.package_path})" if BenchDaemon.package_path else ""))
+    log(
+        f"orchestrd sources sha256 {results['package_sha256']}"
+        + (f" (snapshot in {BenchDaemon.package_path})" if BenchDaemon.package_path else "")
+    )
     t0 = time.monotonic()
     failed = False
     for name in names:
@@ -1116,13 +1307,18 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - option handling
         else:
             shutil.rmtree(BenchDaemon.package_path, ignore_errors=True)
     if not args.package and package_digest() != results["package_sha256"]:
-        log("note: orchestrd/ in the working tree changed during the run; the results are for "
-            f"sha256 {results['package_sha256']}")
+        log(
+            "note: orchestrd/ in the working tree changed during the run; the results are for "
+            f"sha256 {results['package_sha256']}"
+        )
     log(f"done in {results['seconds']} s")
     if args.json or args.out:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        out = args.out or RESULTS / ("latest.json" if not BenchDaemon.variants
-                                     else f"variant-{'+'.join(BenchDaemon.variants)}.json")
+        out = args.out or RESULTS / (
+            "latest.json"
+            if not BenchDaemon.variants
+            else f"variant-{'+'.join(BenchDaemon.variants)}.json"
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         log(f"wrote {out}")

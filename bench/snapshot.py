@@ -29,8 +29,11 @@ def make_repo(root: Path, files: int) -> Path:
         path = repo / f"pkg{i % 50:02d}" / ("tests" if i % 10 == 0 else "src") / f"m{i}.py"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"def f{i}():\n    return {i}\n" * 20)
-    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=b", "-c", "user.email=b@x",
-                                                   "commit", "-qm", "init"]):
+    for args in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.name=b", "-c", "user.email=b@x", "commit", "-qm", "init"],
+    ):
         subprocess.run(["git", *args], cwd=repo, check=True)
     return repo
 

@@ -6,6 +6,7 @@ No global configuration: an AuditLog is built once at start-up and its loggers a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -392,15 +393,24 @@ class AuditLog:
     """Builds bound loggers that write to one AuditSink, redacting secrets on the way."""
 
     def __init__(
-        self, path: Path, echo: TextIO | None = None, redactor: Redactor | None = None,
+        self,
+        path: Path,
+        echo: TextIO | None = None,
+        redactor: Redactor | None = None,
         echo_skip: frozenset[str] = frozenset(),
     ) -> None:
         self.sink = AuditSink(path, echo)
         self.redactor = redactor or Redactor()
         self.echo_skip = echo_skip
         """Events not echoed (the daemon leaves CHATTY ones out of the journal)."""
-        self._processors: list[Any] = [_timestamp, structlog.processors.format_exc_info,
-                                       self._redact, _order_keys, self._echo, _to_json]
+        self._processors: list[Any] = [
+            _timestamp,
+            structlog.processors.format_exc_info,
+            self._redact,
+            _order_keys,
+            self._echo,
+            _to_json,
+        ]
 
     def _echo(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
         if self.sink.echo is not None and event_dict.get("event") not in self.echo_skip:
@@ -425,3 +435,20 @@ class AuditLog:
 
 
 Logger = structlog.typing.FilteringBoundLogger
+
+
+def passed_in_audit(path: Path, plan_id: str) -> set[str]:
+    """The phases of `plan_id` with a `phase.passed` event in the audit log."""
+    passed: set[str] = set()
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if b'"phase.passed"' not in line:
+                    continue  # most lines: no JSON parsing
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if event.get("event") == "phase.passed" and event.get("plan") == plan_id:
+                        passed.add(str(event.get("phase")))
+    except FileNotFoundError:
+        return set()  # no audit log: nothing was ever proven
+    return passed

@@ -9,7 +9,9 @@ import dataclasses
 import os
 import re
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import ClassVar
 
 import anyio
 import anyio.to_thread
@@ -26,28 +28,6 @@ from .policy import Ended, WatchOutcome
 from .privsep import Identity
 from .worker import WorkerSpec, WorkerStartError, launch, tail_file
 
-# How to repair each rule a check names, for the remediation prompt.
-FIXES: dict[str, str] = {
-    **evidence.FIXES,
-    "marker_paths": "put the phase's marker (exactly this phase's id, no suffix) in the files "
-    "the glob names, in a comment next to the code it marks",
-    "protect": "restore the protected file to its state when the phase started "
-    "(git checkout <that commit> -- FILE); never change it",
-    "forbid_test_changes": "restore the test file as it was when the phase started; make the "
-    "implementation pass the tests as written",
-    "forbidden_patterns": "finish the work the line marks as unfinished, then remove the marker",
-    "must_not_match": "the command must fail (or pass) for the right reason: fix what its "
-    "output shows (a bad option, a missing module, no tests found), then run it yourself",
-    "must_match": "the command's output must show the expected result; run it yourself and "
-    "fix what is missing",
-    "no_changes": "do the phase's work in the repository itself: a report and completion files "
-    "alone are not the phase",
-    "git_tampering": "restore .git/config, .git/info/ and .git/hooks/ as they were when the phase "
-    "began, and remove any .gitignore that ignores itself; never change how git sees the "
-    "repository",
-    "stale": "the file is the same as before this phase began (left by an earlier run or plan): "
-    "do this phase's work, then write the file anew with this attempt's real results",
-}
 MAX_FINDINGS = 20  # per check and file: enough to act on, short enough to read
 MARKER_FILE_BYTES = 4 * 1024 * 1024  # a marker sits in a source file, not in a huge one
 
@@ -101,7 +81,9 @@ def violation(name: str, path: str, line: int, rule: str, message: str) -> Check
     """A failed rule at a place: `path:line: message [rule: rule]`, with the parts as fields."""
     where = f"{path}:{line}" if line else path
     return CheckResult(
-        name, False, f"{where}: {message} [rule: {rule}]",
+        name,
+        False,
+        f"{where}: {message} [rule: {rule}]",
         details={"file": path, "line": line, "rule": rule},
     )
 
@@ -119,7 +101,8 @@ def check_exit(outcome: WatchOutcome) -> CheckResult:
         return CheckResult("exit_code", True, "gave its final result, stopped after exit_grace")
     if outcome.ended is Ended.SILENT:
         return CheckResult(
-            "exit_code", False,
+            "exit_code",
+            False,
             f"silent: no output and no CPU for {outcome.silent_for}s, stopped",
         )
     if outcome.stalled:
@@ -144,9 +127,7 @@ async def check_log(ctx: CheckContext) -> CheckResult:
     # bounded: a worker may write to its log file directly, past the pump's cap
     limit = ctx.max_log_bytes + 64 * 1024
     try:
-        found = await anyio.to_thread.run_sync(
-            scan_file, ctx.log_path, patterns, ctx.prompt, limit
-        )
+        found = await anyio.to_thread.run_sync(scan_file, ctx.log_path, patterns, ctx.prompt, limit)
     except FileRefused as exc:
         # orchestrd made that log: a worker that swapped it hides what it printed
         return CheckResult("log_errors", False, f"worker log {ctx.log_path.name} {exc}")
@@ -158,38 +139,41 @@ async def check_log(ctx: CheckContext) -> CheckResult:
 
 def _read_in_repo(
     plan: Plan, rel: str, max_bytes: int = DEFAULT_MAX_BYTES
-) -> tuple[str, str | None]:
-    """(repo-relative path, text or None when missing); refuses paths leaving the repo, and
-    (a worker wrote it) anything but a regular file of at most `max_bytes`, unread. A refusal
-    is the text `\\0why`."""
+) -> tuple[str, str | None, str | None]:
+    """(repo-relative path, text, why it was refused); the text is None when the file is
+    missing or refused. Refused, unread: a path leaving the repo and (a worker wrote it)
+    anything but a regular file of at most `max_bytes`."""
     path = plan.in_plan_dir(rel)
     try:
         target = confine(plan.repo, path)
     except PlanError as exc:
-        return path, f"\0{exc}"
+        return path, None, str(exc)
     try:
         text = read_regular(target, max_bytes, follow=False).decode("utf-8", errors="replace")
-        return path, text
+        return path, text, None
     except FileRefused as exc:
-        return path, f"\0{path}: {exc}"
+        return path, None, f"{path}: {exc}"
     except OSError:
-        return path, None
+        return path, None, None
 
 
 def stale_result(name: str, path: str) -> CheckResult:
     return violation(
-        name, path, 0, "stale",
+        name,
+        path,
+        0,
+        "stale",
         "unchanged since the phase began: no worker of this phase wrote it, so it is no "
         "evidence of this phase's work",
     )
 
 
 def check_report(ctx: CheckContext) -> CheckResult:
-    path, text = _read_in_repo(ctx.plan, ctx.report_path, ctx.settings.max_evidence_bytes)
+    path, text, refused = _read_in_repo(ctx.plan, ctx.report_path, ctx.settings.max_evidence_bytes)
+    if refused is not None:
+        return CheckResult("report", False, refused)
     if text is None:
         return CheckResult("report", False, f"{path} is missing; the worker must write it")
-    if text.startswith("\0"):
-        return CheckResult("report", False, text[1:])
     if path in ctx.stale:
         return stale_result("report", path)
     status, disagree = evidence.report_status(text)
@@ -209,15 +193,15 @@ def completion_results(
     every marker (boundary-matched)."""
     results = []
     for rel in phase.completion_paths:
-        path, text = _read_in_repo(plan, rel)
-        if text is None:
+        path, text, refused = _read_in_repo(plan, rel)
+        if text is None and refused is None:
             results.append(CheckResult(name, False, f"{path} is missing"))
             continue
         if path in stale:
             results.append(stale_result(name, path))
             continue
-        if text.startswith("\0"):
-            results.append(CheckResult(name, False, text[1:]))
+        if text is None:
+            results.append(CheckResult(name, False, str(refused)))
             continue
         missing = [m for m in phase.markers if not phase_marker_regex(m).search(text)]
         if missing:
@@ -243,13 +227,19 @@ def check_evidence(ctx: CheckContext) -> list[CheckResult]:
     results: list[CheckResult] = []
     checked = []
     for rel, is_report, requires in files:
-        path, text = _read_in_repo(ctx.plan, rel, settings.max_evidence_bytes)
-        if text is None or text.startswith("\0") or path in ctx.stale:
+        path, text, _ = _read_in_repo(ctx.plan, rel, settings.max_evidence_bytes)
+        if text is None or path in ctx.stale:
             continue
         checked.append(path)
         found = evidence.check_text(
-            text, path, rules=rules, placeholder_texts=settings.placeholders,
-            requires=requires, phase_id=phase.id, kind=phase.kind, report=is_report,
+            text,
+            path,
+            rules=rules,
+            placeholder_texts=settings.placeholders,
+            requires=requires,
+            phase_id=phase.id,
+            kind=phase.kind,
+            report=is_report,
         )
         results += _capped(
             [violation("evidence", f.path, f.line, f.rule, f.message) for f in found], "evidence"
@@ -302,12 +292,18 @@ async def marker_path_results(plan: Plan, phase: Phase, name: str) -> list[Check
                 continue
             results.append(
                 CheckResult(
-                    name, False,
+                    name,
+                    False,
                     f"{mp.glob}: {len(files)} file(s) contain {marker}, at least {mp.min} must"
                     + (f" (found in: {where})" if files else "")
                     + " [rule: marker_paths]",
-                    details={"glob": mp.glob, "marker": marker, "found": files[:50],
-                             "min": mp.min, "rule": "marker_paths"},
+                    details={
+                        "glob": mp.glob,
+                        "marker": marker,
+                        "found": files[:50],
+                        "min": mp.min,
+                        "rule": "marker_paths",
+                    },
                 )
             )
     return results
@@ -354,11 +350,16 @@ def _tampering(diff: Diff | None) -> list[CheckResult]:
     return _capped(
         [
             violation(
-                "git_tampering", c.path, 0, "git_tampering",
+                "git_tampering",
+                c.path,
+                0,
+                "git_tampering",
                 f"{c.path} {_VERB.get(c.status, c.status)} during the phase"
-                + (": a .gitignore git ignores hides itself and what it names"
-                   if c.path.endswith(".gitignore")
-                   else ": it decides how git sees the repository"),
+                + (
+                    ": a .gitignore git ignores hides itself and what it names"
+                    if c.path.endswith(".gitignore")
+                    else ": it decides how git sees the repository"
+                ),
             )
             for c in (diff.tampered if diff is not None else [])
         ],
@@ -370,13 +371,16 @@ NO_CHANGES_KINDS = frozenset({"stub", "test", "impl"})
 """Phase kinds whose workers must change something besides their report and completion files."""
 
 
+def _no_changes_allowed(phase: Phase) -> bool:
+    if phase.allow_no_changes is not None:
+        return phase.allow_no_changes
+    return phase.kind not in NO_CHANGES_KINDS
+
+
 def check_no_changes(ctx: CheckContext) -> list[CheckResult]:
     """A stub, test or impl phase whose workers changed nothing but the plan's report and
     completion files did not do the phase (`allow_no_changes = true` lets one pass)."""
-    allowed = ctx.phase.allow_no_changes
-    if allowed is None:
-        allowed = ctx.phase.kind not in NO_CHANGES_KINDS
-    if allowed:
+    if _no_changes_allowed(ctx.phase):
         return []
     if ctx.changes is None:
         why = ctx.git_problem or "no git snapshot"
@@ -387,7 +391,8 @@ def check_no_changes(ctx: CheckContext) -> list[CheckResult]:
         return [CheckResult("no_changes", True, f"{len(work)} file(s) changed besides reports")]
     return [
         CheckResult(
-            "no_changes", False,
+            "no_changes",
+            False,
             f"nothing changed but the paperwork: this {ctx.phase.kind} phase changed no file "
             "besides the plan's report and completion files [rule: no_changes]",
             details={"rule": "no_changes"},
@@ -404,8 +409,13 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
     """
     protect, forbid_tests, patterns = change_rules(ctx.plan, ctx.phase, ctx.settings)
     in_force = [
-        n for n, on in (("protect", protect), ("forbid_test_changes", forbid_tests),
-                        ("forbidden_patterns", patterns)) if on
+        n
+        for n, on in (
+            ("protect", protect),
+            ("forbid_test_changes", forbid_tests),
+            ("forbidden_patterns", patterns),
+        )
+        if on
     ]
     diff = ctx.changes
     tampering = _tampering(diff)
@@ -413,7 +423,8 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
         # a worker that breaks the repo must not thereby escape the rules
         tampering.append(
             CheckResult(
-                "git_tampering", False,
+                "git_tampering",
+                False,
                 f"git worked when the phase began, now: {ctx.git_problem}; restore the "
                 "repository [rule: git_tampering]",
                 details={"rule": "git_tampering"},
@@ -425,9 +436,7 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
         why = ctx.git_problem or "no git snapshot"
         return [
             *tampering,
-            CheckResult(
-                "git", False, f"{why}; not checked: {', '.join(in_force)}", ctx.git_broken
-            ),
+            CheckResult("git", False, f"{why}; not checked: {', '.join(in_force)}", ctx.git_broken),
         ]
     exempt = ctx.plan.contract_files()
     protected = [glob_regex(g) for g in protect]
@@ -448,7 +457,10 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
         if forbid_tests and is_test[path]:
             found["test_changes"].append(
                 violation(
-                    "test_changes", path, line, "forbid_test_changes",
+                    "test_changes",
+                    path,
+                    line,
+                    "forbid_test_changes",
                     f"test file {verb} in a {ctx.phase.kind} phase; tests are fixed before "
                     "the implementation",
                 )
@@ -459,7 +471,8 @@ def check_changes(ctx: CheckContext) -> list[CheckResult]:
         return results
     return [
         CheckResult(
-            "changes", True,
+            "changes",
+            True,
             f"{len(diff.files)} changed file(s); {', '.join(in_force)}: ok",
         )
     ]
@@ -478,7 +491,10 @@ def _forbidden(
             if rx.search(added.text):
                 hits.append(
                     violation(
-                        "forbidden_patterns", added.path, added.line, "forbidden_patterns",
+                        "forbidden_patterns",
+                        added.path,
+                        added.line,
+                        "forbidden_patterns",
                         f"added line matches {rx.pattern!r}: {added.text.strip()[:120]!r}",
                     )
                 )
@@ -508,7 +524,8 @@ async def run_verify(ctx: CheckContext, index: int, log: Logger) -> CheckResult:
     name = f"verify[{index}]"
     wanted = cmd.expect == "pass"
     defaults = (
-        ctx.settings.expect_pass_must_not_match if wanted
+        ctx.settings.expect_pass_must_not_match
+        if wanted
         else ctx.settings.expect_fail_must_not_match
     )
     must_not = [*cmd.must_not_match]
@@ -518,7 +535,11 @@ async def run_verify(ctx: CheckContext, index: int, log: Logger) -> CheckResult:
     judge = StreamJudge([*must_not, *cmd.must_match])
     started = time.monotonic()
     spec = WorkerSpec(
-        [*ctx.settings.verify_shell, cmd.run], ctx.env, ctx.plan.repo, out_path, ctx.identity,
+        [*ctx.settings.verify_shell, cmd.run],
+        ctx.env,
+        ctx.plan.repo,
+        out_path,
+        ctx.identity,
         ctx.pid_namespace,
     )
     rc: int | None = None
@@ -532,14 +553,19 @@ async def run_verify(ctx: CheckContext, index: int, log: Logger) -> CheckResult:
     took = round(time.monotonic() - started, 3)
     if proc.dropped_bytes:
         log.info(
-            "check.output_truncated", check=name, output=str(out_path),
-            max_log_bytes=ctx.max_log_bytes, output_bytes=proc.output_bytes,
+            "check.output_truncated",
+            check=name,
+            output=str(out_path),
+            max_log_bytes=ctx.max_log_bytes,
+            output_bytes=proc.output_bytes,
             dropped_bytes=proc.dropped_bytes,
         )
     tail = await anyio.to_thread.run_sync(tail_file, out_path, 15, 4096)
     if rc is None:
         return CheckResult(
-            name, False, f"{cmd.run!r} timed out after {cmd.timeout}s and was stopped",
+            name,
+            False,
+            f"{cmd.run!r} timed out after {cmd.timeout}s and was stopped",
             details={"command": cmd.run, "output": str(out_path), "output_tail": tail},
         )
     passed = rc == 0
@@ -575,24 +601,235 @@ async def run_verify(ctx: CheckContext, index: int, log: Logger) -> CheckResult:
     return CheckResult(name, False, reason, details=details)
 
 
-def _file_checks(ctx: CheckContext) -> list[CheckResult]:
-    """The checks that read what the worker wrote (off the event loop: a thread)."""
-    return [check_report(ctx), *check_completion(ctx), *check_evidence(ctx)]
+_REQUIRED = {"phase": "`Phase: {id}`", "timestamp": "`Completed: <real date and time>`"}
+
+
+class Check:
+    """One checkpoint after a worker, all it takes in one place: its name, what the worker is
+    told (`trailer`: lines of the contract at the end of its prompt), how to fix each rule it
+    names (`fixes`, for the remediation prompt) and how it runs. CHECKS runs them in order; a
+    new check is a subclass added there."""
+
+    name: ClassVar[str]
+    fixes: ClassVar[dict[str, str]] = {}
+
+    def trailer(self, plan: Plan, phase: Phase, settings: CheckSettings, report: str) -> list[str]:
+        """The contract's lines for this check (`report`: the attempt's report, plan_dir
+        relative)."""
+        return []
+
+    def run(self, ctx: CheckContext, log: Logger) -> AsyncIterator[CheckResult]:
+        """The check's results, each audited by `inspect` as it comes (before the next one
+        is made: a verify command's events follow the one before)."""
+        raise NotImplementedError
+
+
+class ExitCheck(Check):
+    name = "exit_code"
+
+    async def run(self, ctx: CheckContext, log: Logger) -> AsyncIterator[CheckResult]:
+        yield check_exit(ctx.outcome)
+
+
+class LogCheck(Check):
+    name = "log_errors"
+
+    async def run(self, ctx: CheckContext, log: Logger) -> AsyncIterator[CheckResult]:
+        yield await check_log(ctx)
+
+
+class ReportCheck(Check):
+    name = "report"
+    fixes: ClassVar[dict[str, str]] = {
+        "stale": "the file is the same as before this phase began (left by an earlier run or "
+        "plan): do this phase's work, then write the file anew with this attempt's real results",
+    }
+
+    def trailer(self, plan: Plan, phase: Phase, settings: CheckSettings, report: str) -> list[str]:
+        needs = "".join(
+            f" It needs a line {_REQUIRED[r].format(id=phase.id)}." for r in phase.report_requires
+        )
+        return [
+            f"- When you are done, write the report `{plan.in_plan_dir(report)}` (relative to "
+            "the repository) with a line `Status: PASS`, or `Status: FAIL` and what is missing."
+            + needs,
+            "- Write the report and completion files in this attempt: one left as it was before "
+            "this phase began (by an earlier run or plan) is no evidence.",
+        ]
+
+    async def run(self, ctx: CheckContext, log: Logger) -> AsyncIterator[CheckResult]:
+        # off the event loop: it reads what the worker wrote
+        yield await anyio.to_thread.run_sync(check_report, ctx)
+
+
+class CompletionCheck(Check):
+    name = "completion"
+
+    def trailer(self, plan: Plan, phase: Phase, settings: CheckSettings, report: str) -> list[str]:
+        completion = [plan.in_plan_dir(c) for c in phase.completion_paths]
+        if not completion:  # `completion = []`: an imported phase that names no completion file
+            return []
+        markers = ", ".join(f"`{m}`" for m in phase.markers)
+        return [
+            "- Create the completion file(s) "
+            + ", ".join(f"`{c}`" for c in completion)
+            + (f" containing the marker(s) {markers}" if phase.markers else "")
+            + "."
+            + "".join(
+                f" Each needs a line {_REQUIRED[r].format(id=phase.id)}."
+                for r in phase.completion_requires
+            )
+        ]
+
+    async def run(self, ctx: CheckContext, log: Logger) -> AsyncIterator[CheckResult]:
+        for r in await anyio.to_thread.run_sync(check_completion, ctx):
+            yield r
+
+
+class MarkerPathsCheck(Check):
+    name = "marker_paths"
+    fixes: ClassVar[dict[str, str]] = {
+        "marker_paths": "put the phase's marker (exactly this phase's id, no suffix) in the "
+        "files the glob names, in a comment next to the code it marks",
+    }
+
+    def trailer(self, plan: Plan, phase: Phase, settings: CheckSettings, report: str) -> list[str]:
+        return [
+            f"- At least {mp.min} file(s) matching `{mp.glob}` must contain the marker(s) too."
+            for mp in phase.marker_paths
+        ]
+
+    async def run(self, ctx: CheckContext, log: Logger) -> AsyncIterator[CheckResult]:
+        for r in await marker_path_results(ctx.plan, ctx.phase, self.name):
+            yield r
+
+
+class EvidenceCheck(Check):
+    name = "evidence"
+    fixes: ClassVar[dict[str, str]] = evidence.FIXES
+
+    def trailer(self, plan: Plan, phase: Phase, settings: CheckSettings, report: str) -> list[str]:
+        rules = (
+            phase.evidence_rules if phase.evidence_rules is not None else settings.evidence_rules
+        )
+        if not rules:
+            return []
+        return [
+            "- Reports and completion files are evidence: paste real command output (commands "
+            "go in ```bash blocks; `$(…)` anywhere else is never expanded), leave no template "
+            "text or empty output blocks, and record no check as FAIL under `Status: PASS`."
+        ]
+
+    async def run(self, ctx: CheckContext, log: Logger) -> AsyncIterator[CheckResult]:
+        for r in await anyio.to_thread.run_sync(check_evidence, ctx):
+            yield r
+
+
+class ChangesCheck(Check):
+    name = "changes"
+    fixes: ClassVar[dict[str, str]] = {
+        "protect": "restore the protected file to its state when the phase started "
+        "(git checkout <that commit> -- FILE); never change it",
+        "forbid_test_changes": "restore the test file as it was when the phase started; make "
+        "the implementation pass the tests as written",
+        "forbidden_patterns": "finish the work the line marks as unfinished, then remove the "
+        "marker",
+        "git_tampering": "restore .git/config, .git/info/ and .git/hooks/ as they were when the "
+        "phase began, and remove any .gitignore that ignores itself; never change how git sees "
+        "the repository",
+    }
+
+    def trailer(self, plan: Plan, phase: Phase, settings: CheckSettings, report: str) -> list[str]:
+        lines = []
+        _, forbid_tests, patterns = change_rules(plan, phase, settings)
+        prompts = [plan.in_plan_dir(p.prompt_file) for p in plan.phases if p.prompt_file]
+        protect = [f"`{g}`" for g in (*plan.protect, *phase.protect)]
+        if prompts:
+            more = f" and {len(prompts) - 3} more" if len(prompts) > 3 else ""
+            listed = ", ".join(f"`{p}`" for p in prompts[:3])
+            protect.append(f"the plan's phase files ({listed}{more})")
+        if protect:
+            lines.append("- Do not change " + ", ".join(protect) + ".")
+        if forbid_tests:
+            lines.append(f"- Do not change test files in this {phase.kind} phase.")
+        if patterns:
+            forbidden = ", ".join(f"`{p}`" for p in patterns)
+            lines.append(f"- Lines you add outside tests must not match: {forbidden}.")
+        return lines
+
+    async def run(self, ctx: CheckContext, log: Logger) -> AsyncIterator[CheckResult]:
+        for r in check_changes(ctx):
+            yield r
+
+
+class NoChangesCheck(Check):
+    name = "no_changes"
+    fixes: ClassVar[dict[str, str]] = {
+        "no_changes": "do the phase's work in the repository itself: a report and completion "
+        "files alone are not the phase",
+    }
+
+    def trailer(self, plan: Plan, phase: Phase, settings: CheckSettings, report: str) -> list[str]:
+        if _no_changes_allowed(phase):
+            return []
+        return [
+            f"- A {phase.kind} phase changes the repository: a report and completion files "
+            "alone do not pass."
+        ]
+
+    async def run(self, ctx: CheckContext, log: Logger) -> AsyncIterator[CheckResult]:
+        for r in check_no_changes(ctx):
+            yield r
+
+
+class VerifyCheck(Check):
+    name = "verify"
+    fixes: ClassVar[dict[str, str]] = {
+        "must_not_match": "the command must fail (or pass) for the right reason: fix what its "
+        "output shows (a bad option, a missing module, no tests found), then run it yourself",
+        "must_match": "the command's output must show the expected result; run it yourself and "
+        "fix what is missing",
+    }
+
+    def trailer(self, plan: Plan, phase: Phase, settings: CheckSettings, report: str) -> list[str]:
+        if not phase.verify:
+            return []
+        return [
+            "- After you exit, the supervisor runs these checks itself (your claims about them "
+            "are not trusted; their output is judged too, so a failure must be the right one):",
+            *(f"   - `{v.run}` must {v.expect}" for v in phase.verify),
+        ]
+
+    async def run(self, ctx: CheckContext, log: Logger) -> AsyncIterator[CheckResult]:
+        for i in range(len(ctx.phase.verify)):
+            yield await run_verify(ctx, i, log)
+
+
+# Run in this order after each worker; their trailers make the worker's contract in this order.
+CHECKS: tuple[Check, ...] = (
+    ExitCheck(),
+    LogCheck(),
+    ReportCheck(),
+    CompletionCheck(),
+    EvidenceCheck(),
+    MarkerPathsCheck(),
+    ChangesCheck(),
+    NoChangesCheck(),
+    VerifyCheck(),
+)
+
+# How to repair each rule a check names, for the remediation prompt.
+FIXES: dict[str, str] = {rule: fix for check in CHECKS for rule, fix in check.fixes.items()}
 
 
 async def inspect(ctx: CheckContext, log: Logger) -> list[CheckResult]:
-    """Every checkpoint, in order, each audited as check.passed / check.failed / check.warning."""
-    results = [check_exit(ctx.outcome), await check_log(ctx)]
-    results += await anyio.to_thread.run_sync(_file_checks, ctx)
-    results += await marker_path_results(ctx.plan, ctx.phase, "marker_paths")
-    results += check_changes(ctx)
-    results += check_no_changes(ctx)
-    for r in results:
-        audit(log, r)
-    for i in range(len(ctx.phase.verify)):
-        r = await run_verify(ctx, i, log)
-        audit(log, r)
-        results.append(r)
+    """Every checkpoint of CHECKS, in order, each result audited as check.passed /
+    check.failed / check.warning as it comes."""
+    results: list[CheckResult] = []
+    for check in CHECKS:
+        async for r in check.run(ctx, log):
+            audit(log, r)
+            results.append(r)
     return results
 
 

@@ -21,15 +21,15 @@ import tomli_w
 from . import doctor, install, logs, progress, report, status, tail
 from .audit import AuditLog, Logger, Redactor, printable
 from .config import Config, check_state_dir, load_config
-from .errors import OrchestrdError, PlanError
+from .errors import OrchestrdError, PlanError, describe_failure
 from .importer import add_subcommand as add_import_subcommand
 from .parking import HOLDS_FILE, HoldKind, describe_holds, read_holds
 from .plan import Plan, check_plan_id, load_plan, plan_from_bytes
 from .privsep import separation
 from .runner import PlanRunner
 from .spool import RUN_LOCK, Spool, hold_run_lock, lock_held, submitter_allowed
-from .state import PhaseState, PlanFolder, PlanRecord, PlanState, atomic_write, load_state
-from .states import PLAN_TERMINAL, PlanStatus
+from .state import PlanFolder, PlanRecord, PlanState, atomic_write, load_state
+from .states import PLAN_RETRYABLE, PLAN_TERMINAL, PlanStatus
 from .worker import use_pidfd_child_watcher
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -59,19 +59,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def run_foreground(
-    plan: Plan, config: Config, echo: bool, live: bool = False
-) -> PlanStatus:
+async def run_foreground(plan: Plan, config: Config, echo: bool, live: bool = False) -> PlanStatus:
     """Run one plan in this process under `state_dir/plans/<id>/`; SIGINT/SIGTERM interrupt it.
     `live`: a progress view on the terminal instead of event lines.
 
     The plan fails (with the reason, no traceback) if the runner cannot go on, e.g. a full disk.
     """
-    from .daemon import describe_failure
     use_pidfd_child_watcher()
-    folder = PlanFolder(config.state_dir / "plans" / plan.id)
+    spool = Spool(config.state_dir)
+    folder = spool.folder(plan.id)
     audit = AuditLog(
-        config.audit_path, echo=sys.stderr if echo else None,
+        config.audit_path,
+        echo=sys.stderr if echo else None,
         redactor=Redactor.from_config(config),
     )
     log = audit.bind(plan=plan.id)
@@ -82,13 +81,13 @@ async def run_foreground(
         if folder.state_file.exists():
             await _end_earlier_run(folder, log, audit.redactor)
         if folder.root.exists():
-            folder.archive(config.state_dir / "archive")
+            folder.archive(spool.archive_dir)
         folder.create()
         lock_fd = hold_run_lock(folder.root)
     except BaseException:
         audit.close()
         raise
-    state = PlanState(plan=plan.id, phases={p.id: PhaseState() for p in plan.phases})
+    state = PlanState.first(plan.id, (p.id for p in plan.phases))
     record = PlanRecord(folder.state_file, state, log, audit.redactor)
     runner = PlanRunner(plan, record, folder, lambda: config, log)
     result = PlanStatus.INTERRUPTED
@@ -148,7 +147,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     check_state_dir(config, path)
     live = not (args.quiet or args.plain) and sys.stdout.isatty()
     status = anyio.run(run_foreground, plan, config, not (args.quiet or live), live)
-    folder = config.state_dir / "plans" / plan.id
+    folder = Spool(config.state_dir).folder(plan.id).root
     report.write_after_run(config, folder)
     print(f"plan {plan.id}: {status} — audit log {config.audit_path}, files {folder}")
     return EXIT_OK if status is PlanStatus.SUCCEEDED else EXIT_FAILED
@@ -241,8 +240,7 @@ def _cmd_unblock(args: argparse.Namespace) -> int:
         check_plan_id(args.profile, "PROFILE")  # it becomes a file name in control/
         spool.control.mkdir(parents=True, exist_ok=True)
         drop_atomically(spool.control / f"{args.profile}.unblock", b"")
-        print(f"unblock of profile {args.profile} requested from the daemon; see: orchestrd "
-              "status")
+        print(f"unblock of profile {args.profile} requested from the daemon; see: orchestrd status")
         return EXIT_OK
     holds = read_holds(holds_file)
     hold = holds.get(args.profile) if holds else None
@@ -269,14 +267,15 @@ def _control(args: argparse.Namespace, kind: str) -> int:
     if kind == ".cancel" and current in PLAN_TERMINAL:
         print(f"plan {args.plan} is already {current}; nothing to cancel")
         return EXIT_FAILED
-    if kind == ".retry" and current not in (PlanStatus.FAILED, PlanStatus.CANCELLED):
+    if kind == ".retry" and current not in PLAN_RETRYABLE:
         active = "" if current in PLAN_TERMINAL else " and still active — cancel it first"
-        print(f"plan {args.plan} is {current}{active}; only failed or cancelled plans can be "
-              "retried")
+        print(
+            f"plan {args.plan} is {current}{active}; only failed or cancelled plans can be retried"
+        )
         return EXIT_FAILED
     if kind == ".retry":
         try:
-            load_plan(state_file.parent / "plan.toml", config)
+            load_plan(PlanFolder(state_file.parent).plan_file, config)
         except PlanError as exc:
             raise OrchestrdError(
                 f"plan {args.plan} is {current}, but it cannot be loaded, so it cannot be "
@@ -321,8 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common], help="run one plan in the foreground")
     p.add_argument("plan", metavar="PLAN")
     p.add_argument("-q", "--quiet", action="store_true", help="no event lines on stderr")
-    p.add_argument("--plain", action="store_true",
-                   help="event lines on stderr, not the live view a terminal gets")
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="event lines on stderr, not the live view a terminal gets",
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("daemon", parents=[common], help="serve the inbox (what systemd runs)")

@@ -27,31 +27,31 @@ BUNDLED_CONFIG = Path(__file__).with_name("local.toml")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
+
 def parse_duration(value: object) -> float:
     """`"250ms"`, `"0.2s"`, `"5m"`, `"1h"`, or a number of seconds → seconds (float)."""
     if isinstance(value, bool):
-        raise ValueError(
-            "must be a duration such as \"250ms\", \"30s\", \"5m\" or a number of seconds"
-        )
+        raise ValueError('must be a duration such as "250ms", "30s", "5m" or a number of seconds')
     if isinstance(value, int | float):
         try:
             seconds = float(value)
         except OverflowError:
-            raise ValueError(f"{value!r} seconds is far too long; write e.g. \"1h\"") from None
+            raise ValueError(f'{value!r} seconds is far too long; write e.g. "1h"') from None
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _UNIT[m.group(2)]
     elif isinstance(value, str) and _DURATION.match(value.strip().removeprefix("-")):
         raise ValueError(
-            f"{value!r}: a duration must be positive (greater than zero); write e.g. \"30s\""
+            f'{value!r}: a duration must be positive (greater than zero); write e.g. "30s"'
         )
     else:
         raise ValueError(
-            f"{value!r} is not a duration; write e.g. \"250ms\", \"30s\", \"5m\", \"1h\" "
+            f'{value!r} is not a duration; write e.g. "250ms", "30s", "5m", "1h" '
             "or a number of seconds"
         )
     if not seconds > 0 or seconds != seconds or seconds == float("inf"):
         raise ValueError(f"{value!r}: a duration must be greater than zero")
     return seconds
+
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -77,8 +77,10 @@ def _compile_all(patterns: list[str]) -> list[str]:
 
 Regexes = Annotated[list[str], AfterValidator(_compile_all)]
 
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
 
 class Policy(Strict):
     """The polling/timeout policy. The defaults are the manual procedure's numbers (5 min × 6)."""
@@ -98,6 +100,7 @@ class Policy(Strict):
         30.0, description="after a stream's final result, the worker must exit within this"
     )
 
+
 class PolicyOverride(Strict):
     """Any subset of Policy, for a plan or a phase."""
 
@@ -107,6 +110,7 @@ class PolicyOverride(Strict):
     max_remediations: int | None = Field(None, ge=0)
     silence_timeout: OffOrDuration | None = None
     exit_grace: Duration | None = None
+
 
 class WorkerProfile(Strict):
     """How to start one kind of worker: an argv template and extra environment."""
@@ -174,15 +178,18 @@ class WorkerProfile(Strict):
                     )
         return command
 
+
 PLACEHOLDERS = frozenset({"prompt", "prompt_file", "plan", "phase", "attempt", "log", "python"})
 
 # Agent CLI flags that switch off the agent's own sandbox and approval prompts.
-DANGEROUS_FLAGS = frozenset({
-    "--dangerously-bypass-approvals-and-sandbox",  # codex
-    "--dangerously-skip-permissions",  # claude
-    "--allow-dangerously-skip-permissions",  # claude
-    "--yolo",  # gemini, codex
-})
+DANGEROUS_FLAGS = frozenset(
+    {
+        "--dangerously-bypass-approvals-and-sandbox",  # codex
+        "--dangerously-skip-permissions",  # claude
+        "--allow-dangerously-skip-permissions",  # claude
+        "--yolo",  # gemini, codex
+    }
+)
 # Options whose value switches the sandbox off.
 DANGEROUS_OPTION_VALUES: dict[str, frozenset[str]] = {
     "--approval-mode": frozenset({"yolo"}),  # gemini
@@ -194,10 +201,12 @@ DANGEROUS_OPTION_VALUES: dict[str, frozenset[str]] = {
 # Names of environment variables whose values are secrets: never written to the audit log.
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 
+
 class AuditSettings(Strict):
     path: Path | None = Field(
         None, description="JSON-lines audit log; default <state_dir>/audit.jsonl"
     )
+
 
 PhaseKind = Literal["stub", "test", "impl", "verify", "other"]
 EvidenceRule = Literal["unexpanded_shell", "placeholder", "empty_output_block", "contradiction"]
@@ -230,13 +239,34 @@ UNFINISHED = [
     r"(?i)(?<![{.$])\bplaceholder\b(?!\s*\??\s*[=:}])",
 ]
 PLACEHOLDERS_DEFAULT = [
-    "<paste", "<insert", "<fill in", "[fill in", "YYYY-MM-DD", "HH:MM", "[TODO]", "<TODO>",
-    "[TBD]", "<TBD>", "[placeholder]", "<placeholder>",
+    "<paste",
+    "<insert",
+    "<fill in",
+    "[fill in",
+    "YYYY-MM-DD",
+    "HH:MM",
+    "[TODO]",
+    "<TODO>",
+    "[TBD]",
+    "<TBD>",
+    "[placeholder]",
+    "<placeholder>",
 ]
 TEST_GLOBS = [
-    "**/test_*.py", "**/*_test.py", "**/conftest.py", "**/*.test.ts", "**/*.spec.ts",
-    "**/*.test.tsx", "**/*.spec.tsx", "**/*.test.js", "**/*.spec.js", "**/*.test.mjs",
-    "**/*_test.go", "**/__tests__/**", "**/tests/**", "test/**",
+    "**/test_*.py",
+    "**/*_test.py",
+    "**/conftest.py",
+    "**/*.test.ts",
+    "**/*.spec.ts",
+    "**/*.test.tsx",
+    "**/*.spec.tsx",
+    "**/*.test.js",
+    "**/*.spec.js",
+    "**/*.test.mjs",
+    "**/*_test.go",
+    "**/__tests__/**",
+    "**/tests/**",
+    "test/**",
 ]
 
 
@@ -288,7 +318,7 @@ def check_globs(patterns: list[str]) -> list[str]:
     for p in patterns:
         if not p.strip() or p.startswith(("/", "~")) or ".." in p.split("/"):
             raise ValueError(
-                f"{p!r}: a glob is relative to the repo, e.g. \"src/**/*.ts\"; "
+                f'{p!r}: a glob is relative to the repo, e.g. "src/**/*.ts"; '
                 "no leading '/', '~' or '..'"
             )
     return patterns
@@ -335,7 +365,8 @@ class CheckSettings(Strict):
         description="phase kinds whose workers must not change test files (a phase may override)",
     )
     max_evidence_bytes: int = Field(
-        DEFAULT_MAX_BYTES, gt=0,
+        DEFAULT_MAX_BYTES,
+        gt=0,
         description="a report or completion file larger than this fails its check unread",
     )
     test_globs: Globs = Field(
@@ -345,6 +376,7 @@ class CheckSettings(Strict):
     git_timeout: Duration = Field(
         30.0, description="each git command of the before/after snapshot is stopped after this"
     )
+
 
 class SpoolSettings(Strict):
     rescan_interval: Duration = Field(
@@ -358,8 +390,13 @@ class SpoolSettings(Strict):
 
 
 DEFAULT_NOTIFY_ON = [
-    "plan.succeeded", "plan.failed", "plan.paused", "phase.failed", "daemon.reload_failed",
-    "profile.parked", "profile.blocked",
+    "plan.succeeded",
+    "plan.failed",
+    "plan.paused",
+    "phase.failed",
+    "daemon.reload_failed",
+    "profile.parked",
+    "profile.blocked",
 ]
 
 
@@ -371,12 +408,13 @@ class NotifyTarget(Strict):
         description="event names or globs (`check.*`); notify.* events are never sent",
     )
     command: list[str] | None = Field(
-        None, min_length=1,
+        None,
+        min_length=1,
         description="argv; the event JSON on stdin, the report in $ORCHESTRD_REPORT_FILE",
     )
     url: str | None = Field(None, pattern=r"^https?://", description="HTTP POST to this URL")
     format: Literal["json", "slack", "ntfy"] = Field(
-        "json", description="url only: the event, {\"text\": …}, or ntfy's plain text"
+        "json", description='url only: the event, {"text": …}, or ntfy\'s plain text'
     )
     headers: dict[str, str] = Field(
         default_factory=dict,
@@ -389,7 +427,7 @@ class NotifyTarget(Strict):
     @pydantic.model_validator(mode="after")
     def _one_destination(self) -> NotifyTarget:
         if (self.command is None) == (self.url is None):
-            raise ValueError("give either command = [argv] or url = \"https://…\", not both")
+            raise ValueError('give either command = [argv] or url = "https://…", not both')
         return self
 
 
@@ -408,14 +446,18 @@ def parse_listen(value: str) -> tuple[str, str | int]:
     if value.startswith("unix:"):
         path = value.removeprefix("unix:")
         if not path.startswith("/"):
-            raise ValueError(f"{value!r}: a unix socket needs an absolute path, e.g. "
-                             "\"unix:/run/orchestrd/http.sock\"")
+            raise ValueError(
+                f"{value!r}: a unix socket needs an absolute path, e.g. "
+                '"unix:/run/orchestrd/http.sock"'
+            )
         return "unix", path
     host, sep, port = value.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{value!r} is not \"unix:/path\" or \"HOST:PORT\"; write e.g. "
-                         "\"127.0.0.1:8765\" or \"unix:/run/orchestrd/http.sock\"")
+        raise ValueError(
+            f'{value!r} is not "unix:/path" or "HOST:PORT"; write e.g. '
+            '"127.0.0.1:8765" or "unix:/run/orchestrd/http.sock"'
+        )
     return host, int(port)
 
 
@@ -430,16 +472,15 @@ class HttpSettings(Strict):
         description='"unix:/run/orchestrd/http.sock" or "HOST:PORT" (port 0: any free port)'
     )
     token: str | None = Field(
-        None, min_length=16,
+        None,
+        min_length=16,
         description="bearer token every request but /healthz must carry; required unless "
         "listen is a unix socket or a loopback address",
     )
     socket_group: str | None = Field(
         "orchestrd", description="group of the unix socket (mode 0660), if that group exists"
     )
-    max_connections: int = Field(
-        64, gt=0, description="connections at once; more are answered 503"
-    )
+    max_connections: int = Field(64, gt=0, description="connections at once; more are answered 503")
     timeout_keep_alive: Duration = Field(
         5.0, description="an idle keep-alive connection is closed after this"
     )
@@ -456,7 +497,7 @@ class HttpSettings(Strict):
         if host != "unix" and not is_loopback(host) and self.token is None:
             raise ValueError(
                 f"listen = {self.listen!r} is reachable from other machines: set token = "
-                "\"<a long random string>\" (e.g. `openssl rand -hex 32`) or listen on "
+                '"<a long random string>" (e.g. `openssl rand -hex 32`) or listen on '
                 "127.0.0.1 or a unix socket"
             )
         return self
@@ -488,23 +529,27 @@ class Config(Strict):
         False, description="let the daemon run as root (workers then need a worker_user)"
     )
     allow_root_workers: bool = Field(
-        False, description="let a root daemon without worker_user run workers as root: only "
-        "for throwaway containers where root is the only user (CI)"
+        False,
+        description="let a root daemon without worker_user run workers as root: only "
+        "for throwaway containers where root is the only user (CI)",
     )
     worker_user: str | None = Field(
-        None, description="workers and verify commands run as this user (privilege separation); "
-        "needs root or CAP_SETUID+CAP_SETGID, else workers run as the daemon's user"
+        None,
+        description="workers and verify commands run as this user (privilege separation); "
+        "needs root or CAP_SETUID+CAP_SETGID, else workers run as the daemon's user",
     )
     worker_group: str | None = Field(
         None, description="the workers' primary group; default: worker_user's own"
     )
     worker_pid_namespace: bool = Field(
-        True, description="each worker alone in a user+PID namespace: its kill -9 -1 or "
-        "pkill reaches no other plan's workers (needs unprivileged user namespaces)"
+        True,
+        description="each worker alone in a user+PID namespace: its kill -9 -1 or "
+        "pkill reaches no other plan's workers (needs unprivileged user namespaces)",
     )
     handoff_dir: Path | None = Field(
-        None, description="per-attempt folders the worker user reads its prompt and the failed "
-        "log from; default <state_dir>-handoff"
+        None,
+        description="per-attempt folders the worker user reads its prompt and the failed "
+        "log from; default <state_dir>-handoff",
     )
     allowed_submitters: list[str] = Field(
         default_factory=list,
@@ -544,6 +589,7 @@ class Config(Strict):
                 merged.update(o.model_dump(exclude_none=True))
         return Policy(**merged)
 
+
 def read_toml(path: Path, error: type[Exception], max_bytes: int | None = None) -> dict[str, Any]:
     """Parse a TOML file; every failure becomes `error` with the file name and the fix."""
     try:
@@ -554,6 +600,7 @@ def read_toml(path: Path, error: type[Exception], max_bytes: int | None = None) 
     if max_bytes is not None and len(raw) > max_bytes:
         raise error(f"{path}: larger than {max_bytes} bytes; plans must be small TOML files")
     return parse_toml_bytes(path, raw, error)
+
 
 def parse_toml_bytes(path: Path | str, raw: bytes, error: type[Exception]) -> dict[str, Any]:
     if not raw.strip():
@@ -571,6 +618,7 @@ def parse_toml_bytes(path: Path | str, raw: bytes, error: type[Exception]) -> di
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{path}: invalid TOML: {exc}; fix the syntax there") from None
 
+
 def _absolute(p: Path, source: Path | str, key: str) -> Path:
     try:
         expanded = p.expanduser()
@@ -580,6 +628,7 @@ def _absolute(p: Path, source: Path | str, key: str) -> Path:
             "write an absolute path"
         ) from None
     return expanded if expanded.is_absolute() else Path.cwd() / expanded
+
 
 def config_from_dict(data: dict[str, Any], source: Path | str) -> Config:
     try:
@@ -600,9 +649,11 @@ def config_from_dict(data: dict[str, Any], source: Path | str) -> Config:
             ],
             "audit": audit,
             "handoff_dir": _absolute(cfg.handoff_dir, source, "handoff_dir")
-            if cfg.handoff_dir else None,
+            if cfg.handoff_dir
+            else None,
         }
     )
+
 
 def check_state_dir(config: Config, source: Path | str) -> None:
     """state_dir must be a folder this user can write, or one it can create; otherwise the
@@ -613,11 +664,14 @@ def check_state_dir(config: Config, source: Path | str) -> None:
         existing = existing.parent
     fix = "point state_dir at a folder the daemon's user can write (or create)"
     if not existing.is_dir():
-        raise ConfigError(f"{source}: state_dir: {str(path)!r} cannot be used: {existing} is "
-                          f"not a folder; {fix}")
+        raise ConfigError(
+            f"{source}: state_dir: {str(path)!r} cannot be used: {existing} is not a folder; {fix}"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{source}: state_dir: {str(path)!r} cannot be used: {existing} is "
-                          f"not writable by this user (uid {os.geteuid()}); {fix}")
+        raise ConfigError(
+            f"{source}: state_dir: {str(path)!r} cannot be used: {existing} is "
+            f"not writable by this user (uid {os.geteuid()}); {fix}"
+        )
 
 
 def find_config(explicit: str | os.PathLike[str] | None) -> Path:
@@ -629,6 +683,7 @@ def find_config(explicit: str | os.PathLike[str] | None) -> Path:
     if SYSTEM_CONFIG.exists():
         return SYSTEM_CONFIG
     return BUNDLED_CONFIG
+
 
 def load_config(explicit: str | os.PathLike[str] | None = None) -> tuple[Config, Path]:
     path = find_config(explicit)

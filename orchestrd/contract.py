@@ -84,7 +84,8 @@ class ContractBaseline:
         paths = [p for p in paths if self.before.get(p) is not None]
         now = await anyio.to_thread.run_sync(self._prints, paths)
         return frozenset(
-            p for p, after in zip(paths, now, strict=True)
+            p
+            for p, after in zip(paths, now, strict=True)
             if after is not None
             and (was := self.before[p]) is not None
             and after.content == was.content

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import signal
@@ -23,14 +22,20 @@ import anyio.abc
 import anyio.to_thread
 import watchfiles
 
-from .audit import CHATTY, AuditLog, Logger, Redactor
+from .audit import CHATTY, AuditLog, Logger, Redactor, passed_in_audit
 from .config import Config, load_config
-from .errors import ConfigError, OrchestrdError, PlanError, StateError
-from .fsutil import FileRefused, copy_regular
+from .errors import (
+    ConfigError,
+    OrchestrdError,
+    PlanError,
+    StateError,
+    describe_failure,
+    leaf_errors,
+)
 from .metrics import Metrics, run_metrics
 from .notify import run_notifier
 from .parking import HOLDS_FILE, Quota
-from .plan import Plan, check_plan_id, confine, is_plan_id, load_plan
+from .plan import Plan, check_plan_id, is_plan_id, load_plan
 from .privsep import check_identities, clear_ambient_capabilities, separation
 from .report import archive_report
 from .runner import PlanRunner
@@ -40,12 +45,28 @@ from .spool import (
     ControlRequest,
     Rejected,
     Spool,
+    archive_plan,
     display_name,
     lock_held,
     requester,
 )
-from .state import PlanFolder, PlanRecord, PlanState, atomic_write, load_state
-from .states import PLAN_TERMINAL, AttemptStatus, InvalidTransition, PhaseStatus, PlanStatus
+from .state import (
+    PlanFolder,
+    PlanRecord,
+    PlanState,
+    atomic_write,
+    load_state,
+    mark_left_stopped,
+    recorded_passes,
+)
+from .states import (
+    PLAN_RETRYABLE,
+    PLAN_TERMINAL,
+    AttemptStatus,
+    InvalidTransition,
+    PhaseStatus,
+    PlanStatus,
+)
 from .systemd import Notifier, NotifyError, watchdog_loop
 from .worker import (
     WorkerHandle,
@@ -87,8 +108,10 @@ class Daemon:
         self.config_path = config_path
         self.spool = Spool(config.state_dir)
         self.audit = AuditLog(
-            config.audit_path, echo=sys.stderr if echo else None,
-            redactor=Redactor.from_config(config), echo_skip=CHATTY,
+            config.audit_path,
+            echo=sys.stderr if echo else None,
+            redactor=Redactor.from_config(config),
+            echo_skip=CHATTY,
         )
         self.log = self.audit.bind()
         self.notifier = Notifier.from_env()
@@ -143,9 +166,12 @@ class Daemon:
                         tg.start_soon(watchdog_loop, self.notifier, self._notify_failed)
                     privsep, why = separation(self.config)
                     self.log.info(
-                        "daemon.started", state_dir=str(self.config.state_dir),
-                        config=str(self.config_path), max_workers=self.config.max_workers,
-                        plans=len(self.entries), privilege_separation=privsep,
+                        "daemon.started",
+                        state_dir=str(self.config.state_dir),
+                        config=str(self.config_path),
+                        max_workers=self.config.max_workers,
+                        plans=len(self.entries),
+                        privilege_separation=privsep,
                         privilege_separation_reason=why,
                     )
                     self._notify_ready()
@@ -162,7 +188,8 @@ class Daemon:
                 await self._reload()
                 continue
             self.log.info(
-                "daemon.stopping", signal=signal.Signals(sig).name,
+                "daemon.stopping",
+                signal=signal.Signals(sig).name,
                 running=self._count_running(),
             )
             self._notify("STOPPING=1")
@@ -249,12 +276,18 @@ class Daemon:
         while True:
             try:
                 async for _ in watchfiles.awatch(
-                    self.spool.inbox, self.spool.control, watch_filter=None, debounce=200,
-                    step=1, recursive=False, rust_timeout=timeout_ms, yield_on_timeout=True,
+                    self.spool.inbox,
+                    self.spool.control,
+                    watch_filter=None,
+                    debounce=200,
+                    step=1,
+                    recursive=False,
+                    rust_timeout=timeout_ms,
+                    yield_on_timeout=True,
                 ):
                     self._wake()
             except Exception as exc:  # the watcher must never stop the daemon: sorted below
-                errors = _leaf_errors(exc)
+                errors = leaf_errors(exc)
                 if not all(isinstance(e, OSError | RuntimeError) for e in errors):
                     raise
                 if all(_undecodable_name(e) for e in errors):
@@ -296,13 +329,19 @@ class Daemon:
             self._spool_errors.pop(f"inbox/{display_name(name)}", None)
             if isinstance(outcome, Rejected):
                 self.log.info(
-                    "plan.rejected", file=display_name(name), reason=outcome.reason,
+                    "plan.rejected",
+                    file=display_name(name),
+                    reason=outcome.reason,
                     moved_to=display_name(str(outcome.moved_to)),
                 )
             elif isinstance(outcome, Accepted):
                 log = self.audit.bind(plan=outcome.plan.id)
-                log.info("plan.accepted", file=display_name(name),
-                         phases=len(outcome.plan.phases), repo=str(outcome.plan.repo))
+                log.info(
+                    "plan.accepted",
+                    file=display_name(name),
+                    phases=len(outcome.plan.phases),
+                    repo=str(outcome.plan.repo),
+                )
                 record = self._record(outcome.folder.state_file, outcome.state, log)
                 self._start(tg, PlanEntry(outcome.plan, record, outcome.folder, log))
                 log.info("plan.queued", seq=outcome.state.seq, active=len(self.entries))
@@ -342,8 +381,12 @@ class Daemon:
                 if request.kind == "unblock":
                     plan = {"profile": request.plan_id}
                 self.log.info(
-                    "daemon.request_refused", **plan, request=request.kind, file=request.file,
-                    reason=request.refused, requester=request.requester,
+                    "daemon.request_refused",
+                    **plan,
+                    request=request.kind,
+                    file=request.file,
+                    reason=request.refused,
+                    requester=request.requester,
                 )
             elif request.kind == "cancel":
                 await self._cancel(request)
@@ -354,18 +397,22 @@ class Daemon:
 
     def _ignored(self, request: ControlRequest, reason: str) -> None:
         self.log.info(
-            "daemon.request_ignored", plan=request.plan_id, request=request.kind, reason=reason,
+            "daemon.request_ignored",
+            plan=request.plan_id,
+            request=request.kind,
+            reason=reason,
             requester=request.requester,
         )
 
     async def _unblock(self, request: ControlRequest) -> None:
         profile = request.plan_id  # an unblock request names a worker profile
-        if not await self.quota.unblock(
-            profile, "unblock request", requester=request.requester
-        ):
+        if not await self.quota.unblock(profile, "unblock request", requester=request.requester):
             self.log.info(
-                "daemon.request_ignored", profile=profile, request=request.kind,
-                reason="the profile is not blocked", requester=request.requester,
+                "daemon.request_ignored",
+                profile=profile,
+                request=request.kind,
+                reason="the profile is not blocked",
+                requester=request.requester,
             )
 
     @contextlib.asynccontextmanager
@@ -389,16 +436,23 @@ class Daemon:
         entry.cancel_requested = True
         entry.scope.cancel()
 
+    async def _unarchive(self, entry: PlanEntry, folder: PlanFolder) -> PlanEntry:
+        """Move an archived plan back to `folder` (under plans/) to run again; its new entry."""
+        await anyio.to_thread.run_sync(shutil.move, entry.folder.root, folder.root)
+        record = self._record(folder.state_file, entry.record.state, entry.log)
+        return PlanEntry(entry.plan, record, folder, entry.log)
+
     async def _retry(self, tg: anyio.abc.TaskGroup, request: ControlRequest) -> None:
         plan_id = request.plan_id
         if (active := self.entries.get(plan_id)) is not None:
             self._ignored(
-                request, f"the plan is {active.record.state.status} (active); only a failed or "
+                request,
+                f"the plan is {active.record.state.status} (active); only a failed or "
                 "cancelled plan can be retried — cancel it first",
             )
             return
         folder = self.spool.folder(plan_id)
-        source = folder if folder.root.exists() else PlanFolder(self.spool.archive_dir / plan_id)
+        source = folder if folder.root.exists() else self.spool.archived(plan_id)
         if not source.root.exists():
             self._ignored(request, "no such plan in plans/ or archive/")
             return
@@ -408,14 +462,13 @@ class Daemon:
             self._ignored(request, str(exc))
             return
         status = entry.record.state.status
-        if status not in (PlanStatus.FAILED, PlanStatus.CANCELLED):
-            self._ignored(request, f"the plan is {status}; only a failed or cancelled plan can "
-                          "be retried")
+        if status not in PLAN_RETRYABLE:
+            self._ignored(
+                request, f"the plan is {status}; only a failed or cancelled plan can be retried"
+            )
             return
         if source is not folder:  # loaded where it lies first: a plan that cannot run stays
-            await anyio.to_thread.run_sync(shutil.move, source.root, folder.root)
-            record = self._record(folder.state_file, entry.record.state, entry.log)
-            entry = PlanEntry(entry.plan, record, folder, entry.log)
+            entry = await self._unarchive(entry, folder)
         entry.requester = request.requester
         await entry.record.set_status(
             PlanStatus.QUEUED, "retry requested", requester=request.requester
@@ -442,7 +495,12 @@ class Daemon:
                     entry.running = True
                     self._notify(f"STATUS={self._status_line()}")
                     runner = PlanRunner(
-                        plan, record, entry.folder, lambda: self.config, entry.log, self.quota,
+                        plan,
+                        record,
+                        entry.folder,
+                        lambda: self.config,
+                        entry.log,
+                        self.quota,
                         self._slot_freed,
                     )
                     await runner.run()
@@ -469,7 +527,7 @@ class Daemon:
         reason; if even its state cannot be saved, the audit log says so and the daemon goes on.
         Only an unexpected error (a bug) gets `plan.error` with its traceback."""
         reason = describe_failure(exc)
-        if not all(isinstance(e, OSError | OrchestrdError) for e in _leaf_errors(exc)):
+        if not all(isinstance(e, OSError | OrchestrdError) for e in leaf_errors(exc)):
             entry.log.exception("plan.error", reason=reason)
         record = entry.record
         try:
@@ -484,7 +542,10 @@ class Daemon:
         at the next start)."""
         try:
             dest, skipped = await anyio.to_thread.run_sync(
-                archive_plan, entry.plan, entry.folder, self.spool.archive_dir,
+                archive_plan,
+                entry.plan,
+                entry.folder,
+                self.spool.archive_dir,
                 self.config.max_log_bytes,
             )
         except Exception as exc:  # noqa: BLE001 - a finished plan must never stop the daemon
@@ -536,11 +597,17 @@ class Daemon:
                 await record.set_status(PlanStatus.FAILED, f"plan no longer valid: {exc}")
             dest = await anyio.to_thread.run_sync(folder.archive, self.spool.archive_dir)
         except (OSError, InvalidTransition) as err:
-            log.info("plan.set_aside", reason=str(exc), status=str(record.state.status),
-                     moved_to=None, error=str(err))
+            log.info(
+                "plan.set_aside",
+                reason=str(exc),
+                status=str(record.state.status),
+                moved_to=None,
+                error=str(err),
+            )
             return
-        log.info("plan.set_aside", reason=str(exc), status=str(record.state.status),
-                 moved_to=str(dest))
+        log.info(
+            "plan.set_aside", reason=str(exc), status=str(record.state.status), moved_to=str(dest)
+        )
 
     async def _check_passed(self, record: PlanRecord, folder: PlanFolder, log: Logger) -> None:
         """A phase counts as passed only if the daemon recorded it: a line in the plan's
@@ -559,14 +626,10 @@ class Daemon:
         unproven = [p for p in claimed if p not in proven]
         if not unproven:
             return
-        for phase_id in unproven:
-            # not a transition: the state file was wrong, this puts it back to the truth
-            state.phases[phase_id].status = PhaseStatus.PENDING
-        if state.status is PlanStatus.SUCCEEDED:
-            state.status = PlanStatus.INTERRUPTED
-        await record.save(*unproven)
+        await record.disown_passes(unproven)
         log.info(
-            "plan.state_mismatch", phases=unproven,
+            "plan.state_mismatch",
+            phases=unproven,
             reason="state.toml says passed; neither phases-passed.txt nor the audit log "
             "records their pass",
         )
@@ -617,14 +680,20 @@ class Daemon:
                 if att.status not in live or att.pid is None:
                     continue
                 handle = WorkerHandle(
-                    pid=att.pid, pgid=att.pgid or att.pid, start_time=att.start_time or 0,
-                    boot_id=att.boot_id or "", log=att.log,
+                    pid=att.pid,
+                    pgid=att.pgid or att.pid,
+                    start_time=att.start_time or 0,
+                    boot_id=att.boot_id or "",
+                    log=att.log,
                 )
                 sig = await stop_orphan(handle, grace)
-                att.status = AttemptStatus.STOPPED
+                mark_left_stopped(att)
                 changed.append(phase_id)
                 entry.log.info(
-                    "worker.orphan_stopped", phase=phase_id, attempt=att.n, pid=att.pid,
+                    "worker.orphan_stopped",
+                    phase=phase_id,
+                    attempt=att.n,
+                    pid=att.pid,
                     signal=sig.name if sig else None,
                 )
         if changed:
@@ -650,7 +719,10 @@ class Daemon:
             sig = await stop_processes(sorted(mine), grace)
             for pid, log in sorted(mine.items()):
                 entry.log.info(
-                    "worker.orphan_stopped", pid=pid, log=log, found="by its environment",
+                    "worker.orphan_stopped",
+                    pid=pid,
+                    log=log,
+                    found="by its environment",
                     signal=sig.name if sig else None,
                 )
 
@@ -669,7 +741,7 @@ def check_startup(config: Config) -> None:
     if os.geteuid() == 0 and not config.worker_user and not config.allow_root_workers:
         raise ConfigError(
             "refusing to run the daemon as root without worker_user: a root daemon never runs "
-            "a worker as root. Set worker_user = \"orchestrd-worker\" (systemd/orchestrd."
+            'a worker as root. Set worker_user = "orchestrd-worker" (systemd/orchestrd.'
             "sysusers creates it) in the config"
         )
     check_identities(config)
@@ -693,79 +765,9 @@ def check_startup(config: Config) -> None:
             )
 
 
-def recorded_passes(path: Path) -> set[str]:
-    """The phases in a plan's `phases-passed.txt` (`<ts> <phase>` lines)."""
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        return set()
-    return {words[1] for line in lines if len(words := line.split()) == 2}
-
-
-def passed_in_audit(path: Path, plan_id: str) -> set[str]:
-    """The phases of `plan_id` with a `phase.passed` event in the audit log."""
-    passed: set[str] = set()
-    try:
-        with open(path, "rb") as f:
-            for line in f:
-                if b'"phase.passed"' not in line:
-                    continue  # most lines: no JSON parsing
-                with contextlib.suppress(ValueError):
-                    event = json.loads(line)
-                    if event.get("event") == "phase.passed" and event.get("plan") == plan_id:
-                        passed.add(str(event.get("phase")))
-    except FileNotFoundError:
-        return set()  # no audit log: nothing was ever proven
-    return passed
-
-
-def describe_failure(exc: BaseException) -> str:
-    """Why a plan's runner could not go on, as `Type: message` per error inside."""
-    return "; ".join(f"{type(e).__name__}: {e}" for e in _leaf_errors(exc))
-
-
 def _undecodable_name(exc: BaseException) -> bool:
     """watchfiles' error for an event on a file name that is not UTF-8."""
     return isinstance(exc, RuntimeError) and "Unable to decode path" in str(exc)
-
-
-def _leaf_errors(exc: BaseException) -> list[BaseException]:
-    """The errors inside (nested) exception groups, or `exc` itself: a task group's
-    "unhandled errors in a TaskGroup" says nothing a person can act on."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaf_errors(sub)]
-    return [exc]
-
-
-def archive_plan(
-    plan: Plan, folder: PlanFolder, archive_dir: Path, max_bytes: int
-) -> tuple[Path, list[str]]:
-    """Copy the plan's reports and completion files into its folder, then move it to archive/.
-
-    Returns where it went and the evidence not copied, with why. What the repo holds was written
-    by workers: a link leading out of the repo or a link loop is not followed, anything but a
-    regular file (a FIFO, a folder) and a file larger than `max_bytes` (max_log_bytes) is not
-    copied, and nothing of it can stop the archiving.
-    """
-    evidence = folder.root / "evidence"
-    skipped = []
-    for phase in plan.phases:
-        for rel in (phase.report_path, *phase.completion_paths):
-            path = plan.in_plan_dir(rel)
-            try:
-                src = confine(plan.repo, path)
-                # opened without blocking, and only a regular file is copied: a FIFO here
-                # would hold this thread (and the archiving) forever
-                copy_regular(src, evidence / path, max_bytes, "max_log_bytes", follow=False)
-            except FileNotFoundError:
-                continue  # never written: nothing to keep
-            except PlanError:
-                skipped.append(f"{path}: leads out of the repo")
-            except FileRefused as exc:
-                skipped.append(f"{path}: {exc}")
-            except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (pathlib)
-                skipped.append(f"{path}: {exc}")
-    return folder.archive(archive_dir), skipped
 
 
 def run_daemon(config: Config, config_path: Path | None) -> None:
@@ -775,8 +777,6 @@ def run_daemon(config: Config, config_path: Path | None) -> None:
     private = 0o027 if separation(config)[0] else 0o002
     os.umask(os.umask(private) | private)
     anyio.run(Daemon(config, config_path).serve)
-
-
 
 
 async def apply_offline(config: Config, config_path: Path | None, plan_id: str, kind: str) -> str:
@@ -793,7 +793,7 @@ async def apply_offline(config: Config, config_path: Path | None, plan_id: str, 
         folder = daemon.spool.folder(plan_id)
         source = folder
         if kind == RETRY and not folder.root.exists():
-            source = PlanFolder(daemon.spool.archive_dir / plan_id)
+            source = daemon.spool.archived(plan_id)
         if not source.root.exists():
             raise OrchestrdError(f"plan {plan_id}: not found in {daemon.spool.plans}")
         try:
@@ -811,11 +811,9 @@ async def apply_offline(config: Config, config_path: Path | None, plan_id: str, 
                 PlanStatus.CANCELLED, "cancelled on request", requester=who
             )
             await daemon._archive(entry)
-        elif kind == RETRY and status in (PlanStatus.FAILED, PlanStatus.CANCELLED):
+        elif kind == RETRY and status in PLAN_RETRYABLE:
             if source is not folder:
-                shutil.move(source.root, folder.root)
-                record = daemon._record(folder.state_file, entry.record.state, entry.log)
-                entry = PlanEntry(entry.plan, record, folder, entry.log)
+                entry = await daemon._unarchive(entry, folder)
             await entry.record.set_status(PlanStatus.QUEUED, "retry requested", requester=who)
         return str(entry.record.state.status)
     finally:

@@ -18,23 +18,29 @@ from pathlib import Path
 
 from .config import Config, WorkerProfile, load_config
 from .errors import OrchestrdError
-from .runner import base_env
+from .privsep import check_identities, separation
+from .prompt import base_env
 from .spool import Spool
 
 VERSION_TIMEOUT = 15.0
 MIN_FREE = 100 << 20
 LOW_FREE = 1 << 30
 UNIT_NAME = "orchestrd.service"
-UNIT_DIRS = (Path("/etc/systemd/system"), Path("/usr/lib/systemd/system"),
-             Path("/lib/systemd/system"))
+UNIT_DIRS = (
+    Path("/etc/systemd/system"),
+    Path("/usr/lib/systemd/system"),
+    Path("/lib/systemd/system"),
+)
 SHIPPED_UNIT = Path(__file__).resolve().parent.parent / "systemd" / UNIT_NAME
 
 # How each agent CLI finds its credentials: environment variables, or files under its HOME
 # (see /work/shared/AGENTS.md and each CLI's docs).
 CREDENTIALS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "codex": (("OPENAI_API_KEY", "CODEX_API_KEY"), (".codex/auth.json",)),
-    "claude": (("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"),
-               (".claude/.credentials.json", ".claude.json")),
+    "claude": (
+        ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"),
+        (".claude/.credentials.json", ".claude.json"),
+    ),
     "gemini": (("GEMINI_API_KEY", "GOOGLE_API_KEY"), (".gemini/oauth_creds.json",)),
     "aider": (("OPENAI_API_KEY", "ANTHROPIC_API_KEY"), ()),
 }
@@ -62,21 +68,36 @@ def check_profile(name: str, profile: WorkerProfile, config: Config) -> Iterator
     program = _program(profile)
     path = shutil.which(program)
     if path is None:
-        yield Finding(missing, f"worker {name}: {program} is not on PATH",
-                      f"install it, or drop [workers.{name}] from the config")
+        yield Finding(
+            missing,
+            f"worker {name}: {program} is not on PATH",
+            f"install it, or drop [workers.{name}] from the config",
+        )
         return
     argv = [path, "--version"]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=VERSION_TIMEOUT,
-                              stdin=subprocess.DEVNULL, check=False)
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=VERSION_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        yield Finding(missing, f"worker {name}: `{program} --version` did not answer ({exc})",
-                      f"run `{program} --version` yourself and repair the install")
+        yield Finding(
+            missing,
+            f"worker {name}: `{program} --version` did not answer ({exc})",
+            f"run `{program} --version` yourself and repair the install",
+        )
         return
     version = (done.stdout or done.stderr).strip().splitlines()[:1]
     if done.returncode != 0:
-        yield Finding(missing, f"worker {name}: `{program} --version` exited {done.returncode}",
-                      f"run `{program} --version` yourself and repair the install")
+        yield Finding(
+            missing,
+            f"worker {name}: `{program} --version` exited {done.returncode}",
+            f"run `{program} --version` yourself and repair the install",
+        )
         return
     yield Finding("ok", f"worker {name}: {path} ({version[0] if version else 'no version'})")
     kind = Path(program).name
@@ -91,7 +112,8 @@ def check_profile(name: str, profile: WorkerProfile, config: Config) -> Iterator
         yield Finding("ok", f"worker {name}: logged in ({home / found_files[0]})")
     else:
         yield Finding(
-            missing, f"worker {name}: no login under {home} and none of {', '.join(names)} "
+            missing,
+            f"worker {name}: no login under {home} and none of {', '.join(names)} "
             "reaches the worker",
             f"log in as the daemon's user (`{kind} login`), or set {names[0]} and add it to "
             "env_passthrough",
@@ -102,8 +124,11 @@ def check_state_dir(config: Config) -> Iterator[Finding]:
     """The modes and owners the daemon's start checks demand (it refuses otherwise)."""
     spool = Spool(config.state_dir)
     if not spool.root.is_dir():
-        yield Finding("warn", f"state_dir {spool.root} does not exist yet",
-                      "`orchestrd init` (or the daemon's first start) creates it")
+        yield Finding(
+            "warn",
+            f"state_dir {spool.root} does not exist yet",
+            "`orchestrd init` (or the daemon's first start) creates it",
+        )
         return
     for folder in (spool.root, spool.inbox, spool.plans, spool.archive_dir):
         try:
@@ -113,17 +138,24 @@ def check_state_dir(config: Config) -> Iterator[Finding]:
         mode = stat.S_IMODE(st.st_mode)
         owner = _user(st.st_uid)
         if mode & stat.S_IWOTH:
-            yield Finding("fail", f"{folder} is writable by anyone (mode {mode:04o})",
-                          f"chmod o-w {folder}")
+            yield Finding(
+                "fail", f"{folder} is writable by anyone (mode {mode:04o})", f"chmod o-w {folder}"
+            )
         elif st.st_uid not in (os.geteuid(), 0) and owner != "orchestrd":
-            yield Finding("fail", f"{folder} is owned by {owner}, not by the daemon's user",
-                          f"chown orchestrd {folder} (or the user the daemon runs as)")
+            yield Finding(
+                "fail",
+                f"{folder} is owned by {owner}, not by the daemon's user",
+                f"chown orchestrd {folder} (or the user the daemon runs as)",
+            )
         else:
             yield Finding("ok", f"{folder}: mode {mode:04o}, owner {owner}")
     free = shutil.disk_usage(spool.root).free
     level = "fail" if free < MIN_FREE else "warn" if free < LOW_FREE else "ok"
-    yield Finding(level, f"free disk under {spool.root}: {free >> 20} MiB",
-                  "" if level == "ok" else "free some space: workers' logs and state live here")
+    yield Finding(
+        level,
+        f"free disk under {spool.root}: {free >> 20} MiB",
+        "" if level == "ok" else "free some space: workers' logs and state live here",
+    )
 
 
 def _user(uid: int) -> str:
@@ -160,22 +192,51 @@ def check_daemon(config: Config) -> Iterator[Finding]:
             pid = "?"
         yield Finding("ok", f"daemon running (pid {pid}, lock {spool.lock_path}); {last}")
     else:
-        yield Finding("warn", f"no daemon serves {config.state_dir}; {last}",
-                      "`sudo systemctl start orchestrd`, or `orchestrd daemon` for a local one")
+        yield Finding(
+            "warn",
+            f"no daemon serves {config.state_dir}; {last}",
+            "`sudo systemctl start orchestrd`, or `orchestrd daemon` for a local one",
+        )
 
 
 def check_unit() -> Iterator[Finding]:
     installed = [d / UNIT_NAME for d in UNIT_DIRS if (d / UNIT_NAME).exists()]
     if not installed:
-        yield Finding("warn", "systemd unit not installed (fine for local use)",
-                      f"sudo install -m 0644 systemd/{UNIT_NAME} /etc/systemd/system/")
+        yield Finding(
+            "warn",
+            "systemd unit not installed (fine for local use)",
+            f"sudo install -m 0644 systemd/{UNIT_NAME} /etc/systemd/system/",
+        )
         return
     unit = installed[0]
     if SHIPPED_UNIT.exists() and not filecmp.cmp(unit, SHIPPED_UNIT, shallow=False):
-        yield Finding("warn", f"{unit} differs from the shipped {SHIPPED_UNIT}",
-                      "diff them; put local changes in a drop-in (systemctl edit orchestrd)")
+        yield Finding(
+            "warn",
+            f"{unit} differs from the shipped {SHIPPED_UNIT}",
+            "diff them; put local changes in a drop-in (systemctl edit orchestrd)",
+        )
     else:
         yield Finding("ok", f"systemd unit {unit}")
+
+
+def check_privileges(config: Config) -> Iterator[Finding]:
+    """Whether workers run as a user of their own (issue #22): without it a worker can rewrite
+    the daemon's state and signal it."""
+    try:
+        check_identities(config)
+    except OrchestrdError as exc:
+        yield Finding("fail", f"worker user: {exc}", "fix worker_user / worker_group")
+        return
+    on, why = separation(config)
+    if on:
+        yield Finding("ok", f"privilege separation: {why}")
+    else:
+        yield Finding(
+            "warn",
+            f"privilege separation off: {why}",
+            "set worker_user (systemd/orchestrd.sysusers creates orchestrd-worker) "
+            "and run the daemon as root or with CAP_SETUID CAP_SETGID CAP_KILL",
+        )
 
 
 def run_checks(config_arg: str | None) -> list[Finding]:
@@ -189,9 +250,11 @@ def run_checks(config_arg: str | None) -> list[Finding]:
     if shutil.which("git"):
         findings.append(Finding("ok", f"git: {shutil.which('git')}"))
     else:
-        findings.append(Finding("warn", "git not found: no worker.changes, no git rules",
-                                "install git"))
+        findings.append(
+            Finding("warn", "git not found: no worker.changes, no git rules", "install git")
+        )
     findings += check_state_dir(config)
+    findings += check_privileges(config)
     findings += check_unit()
     findings += check_daemon(config)
     return findings
@@ -210,6 +273,9 @@ def add_subcommand(
     common: argparse.ArgumentParser,
 ) -> None:
     """Register `doctor [--config FILE]`."""
-    p = sub.add_parser("doctor", parents=[common],
-                       help="check config, agents, state_dir, unit and daemon; exit 1 if any fail")
+    p = sub.add_parser(
+        "doctor",
+        parents=[common],
+        help="check config, agents, state_dir, unit and daemon; exit 1 if any fail",
+    )
     p.set_defaults(func=_cmd_doctor)

@@ -96,3 +96,16 @@ def describe_validation_error(
     for err in exc.errors():
         lines.append(f"{source}: {_loc_to_str(tuple(err['loc']))}: {_message(model, err)}")
     return "\n".join(lines)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """Why a plan's runner could not go on, as `Type: message` per error inside."""
+    return "; ".join(f"{type(e).__name__}: {e}" for e in leaf_errors(exc))
+
+
+def leaf_errors(exc: BaseException) -> list[BaseException]:
+    """The errors inside (nested) exception groups, or `exc` itself: a task group's
+    "unhandled errors in a TaskGroup" says nothing a person can act on."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in leaf_errors(sub)]
+    return [exc]

@@ -154,17 +154,25 @@ def unexpanded_shell(path: str, lines: list[Line]) -> Iterator[Finding]:
     for line in lines:
         if _is_output(line) and _SUBST.search(line.text):
             yield Finding(
-                path, line.no, "unexpanded_shell",
+                path,
+                line.no,
+                "unexpanded_shell",
                 f"unexpanded shell {_short(line.text, 80)!r} where output should be",
             )
-        elif (m := _LONE_BACKTICK.match(line.text)) and _is_output(line) and (
-            # inside an output block backticks are literal; in prose only under an output label
-            line.block is not None
-            or _HEADING_OUTPUT.match(previous)
-            or _LABEL_COLON_OUTPUT.search(previous)
+        elif (
+            (m := _LONE_BACKTICK.match(line.text))
+            and _is_output(line)
+            and (
+                # inside an output block backticks are literal; in prose only under an output label
+                line.block is not None
+                or _HEADING_OUTPUT.match(previous)
+                or _LABEL_COLON_OUTPUT.search(previous)
+            )
         ):
             yield Finding(
-                path, line.no, "unexpanded_shell",
+                path,
+                line.no,
+                "unexpanded_shell",
                 f"backticked command `{_short(m.group('cmd'), 80)}` stands where its "
                 "output should be",
             )
@@ -179,7 +187,9 @@ def placeholders(path: str, lines: list[Line], texts: Collection[str]) -> Iterat
         found = [t for t, t_low in lowered if t_low in low]
         if found:
             yield Finding(
-                path, line.no, "placeholder",
+                path,
+                line.no,
+                "placeholder",
                 f"template placeholder {', '.join(map(repr, found))} left in: "
                 f"{_short(line.text)!r}",
             )
@@ -227,7 +237,9 @@ def contradictions(path: str, lines: list[Line], kind: str) -> Iterator[Finding]
         if kind == "test" and _TESTISH.search(line.text):
             continue
         yield Finding(
-            path, line.no, "contradiction",
+            path,
+            line.no,
+            "contradiction",
             f"records {label!r} as FAIL ({_short(line.text, 80)!r}) while its Status is PASS",
         )
 
@@ -239,7 +251,9 @@ def phase_line(path: str, lines: list[Line], phase_id: str) -> Iterator[Finding]
         return
     if found:
         yield Finding(
-            path, found[0].no, "phase_line",
+            path,
+            found[0].no,
+            "phase_line",
             f"{_short(found[0].text, 60)!r} does not name phase {phase_id}",
         )
     else:
@@ -252,12 +266,16 @@ def timestamp_line(path: str, lines: list[Line]) -> Iterator[Finding]:
         return
     if found:
         yield Finding(
-            path, found[0].no, "timestamp_line",
+            path,
+            found[0].no,
+            "timestamp_line",
             f"{_short(found[0].text, 60)!r} holds no date (YYYY-MM-DD…)",
         )
     else:
         yield Finding(
-            path, 0, "timestamp_line",
+            path,
+            0,
+            "timestamp_line",
             "no timestamp line such as 'Completed: 2025-01-31T14:05:00+0100' "
             "(the plan asks for one)",
         )

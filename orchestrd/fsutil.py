@@ -75,7 +75,8 @@ def open_for_writing(path: Path, append: bool = False) -> int:
     how = os.O_APPEND if append else os.O_TRUNC
     try:
         fd = os.open(
-            path, os.O_WRONLY | os.O_CREAT | how | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC,
+            path,
+            os.O_WRONLY | os.O_CREAT | how | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC,
             0o640,
         )
     except OSError as exc:
@@ -155,8 +156,9 @@ def copy_regular(src: Path, dest: Path, max_bytes: int, limit: str, follow: bool
         if st.st_size > max_bytes:
             raise FileRefused(f"{st.st_size} bytes, over {limit} ({max_bytes}); not copied")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                      0o640)
+        out = os.open(
+            dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640
+        )
         try:
             copied = 0
             while copied <= max_bytes and (chunk := os.read(fd, _CHUNK)):

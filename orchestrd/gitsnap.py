@@ -45,11 +45,22 @@ _HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(?P<start>\d+)(?:,(?P<count>\d+))? @@")
 # Every git call: nothing the repository's config or a worker names is run, and the stat data
 # of our own index is never trusted blindly.
 SAFE_CONFIG = (
-    "core.quotePath=false", "core.fsmonitor=false", "core.hooksPath=/dev/null",
-    "core.untrackedCache=false", "core.splitIndex=false", "core.ignoreStat=false",
-    "core.trustctime=true", "core.checkStat=default", "core.attributesFile=/dev/null",
-    "core.sshCommand=false", "protocol.allow=never", "log.showSignature=false",
-    "core.pager=cat", "gc.auto=0", "core.bare=false", f"core.excludesFile={os.devnull}",
+    "core.quotePath=false",
+    "core.fsmonitor=false",
+    "core.hooksPath=/dev/null",
+    "core.untrackedCache=false",
+    "core.splitIndex=false",
+    "core.ignoreStat=false",
+    "core.trustctime=true",
+    "core.checkStat=default",
+    "core.attributesFile=/dev/null",
+    "core.sshCommand=false",
+    "protocol.allow=never",
+    "log.showSignature=false",
+    "core.pager=cat",
+    "gc.auto=0",
+    "core.bare=false",
+    f"core.excludesFile={os.devnull}",
 )
 # In our snapshot repository only: its work tree is the user's; its ignore rules from outside
 # the tree are the ones pinned in its info/exclude (the user's default excludes file is live).
@@ -119,9 +130,15 @@ def _git_env() -> dict[str, str]:
     # neither the system's nor the user's config (a worker can edit ~/.gitconfig) is read
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     env.update(
-        LC_ALL="C", GIT_OPTIONAL_LOCKS="0", GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1",
-        GIT_CONFIG_GLOBAL=os.devnull, GIT_ATTR_NOSYSTEM="1", GIT_NO_REPLACE_OBJECTS="1",
-        GIT_NO_LAZY_FETCH="1", GIT_PAGER="cat",
+        LC_ALL="C",
+        GIT_OPTIONAL_LOCKS="0",
+        GIT_TERMINAL_PROMPT="0",
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_ATTR_NOSYSTEM="1",
+        GIT_NO_REPLACE_OBJECTS="1",
+        GIT_NO_LAZY_FETCH="1",
+        GIT_PAGER="cat",
     )
     return env
 
@@ -204,7 +221,10 @@ class Git:
         self._excludes: Path | None = None
 
     async def _run(
-        self, args: tuple[str, ...], shadow: bool = False, extra: tuple[str, ...] = (),
+        self,
+        args: tuple[str, ...],
+        shadow: bool = False,
+        extra: tuple[str, ...] = (),
         mine: bool = False,
     ) -> tuple[int, str, str]:
         """`shadow`: in our snapshot repository; `mine`: a command on our own files only (it
@@ -234,7 +254,11 @@ class Git:
         try:
             with anyio.fail_after(self.timeout):
                 done = await anyio.run_process(
-                    argv, cwd=self.repo, env=env, check=False, stdin=subprocess.DEVNULL,
+                    argv,
+                    cwd=self.repo,
+                    env=env,
+                    check=False,
+                    stdin=subprocess.DEVNULL,
                     **as_user,
                 )
         except TimeoutError:
@@ -245,8 +269,12 @@ class Git:
         return done.returncode, out, done.stderr.decode("utf-8", errors="replace").strip()
 
     async def run(
-        self, *args: str, shadow: bool = False, ok: tuple[int, ...] = (0,),
-        extra: tuple[str, ...] = (), mine: bool = False,
+        self,
+        *args: str,
+        shadow: bool = False,
+        ok: tuple[int, ...] = (0,),
+        extra: tuple[str, ...] = (),
+        mine: bool = False,
     ) -> str:
         """stdout of a git command in the repo (or in our snapshot repository, `shadow`);
         GitError unless its exit code is in `ok`."""
@@ -275,7 +303,10 @@ class Git:
 
     async def _locate(self) -> None:
         out = await self.run(
-            "rev-parse", "--path-format=absolute", "--show-toplevel", "--git-common-dir",
+            "rev-parse",
+            "--path-format=absolute",
+            "--show-toplevel",
+            "--git-common-dir",
             "--git-dir",
         )
         top, common, gitdir = out.splitlines()[:3]
@@ -291,7 +322,9 @@ class Git:
         keys = ("clean", "smudge", "process", "required")
         names = names if rc == 0 else set()
         return tuple(
-            x for n in sorted(names) for k in keys
+            x
+            for n in sorted(names)
+            for k in keys
             for x in ("-c", f"filter.{n}.{k}=" + ("false" if k == "required" else ""))
         )
 
@@ -324,8 +357,13 @@ class Git:
         env = {k: v for k, v in _git_env().items() if k != "GIT_CONFIG_GLOBAL"}
         try:
             done = subprocess.run(
-                ["git", "config", "--path", "--get", "core.excludesFile"], cwd=self.repo,
-                env=env, capture_output=True, text=True, timeout=self.timeout, check=False,
+                ["git", "config", "--path", "--get", "core.excludesFile"],
+                cwd=self.repo,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
+                check=False,
                 stdin=subprocess.DEVNULL,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -355,15 +393,27 @@ class Git:
         tree = await self.working_tree(tag)
         # submodules: their own config may name programs too
         status = await self.run(
-            "status", "--porcelain", "--untracked-files=all", "--ignore-submodules=all", "--",
+            "status",
+            "--porcelain",
+            "--untracked-files=all",
+            "--ignore-submodules=all",
+            "--",
             ".",
             extra=await self._filter_overrides(),
         )
         diffstat = ""
         if head is not None:
             diffstat = (
-                await self.run("diff", "--shortstat", "--relative", "--no-ext-diff",
-                               "--no-textconv", head, tree, shadow=True)
+                await self.run(
+                    "diff",
+                    "--shortstat",
+                    "--relative",
+                    "--no-ext-diff",
+                    "--no-textconv",
+                    head,
+                    tree,
+                    shadow=True,
+                )
             ).strip()
         hidden = await self.hidden(watch, opaque)
         lines = status.splitlines()
@@ -394,7 +444,12 @@ class Git:
         """The ignored folders there are now (node_modules/, .venv/, build/…): what they hold
         is not the workers' to hide in, and walking them at every snapshot would cost."""
         out = await self.run(
-            "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory",
+            "ls-files",
+            "-z",
+            "--others",
+            "--ignored",
+            "--exclude-standard",
+            "--directory",
             shadow=True,
         )
         return tuple(p for p in out.split("\0") if p.endswith("/"))
@@ -406,7 +461,13 @@ class Git:
         specs = [f":(glob){g}" for g in globs]
         specs += [f":(exclude,literal){d}" for d in opaque]
         out = await self.run(
-            "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--", *specs,
+            "ls-files",
+            "-z",
+            "--others",
+            "--ignored",
+            "--exclude-standard",
+            "--",
+            *specs,
             shadow=True,
         )
         rx = [glob_regex(g) for g in globs]
@@ -420,7 +481,14 @@ class Git:
 
     async def changed(self, a: str, b: str) -> list[FileChange]:
         out = await self.run(
-            "diff", "--name-status", "-z", "--no-renames", "--relative", "--no-ext-diff", a, b,
+            "diff",
+            "--name-status",
+            "-z",
+            "--no-renames",
+            "--relative",
+            "--no-ext-diff",
+            a,
+            b,
             shadow=True,
         )
         fields = out.split("\0")
@@ -433,15 +501,31 @@ class Git:
     async def added_lines(self, a: str, b: str) -> tuple[list[AddedLine], dict[str, int]]:
         """Lines added between two trees, and the first changed line of every file."""
         out = await self.run(
-            "diff", "-U0", "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames",
-            "--relative", a, b, shadow=True,
+            "diff",
+            "-U0",
+            "--no-color",
+            "--no-ext-diff",
+            "--no-textconv",
+            "--no-renames",
+            "--relative",
+            a,
+            b,
+            shadow=True,
         )
         return parse_unified(out)
 
     async def stat(self, a: str, b: str) -> str:
         return (
-            await self.run("diff", "--stat=120", "--relative", "--no-ext-diff", "--no-textconv",
-                           a, b, shadow=True)
+            await self.run(
+                "diff",
+                "--stat=120",
+                "--relative",
+                "--no-ext-diff",
+                "--no-textconv",
+                a,
+                b,
+                shadow=True,
+            )
         ).rstrip()
 
     async def commits(self, a: str | None, b: str | None) -> tuple[list[str], int]:
@@ -451,7 +535,12 @@ class Git:
             return [], 0
         span = b if a is None else f"{a}..{b}"
         out = await self.run(
-            "log", "--oneline", "--no-decorate", "--no-show-signature", "-n", str(COMMITS + 1),
+            "log",
+            "--oneline",
+            "--no-decorate",
+            "--no-show-signature",
+            "-n",
+            str(COMMITS + 1),
             span,
         )
         lines = out.splitlines()
@@ -589,12 +678,17 @@ class PhaseGit:
         if n_commits > len(commits):
             cut["commits"] = n_commits - len(commits)
         event: dict[str, object] = {
-            "before": {**before.as_event(),
-                       "status": _cap_lines(before.status, STATUS_LINES, cut, "before.status")},
-            "after": {**after.as_event(),
-                      "status": _cap_lines(after.status, STATUS_LINES, cut, "after.status")},
-            "changed": _cap_lines([f"{c.status} {c.path}" for c in mine], CHANGED_FILES, cut,
-                                  "changed"),
+            "before": {
+                **before.as_event(),
+                "status": _cap_lines(before.status, STATUS_LINES, cut, "before.status"),
+            },
+            "after": {
+                **after.as_event(),
+                "status": _cap_lines(after.status, STATUS_LINES, cut, "after.status"),
+            },
+            "changed": _cap_lines(
+                [f"{c.status} {c.path}" for c in mine], CHANGED_FILES, cut, "changed"
+            ),
             "changed_count": len(mine),
             "diffstat": "\n".join(diffstat),
             "commits": [_cap(c) for c in commits],

@@ -45,12 +45,16 @@ _EXPECT = re.compile(r"^#+\s*expected\s+to\s+(fail|pass)\b", re.IGNORECASE)
 _EXPECTED = re.compile(r"^#+\s*expected\s*:\s*(?P<text>.*)$", re.IGNORECASE)
 _EXPECTED_AFTER = re.compile(r"^(?P<cmd>.*\S)\s+#+\s*expected\s*:\s*(?P<text>.*)$", re.IGNORECASE)
 # prose after a block: "This should fail because …", "Expected to pass"
-_PROSE = re.compile(r"\b(?:should|must|will|expected\s+to)\s+(?:still\s+)?(fail|pass|succeed)"
-                    r"\w*(?P<cond>\s+(?:if|when|unless|once|until)\b)?", re.IGNORECASE)
+_PROSE = re.compile(
+    r"\b(?:should|must|will|expected\s+to)\s+(?:still\s+)?(fail|pass|succeed)"
+    r"\w*(?P<cond>\s+(?:if|when|unless|once|until)\b)?",
+    re.IGNORECASE,
+)
 # `CMD; [ $? -eq 0 ] && echo "FAIL: …"` (or on the next line): the echo hides CMD's status
 _STATUS_ECHO = re.compile(
     r"^(?:(?P<cmd>.*\S)\s*(?:;|\n)\s*)?(?:\[\s*\$\?\s+-(?P<op>eq|ne)\s+0\s*\]|"
-    r"test\s+\$\?\s+-(?P<op2>eq|ne)\s+0)\s*&&\s*echo\b(?P<msg>.*)$", re.DOTALL
+    r"test\s+\$\?\s+-(?P<op2>eq|ne)\s+0)\s*&&\s*echo\b(?P<msg>.*)$",
+    re.DOTALL,
 )
 # `CMD || echo "FAIL: …"` / `CMD && echo "FAIL: …"`: the echo's status is the command's
 _OR_ECHO = re.compile(r"^(?P<cmd>.*\S)\s*(?P<op>&&|\|\|)\s*echo\s+(?P<msg>.*)$", re.DOTALL)
@@ -382,16 +386,21 @@ def _block_commands(lines: list[tuple[int, str]], warn: Callable[[int, str], Non
         expected = None
         if (m := _EXPECTED_AFTER.match(cmd)) and not shell_unfinished(m.group("cmd")):
             cmd, expected = m.group("cmd"), m.group("text")
-        out.append(_command(_Cmd(start, cmd, state, "fail" if expect_fail else "pass",
-                                 said=expect_fail)))
+        out.append(
+            _command(_Cmd(start, cmd, state, "fail" if expect_fail else "pass", said=expect_fail))
+        )
         if expected is not None:
             _read_expected(out[-1], expected, start, warn)
         unused, last = 0, len(out)
     if pending:
-        warn(start, "command unfinished at the end of its block (open quote, if/for/while, "
-             "trailing | && || \\ or here-document); imported as written")
-        out.append(_Cmd(start, "\n".join(pending).strip(), state,
-                        "fail" if expect_fail else "pass"))
+        warn(
+            start,
+            "command unfinished at the end of its block (open quote, if/for/while, "
+            "trailing | && || \\ or here-document); imported as written",
+        )
+        out.append(
+            _Cmd(start, "\n".join(pending).strip(), state, "fail" if expect_fail else "pass")
+        )
     elif unused:
         warn(unused, f"{state[-1]!r} ends its block: no command uses it; not imported")
     return out
@@ -476,8 +485,10 @@ def _at_least(n: int) -> str:
     alts = [rf"[1-9]\d{{{len(digits)},}}", digits]
     for i, d in enumerate(digits):
         if d != "9":
-            alts.append(f"{digits[:i]}[{int(d) + 1}-9]" + (rf"\d{{{len(digits) - i - 1}}}"
-                                                         if i < len(digits) - 1 else ""))
+            alts.append(
+                f"{digits[:i]}[{int(d) + 1}-9]"
+                + (rf"\d{{{len(digits) - i - 1}}}" if i < len(digits) - 1 else "")
+            )
     return "(?:" + "|".join(alts) + ")"
 
 
@@ -494,15 +505,19 @@ def _read_expected(cmd: _Cmd, text: str, line: int, warn: Callable[[int, str], N
     """`# Expected: …` into expect (and must_match / must_not_match); warns on other forms."""
     said = _said(text)
     # the stage whose status counts once a trailing tail/head is dropped (_check_pipe)
-    last = next((s for s in reversed(_stages(cmd.run)) if s.split()[:1] not in _TRIM_WORDS),
-                cmd.run)
+    last = next(
+        (s for s in reversed(_stages(cmd.run)) if s.split()[:1] not in _TRIM_WORDS), cmd.run
+    )
     was, cmd.said = cmd.said, True
     if m := _EXIT.fullmatch(said):
         code = int(m.group(1)) if m.group(1) else 1
         cmd.expect = "pass" if code == 0 else "fail"
         if code not in (0, 1):
-            warn(line, f"'# Expected: {text.strip()}': expect = \"fail\" accepts any non-zero "
-                 f"exit, not only {code}")
+            warn(
+                line,
+                f"'# Expected: {text.strip()}': expect = \"fail\" accepts any non-zero "
+                f"exit, not only {code}",
+            )
     elif (m := _COUNT.fullmatch(said)) and int(m.group("n")) > 0 and _counts(last):
         _read_count(cmd, last, m, text, line, warn)
     elif _NO_OUTPUT.fullmatch(said):
@@ -522,8 +537,11 @@ def _read_expected(cmd: _Cmd, text: str, line: int, warn: Callable[[int, str], N
         cmd.expect = "pass"
     else:
         cmd.said = was
-        warn(line, f"'# Expected: {text.strip()}' not read; the command is judged by its exit "
-             f"code (expect = \"{cmd.expect}\"); add must_match to check its output")
+        warn(
+            line,
+            f"'# Expected: {text.strip()}' not read; the command is judged by its exit "
+            f'code (expect = "{cmd.expect}"); add must_match to check its output',
+        )
 
 
 def _counts(stage: str) -> bool:
@@ -532,7 +550,11 @@ def _counts(stage: str) -> bool:
 
 
 def _read_count(
-    cmd: _Cmd, last: str, m: re.Match[str], text: str, line: int,
+    cmd: _Cmd,
+    last: str,
+    m: re.Match[str],
+    text: str,
+    line: int,
     warn: Callable[[int, str], None],
 ) -> None:
     """`3`, `3+`, `≥ 3` (N > 0): the count a `wc -l` or `grep -c` prints; a grep finds some."""
@@ -544,8 +566,11 @@ def _read_count(
     else:
         cmd.expect = "pass"  # grep exits 0 when it finds any
         if n > 1 or not least and "-q" not in last.split():
-            warn(line, f"'# Expected: {text.strip()}': only that grep finds a match is checked, "
-                 "not how many; count with `grep -c` (or `| wc -l`) to check the number")
+            warn(
+                line,
+                f"'# Expected: {text.strip()}': only that grep finds a match is checked, "
+                "not how many; count with `grep -c` (or `| wc -l`) to check the number",
+            )
 
 
 def _check_pipe(cmd: _Cmd, warn: Callable[[int, str], None]) -> None:
@@ -560,14 +585,20 @@ def _check_pipe(cmd: _Cmd, warn: Callable[[int, str], None]) -> None:
         if kept == len(stages):
             return
         before, cmd.run = cmd.run, " | ".join(stages[:kept])
-        warn(cmd.line, f"{before!r} is expected to {cmd.expect}, but a pipe's exit status is "
-             f"its last command's ({words[-1]}: always 0), so as written it can never fail; "
-             f"imported as {cmd.run!r} (the verify log keeps the whole output); write "
-             "`set -o pipefail` (bash) or drop the pipe")
+        warn(
+            cmd.line,
+            f"{before!r} is expected to {cmd.expect}, but a pipe's exit status is "
+            f"its last command's ({words[-1]}: always 0), so as written it can never fail; "
+            f"imported as {cmd.run!r} (the verify log keeps the whole output); write "
+            "`set -o pipefail` (bash) or drop the pipe",
+        )
     elif words[-1] in _MASK and not cmd.must_match:
-        warn(cmd.line, f"{cmd.run!r}: a pipe's exit status is its last command's "
-             f"({words[-1]}), not {words[0]}'s; imported as written, expecting {cmd.expect}; "
-             "write `set -o pipefail` (bash) or drop the pipe")
+        warn(
+            cmd.line,
+            f"{cmd.run!r}: a pipe's exit status is its last command's "
+            f"({words[-1]}), not {words[0]}'s; imported as written, expecting {cmd.expect}; "
+            "write `set -o pipefail` (bash) or drop the pipe",
+        )
 
 
 def _not_commands(heading: str) -> str:
@@ -647,15 +678,21 @@ class _PhaseFile:
             own = (m.groups() for ln in self.lines for m in _CODE_MARKER.finditer(ln.text))
             plan_id, pid = next(((p, q) for p, q in own if _key(q) == key), (None, "P" + tag))
             if self.of("id"):
-                self.warn(self.of("id")[0].line, "the '## Phase ID' section holds no "
-                          f"`PLAN-….PNN` id; the phase is {pid}, from the file name")
+                self.warn(
+                    self.of("id")[0].line,
+                    "the '## Phase ID' section holds no "
+                    f"`PLAN-….PNN` id; the phase is {pid}, from the file name",
+                )
             return plan_id, pid
         line, plan_id, pid = ids[0]
         if len({(p, q) for _, p, q in ids}) > 1:
             self.warn(ids[1][0], f"more than one Phase ID; the phase is {plan_id}.{pid}")
         if _key(pid) != key:
-            self.warn(line, f"Phase ID {pid} does not match the file name's number; the phase "
-                      "keeps its place in file order")
+            self.warn(
+                line,
+                f"Phase ID {pid} does not match the file name's number; the phase "
+                "keeps its place in file order",
+            )
         return plan_id, pid
 
     def to_phase(
@@ -663,9 +700,12 @@ class _PhaseFile:
     ) -> tuple[str | None, dict[str, Any], list[str]] | None:
         """(plan id or None, phase dict, notes), or None if the file is not a phase (warned)."""
         if not self.of("id") and not self.is_phase():
-            self.warn(1, "not a phase: no '## Phase ID' section, no phase sections "
-                      "(Verification, Prerequisites, Completion Marker, …) and no title "
-                      "naming a phase, task or step; file not imported")
+            self.warn(
+                1,
+                "not a phase: no '## Phase ID' section, no phase sections "
+                "(Verification, Prerequisites, Completion Marker, …) and no title "
+                "naming a phase, task or step; file not imported",
+            )
             return None
         plan_id, pid = self.phase_id(key, tag)
         marker = f"@plan:{plan_id}.{pid}" if plan_id else None
@@ -686,8 +726,10 @@ class _PhaseFile:
             phase["precheck"] = self.precheck
         number, letter = _key(pid)
         if letter and (parent := earlier.get((number, ""))):
-            notes.append(f"{pid} may also append to {parent}'s completion file; only its own "
-                         "completion file is checked")
+            notes.append(
+                f"{pid} may also append to {parent}'s completion file; only its own "
+                "completion file is checked"
+            )
         return plan_id, phase, notes
 
     def completion(self, phase_id: str, plan_dir: str, marker: str | None) -> list[str]:
@@ -702,20 +744,32 @@ class _PhaseFile:
                     continue
                 found.append(rel)
                 if PurePosixPath(rel).stem.lower() != phase_id.lower():
-                    self.warn(no, f"completion file {span!r} is not named after phase "
-                              f"{phase_id}; kept as written")
+                    self.warn(
+                        no,
+                        f"completion file {span!r} is not named after phase "
+                        f"{phase_id}; kept as written",
+                    )
         where = self.of("completion")[0].line if self.of("completion") else 1
         if not found and marker is None:
-            self.warn(where, "no completion file and no `@plan:PLAN.PNN` marker: completion = "
-                      "[] and no marker check; the phase is judged by its report and verify "
-                      "commands")
+            self.warn(
+                where,
+                "no completion file and no `@plan:PLAN.PNN` marker: completion = "
+                "[] and no marker check; the phase is judged by its report and verify "
+                "commands",
+            )
         elif not found:
             found = [f".completed/{phase_id}.md"]
-            self.warn(where, "no `Create: `…/.completed/PXX.md`` path in a '## Phase Completion "
-                      f"Marker' section; using {found[0]}")
+            self.warn(
+                where,
+                "no `Create: `…/.completed/PXX.md`` path in a '## Phase Completion "
+                f"Marker' section; using {found[0]}",
+            )
         elif marker is None:
-            self.warn(where, "no `@plan:PLAN.PNN` marker names this phase: its completion file "
-                      "is checked for existence only")
+            self.warn(
+                where,
+                "no `@plan:PLAN.PNN` marker names this phase: its completion file "
+                "is checked for existence only",
+            )
         return found
 
     def _under(self, line: int, written: str, plan_dir: str) -> str | None:
@@ -725,8 +779,11 @@ class _PhaseFile:
             p = p.relative_to(plan_dir)
         elif plan_dir and ".completed" in p.parts[1:]:
             p = PurePosixPath(*p.parts[p.parts.index(".completed") :])
-            self.warn(line, f"completion path {written!r} is not under the plan folder "
-                      f"{plan_dir!r}; using {p.as_posix()!r} in it")
+            self.warn(
+                line,
+                f"completion path {written!r} is not under the plan folder "
+                f"{plan_dir!r}; using {p.as_posix()!r} in it",
+            )
         if p.is_absolute() or ".." in p.parts or not p.parts:
             self.warn(line, f"completion path {written!r} is not inside the plan folder; ignored")
             return None
@@ -754,12 +811,18 @@ class _PhaseFile:
                 elif ln.kind == "text" and last and (m := _PROSE.search(ln.text)):
                     self.prose(last, m, ln)
                 elif ln.kind == "text" and _INLINE_CODE.search(ln.text) and not manual:
-                    self.warn(ln.no, "inline code outside a fenced ```bash block is not run: "
-                              f"{ln.text.strip()!r}")
+                    self.warn(
+                        ln.no,
+                        "inline code outside a fenced ```bash block is not run: "
+                        f"{ln.text.strip()!r}",
+                    )
         if not out:
             where = self.of("verify")[0].line if self.of("verify") else 1
-            self.warn(where, "no commands in a '## Verification Commands' section; the phase "
-                      "gets no verify commands")
+            self.warn(
+                where,
+                "no commands in a '## Verification Commands' section; the phase "
+                "gets no verify commands",
+            )
         for cmd in out:
             _check_pipe(cmd, self.warn)
         return [c.as_dict() for c in out]
@@ -777,20 +840,28 @@ class _PhaseFile:
         return _block_commands(block, self.warn)
 
     def prose(self, cmds: list[_Cmd], m: re.Match[str], ln: _Line) -> None:
-        """"This should fail because …" after a block: the block's commands expect that."""
+        """ "This should fail because …" after a block: the block's commands expect that."""
         if m.group("cond"):  # "should fail if the stub is left": says nothing about this run
-            self.warn(ln.no, f"{ln.text.strip()!r} is a condition, not what the block above "
-                      "should do; not read")
+            self.warn(
+                ln.no,
+                f"{ln.text.strip()!r} is a condition, not what the block above should do; not read",
+            )
             return
         expect = "fail" if m.group(1).lower() == "fail" else "pass"
         for cmd in cmds:
             if cmd.said and cmd.expect != expect:
-                self.warn(ln.no, f"{ln.text.strip()!r} says {expect}, but the block says "
-                          f"{cmd.run!r} should {cmd.expect}; kept {cmd.expect}")
+                self.warn(
+                    ln.no,
+                    f"{ln.text.strip()!r} says {expect}, but the block says "
+                    f"{cmd.run!r} should {cmd.expect}; kept {cmd.expect}",
+                )
             cmd.expect = cmd.expect if cmd.said else expect
         if len(cmds) > 1:
-            self.warn(ln.no, f"{ln.text.strip()!r} follows a block of {len(cmds)} commands; "
-                      f"all of them expect {expect}")
+            self.warn(
+                ln.no,
+                f"{ln.text.strip()!r} follows a block of {len(cmds)} commands; "
+                f"all of them expect {expect}",
+            )
 
     def worker_command(self) -> list[str]:
         """The author's `Worker Command` blocks: a hint for whoever runs the plan, never run."""
@@ -799,8 +870,10 @@ class _PhaseFile:
             code = " ".join(ln.text.strip() for ln in sec.body if ln.kind == "code")
             if code:
                 short = code if len(code) <= 200 else code[:199] + "…"
-                notes.append(f"worker command of the plan's author (line {sec.line}; a hint, "
-                             f"not run by orchestrd): {short}")
+                notes.append(
+                    f"worker command of the plan's author (line {sec.line}; a hint, "
+                    f"not run by orchestrd): {short}"
+                )
         return notes
 
     def check_code_markers(self, marker: str) -> None:
@@ -809,8 +882,10 @@ class _PhaseFile:
         for ln in (ln for sec in self.of("markers") for ln in sec.body):
             for m in _CODE_MARKER.finditer(ln.text):
                 if not own.search(m.group(0)):
-                    self.warn(ln.no, f"code marker {m.group(0)!r} names another phase than "
-                              f"this file's {marker}")
+                    self.warn(
+                        ln.no,
+                        f"code marker {m.group(0)!r} names another phase than this file's {marker}",
+                    )
 
     def prerequisites(self, phase_id: str, earlier: dict[_Key, str]) -> list[str]:
         """Notes for the references to earlier phases (met by file order); a `Verification:`
@@ -828,11 +903,16 @@ class _PhaseFile:
             elif text.strip() and not refs:
                 self.warn(no, f"prerequisite not checked by orchestrd: {text.strip()!r}")
             for r in (r for r in refs if r not in earlier):
-                self.warn(no, f"prerequisite phase {tags[r]} is not an earlier phase of "
-                          "this plan; nothing checks it")
+                self.warn(
+                    no,
+                    f"prerequisite phase {tags[r]} is not an earlier phase of "
+                    "this plan; nothing checks it",
+                )
             if found := [earlier[r] for r in refs if r in earlier]:
-                notes.append(f"prerequisite {', '.join(found)} (line {no}): met by phase order, "
-                             "each phase passes before the next one starts")
+                notes.append(
+                    f"prerequisite {', '.join(found)} (line {no}): met by phase order, "
+                    "each phase passes before the next one starts"
+                )
         return notes
 
     def prerequisite_blocks(self, sec: _Section) -> list[dict[str, Any]]:
@@ -851,6 +931,7 @@ class _PhaseFile:
         for cmd in out:
             _check_pipe(cmd, self.warn)
         return [c.as_dict() for c in out]
+
 
 def _read_bounded(path: Path) -> bytes:
     """A phase file, refused above MAX_PHASE_FILE_BYTES: the worker reads it as its prompt, and
@@ -881,8 +962,14 @@ def _phase_files(
         elif "overview" in p.stem.lower():
             overviews.append(p)
         else:
-            warnings.add(ParseWarning(p, 1, "not a phase: its name has no number prefix "
-                                         "(NN-name.md, P05-name.md); not imported"))
+            warnings.add(
+                ParseWarning(
+                    p,
+                    1,
+                    "not a phase: its name has no number prefix "
+                    "(NN-name.md, P05-name.md); not imported",
+                )
+            )
     if (total := sum(p.stat().st_size for _, _, p in out)) > MAX_IMPORT_BYTES:
         raise PlanError(
             f"{phase_dir}: its phase files hold {total} bytes, over the import's limit of "
@@ -898,7 +985,10 @@ def _folder_plan_id(folder: str) -> str:
 
 
 def _choose_plan_id(
-    given: str | None, plan_ids: dict[str, str | None], files: dict[str, Path], folder: str,
+    given: str | None,
+    plan_ids: dict[str, str | None],
+    files: dict[str, Path],
+    folder: str,
     warnings: Warnings,
 ) -> str:
     """`--id`, else the plan id most Phase IDs name, else `PLAN-<FOLDER>` (warned); phases whose
@@ -906,15 +996,24 @@ def _choose_plan_id(
     named = Counter(v for v in plan_ids.values() if v is not None)
     plan_id = given or (named.most_common(1)[0][0] if named else _folder_plan_id(folder))
     if not given and not named:  # said once, at the first phase file
-        warnings.add(ParseWarning(next(iter(files.values())), 1, "no Phase ID in any file: "
-                                     f"the plan id is {plan_id}, from the folder name "
-                                     f"{folder!r} (give --id to choose)"))
+        warnings.add(
+            ParseWarning(
+                next(iter(files.values())),
+                1,
+                "no Phase ID in any file: "
+                f"the plan id is {plan_id}, from the folder name "
+                f"{folder!r} (give --id to choose)",
+            )
+        )
     warnings += [ParseWarning(files[pid], 1, f"Phase ID {other}.{pid} names plan {other}, not "
                               f"{plan_id}; its marker keeps {other}")
                  for pid, other in plan_ids.items() if other not in (None, plan_id)]  # fmt: skip
     if named:
-        warnings += [ParseWarning(files[pid], 1, f"no Phase ID: the phase is {pid}, from the "
-                                  "file name") for pid, other in plan_ids.items() if other is None]
+        warnings += [
+            ParseWarning(files[pid], 1, f"no Phase ID: the phase is {pid}, from the file name")
+            for pid, other in plan_ids.items()
+            if other is None
+        ]
     return plan_id
 
 
@@ -927,9 +1026,15 @@ def _overview_counts(overviews: list[Path], phases: list[dict[str, Any]]) -> lis
         text = _read_bounded(path).decode("utf-8", errors="replace")
         if (m := _TOTAL_PHASES.search(text)) and int(m.group(1)) not in (len(phases), whole):
             line = text.count("\n", 0, m.start()) + 1
-            out.append(ParseWarning(path, line, f"the overview says {m.group(0)!r}, but "
-                                    f"{len(phases)} phase files were imported "
-                                    f"({', '.join(p['id'] for p in phases)})"))
+            out.append(
+                ParseWarning(
+                    path,
+                    line,
+                    f"the overview says {m.group(0)!r}, but "
+                    f"{len(phases)} phase files were imported "
+                    f"({', '.join(p['id'] for p in phases)})",
+                )
+            )
     return out
 
 
@@ -947,8 +1052,9 @@ def import_plan_folder(
     if not folder.is_dir():
         raise PlanError(f"{folder}: no such folder; pass the plan folder (the one with plan/)")
     if not folder.resolve().is_relative_to(repo):
-        raise PlanError(f"{folder}: not inside the repo {repo}; pass --repo the checkout that "
-                        "contains it")
+        raise PlanError(
+            f"{folder}: not inside the repo {repo}; pass --repo the checkout that contains it"
+        )
     plan_dir = folder.resolve().relative_to(repo).as_posix()
     plan_dir = "" if plan_dir == "." else plan_dir
     phase_dir = folder / "plan" if (folder / "plan").is_dir() else folder
@@ -971,15 +1077,22 @@ def import_plan_folder(
             continue
         pid_plan, phase, phase_notes = parsed
         if (pid := phase["id"]) in files:  # two files numbered alike: the first one is kept
-            warnings.add(ParseWarning(path, 1, f"phase id {pid} is also the id of "
-                                         f"{files[pid].name}; file not imported (give each "
-                                         "phase file its own number or PLAN.PNN id)"))
+            warnings.add(
+                ParseWarning(
+                    path,
+                    1,
+                    f"phase id {pid} is also the id of "
+                    f"{files[pid].name}; file not imported (give each "
+                    "phase file its own number or PLAN.PNN id)",
+                )
+            )
             continue
         notes[pid] = phase_notes
         phases.append(phase)
         plan_ids[pid], files[pid], earlier[_key(pid)] = pid_plan, path, pid
-    notes[""] += [f"{p.relative_to(folder).as_posix()} is the plan's overview, not a phase"
-                  for p in overviews]
+    notes[""] += [
+        f"{p.relative_to(folder).as_posix()} is the plan's overview, not a phase" for p in overviews
+    ]
     if not phases:
         raise PlanError("\n".join([
             f"{folder}: no phase files in {phase_dir} (NN-name.md or P05-name.md with a "
@@ -992,8 +1105,12 @@ def import_plan_folder(
     plan |= {"plan_dir": plan_dir} if plan_dir else {}
     plan |= {"worker": worker} if worker else {}
     return ImportedPlan(
-        plan | {"phases": phases}, warnings.summarised(), notes, folder.resolve(),
-        warning_count=warnings.total, files=files,
+        plan | {"phases": phases},
+        warnings.summarised(),
+        notes,
+        folder.resolve(),
+        warning_count=warnings.total,
+        files=files,
     )
 
 
@@ -1029,8 +1146,9 @@ def _escape_controls(text: str) -> str:
     """Control characters (tab excepted) and lone surrogates (bytes of a path that are not
     UTF-8) as `\\xNN` / `\\uNNNN`: a TOML comment may hold neither."""
     return _UNPRINTABLE.sub(
-        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-        else f"\\u{ord(m.group()):04x}",
+        lambda m: (
+            f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}"
+        ),
         text,
     )
 
@@ -1065,8 +1183,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
     if args.report:
         sys.stderr.write(render_report(imported))
     if args.strict and imported.warnings:
-        raise PlanError(f"{args.folder}: {imported.total_warnings} warning(s) and --strict; "
-                        "nothing written (fix the files, or import without --strict)")
+        raise PlanError(
+            f"{args.folder}: {imported.total_warnings} warning(s) and --strict; "
+            "nothing written (fix the files, or import without --strict)"
+        )
     source = args.output or f"{args.folder} (imported)"
     try:
         raw = render_plan_toml(imported).encode("utf-8")
@@ -1084,8 +1204,11 @@ def _cmd_import(args: argparse.Namespace) -> int:
         Path(args.output).write_bytes(raw)
     except OSError as exc:
         raise PlanError(f"{args.output}: cannot write: {exc.strerror}; pick another path") from None
-    print(f"{args.output}: plan {plan.id}, {len(plan.phases)} phases, "
-          f"{imported.total_warnings} warning(s)", file=sys.stderr)
+    print(
+        f"{args.output}: plan {plan.id}, {len(plan.phases)} phases, "
+        f"{imported.total_warnings} warning(s)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -1100,15 +1223,28 @@ def add_subcommand(
     )
     p.add_argument("folder", metavar="FOLDER", help="the plan folder (holding plan/01-*.md, …)")
     p.add_argument("-o", "--output", metavar="OUT", help="the plan file to write")
-    p.add_argument("--repo", default=".", metavar="DIR",
-                   help="the checkout the plan runs in; FOLDER must be inside it (default: .)")
+    p.add_argument(
+        "--repo",
+        default=".",
+        metavar="DIR",
+        help="the checkout the plan runs in; FOLDER must be inside it (default: .)",
+    )
     p.add_argument("--worker", metavar="NAME", help="worker profile (default: the config's)")
     p.add_argument("--dry-run", action="store_true", help="print the plan instead of writing it")
-    p.add_argument("--id", metavar="PLAN_ID",
-                   help="the plan id (default: the files' Phase IDs, else PLAN-<FOLDER>)")
-    p.add_argument("--strict", action="store_true",
-                   help="any warning is an error (exit 2, nothing written): for CI")
-    p.add_argument("--report", action="store_true",
-                   help="print a table per phase (verify, expect=fail, markers, completion, "
-                   "warnings) on stderr")
+    p.add_argument(
+        "--id",
+        metavar="PLAN_ID",
+        help="the plan id (default: the files' Phase IDs, else PLAN-<FOLDER>)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="any warning is an error (exit 2, nothing written): for CI",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="print a table per phase (verify, expect=fail, markers, completion, "
+        "warnings) on stderr",
+    )
     p.set_defaults(func=_cmd_import)

@@ -70,9 +70,7 @@ def local_config_text(folder: Path) -> str:
 
 def system_config_text(roots: list[str], state_dir: Path = SYSTEM_STATE) -> str:
     found = [name for name in AGENT_PROFILES if shutil.which(name)]
-    profiles = "".join(
-        f"[workers.{name}]\ncommand = {AGENT_PROFILES[name]}\n\n" for name in found
-    )
+    profiles = "".join(f"[workers.{name}]\ncommand = {AGENT_PROFILES[name]}\n\n" for name in found)
     return _SYSTEM_TEMPLATE.format(
         state_dir=state_dir,
         default_worker=found[0] if found else "demo",
@@ -101,9 +99,14 @@ def make_spool(state_dir: Path, system: bool) -> list[str]:
     spool.ensure()
     owner = service_user() if system else None
     made = []
-    for folder, mode in ((spool.root, 0o750), (spool.inbox, 0o2770 if system else 0o700),
-                         (spool.plans, 0o750), (spool.rejected, 0o750),
-                         (spool.archive_dir, 0o750), (spool.control, 0o770)):
+    for folder, mode in (
+        (spool.root, 0o750),
+        (spool.inbox, 0o2770 if system else 0o700),
+        (spool.plans, 0o750),
+        (spool.rejected, 0o750),
+        (spool.archive_dir, 0o750),
+        (spool.control, 0o770),
+    ):
         if owner is not None:
             os.chown(folder, *owner)
         os.chmod(folder, mode)
@@ -114,8 +117,10 @@ def make_spool(state_dir: Path, system: bool) -> list[str]:
 
 def _write_new(path: Path, text: str, system: bool = False) -> None:
     if path.exists():
-        raise OrchestrdError(f"{path} exists already; move it away or edit it (`orchestrd "
-                             f"doctor --config {path}` checks it)")
+        raise OrchestrdError(
+            f"{path} exists already; move it away or edit it (`orchestrd "
+            f"doctor --config {path}` checks it)"
+        )
     # the config must validate before it is written: a template bug is ours, not the user's
     config_from_dict(parse_toml_bytes(path, text.encode(), ConfigError), path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,14 +171,27 @@ def add_subcommand(
     common: argparse.ArgumentParser,
 ) -> None:
     """Register `init [--system | DIR]` (--config FILE: where the config goes)."""
-    p = sub.add_parser("init", parents=[common],
-                       help="write a commented config and the spool folders; print next steps")
+    p = sub.add_parser(
+        "init",
+        parents=[common],
+        help="write a commented config and the spool folders; print next steps",
+    )
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--system", action="store_true",
-                       help=f"the system install: {SYSTEM_CONFIG}, {SYSTEM_STATE}")
-    where.add_argument("dir", nargs="?", default=".", metavar="DIR",
-                       help="a local setup: DIR/orchestrd.toml, state in DIR/.orchestrd")
-    p.add_argument("--repo-root", action="append", metavar="DIR",
-                   help="--system: a folder plans' repos must be under (repeatable)")
+    where.add_argument(
+        "--system", action="store_true", help=f"the system install: {SYSTEM_CONFIG}, {SYSTEM_STATE}"
+    )
+    where.add_argument(
+        "dir",
+        nargs="?",
+        default=".",
+        metavar="DIR",
+        help="a local setup: DIR/orchestrd.toml, state in DIR/.orchestrd",
+    )
+    p.add_argument(
+        "--repo-root",
+        action="append",
+        metavar="DIR",
+        help="--system: a folder plans' repos must be under (repeatable)",
+    )
     p.add_argument("--state-dir", metavar="DIR", help=f"--system: instead of {SYSTEM_STATE}")
     p.set_defaults(func=_cmd_init)

@@ -13,7 +13,7 @@ from . import status
 from .config import load_config
 from .errors import OrchestrdError
 from .spool import Spool
-from .state import AttemptState, PlanState, load_state
+from .state import AttemptState, PlanFolder, PlanState, load_state
 from .states import AttemptStatus, PhaseStatus
 
 FOLLOW_STEP = 0.1
@@ -24,8 +24,9 @@ def plan_folder(spool: Spool, plan_id: str) -> Path:
     """The plan's folder in plans/ or archive/, or an error naming where it was looked for."""
     state_file = status.state_path(spool, plan_id)
     if state_file is None:
-        raise OrchestrdError(f"plan {plan_id}: not found under {spool.plans} or "
-                             f"{spool.archive_dir}")
+        raise OrchestrdError(
+            f"plan {plan_id}: not found under {spool.plans} or {spool.archive_dir}"
+        )
     return state_file.parent
 
 
@@ -33,8 +34,9 @@ def pick_phase(state: PlanState, phase_id: str | None) -> str:
     """The named phase, else the current one (the first not passed), else the last one run."""
     if phase_id is not None:
         if phase_id not in state.phases:
-            raise OrchestrdError(f"plan {state.plan}: no phase {phase_id!r} (it has "
-                                 f"{', '.join(state.phases)})")
+            raise OrchestrdError(
+                f"plan {state.plan}: no phase {phase_id!r} (it has {', '.join(state.phases)})"
+            )
         return phase_id
     current = state.current_phase()
     if current is not None and current[1].attempts:
@@ -54,16 +56,17 @@ def pick_attempt(state: PlanState, phase_id: str, n: int | None) -> AttemptState
     for att in attempts:
         if att.n == n:
             return att
-    raise OrchestrdError(f"plan {state.plan}: phase {phase_id} has attempts "
-                         f"{', '.join(str(a.n) for a in attempts)}, not {n}")
+    raise OrchestrdError(
+        f"plan {state.plan}: phase {phase_id} has attempts "
+        f"{', '.join(str(a.n) for a in attempts)}, not {n}"
+    )
 
 
 def log_file(folder: Path, phase_id: str, att: AttemptState, verify: int | None) -> Path:
     """The file as it is named in the plan's folder now (the state keeps the path it had when
     the worker ran; the folder may have been archived since)."""
-    name = (f"verify-{phase_id}-{att.n}-{verify}.log" if verify is not None
-            else Path(att.log).name)
-    return folder / "workers" / name
+    name = f"verify-{phase_id}-{att.n}-{verify}.log" if verify is not None else Path(att.log).name
+    return PlanFolder(folder).workers / name
 
 
 def _still_writing(spool: Spool, plan_id: str, phase_id: str, n: int, verify: bool) -> bool:
@@ -93,7 +96,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     config, _ = load_config(args.config)
     spool = Spool(config.state_dir)
     folder = plan_folder(spool, args.plan)
-    state = load_state(folder / "state.toml")
+    state = load_state(PlanFolder(folder).state_file)
     phase_id = pick_phase(state, args.phase)
     att = pick_attempt(state, phase_id, args.attempt)
     path = log_file(folder, phase_id, att, args.verify)
@@ -106,8 +109,10 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     if not path.exists():
         if not args.follow:
             what = f"verify[{args.verify}] output" if is_verify else "log"
-            raise OrchestrdError(f"plan {args.plan} phase {phase_id} attempt {att.n}: no {what} "
-                                 f"({path} does not exist)")
+            raise OrchestrdError(
+                f"plan {args.plan} phase {phase_id} attempt {att.n}: no {what} "
+                f"({path} does not exist)"
+            )
         while not path.exists():  # the worker is being launched
             if not writing():
                 return 0
@@ -127,14 +132,29 @@ def add_subcommand(
     common: argparse.ArgumentParser,
 ) -> None:
     """Register `logs PLAN [PHASE] [--attempt N] [--verify I] [-f]`."""
-    p = sub.add_parser("logs", parents=[common],
-                       help="a worker's log or a verify command's output (no path to know)")
+    p = sub.add_parser(
+        "logs",
+        parents=[common],
+        help="a worker's log or a verify command's output (no path to know)",
+    )
     p.add_argument("plan", metavar="PLAN")
-    p.add_argument("phase", nargs="?", metavar="PHASE",
-                   help="default: the current phase, or the last one that ran")
+    p.add_argument(
+        "phase",
+        nargs="?",
+        metavar="PHASE",
+        help="default: the current phase, or the last one that ran",
+    )
     p.add_argument("--attempt", type=int, metavar="N", help="default: the latest attempt")
-    p.add_argument("--verify", type=int, metavar="I",
-                   help="the output of the phase's verify command number I (from 0)")
-    p.add_argument("-f", "--follow", action="store_true",
-                   help="keep printing while the worker runs; end when it ends")
+    p.add_argument(
+        "--verify",
+        type=int,
+        metavar="I",
+        help="the output of the phase's verify command number I (from 0)",
+    )
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing while the worker runs; end when it ends",
+    )
     p.set_defaults(func=_cmd_logs)

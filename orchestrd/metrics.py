@@ -32,8 +32,10 @@ from .tail import LineFollower, parse_ts
 
 STEP = 0.2
 _RULE = re.compile(r"\[rule: ([\w.-]+)\]")
-_WANTED = re.compile(rb'"event": "(?:worker\.(?:started|exited|stalled|failed_to_start)|'
-                     rb'phase\.(?:started|passed|failed)|check\.failed|remediation\.started)"')
+_WANTED = re.compile(
+    rb'"event": "(?:worker\.(?:started|exited|stalled|failed_to_start)|'
+    rb'phase\.(?:started|passed|failed)|check\.failed|remediation\.started)"'
+)
 DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 43200)
 REACTION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -42,24 +44,40 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.plans = Gauge("orchestrd_plans", "plans in state_dir by status", ["status"],
-                           registry=r)
-        self.workers = Gauge("orchestrd_workers_running", "worker processes running now",
-                             registry=r)
-        self.attempts = Counter("orchestrd_attempts", "worker attempts ended, by outcome",
-                                ["outcome"], registry=r)
-        self.stalls = Counter("orchestrd_stalls", "workers that outlived their last poll",
-                              registry=r)
-        self.remediations = Counter("orchestrd_remediations", "remediation attempts started",
-                                    registry=r)
-        self.check_failures = Counter("orchestrd_check_failures", "failed checks by check and "
-                                      "rule", ["check", "rule"], registry=r)
-        self.phase_seconds = Histogram("orchestrd_phase_duration_seconds", "a phase's wall time "
-                                       "(started to passed or failed)", ["kind", "outcome"],
-                                       buckets=DURATION_BUCKETS, registry=r)
-        self.reaction = Histogram("orchestrd_reaction_seconds", "a worker's exit to the plan's "
-                                  "next worker (checks included)", buckets=REACTION_BUCKETS,
-                                  registry=r)
+        self.plans = Gauge(
+            "orchestrd_plans", "plans in state_dir by status", ["status"], registry=r
+        )
+        self.workers = Gauge(
+            "orchestrd_workers_running", "worker processes running now", registry=r
+        )
+        self.attempts = Counter(
+            "orchestrd_attempts", "worker attempts ended, by outcome", ["outcome"], registry=r
+        )
+        self.stalls = Counter(
+            "orchestrd_stalls", "workers that outlived their last poll", registry=r
+        )
+        self.remediations = Counter(
+            "orchestrd_remediations", "remediation attempts started", registry=r
+        )
+        self.check_failures = Counter(
+            "orchestrd_check_failures",
+            "failed checks by check and rule",
+            ["check", "rule"],
+            registry=r,
+        )
+        self.phase_seconds = Histogram(
+            "orchestrd_phase_duration_seconds",
+            "a phase's wall time (started to passed or failed)",
+            ["kind", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.reaction = Histogram(
+            "orchestrd_reaction_seconds",
+            "a worker's exit to the plan's next worker (checks included)",
+            buckets=REACTION_BUCKETS,
+            registry=r,
+        )
         self._phase_start: dict[tuple[str, str], tuple[dt.datetime, str]] = {}
         self._last_exit: dict[str, dt.datetime] = {}
 
@@ -89,7 +107,8 @@ class Metrics:
             start = self._phase_start.pop((plan, str(e.get("phase"))), None)
             if start is not None:
                 self.phase_seconds.labels(start[1], name.partition(".")[2]).observe(
-                    (ts - start[0]).total_seconds())
+                    (ts - start[0]).total_seconds()
+                )
 
     def observe_lines(self, lines: list[bytes]) -> None:
         for line in lines:
@@ -127,8 +146,11 @@ def exposition(metrics: Metrics) -> bytes:
 
 
 async def run_metrics(
-    config: Callable[[], Config], log: Logger, metrics: Metrics,
-    *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    config: Callable[[], Config],
+    log: Logger,
+    metrics: Metrics,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """The daemon's metrics task: follow the audit log from now on (started before recovery)
     into `metrics` (which /metrics serves too), and rewrite the textfile every `interval`

@@ -29,7 +29,7 @@ from . import status
 from .audit import Logger, Redactor
 from .config import Config, NotifyTarget
 from .spool import Spool
-from .state import atomic_write
+from .state import PlanFolder, atomic_write
 from .tail import LineFollower
 
 STEP = 0.2
@@ -181,7 +181,8 @@ class Notifier:
             # end, not at a stale place that would send old events again
             cursor = None
             await anyio.to_thread.run_sync(
-                functools.partial(self.outbox.cursor.unlink, missing_ok=True))
+                functools.partial(self.outbox.cursor.unlink, missing_ok=True)
+            )
         backlog, follower = await anyio.to_thread.run_sync(resume, path, cursor)
         task_status.started()
         try:
@@ -208,8 +209,12 @@ class Notifier:
                 else:
                     took = False
                 # no targets, no cursor writes: a busy daemon without notifications pays nothing
-                if place is not None and place != saved and self.config().notify and (
-                        took or now - saved_at > CURSOR_EVERY):
+                if (
+                    place is not None
+                    and place != saved
+                    and self.config().notify
+                    and (took or now - saved_at > CURSOR_EVERY)
+                ):
                     await anyio.to_thread.run_sync(self.outbox.save_cursor, *place)
                     saved, saved_at = place, now
                 self._trouble = None
@@ -248,8 +253,15 @@ class Notifier:
             for target in chosen:
                 self._seq += 1
                 now = time.time()
-                entries.append(Entry(id=f"{time.time_ns()}-{os.getpid()}-{self._seq}",
-                                     target=target, event=event, created=now, next_try=now))
+                entries.append(
+                    Entry(
+                        id=f"{time.time_ns()}-{os.getpid()}-{self._seq}",
+                        target=target,
+                        event=event,
+                        created=now,
+                        next_try=now,
+                    )
+                )
         return entries
 
     def _due_at(self, when: float) -> None:
@@ -266,9 +278,13 @@ class Notifier:
                     self._outbox_error(exc)
                     entries, bad = [], []
                 for name in bad:
-                    self.log.info("notify.failed", reason=f"{self.outbox.dir / name}: not an "
-                                  "outbox entry (hand-edited, or from another version); moved "
-                                  "to failed/", gave_up=True)
+                    self.log.info(
+                        "notify.failed",
+                        reason=f"{self.outbox.dir / name}: not an "
+                        "outbox entry (hand-edited, or from another version); moved "
+                        "to failed/",
+                        gave_up=True,
+                    )
                 for path, entry in entries:
                     if entry.next_try > now:
                         self._due_at(entry.next_try)
@@ -286,7 +302,7 @@ class Notifier:
         state = status.state_path(spool, plan)
         if state is None:
             return None, False
-        report = state.parent / "report.md"
+        report = PlanFolder(state.parent).report
         return (report if report.exists() else None), state.parent.parent == spool.archive_dir
 
     async def _deliver(self, client: httpx.AsyncClient, path: Path, entry: Entry) -> None:
@@ -296,8 +312,11 @@ class Notifier:
             age = time.time() - entry.created
             # the daemon writes report.md just after moving the folder to archive/; archived
             # long ago without one, the daemon died in between: send without it
-            if (report is None and event.get("event") in PLAN_ENDS
-                    and age < (ARCHIVED_REPORT_WAIT if archived else REPORT_WAIT)):
+            if (
+                report is None
+                and event.get("event") in PLAN_ENDS
+                and age < (ARCHIVED_REPORT_WAIT if archived else REPORT_WAIT)
+            ):
                 self._due_at(time.time() + STEP)
                 return  # its report.md is being written: the next round sends both
             try:
@@ -308,29 +327,40 @@ class Notifier:
                 await self._failed(path, entry, target, exc)
                 return
             await anyio.to_thread.run_sync(functools.partial(path.unlink, missing_ok=True))
-            self.log.info("notify.sent", for_event=event.get("event"), plan=event.get("plan"),
-                          target=describe(target), attempts=entry.attempts + 1)
+            self.log.info(
+                "notify.sent",
+                for_event=event.get("event"),
+                plan=event.get("plan"),
+                target=describe(target),
+                attempts=entry.attempts + 1,
+            )
         except OSError as exc:  # the outbox entry could not be updated: tried again later
             self._outbox_error(exc)
             self._due_at(time.time() + STEP)
         finally:
             self._inflight.discard(path)
 
-    async def _failed(
-        self, path: Path, entry: Entry, target: NotifyTarget, exc: Exception
-    ) -> None:
+    async def _failed(self, path: Path, entry: Entry, target: NotifyTarget, exc: Exception) -> None:
         entry.attempts += 1
         fields = exc.fields if isinstance(exc, DeliveryError) else {}
-        reason = f"timed out after {target.timeout}s" if isinstance(exc, TimeoutError) else (
-            str(exc) or type(exc).__name__)
+        reason = (
+            f"timed out after {target.timeout}s"
+            if isinstance(exc, TimeoutError)
+            else (str(exc) or type(exc).__name__)
+        )
         now = time.time()
         delay = min(target.backoff * 2 ** (entry.attempts - 1), MAX_BACKOFF)
         gave_up = now + delay - entry.created > target.retry_for
         event = entry.event
         self.log.info(
-            "notify.failed", for_event=event.get("event"), plan=event.get("plan"),
-            target=describe(target), attempts=entry.attempts, reason=reason,
-            **fields, **({"gave_up": True} if gave_up else {"retry_in": round(delay, 3)}),
+            "notify.failed",
+            for_event=event.get("event"),
+            plan=event.get("plan"),
+            target=describe(target),
+            attempts=entry.attempts,
+            reason=reason,
+            **fields,
+            **({"gave_up": True} if gave_up else {"retry_in": round(delay, 3)}),
         )
         if gave_up:
             await anyio.to_thread.run_sync(os.replace, path, self.outbox.failed / path.name)
@@ -340,7 +370,10 @@ class Notifier:
             self._due_at(entry.next_try)
 
     async def _send(
-        self, client: httpx.AsyncClient, target: NotifyTarget, event: dict[str, Any],
+        self,
+        client: httpx.AsyncClient,
+        target: NotifyTarget,
+        event: dict[str, Any],
         report: Path | None,
     ) -> None:
         redactor = Redactor.from_config(self.config())
@@ -360,8 +393,9 @@ class Notifier:
             headers.setdefault("Title", f"orchestrd {event.get('event')}")
             bad = "failed" in str(event.get("event")) or "stalled" in str(event.get("event"))
             headers.setdefault("Priority", "high" if bad else "default")
-        response = await client.post(target.url, content=body,
-                                     headers={"Content-Type": kind, **headers})
+        response = await client.post(
+            target.url, content=body, headers={"Content-Type": kind, **headers}
+        )
         if response.status_code >= 300:
             raise DeliveryError(f"HTTP {response.status_code}", status=response.status_code)
 
@@ -372,8 +406,10 @@ def _expand(header: str, value: str) -> str:
     def lookup(m: re.Match[str]) -> str:
         name = m.group(1) or m.group(2)
         if name not in os.environ:
-            raise DeliveryError(f"header {header} names ${name}, which the daemon's environment "
-                                "lacks (set it in the unit's EnvironmentFile)")
+            raise DeliveryError(
+                f"header {header} names ${name}, which the daemon's environment "
+                "lacks (set it in the unit's EnvironmentFile)"
+            )
         return os.environ[name]
 
     return _ENV_REF.sub(lookup, value)
@@ -383,7 +419,9 @@ async def _run_command(argv: list[str], event: dict[str, Any], report: Path | No
     """The command with the event on stdin and a minimal environment (no daemon secrets).
     A command that never reads its stdin (`true`, a curl with its own body) is fine."""
     env = {
-        "PATH": _MINIMAL_PATH, "LANG": "C.UTF-8", "HOME": os.environ.get("HOME", "/"),
+        "PATH": _MINIMAL_PATH,
+        "LANG": "C.UTF-8",
+        "HOME": os.environ.get("HOME", "/"),
         "ORCHESTRD_EVENT": str(event.get("event")),
         "ORCHESTRD_REPORT_FILE": str(report) if report else "",
     }
@@ -404,13 +442,16 @@ async def _run_command(argv: list[str], event: dict[str, Any], report: Path | No
         returncode = await proc.wait()
     if returncode != 0:
         tail = stderr.decode(errors="replace").strip()[-200:]
-        raise DeliveryError(f"exited {returncode}" + (f": {tail}" if tail else ""),
-                            returncode=returncode)
+        raise DeliveryError(
+            f"exited {returncode}" + (f": {tail}" if tail else ""), returncode=returncode
+        )
 
 
 async def run_notifier(
-    config: Callable[[], Config], log: Logger,
-    *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    config: Callable[[], Config],
+    log: Logger,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """The daemon's notifier task (started before recovery, so no event of this run is missed)."""
     await Notifier(config, log).run(task_status=task_status)

@@ -48,11 +48,15 @@ def enter_namespaces(uid: int, gid: int) -> None:
         fail(
             "cannot create a user+pid namespace (are unprivileged user namespaces disabled? "
             "sysctl kernel.unprivileged_userns_clone / user.max_user_namespaces; or set "
-            "worker_pid_namespace = false)", 126,
+            "worker_pid_namespace = false)",
+            126,
         )
     # the same ids inside: files, `id -u` and the worker's HOME stay the worker user's
-    for name, text in (("uid_map", f"{uid} {uid} 1"), ("setgroups", "deny"),
-                       ("gid_map", f"{gid} {gid} 1")):
+    for name, text in (
+        ("uid_map", f"{uid} {uid} 1"),
+        ("setgroups", "deny"),
+        ("gid_map", f"{gid} {gid} 1"),
+    ):
         with open(f"/proc/self/{name}", "w") as f:
             f.write(text)
 
@@ -72,8 +76,10 @@ def wait_for(child: int) -> int:
     while True:
         pid, status = os.waitpid(-1, 0)
         if pid == child:
-            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else (
-                128 + os.WTERMSIG(status)
+            return (
+                os.waitstatus_to_exitcode(status)
+                if os.WIFEXITED(status)
+                else (128 + os.WTERMSIG(status))
             )
 
 
@@ -83,11 +89,16 @@ def mount_proc() -> None:
     mount again, e.g. partly masked in a container) signals stay confined all the same."""
     c = libc()
     private = c.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0
-    if not private or c.mount(b"proc", b"/proc", b"proc",
-                              MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
+    if (
+        not private
+        or c.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0
+    ):
         err = ctypes.get_errno()
-        os.write(1, f"orchestrd nsinit: /proc not remounted ({os.strerror(err)}); the "
-                    "worker sees the host's processes, cannot signal them\n".encode())
+        os.write(
+            1,
+            f"orchestrd nsinit: /proc not remounted ({os.strerror(err)}); the "
+            "worker sees the host's processes, cannot signal them\n".encode(),
+        )
 
 
 def init(argv: list[str]) -> None:

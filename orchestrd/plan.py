@@ -220,11 +220,11 @@ class Phase(Strict):
     @pydantic.model_validator(mode="after")
     def _one_prompt(self) -> Phase:
         if (self.prompt is None) == (self.prompt_file is None):
-            raise ValueError("give exactly one of prompt = \"...\" or prompt_file = \"path\"")
+            raise ValueError('give exactly one of prompt = "..." or prompt_file = "path"')
         if self.marker_paths and not self.markers:
             raise ValueError(
                 "marker_paths: the phase has no markers to look for; add "
-                f"markers = [\"@plan:PLAN.{self.id}\"] or remove marker_paths"
+                f'markers = ["@plan:PLAN.{self.id}"] or remove marker_paths'
             )
         return self
 
@@ -379,8 +379,10 @@ def phase_id_problems(data: dict[str, Any], source: Path | str) -> list[str]:
     earlier: list[str] = []
     for i, (pid, phase) in enumerate(zip(ids, phases, strict=True)):
         if isinstance(pid, str) and pid in earlier:
-            out.append(f"{source}: phases[{i}].id: phase id {pid!r} appears twice; phase ids "
-                       "must be unique")
+            out.append(
+                f"{source}: phases[{i}].id: phase id {pid!r} appears twice; phase ids "
+                "must be unique"
+            )
         reqs = phase.get("prerequisites") if isinstance(phase, dict) else None
         for req in reqs if isinstance(reqs, list) else []:
             if not isinstance(req, str) or req in earlier:
@@ -388,8 +390,10 @@ def phase_id_problems(data: dict[str, Any], source: Path | str) -> list[str]:
             where = "a later phase" if req in known else "no phase"
             where = "this phase itself" if req == pid else where
             before = ", ".join(earlier) or f"there are none before {pid}"
-            out.append(f"{source}: phases[{i}].prerequisites: {req!r} is {where}; name "
-                       f"earlier phases only ({before})")
+            out.append(
+                f"{source}: phases[{i}].prerequisites: {req!r} is {where}; name "
+                f"earlier phases only ({before})"
+            )
         if isinstance(pid, str):
             earlier.append(pid)
     return out
@@ -422,8 +426,10 @@ def check_against_config(plan: Plan, source: Path | str, config: Config) -> None
                 f"{source}: phases[{ph.id}].remediation_worker: no worker profile {fix!r} in "
                 f"the config; use one of: {known}"
             )
-        elif fix is not None and config.workers[fix].dangerous_flags and not (
-            config.allow_dangerous_workers
+        elif (
+            fix is not None
+            and config.workers[fix].dangerous_flags
+            and not (config.allow_dangerous_workers)
         ):
             errors.append(
                 f"{source}: phases[{ph.id}].remediation_worker: profile {fix!r} is dangerous; "

@@ -77,8 +77,9 @@ def can_switch_users() -> tuple[bool, str]:
         status = Path("/proc/self/status").read_text()
     except OSError as exc:
         return False, f"cannot read /proc/self/status: {exc.strerror}"
-    eff = next((int(line.split()[1], 16) for line in status.splitlines()
-                if line.startswith("CapEff:")), 0)
+    eff = next(
+        (int(line.split()[1], 16) for line in status.splitlines() if line.startswith("CapEff:")), 0
+    )
     if eff & (1 << _CAP_SETUID) and eff & (1 << _CAP_SETGID):
         return True, "CAP_SETUID and CAP_SETGID"
     return False, f"running as {pwd.getpwuid(os.geteuid()).pw_name} without CAP_SETUID/CAP_SETGID"
@@ -114,10 +115,16 @@ def check_identities(config: Config) -> None:
     for name, profile in config.workers.items():
         if profile.worker_user or profile.worker_group:
             key = f"workers.{name}.worker_user"
-            found.append((key, resolve(
-                profile.worker_user or config.worker_user or "",
-                profile.worker_group or config.worker_group, key,
-            )))
+            found.append(
+                (
+                    key,
+                    resolve(
+                        profile.worker_user or config.worker_user or "",
+                        profile.worker_group or config.worker_group,
+                        key,
+                    ),
+                )
+            )
     for key, who in found:
         if os.getegid() in who.groups:
             name = grp.getgrgid(os.getegid()).gr_name
@@ -142,7 +149,13 @@ def wrap(argv: list[str], pid_namespace: bool, log: Path) -> list[str]:
     `log` lets recovery find it by its command line, which any user may read (unlike its
     environment). The interpreter must be one the worker user may execute."""
     return [
-        sys.executable, "-I", "-S", str(NSINIT), "1" if pid_namespace else "0", str(log), "--",
+        sys.executable,
+        "-I",
+        "-S",
+        str(NSINIT),
+        "1" if pid_namespace else "0",
+        str(log),
+        "--",
         *argv,
     ]
 

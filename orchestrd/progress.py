@@ -55,8 +55,12 @@ class View:
         elif name == "worker.poll":
             self.polls = f"{e.get('cycle')}/{e.get('max_polls')}"
         elif name.startswith("check."):
-            self.check = Text(f"{e.get('check')}: {e.get('reason', '')}", style=_style(name),
-                              no_wrap=True, overflow="ellipsis")
+            self.check = Text(
+                f"{e.get('check')}: {e.get('reason', '')}",
+                style=_style(name),
+                no_wrap=True,
+                overflow="ellipsis",
+            )
         if name.startswith(("plan.", "worker.")) and name != "worker.poll":
             self.state = Text(name, style=_style(name))
         if name in ("phase.passed", "phase.failed"):
@@ -83,8 +87,10 @@ class View:
 
 
 async def show(
-    audit_path: Path, plan: Plan,
-    *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    audit_path: Path,
+    plan: Plan,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Follow the audit log for `plan`'s events and show them until cancelled."""
     # the file exists: the runner's AuditLog opened it before this task starts

@@ -22,14 +22,20 @@ from .config import Config, load_config
 from .errors import OrchestrdError, StateError
 from .logs import plan_folder
 from .spool import Spool
-from .state import atomic_write, load_state
+from .state import PlanFolder, atomic_write, load_state
 from .tail import Filter, parse_ts, scan, since_time
 
-REPORT_NAME = "report.md"
 _RULE = re.compile(r"\[rule: ([\w.-]+)\]")
 # --since: what needs a person first
-_ORDER = {"failed": 0, "corrupt": 0, "cancelled": 1, "interrupted": 2, "running": 3,
-          "queued": 3, "succeeded": 4}
+_ORDER = {
+    "failed": 0,
+    "corrupt": 0,
+    "cancelled": 1,
+    "interrupted": 2,
+    "running": 3,
+    "queued": 3,
+    "succeeded": 4,
+}
 
 
 def _seconds(start: str | None, end: str | None) -> float | None:
@@ -69,10 +75,11 @@ def _usage(attempts: list[dict[str, Any]]) -> dict[str, float]:
 
 def gather(config: Config, folder: Path) -> dict[str, Any]:
     """Everything the report says, as data (`report --json`)."""
-    state = load_state(folder / "state.toml")
-    raw_state = tomllib.loads((folder / "state.toml").read_text(encoding="utf-8"))
+    files = PlanFolder(folder)
+    state = load_state(files.state_file)
+    raw_state = tomllib.loads(files.state_file.read_text(encoding="utf-8"))
     try:
-        plan = tomllib.loads((folder / "plan.toml").read_text(encoding="utf-8"))
+        plan = tomllib.loads(files.plan_file.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError):
         plan = {}
     kinds = {p.get("id"): p.get("kind", "other") for p in plan.get("phases", [])}
@@ -86,24 +93,36 @@ def gather(config: Config, folder: Path) -> dict[str, Any]:
         wall = _seconds(started[0], ended[-1]) if started and ended else None
         if wall is None and ps.attempts:
             wall = _seconds(ps.attempts[0].started_at, ps.attempts[-1].ended_at)
-        phases.append({
-            "phase": phase_id,
-            "kind": kinds.get(phase_id, "other"),
-            "status": str(ps.status),
-            "reason": ps.reason,
-            "attempts": [{"n": a.n, "role": a.role, "status": str(a.status),
-                          "returncode": a.returncode} for a in ps.attempts],
-            "wall_seconds": wall,
-            "failed_checks": [
-                {"attempt": e.get("attempt"), "check": e.get("check"),
-                 "reason": e.get("reason", ""), "rules": _RULE.findall(e.get("reason", ""))}
-                for e in mine if e["event"] == "check.failed"
-            ],
-            "changes": [{"attempt": e.get("attempt"), "diffstat": e.get("diffstat", "")}
-                        for e in mine if e["event"] == "worker.changes"],
-            "logs": [str(folder / "workers" / Path(a.log).name) for a in ps.attempts],
-            **_usage(attempts),
-        })
+        phases.append(
+            {
+                "phase": phase_id,
+                "kind": kinds.get(phase_id, "other"),
+                "status": str(ps.status),
+                "reason": ps.reason,
+                "attempts": [
+                    {"n": a.n, "role": a.role, "status": str(a.status), "returncode": a.returncode}
+                    for a in ps.attempts
+                ],
+                "wall_seconds": wall,
+                "failed_checks": [
+                    {
+                        "attempt": e.get("attempt"),
+                        "check": e.get("check"),
+                        "reason": e.get("reason", ""),
+                        "rules": _RULE.findall(e.get("reason", "")),
+                    }
+                    for e in mine
+                    if e["event"] == "check.failed"
+                ],
+                "changes": [
+                    {"attempt": e.get("attempt"), "diffstat": e.get("diffstat", "")}
+                    for e in mine
+                    if e["event"] == "worker.changes"
+                ],
+                "logs": [str(files.workers / Path(a.log).name) for a in ps.attempts],
+                **_usage(attempts),
+            }
+        )
     return {
         "plan": state.plan,
         "status": str(state.status),
@@ -124,10 +143,13 @@ def _attempts_cell(attempts: list[dict[str, Any]]) -> str:
 
 
 def _checks_cell(failed: list[dict[str, Any]]) -> str:
-    return ", ".join(
-        f"#{c['attempt']} {c['check']}" + (f" ({', '.join(c['rules'])})" if c["rules"] else "")
-        for c in failed
-    ) or "-"
+    return (
+        ", ".join(
+            f"#{c['attempt']} {c['check']}" + (f" ({', '.join(c['rules'])})" if c["rules"] else "")
+            for c in failed
+        )
+        or "-"
+    )
 
 
 def _cell(text: str) -> str:
@@ -160,8 +182,9 @@ def markdown(data: dict[str, Any]) -> str:
     failed = [(p["phase"], c) for p in phases for c in p["failed_checks"]]
     if failed:
         out += ["", "## Failed checks", ""]
-        out += [f"- {pid} attempt {c['attempt']}, `{c['check']}`: {c['reason']}"
-                for pid, c in failed]
+        out += [
+            f"- {pid} attempt {c['attempt']}, `{c['check']}`: {c['reason']}" for pid, c in failed
+        ]
     changed = [(p["phase"], c) for p in phases for c in p["changes"] if c["diffstat"]]
     if changed:
         out += ["", "## What changed", ""]
@@ -170,14 +193,16 @@ def markdown(data: dict[str, Any]) -> str:
     out += ["", "## Logs", ""]
     for p in phases:
         for att, log in zip(p["attempts"], p["logs"], strict=True):
-            out.append(f"- {p['phase']} #{att['n']} {att['role']} ({att['status']}): `{log}` — "
-                       f"`orchestrd logs {data['plan']} {p['phase']} --attempt {att['n']}`")
+            out.append(
+                f"- {p['phase']} #{att['n']} {att['role']} ({att['status']}): `{log}` — "
+                f"`orchestrd logs {data['plan']} {p['phase']} --attempt {att['n']}`"
+            )
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).rstrip() + "\n"
 
 
 def write_report(config: Config, folder: Path) -> Path:
     """`report.md` in the plan's folder (the daemon calls this when a plan ends)."""
-    dest = folder / REPORT_NAME
+    dest = PlanFolder(folder).report
     text = Redactor.from_config(config)(markdown(gather(config, folder)))
     atomic_write(dest, text.encode())
     return dest
@@ -189,7 +214,7 @@ def write_after_run(config: Config, folder: Path) -> None:
     try:
         write_report(config, folder)
     except (OSError, OrchestrdError, ValueError) as exc:
-        print(f"orchestrd: {folder / REPORT_NAME} not written: {exc}", file=sys.stderr)
+        print(f"orchestrd: {PlanFolder(folder).report} not written: {exc}", file=sys.stderr)
 
 
 async def archive_report(config: Config, folder: Path) -> dict[str, str]:
@@ -211,7 +236,7 @@ def since_summary(config: Config, since: dt.datetime) -> list[str]:
         ended = None
         if folder is not None:
             try:
-                ended = parse_ts(load_state(folder / "state.toml").finished_at or "")
+                ended = parse_ts(load_state(PlanFolder(folder).state_file).finished_at or "")
             except StateError:
                 ended = None
         if row["state"] == "succeeded" and (ended is None or ended < since):
@@ -224,9 +249,12 @@ def since_summary(config: Config, since: dt.datetime) -> list[str]:
     for row, folder in rows:
         where = f"phase {row['phase']}" if row.get("phase") else ""
         reason = f": {row['reason']}" if row.get("reason") else ""
-        more = f" — {folder / REPORT_NAME}" if folder and (folder / REPORT_NAME).exists() else ""
-        lines.append(f"- **{row['plan']}** {row['state']} ({where}, "
-                     f"{_fmt(row.get('elapsed'))}){reason}{more}")
+        report = PlanFolder(folder).report if folder else None
+        more = f" — {report}" if report and report.exists() else ""
+        lines.append(
+            f"- **{row['plan']}** {row['state']} ({where}, "
+            f"{_fmt(row.get('elapsed'))}){reason}{more}"
+        )
     return lines
 
 
@@ -254,8 +282,11 @@ def add_subcommand(
     common: argparse.ArgumentParser,
 ) -> None:
     """Register `report PLAN [--json]` and `report --since 12h`."""
-    p = sub.add_parser("report", parents=[common],
-                       help="a plan's morning report (markdown), or every plan since a time")
+    p = sub.add_parser(
+        "report",
+        parents=[common],
+        help="a plan's morning report (markdown), or every plan since a time",
+    )
     p.add_argument("plan", nargs="?", metavar="PLAN")
     p.add_argument("--since", metavar="WHEN", help="every plan that ended or is running: 12h, …")
     p.add_argument("--json", action="store_true", help="the report as data")

@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import functools
 import os
-import re
 import shutil
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -23,11 +22,9 @@ import anyio.to_thread
 
 from .audit import Logger
 from .checks import (
-    FIXES,
     CheckContext,
     CheckResult,
     audit,
-    change_rules,
     check_prerequisites,
     failures,
     inspect,
@@ -35,7 +32,7 @@ from .checks import (
 )
 from .config import CheckSettings, Config, Policy, WorkerProfile
 from .contract import ContractBaseline
-from .errors import OrchestrdError, PlanError
+from .errors import OrchestrdError
 from .fingerprint import (
     Failure,
     Fingerprint,
@@ -44,23 +41,37 @@ from .fingerprint import (
     fingerprint,
     work_changes,
 )
-from .fsutil import FileRefused, read_head, read_regular, write_file
+from .fsutil import FileRefused, write_file
 from .gitsnap import Diff, Git, PhaseGit, drop_snapshots
 from .limits import LimitHit, LimitKind, auth_exit_codes, judge, local_zone
 from .parking import Quota, utcnow
-from .plan import Phase, Plan, confine
+from .plan import Phase, Plan
 from .policy import Ended, Liveness, WatchOutcome, watch
 from .privsep import Identity, handoff_root, identity_for, make_handoff
-from .state import AttemptState, PhaseState, PlanFolder, PlanRecord, now_iso
+from .prompt import (
+    LOG_TAIL_LINES,
+    base_env,
+    contract_trailer,
+    log_tail_without,
+    read_prompt_file,
+    remediation_section,
+    render_command,
+    tried_section,
+)
+from .state import (
+    AttemptState,
+    PlanFolder,
+    PlanRecord,
+    mark_left_stopped,
+    now_iso,
+    set_attempt,
+)
 from .states import (
-    ATTEMPT_TRANSITIONS,
     AttemptStatus,
     PhaseStatus,
     PlanStatus,
-    check_transition,
 )
 from .worker import (
-    LOG_SCAN_BYTES,
     LocalWorker,
     WorkerSpec,
     WorkerStartError,
@@ -70,146 +81,9 @@ from .worker import (
     stop_respawned,
 )
 
-# What a worker inherits from the daemon's environment, besides env_passthrough and its profile.
-BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
-LOG_TAIL_LINES = 40
 DEFAULT_STREAM_SILENCE = 600.0
 """silence_timeout of a stream-format worker when nothing sets one: a stream always says
 something (a tool call, a retry) within minutes."""
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
-
-
-def set_attempt(att: AttemptState, new: AttemptStatus) -> None:
-    check_transition(ATTEMPT_TRANSITIONS, att.status, new)
-    att.status = new
-
-
-def base_env(config: Config) -> dict[str, str]:
-    names = (*BASE_ENV, *config.env_passthrough)
-    return {k: os.environ[k] for k in names if k in os.environ}
-
-
-def render_command(
-    profile: WorkerProfile, values: dict[str, str]
-) -> list[str]:
-    # one pass over the template: braces inside a substituted value (a prompt quoting
-    # `f"{phase}"`) are the value's own text, never placeholders
-    return [
-        _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), arg)
-        for arg in profile.command
-    ]
-
-
-def contract_trailer(
-    plan: Plan, phase: Phase, attempt: int, role: str, report_rel: str, settings: CheckSettings
-) -> str:
-    """What the worker must leave behind, in words: the same rules the checkpoints apply."""
-    report = plan.in_plan_dir(report_rel)
-    completion = [plan.in_plan_dir(c) for c in phase.completion_paths]
-    required = {"phase": f"`Phase: {phase.id}`", "timestamp": "`Completed: <real date and time>`"}
-    lines = [
-        "",
-        "---",
-        f"orchestrd worker contract — plan {plan.id}, phase {phase.id}, attempt {attempt} "
-        f"({role}). You run headless in {plan.repo}; nobody will answer questions.",
-        f"- When you are done, write the report `{report}` (relative to the repository) with a "
-        "line `Status: PASS`, or `Status: FAIL` and what is missing."
-        + "".join(f" It needs a line {required[r]}." for r in phase.report_requires),
-        "- Write the report and completion files in this attempt: one left as it was before "
-        "this phase began (by an earlier run or plan) is no evidence.",
-    ]
-    if completion:  # `completion = []`: an imported phase that names no completion file
-        lines.append(
-            "- Create the completion file(s) " + ", ".join(f"`{c}`" for c in completion)
-            + (
-                " containing the marker(s) " + ", ".join(f"`{m}`" for m in phase.markers)
-                if phase.markers
-                else ""
-            )
-            + "."
-            + "".join(f" Each needs a line {required[r]}." for r in phase.completion_requires)
-        )
-    lines += [
-        f"- At least {mp.min} file(s) matching `{mp.glob}` must contain the marker(s) too."
-        for mp in phase.marker_paths
-    ]
-    rules = phase.evidence_rules if phase.evidence_rules is not None else settings.evidence_rules
-    if rules:
-        lines.append(
-            "- Reports and completion files are evidence: paste real command output (commands "
-            "go in ```bash blocks; `$(…)` anywhere else is never expanded), leave no template "
-            "text or empty output blocks, and record no check as FAIL under `Status: PASS`."
-        )
-    _, forbid_tests, patterns = change_rules(plan, phase, settings)
-    prompts = [plan.in_plan_dir(p.prompt_file) for p in plan.phases if p.prompt_file]
-    protect = [f"`{g}`" for g in (*plan.protect, *phase.protect)]
-    if prompts:
-        more = f" and {len(prompts) - 3} more" if len(prompts) > 3 else ""
-        protect.append(
-            "the plan's phase files (" + ", ".join(f"`{p}`" for p in prompts[:3]) + more + ")"
-        )
-    if protect:
-        lines.append("- Do not change " + ", ".join(protect) + ".")
-    if forbid_tests:
-        lines.append(f"- Do not change test files in this {phase.kind} phase.")
-    if patterns:
-        lines.append(
-            "- Lines you add outside tests must not match: "
-            + ", ".join(f"`{p}`" for p in patterns) + "."
-        )
-    if phase.verify:
-        lines.append(
-            "- After you exit, the supervisor runs these checks itself (your claims about them "
-            "are not trusted; their output is judged too, so a failure must be the right one):"
-        )
-        lines += [f"   - `{v.run}` must {v.expect}" for v in phase.verify]
-    lines.append("Exit when finished.")
-    return "\n".join(lines) + "\n"
-
-
-def remediation_section(
-    failed: list[CheckResult], failed_log: Path, tail: str, baseline: str | None = None
-) -> str:
-    """The failed checks with their places and rules, how to fix each rule, and the log's end."""
-    lines = [
-        "",
-        "## Remediation",
-        "A previous worker on this phase did not finish it. These checks failed:",
-    ]
-    lines += [f"- {r.name}: {r.reason}" for r in failed]
-    rules = list(dict.fromkeys(str(r.details["rule"]) for r in failed if "rule" in r.details))
-    if rules:
-        lines += ["", "How to fix each rule named above:"]
-        lines += [f"- {rule}: {FIXES[rule]}" for rule in rules if rule in FIXES]
-    if baseline:
-        lines.append(
-            f"The phase started at commit {baseline}; `git diff {baseline}` shows what changed "
-            "since (files the phase must not change are judged against it)."
-        )
-    lines += [
-        "",
-        f"The last lines of its log ({failed_log}):",
-        "```",
-        tail,
-        "```",
-        "Repair what is missing or wrong, then meet the contract below.",
-    ]
-    # a NUL byte (a binary file dumped into the log) cannot travel in argv or the environment
-    return ("\n".join(lines) + "\n").replace("\0", "")
-
-
-def log_tail_without(log: Path, prompt_file: Path, lines: int) -> str:
-    """The end of a worker's log without the prompt the agent echoed into it: the prompt is
-    not the worker's output, and the next worker gets its own."""
-    try:
-        prompt = read_head(prompt_file, LOG_SCAN_BYTES).decode("utf-8", errors="replace")
-    except (OSError, FileRefused):
-        prompt = ""
-    try:
-        text = log_without_prompt(log, prompt, "[the prompt, echoed by the agent]")
-    except FileRefused as exc:
-        return f"[orchestrd: the log is not read: it {exc}]"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 @dataclasses.dataclass
@@ -226,36 +100,8 @@ class Handoff:
             )
 
 
-MAX_PROMPT_FILE = 4 * 1024 * 1024
-
-
-def read_prompt_file(plan: Plan, rel: str) -> str:
-    """A phase's prompt file, which an earlier phase's worker may have replaced: read by the
-    daemon (perhaps as root), so a link leading out of the repo is refused (PlanError; it would
-    hand the daemon's files to the next worker), and so is anything but a regular file (a FIFO
-    would block) or a file over MAX_PROMPT_FILE."""
-    path = confine(plan.repo, plan.in_plan_dir(rel))
-    try:
-        raw = read_regular(path, MAX_PROMPT_FILE, "the prompt file limit", follow=False)
-    except FileRefused as exc:
-        raise PlanError(f"prompt_file {plan.in_plan_dir(rel)}: {exc}") from None
-    return raw.decode("utf-8", errors="replace")
-
-
 def describe(failed: list[CheckResult]) -> str:
     return "; ".join(f"{r.name}: {r.reason}" for r in failed).replace("\0", "")
-
-
-def tried_section(attempt: int, diffstat: str) -> str:
-    """What the failed attempt changed, so the next worker does not try the same again."""
-    if not diffstat:
-        return (
-            f"\nAttempt {attempt} changed no file besides its report and completion files.\n"
-        )
-    return (
-        f"\nAttempt {attempt} changed (git diff --stat); it did not pass, so do not simply "
-        f"repeat it:\n```\n{diffstat}\n```\n"
-    )
 
 
 @dataclasses.dataclass
@@ -304,8 +150,7 @@ class PlanRunner:
     async def run(self) -> PlanStatus:
         """Run every phase not yet passed; returns SUCCEEDED or FAILED (and records it)."""
         state = self.record.state
-        for phase in self.plan.phases:
-            state.phases.setdefault(phase.id, PhaseState())
+        state.add_phases(p.id for p in self.plan.phases)
         if state.status is not PlanStatus.RUNNING:
             # unsaved: queued and interrupted plans resume just like running ones, and the
             # first attempt's save follows within milliseconds
@@ -332,15 +177,13 @@ class PlanRunner:
             # resumed after a restart, or retried: the phase starts over with a fresh worker
             for att in ps.attempts:
                 if att.status in (AttemptStatus.STARTING, AttemptStatus.RUNNING):
-                    att.status = AttemptStatus.STOPPED
+                    mark_left_stopped(att)
             if ps.status is PhaseStatus.FAILED:
                 ps.failures = 0
-            await self.record.set_phase(phase.id, PhaseStatus.PENDING, None)
+            await self.record.set_phase(phase.id, PhaseStatus.PENDING)
         # unsaved: the first attempt's record is saved right after, and a phase left pending
         # by a crash runs from the start all the same
-        await self.record.set_phase(
-            phase.id, PhaseStatus.RUNNING, "phase.started", save=False, kind=phase.kind
-        )
+        await self.record.set_phase(phase.id, PhaseStatus.RUNNING, save=False, kind=phase.kind)
         if not await self._prerequisites_met(phase):
             return False
         config = self.get_config()
@@ -372,7 +215,7 @@ class PlanRunner:
             await self.quota.succeeded(profile)
             bad = failures(end.results)
             if not bad:
-                await self.record.set_phase(phase.id, PhaseStatus.PASSED, "phase.passed")
+                await self.record.set_phase(phase.id, PhaseStatus.PASSED)
                 # the daemon's own record, next to the state: recovery believes a pass only
                 # with it (or the audit log's phase.passed), never state.toml alone
                 self.folder.append_ledger(phase.id, self.folder.passes)
@@ -385,15 +228,21 @@ class PlanRunner:
                     reason = f"{stagnant[0]}: {reason}"
                     extra = {"stagnant_attempts": stagnant[1]}
                 await self.record.set_phase(
-                    phase.id, PhaseStatus.FAILED, "phase.failed", reason,
-                    attempts=len(ps.attempts), **extra,
+                    phase.id,
+                    PhaseStatus.FAILED,
+                    reason,
+                    attempts=len(ps.attempts),
+                    **extra,
                 )
                 return False
             previous = (bad, end.log_path)
             self._tried = (end.n, end.diffstat)
             await self.record.set_phase(
-                phase.id, PhaseStatus.RUNNING, "remediation.started", describe(bad),
-                attempt=len(ps.attempts) + 1, remediation=ps.failures,
+                phase.id,
+                PhaseStatus.RUNNING,
+                describe(bad),
+                attempt=len(ps.attempts) + 1,
+                remediation=ps.failures,
                 max_remediations=policy.max_remediations,
             )
             if phase.remediation_backoff is not None:
@@ -430,7 +279,8 @@ class PlanRunner:
     def _fingerprint(self, bad: list[CheckResult], end: AttemptEnd) -> Fingerprint:
         found = [
             Failure.of(
-                r.name, r.details,
+                r.name,
+                r.details,
                 str(r.details["output_tail"]) if "output_tail" in r.details else None,
             )
             for r in bad
@@ -461,10 +311,8 @@ class PlanRunner:
         bad = failures(results)
         if not bad:
             return True
-        await self.record.set_phase(phase.id, PhaseStatus.CHECKING, None)
-        await self.record.set_phase(
-            phase.id, PhaseStatus.FAILED, "phase.failed", describe(bad), attempts=0
-        )
+        await self.record.set_phase(phase.id, PhaseStatus.CHECKING)
+        await self.record.set_phase(phase.id, PhaseStatus.FAILED, describe(bad), attempts=0)
         return False
 
     async def _precheck(self, phase: Phase, log: Logger) -> list[CheckResult]:
@@ -476,11 +324,17 @@ class PlanRunner:
         identity = identity_for(config, profile)
         env = base_env(config) | (identity.env() if identity else {})
         ctx = CheckContext(
-            plan=self.plan, phase=phase.model_copy(update={"verify": phase.precheck}),
-            settings=config.checks, outcome=WatchOutcome(0, 0), log_path=Path(os.devnull),
-            output_dir=self.folder.workers, attempt=0, env=env,
+            plan=self.plan,
+            phase=phase.model_copy(update={"verify": phase.precheck}),
+            settings=config.checks,
+            outcome=WatchOutcome(0, 0),
+            log_path=Path(os.devnull),
+            output_dir=self.folder.workers,
+            attempt=0,
+            env=env,
             grace=config.policy_for(self.plan.policy, phase.policy).stop_grace,
-            max_log_bytes=config.max_log_bytes, identity=identity,
+            max_log_bytes=config.max_log_bytes,
+            identity=identity,
             pid_namespace=config.worker_pid_namespace,
         )
         results = []
@@ -491,8 +345,14 @@ class PlanRunner:
         return results
 
     def _prompt(
-        self, phase: Phase, n: int, role: str, report: str, settings: CheckSettings,
-        previous: tuple[list[CheckResult], Path] | None, baseline: str | None,
+        self,
+        phase: Phase,
+        n: int,
+        role: str,
+        report: str,
+        settings: CheckSettings,
+        previous: tuple[list[CheckResult], Path] | None,
+        baseline: str | None,
         shown_log: Path | None = None,
     ) -> str:
         """`shown_log`: where the worker finds the failed log (its hand-off copy)."""
@@ -511,8 +371,15 @@ class PlanRunner:
         return text + contract_trailer(self.plan, phase, n, role, report, settings)
 
     def _env(
-        self, config: Config, profile: WorkerProfile, phase: Phase, n: int, role: str,
-        report: str, log_path: Path, previous: tuple[list[CheckResult], Path] | None,
+        self,
+        config: Config,
+        profile: WorkerProfile,
+        phase: Phase,
+        n: int,
+        role: str,
+        report: str,
+        log_path: Path,
+        previous: tuple[list[CheckResult], Path] | None,
         handoff: Handoff,
     ) -> dict[str, str]:
         env = base_env(config)
@@ -586,7 +453,7 @@ class PlanRunner:
             att.failure = str(exc)
             att.ended_at = now_iso()
             # checked like any attempt, so remediation.started / phase.failed follow as usual
-            await self.record.set_phase(phase.id, PhaseStatus.CHECKING, None)
+            await self.record.set_phase(phase.id, PhaseStatus.CHECKING)
             self.folder.append_ledger(f"{phase.id} attempt={n} role={role} failed_to_start")
             log.info("worker.failed_to_start", reason=str(exc))
             result = CheckResult("start", False, f"worker failed to start: {exc}")
@@ -594,7 +461,8 @@ class PlanRunner:
             return AttemptEnd(n, [result], log_path, changes=None if pgit.problem else "")
         if worker.dropped_bytes:
             wlog.info(
-                "worker.log_truncated", max_log_bytes=config.max_log_bytes,
+                "worker.log_truncated",
+                max_log_bytes=config.max_log_bytes,
                 dropped_bytes=worker.dropped_bytes,
             )
         changes, diff = await pgit.end_attempt(f"{phase.id}-{n}")
@@ -606,18 +474,41 @@ class PlanRunner:
                 await self._limited(att, phase, limit, profile, wlog)
                 return AttemptEnd(n, [], log_path, limit)
             return await self._check(
-                phase, config, policy, n, outcome, log_path, env, prompt, report, spec,
-                (pgit, contract), (changes, diff), mine, wlog,
+                phase,
+                config,
+                policy,
+                n,
+                outcome,
+                log_path,
+                env,
+                prompt,
+                report,
+                spec,
+                (pgit, contract),
+                (changes, diff),
+                mine,
+                wlog,
             )
         finally:
             with anyio.CancelScope(shield=True):
                 await handoff.remove()
 
     async def _check(
-        self, phase: Phase, config: Config, policy: Policy, n: int, outcome: WatchOutcome,
-        log_path: Path, env: dict[str, str], prompt: str, report: str,
-        spec: WorkerSpec, baselines: tuple[PhaseGit, ContractBaseline],
-        git_view: tuple[dict[str, object] | None, Diff | None], mine: list[str], wlog: Logger,
+        self,
+        phase: Phase,
+        config: Config,
+        policy: Policy,
+        n: int,
+        outcome: WatchOutcome,
+        log_path: Path,
+        env: dict[str, str],
+        prompt: str,
+        report: str,
+        spec: WorkerSpec,
+        baselines: tuple[PhaseGit, ContractBaseline],
+        git_view: tuple[dict[str, object] | None, Diff | None],
+        mine: list[str],
+        wlog: Logger,
     ) -> AttemptEnd:
         """The attempt's checkpoints, and what it changed (for the stagnation breaker)."""
         pgit, contract = baselines
@@ -625,13 +516,26 @@ class PlanRunner:
         # without git, a file rewritten with the same text is told apart by its mtime
         stale = await contract.stale(mine, mtime=pgit.problem is not None)
         # the attempt's end was just saved; checking restarts the phase like running does
-        await self.record.set_phase(phase.id, PhaseStatus.CHECKING, None, save=False)
+        await self.record.set_phase(phase.id, PhaseStatus.CHECKING, save=False)
         ctx = CheckContext(
-            plan=self.plan, phase=phase, settings=config.checks, outcome=outcome,
-            log_path=log_path, output_dir=self.folder.workers, attempt=n, env=env,
-            grace=policy.stop_grace, max_log_bytes=config.max_log_bytes, prompt=prompt,
-            report=report, changes=diff, git_problem=pgit.problem, git_broken=pgit.broken,
-            stale=stale, identity=spec.identity, pid_namespace=spec.pid_namespace,
+            plan=self.plan,
+            phase=phase,
+            settings=config.checks,
+            outcome=outcome,
+            log_path=log_path,
+            output_dir=self.folder.workers,
+            attempt=n,
+            env=env,
+            grace=policy.stop_grace,
+            max_log_bytes=config.max_log_bytes,
+            prompt=prompt,
+            report=report,
+            changes=diff,
+            git_problem=pgit.problem,
+            git_broken=pgit.broken,
+            stale=stale,
+            identity=spec.identity,
+            pid_namespace=spec.pid_namespace,
         )
         results = await inspect(ctx, wlog)
         own: str | None = None
@@ -675,7 +579,10 @@ class PlanRunner:
             text = ""
         codes = prof.auth_exit_codes
         return judge(
-            text, outcome.returncode, prof.rate_limit_patterns, prof.auth_patterns,
+            text,
+            outcome.returncode,
+            prof.rate_limit_patterns,
+            prof.auth_patterns,
             auth_exit_codes(prof.command) if codes is None else codes,
         )
 
@@ -687,14 +594,23 @@ class PlanRunner:
         att.failure = hit.message
         await self.record.save(phase.id)
         if rate:
-            log.info("worker.rate_limited", profile=profile, message=hit.message,
-                     reset=hit.reset_text)
+            log.info(
+                "worker.rate_limited", profile=profile, message=hit.message, reset=hit.reset_text
+            )
         else:
             log.info("worker.auth_failed", profile=profile, message=hit.message)
 
     async def _prepare(
-        self, phase: Phase, config: Config, profile_name: str, n: int, role: str, report: str,
-        log_path: Path, previous: tuple[list[CheckResult], Path] | None, baseline: str | None,
+        self,
+        phase: Phase,
+        config: Config,
+        profile_name: str,
+        n: int,
+        role: str,
+        report: str,
+        log_path: Path,
+        previous: tuple[list[CheckResult], Path] | None,
+        baseline: str | None,
     ) -> tuple[WorkerSpec, dict[str, str], str, list[str], Handoff]:
         """The worker's spec, env, prompt, dangerous flags and hand-off folder;
         WorkerStartError if impossible."""
@@ -725,7 +641,10 @@ class PlanRunner:
             )
             if identity is not None and handoff.folder is not None:
                 await anyio.to_thread.run_sync(
-                    make_handoff, handoff.folder, identity, prompt,
+                    make_handoff,
+                    handoff.folder,
+                    identity,
+                    prompt,
                     previous[1] if previous else None,
                 )
                 prompt_file = handoff.folder / "prompt.md"
@@ -736,8 +655,12 @@ class PlanRunner:
         except OrchestrdError as exc:  # the worker user is gone since the start
             raise WorkerStartError(str(exc)) from None
         values = {
-            "prompt": prompt, "prompt_file": str(prompt_file), "plan": self.plan.id,
-            "phase": phase.id, "attempt": str(n), "log": str(log_path),
+            "prompt": prompt,
+            "prompt_file": str(prompt_file),
+            "plan": self.plan.id,
+            "phase": phase.id,
+            "attempt": str(n),
+            "log": str(log_path),
             "python": sys.executable,
         }
         argv = render_command(profile, values)
@@ -757,8 +680,15 @@ class PlanRunner:
             log.info("worker.respawned", pids=pids, commands=[found[p] for p in pids])
 
     async def _supervise(
-        self, worker: LocalWorker, att: AttemptState, phase: Phase, policy: Policy, log: Logger,
-        silence: float | None = None, liveness: Liveness | None = None, respawn: bool = True,
+        self,
+        worker: LocalWorker,
+        att: AttemptState,
+        phase: Phase,
+        policy: Policy,
+        log: Logger,
+        silence: float | None = None,
+        liveness: Liveness | None = None,
+        respawn: bool = True,
     ) -> WatchOutcome:
         h = worker.handle
         self.record.state.phases[phase.id].attempts.append(att)
@@ -776,8 +706,11 @@ class PlanRunner:
                 if outcome.silent_for is not None:
                     why["silent_for"] = outcome.silent_for
                 log.info(
-                    "worker.stalled", polls=outcome.polls, elapsed=round(worker.elapsed(), 3),
-                    **why, log_tail=await anyio.to_thread.run_sync(worker.tail, LOG_TAIL_LINES),
+                    "worker.stalled",
+                    polls=outcome.polls,
+                    elapsed=round(worker.elapsed(), 3),
+                    **why,
+                    log_tail=await anyio.to_thread.run_sync(worker.tail, LOG_TAIL_LINES),
                 )
                 sig = await worker.stop(policy.stop_grace)
                 set_attempt(att, AttemptStatus.STOPPED)
@@ -785,8 +718,11 @@ class PlanRunner:
                 self.folder.append_ledger(f"{who} stalled stopped={sig.name if sig else 'gone'}")
                 await self._respawned(h.log, policy, log, respawn)
             elif outcome.ended is Ended.NO_EXIT:
-                log.info("worker.no_exit", exit_grace=policy.exit_grace,
-                         elapsed=round(worker.elapsed(), 3))
+                log.info(
+                    "worker.no_exit",
+                    exit_grace=policy.exit_grace,
+                    elapsed=round(worker.elapsed(), 3),
+                )
                 sig = await worker.stop(policy.stop_grace)
                 set_attempt(att, AttemptStatus.STOPPED)
                 log.info("worker.stopped", signal=sig.name if sig else None, why="no exit")
@@ -796,7 +732,8 @@ class PlanRunner:
                 set_attempt(att, AttemptStatus.EXITED)
                 att.returncode = outcome.returncode
                 log.info(
-                    "worker.exited", returncode=outcome.returncode,
+                    "worker.exited",
+                    returncode=outcome.returncode,
                     elapsed=round(worker.elapsed(), 3),
                 )
                 self.folder.append_ledger(f"{who} exited={outcome.returncode}")

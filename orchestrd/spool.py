@@ -17,9 +17,9 @@ from pathlib import Path
 from .audit import printable
 from .config import Config
 from .errors import OrchestrdError, PlanError
-from .fsutil import KINDS, FileRefused, fsync_dir, read_head, write_all
-from .plan import Plan, check_plan_id, parse_plan_bytes
-from .state import PhaseState, PlanFolder, PlanState, atomic_write, dump_state
+from .fsutil import KINDS, FileRefused, copy_regular, fsync_dir, read_head, write_all
+from .plan import Plan, check_plan_id, confine, parse_plan_bytes
+from .state import PlanFolder, PlanState, atomic_write, dump_state
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".swp")
 REQUEST_KINDS = (".cancel", ".retry", ".unblock")
@@ -147,8 +147,10 @@ class Spool:
             return None
         refused = None
         if not stat.S_ISREG(st.st_mode):
-            what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else KINDS.get(
-                stat.S_IFMT(st.st_mode), "not a regular file"
+            what = (
+                "a symbolic link"
+                if stat.S_ISLNK(st.st_mode)
+                else KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
             )
             refused = (
                 f"{label}: is {what}, not a regular file; requests are the empty files "
@@ -172,6 +174,16 @@ class Spool:
     def folder(self, plan_id: str) -> PlanFolder:
         return PlanFolder(self.plans / plan_id)
 
+    def archived(self, plan_id: str) -> PlanFolder:
+        return PlanFolder(self.archive_dir / plan_id)
+
+    def find(self, plan_id: str) -> PlanFolder | None:
+        """The plan's folder with a state file, in plans/ (active) or else archive/."""
+        for folder in (self.folder(plan_id), self.archived(plan_id)):
+            if folder.state_file.exists():
+                return folder
+        return None
+
     def known(self, plan_id: str) -> Path | None:
         for base in (self.plans, self.archive_dir):
             if (base / plan_id).exists():
@@ -186,7 +198,11 @@ class Spool:
         return sorted(n for n in names if is_candidate(n))
 
     def take(
-        self, name: str, config: Config, seq: int, after_start: bool = False,
+        self,
+        name: str,
+        config: Config,
+        seq: int,
+        after_start: bool = False,
         redact: Callable[[str], str] = str,
     ) -> Accepted | Rejected | None:
         """Accept or reject one inbox file. None if it vanished (someone took it back), or if
@@ -253,7 +269,7 @@ class Spool:
         shutil.rmtree(staging.root, ignore_errors=True)
         staging.create()
         atomic_write(staging.plan_file, raw)
-        state = PlanState(plan=plan.id, seq=seq, phases={p.id: PhaseState() for p in plan.phases})
+        state = PlanState.first(plan.id, (p.id for p in plan.phases), seq)
         atomic_write(staging.state_file, dump_state(state))
         folder = self.folder(plan.id)
         os.rename(staging.root, folder.root)
@@ -264,7 +280,8 @@ class Spool:
     def plan_folders(self) -> list[PlanFolder]:
         """The accepted plans' folders under plans/ (not one still being accepted)."""
         return [
-            PlanFolder(p) for p in sorted(self.plans.iterdir())
+            PlanFolder(p)
+            for p in sorted(self.plans.iterdir())
             if p.is_dir() and not p.name.startswith(".")
         ]
 
@@ -288,7 +305,8 @@ class Spool:
             if not os.path.lexists(dest) and not os.path.lexists(error):
                 try:
                     fd = os.open(
-                        error, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        error,
+                        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                         0o640,
                     )
                 except FileExistsError:
@@ -346,15 +364,14 @@ def read_plan_file(path: Path, max_bytes: int, label: str | None = None) -> tupl
             "are small TOML files — put long prompts in prompt_file"
         )
     try:
-        fd = os.open(
-            path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-        )
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise
     except OSError as exc:
         # ELOOP: swapped for a symlink since the lstat
-        raise PlanError(f"{label}: cannot open: {exc.strerror}; drop a readable regular file") \
-            from None
+        raise PlanError(
+            f"{label}: cannot open: {exc.strerror}; drop a readable regular file"
+        ) from None
     try:
         fst = os.fstat(fd)
         if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(fst.st_mode):
@@ -447,3 +464,34 @@ def _same_bytes(path: Path, raw: bytes) -> bool:
         return read_head(path, len(raw) + 1) == raw
     except (OSError, FileRefused):
         return False
+
+
+def archive_plan(
+    plan: Plan, folder: PlanFolder, archive_dir: Path, max_bytes: int
+) -> tuple[Path, list[str]]:
+    """Copy the plan's reports and completion files into its folder, then move it to archive/.
+
+    Returns where it went and the evidence not copied, with why. What the repo holds was written
+    by workers: a link leading out of the repo or a link loop is not followed, anything but a
+    regular file (a FIFO, a folder) and a file larger than `max_bytes` (max_log_bytes) is not
+    copied, and nothing of it can stop the archiving.
+    """
+    evidence = folder.evidence
+    skipped = []
+    for phase in plan.phases:
+        for rel in (phase.report_path, *phase.completion_paths):
+            path = plan.in_plan_dir(rel)
+            try:
+                src = confine(plan.repo, path)
+                # opened without blocking, and only a regular file is copied: a FIFO here
+                # would hold this thread (and the archiving) forever
+                copy_regular(src, evidence / path, max_bytes, "max_log_bytes", follow=False)
+            except FileNotFoundError:
+                continue  # never written: nothing to keep
+            except PlanError:
+                skipped.append(f"{path}: leads out of the repo")
+            except FileRefused as exc:
+                skipped.append(f"{path}: {exc}")
+            except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (pathlib)
+                skipped.append(f"{path}: {exc}")
+    return folder.archive(archive_dir), skipped

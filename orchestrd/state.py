@@ -17,7 +17,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,12 @@ from pydantic import BaseModel, Field
 
 from .audit import Logger
 from .errors import StateError
+from .fsutil import fsync_dir, write_all
 from .states import (
+    ATTEMPT_TRANSITIONS,
+    PHASE_EVENTS,
     PHASE_TRANSITIONS,
+    PLAN_EVENTS,
     PLAN_TERMINAL,
     PLAN_TRANSITIONS,
     AttemptStatus,
@@ -86,6 +90,18 @@ class PlanState(BaseModel):
     finished_at: str | None = None
     phases: dict[str, PhaseState] = Field(default_factory=dict)
 
+    @classmethod
+    def first(cls, plan_id: str, phase_ids: Iterable[str], seq: int = 0) -> PlanState:
+        """A new plan's first state: queued, every phase pending."""
+        state = cls(plan=plan_id, seq=seq)
+        state.add_phases(phase_ids)
+        return state
+
+    def add_phases(self, phase_ids: Iterable[str]) -> None:
+        """A pending state for each phase that has none yet, in the plan's order."""
+        for phase_id in phase_ids:
+            self.phases.setdefault(phase_id, PhaseState())
+
     def current_phase(self) -> tuple[str, PhaseState] | None:
         """The first phase that has not passed."""
         for pid, ps in self.phases.items():
@@ -99,31 +115,17 @@ def journal_of(state_file: Path) -> Path:
     return state_file.with_suffix(JOURNAL_SUFFIX)
 
 
-def _fsync_dir(path: Path) -> None:
-    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:  # a nearly full disk may take part of it
-        view = view[os.write(fd, view) :]
-
-
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that a crash leaves the old or the new file, never a mix."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
     try:
-        _write_all(fd, data)  # never rename a short file in
+        write_all(fd, data)  # never rename a short file in
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _same(text: str) -> str:
@@ -268,7 +270,10 @@ def load_state(path: Path) -> PlanState:
             if not replaced:
                 raise StateError(f"{gap}: changes are missing") from None
         except (
-            OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, pydantic.ValidationError
+            OSError,
+            UnicodeDecodeError,
+            tomllib.TOMLDecodeError,
+            pydantic.ValidationError,
         ) as exc:
             raise StateError(
                 f"{path}: unreadable state file ({type(exc).__name__}: {exc})"
@@ -303,12 +308,12 @@ def append_change(path: Path, line: bytes) -> bool:
     )
     try:
         size = _trim_torn_tail(fd, os.fstat(fd).st_size)
-        _write_all(fd, line)
+        write_all(fd, line)
         os.fdatasync(fd)
     finally:
         os.close(fd)
     if size == 0:
-        _fsync_dir(path.parent)  # a new journal: its name must survive a crash too
+        fsync_dir(path.parent)  # a new journal: its name must survive a crash too
     return size + len(line) > max(COMPACT_MIN_BYTES, os.stat(path).st_size)
 
 
@@ -328,14 +333,16 @@ def _write_snapshot(path: Path, head: dict[str, Any], chunks: list[str]) -> None
     write_whole_state(path, _snapshot(head, chunks))
 
 
-_PLAN_EVENTS = {
-    PlanStatus.QUEUED: "plan.queued",
-    PlanStatus.RUNNING: "plan.started",
-    PlanStatus.SUCCEEDED: "plan.succeeded",
-    PlanStatus.FAILED: "plan.failed",
-    PlanStatus.CANCELLED: "plan.cancelled",
-    PlanStatus.INTERRUPTED: "plan.interrupted",
-}
+def set_attempt(att: AttemptState, new: AttemptStatus) -> None:
+    """Change an attempt's state (saved with its phase by the caller)."""
+    check_transition(ATTEMPT_TRANSITIONS, att.status, new)
+    att.status = new
+
+
+def mark_left_stopped(att: AttemptState) -> None:
+    """Record as stopped an attempt an earlier run left starting, running or stalled (a crash,
+    a restart): not a transition of the table, the state catching up with what happened."""
+    att.status = AttemptStatus.STOPPED
 
 
 class PlanRecord:
@@ -347,8 +354,12 @@ class PlanRecord:
     """
 
     def __init__(
-        self, path: Path, state: PlanState, log: Logger,
-        redact: Callable[[str], str] = _same, on_disk: bool = False,
+        self,
+        path: Path,
+        state: PlanState,
+        log: Logger,
+        redact: Callable[[str], str] = _same,
+        on_disk: bool = False,
     ) -> None:
         self.path = path
         self.state = state
@@ -375,8 +386,7 @@ class PlanRecord:
                 if self._append:
                     head = _head_data(self.state, self.redact)
                     phases = {
-                        pid: _phase_data(self.state.phases[pid], self.redact)
-                        for pid in phase_ids
+                        pid: _phase_data(self.state.phases[pid], self.redact) for pid in phase_ids
                     }
                     line = journal_line(revision, head, phases)
                     for pid, data in phases.items():
@@ -405,9 +415,7 @@ class PlanRecord:
             # phases this record has not saved (as loaded, or pending): built once, on the
             # loop a slice at a time, since a thread doing it would hold the GIL and stall
             # the loop for longer
-            self._chunks[pid] = _phase_chunk(
-                pid, _phase_data(self.state.phases[pid], self.redact)
-            )
+            self._chunks[pid] = _phase_chunk(pid, _phase_data(self.state.phases[pid], self.redact))
             if n % 100 == 0:
                 await anyio.lowlevel.checkpoint()
         chunks = [self._chunks[pid] for pid in order]
@@ -442,27 +450,42 @@ class PlanRecord:
             # a finished plan is left as one whole state.toml, for its archive and its reader
             await self.save(compact=new in PLAN_TERMINAL)
         extra = {"reason": reason} if reason else {}
-        self.log.info(_PLAN_EVENTS[new], previous=str(old), **extra, **fields)
+        self.log.info(PLAN_EVENTS[new], previous=str(old), **extra, **fields)
 
     async def set_phase(
-        self, phase_id: str, new: PhaseStatus, event: str | None, reason: str | None = None,
-        save: bool = True, **fields: Any,
+        self,
+        phase_id: str,
+        new: PhaseStatus,
+        reason: str | None = None,
+        save: bool = True,
+        **fields: Any,
     ) -> None:
-        """Change a phase's state; `event` (if any) is the one audit event for the change.
+        """Change a phase's state; its audit event (if any) is PHASE_EVENTS' for the change.
 
         `save=False` where a save follows at once anyway, or where recovery would do the same
         whether the change was saved or not (running and checking both restart the phase).
         """
         ps = self.state.phases[phase_id]
-        check_transition(PHASE_TRANSITIONS, ps.status, new)
+        old = ps.status
+        check_transition(PHASE_TRANSITIONS, old, new)
         ps.status = new
         if reason is not None or new is PhaseStatus.PASSED:
             ps.reason = reason
         if save:
             await self.save(phase_id)
-        if event:
+        if event := PHASE_EVENTS.get((old, new)):
             extra = {"reason": reason} if reason else {}
             self.log.info(event, phase=phase_id, **extra, **fields)
+
+    async def disown_passes(self, phase_ids: list[str]) -> None:
+        """Put back to pending phases the state file claims passed without the daemon's record
+        of it (and a succeeded plan to interrupted): not transitions, the state file was wrong
+        and this puts it back to the truth."""
+        for phase_id in phase_ids:
+            self.state.phases[phase_id].status = PhaseStatus.PENDING
+        if self.state.status is PlanStatus.SUCCEEDED:
+            self.state.status = PlanStatus.INTERRUPTED
+        await self.save(*phase_ids)
 
 
 class PlanFolder:
@@ -477,6 +500,9 @@ class PlanFolder:
         self.ledger = root / "worker-pids.txt"
         self.passes = root / "phases-passed.txt"
         """`<ts> <phase>` per phase that passed: recovery's proof, beside state.toml's word."""
+        self.report = root / "report.md"
+        self.evidence = root / "evidence"
+        """Copies of the plan's reports and completion files, made when it is archived."""
 
     def create(self) -> None:
         self.workers.mkdir(parents=True, exist_ok=True)
@@ -503,3 +529,12 @@ class PlanFolder:
             dest = archive_dir / f"{self.root.name}-{n}"
         os.replace(self.root, dest)
         return dest
+
+
+def recorded_passes(path: Path) -> set[str]:
+    """The phases in a plan's `phases-passed.txt` (`<ts> <phase>` lines)."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return set()
+    return {words[1] for line in lines if len(words := line.split()) == 2}

@@ -108,6 +108,28 @@ ATTEMPT_TRANSITIONS: dict[AttemptStatus, frozenset[AttemptStatus]] = {
 }
 
 
+# the ends a plan may be queued again from (`orchestrd retry`), as the table says
+PLAN_RETRYABLE = frozenset(s for s in PLAN_TERMINAL if PlanStatus.QUEUED in PLAN_TRANSITIONS[s])
+
+
+# The audit event of each change (None: none of its own; the save or a later event tells).
+PLAN_EVENTS: dict[PlanStatus, str] = {
+    PlanStatus.QUEUED: "plan.queued",
+    PlanStatus.RUNNING: "plan.started",
+    PlanStatus.SUCCEEDED: "plan.succeeded",
+    PlanStatus.FAILED: "plan.failed",
+    PlanStatus.CANCELLED: "plan.cancelled",
+    PlanStatus.INTERRUPTED: "plan.interrupted",
+}
+
+PHASE_EVENTS: dict[tuple[PhaseStatus, PhaseStatus], str] = {
+    (PhaseStatus.PENDING, PhaseStatus.RUNNING): "phase.started",
+    (PhaseStatus.CHECKING, PhaseStatus.RUNNING): "remediation.started",
+    (PhaseStatus.CHECKING, PhaseStatus.PASSED): "phase.passed",
+    (PhaseStatus.CHECKING, PhaseStatus.FAILED): "phase.failed",
+}
+
+
 class InvalidTransition(RuntimeError):
     """A state change that the transition table does not allow: a bug, never user input."""
 

@@ -11,7 +11,7 @@ from typing import Any
 from .audit import printable
 from .errors import StateError
 from .spool import Spool
-from .state import PlanState, load_state
+from .state import PlanFolder, PlanState, load_state
 from .states import AttemptStatus
 
 
@@ -61,17 +61,24 @@ def collect(spool: Spool, plan_id: str | None = None) -> list[dict[str, Any]]:
         for folder in sorted(base.iterdir()):
             if folder.name.startswith(".") or (plan_id is not None and folder.name != plan_id):
                 continue  # a plan still being accepted (plans/.<id>.accepting) is not one yet
-            state_file = folder / "state.toml"
+            state_file = PlanFolder(folder).state_file
             if not state_file.exists():
                 if any(folder.glob("state.toml.corrupt*")):
-                    rows.append({"plan": folder.name, "state": "corrupt", "where": where,
-                                 "reason": "its state file was unreadable and set aside"})
+                    rows.append(
+                        {
+                            "plan": folder.name,
+                            "state": "corrupt",
+                            "where": where,
+                            "reason": "its state file was unreadable and set aside",
+                        }
+                    )
                 continue
             try:
                 state = load_state(state_file)
             except StateError as exc:
-                rows.append({"plan": folder.name, "state": "corrupt", "reason": str(exc),
-                             "where": where})
+                rows.append(
+                    {"plan": folder.name, "state": "corrupt", "reason": str(exc), "where": where}
+                )
                 continue
             row = summary(state, where)
             if row["state"] == "running" and not spool.holder_alive(folder):
@@ -96,13 +103,23 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines: list[tuple[str, ...]] = [header]
     for r in rows:
         # plan ids and phase ids come from folder names and files others wrote
-        lines.append(tuple(printable(str(c), newlines=False) for c in (
-            r["plan"], r["state"], r.get("phase") or "-", r.get("attempt") or "-",
-            r.get("pid") or "-", _fmt_elapsed(r.get("elapsed")),
-        )))
+        lines.append(
+            tuple(
+                printable(str(c), newlines=False)
+                for c in (
+                    r["plan"],
+                    r["state"],
+                    r.get("phase") or "-",
+                    r.get("attempt") or "-",
+                    r.get("pid") or "-",
+                    _fmt_elapsed(r.get("elapsed")),
+                )
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-           for line in lines]
+    out = [
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    ]
     return "\n".join(out)
 
 
@@ -123,7 +140,5 @@ def detail(row: dict[str, Any]) -> str:
 
 
 def state_path(spool: Spool, plan_id: str) -> Path | None:
-    for base in (spool.plans, spool.archive_dir):
-        if (base / plan_id / "state.toml").exists():
-            return base / plan_id / "state.toml"
-    return None
+    folder = spool.find(plan_id)
+    return folder.state_file if folder is not None else None

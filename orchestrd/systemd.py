@@ -31,7 +31,7 @@ class Notifier:
 
     `$NOTIFY_SOCKET` is left in `os.environ` (removing it behind the caller's back would
     surprise any other code that looks), and it does not reach workers: the runner gives them a
-    minimal environment (`runner.BASE_ENV` + the profile's `env` + `env_passthrough`), so never
+    minimal environment (`prompt.BASE_ENV` + the profile's `env` + `env_passthrough`), so never
     name NOTIFY_SOCKET or WATCHDOG_* in `env_passthrough`. The unit's `NotifyAccess=main` makes
     systemd ignore any other process that tries anyway.
     """

@@ -30,12 +30,22 @@ _TS = re.compile(rb'^\{"ts": "([^"]+)"')
 _EVENT = re.compile(rb'"event": "([^"]*)"')
 
 GREEN, RED, YELLOW, DIM, RESET = "\033[32m", "\033[31m", "\033[33m", "\033[2m", "\033[0m"
-_WARN_EVENTS = frozenset({
-    "check.warning", "worker.log_truncated", "plan.interrupted", "plan.waiting_repo",
-    "daemon.spool_error", "daemon.notify_failed", "daemon.watch_failed", "worker.dangerous",
-    "daemon.dangerous_workers", "daemon.request_ignored", "remediation.started",
-    "worker.orphan_stopped",
-})
+_WARN_EVENTS = frozenset(
+    {
+        "check.warning",
+        "worker.log_truncated",
+        "plan.interrupted",
+        "plan.waiting_repo",
+        "daemon.spool_error",
+        "daemon.notify_failed",
+        "daemon.watch_failed",
+        "worker.dangerous",
+        "daemon.dangerous_workers",
+        "daemon.request_ignored",
+        "remediation.started",
+        "worker.orphan_stopped",
+    }
+)
 
 
 def colour_of(event: str) -> str | None:
@@ -100,8 +110,9 @@ class Filter:
                 return None
         if self.event is not None:
             m = _EVENT.search(line)
-            if m is None or not fnmatch.fnmatchcase(m.group(1).decode(errors="replace"),
-                                                    self.event):
+            if m is None or not fnmatch.fnmatchcase(
+                m.group(1).decode(errors="replace"), self.event
+            ):
                 return None
         if self.since is not None and ((t := line_time(line)) is None or t < self.since):
             return None
@@ -270,16 +281,16 @@ def since_time(text: str) -> dt.datetime:
     try:
         seconds = parse_duration(text)
     except ValueError as exc:
-        raise OrchestrdError(f"--since {text}: {exc}; write e.g. 10m, 12h or "
-                             "2026-01-31T08:00") from None
+        raise OrchestrdError(
+            f"--since {text}: {exc}; write e.g. 10m, 12h or 2026-01-31T08:00"
+        ) from None
     return dt.datetime.now().astimezone() - dt.timedelta(seconds=seconds)
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
     config, _ = load_config(args.config)
     path = config.audit_path
-    filt = Filter(args.plan, args.phase, args.event,
-                  since_time(args.since) if args.since else None)
+    filt = Filter(args.plan, args.phase, args.event, since_time(args.since) if args.since else None)
     args.colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     out = sys.stdout
     offset = 0
@@ -309,12 +320,17 @@ def add_subcommand(
 ) -> None:
     """Register `tail [-f] [--plan ID] [--phase P] [--event GLOB] [--since 10m] [--json]`."""
     p = sub.add_parser("tail", parents=[common], help="the audit log, filtered (daemon not needed)")
-    p.add_argument("-f", "--follow", action="store_true",
-                   help="keep printing new events (across log rotation) until Ctrl-C")
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new events (across log rotation) until Ctrl-C",
+    )
     p.add_argument("--plan", metavar="ID", help="only this plan's events")
     p.add_argument("--phase", metavar="P", help="only this phase's events")
     p.add_argument("--event", metavar="GLOB", help="only events named so, e.g. 'check.*'")
-    p.add_argument("--since", metavar="WHEN",
-                   help="only events after: 10m, 12h, now, or an ISO time")
+    p.add_argument(
+        "--since", metavar="WHEN", help="only events after: 10m, 12h, now, or an ISO time"
+    )
     p.add_argument("--json", action="store_true", help="the matching JSON lines, unchanged")
     p.set_defaults(func=_cmd_tail)

@@ -196,8 +196,12 @@ class LocalWorker:
     """
 
     def __init__(
-        self, process: anyio.abc.Process, handle: WorkerHandle, argv: Sequence[str],
-        max_log_bytes: int, on_output: OutputObserver | None = None,
+        self,
+        process: anyio.abc.Process,
+        handle: WorkerHandle,
+        argv: Sequence[str],
+        max_log_bytes: int,
+        on_output: OutputObserver | None = None,
     ) -> None:
         self.process = process
         self.argv = argv
@@ -497,9 +501,7 @@ async def stop_processes(pids: list[int], grace: float) -> signal.Signals | None
                     os.kill(pid, sig)
 
     def alive() -> bool:
-        return any(
-            (fields := _stat_fields(pid)) is not None and fields[0] != "Z" for pid in pids
-        )
+        return any((fields := _stat_fields(pid)) is not None and fields[0] != "Z" for pid in pids)
 
     async def all_gone() -> None:
         # not our children: nothing to await but /proc (as _group_gone does)

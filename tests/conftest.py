@@ -30,7 +30,14 @@ from orchestrd.states import PhaseStatus, PlanStatus
 
 AGENTS = Path(__file__).parent / "agents"
 AGENT_NAMES = (
-    "pass", "fail_report", "no_report", "crash", "hang", "unkillable", "leave_grandchild", "flaky",
+    "pass",
+    "fail_report",
+    "no_report",
+    "crash",
+    "hang",
+    "unkillable",
+    "leave_grandchild",
+    "flaky",
 )
 REPO_ROOT = Path(__file__).parent.parent
 
@@ -87,8 +94,11 @@ def phase(pid: str = "P01", **fields: Any) -> dict[str, Any]:
 
 
 def make_plan(
-    tmp_path: Path, phases: list[dict[str, Any]] | None = None, name: str = "plan.toml",
-    repo: Path | None = None, **fields: Any,
+    tmp_path: Path,
+    phases: list[dict[str, Any]] | None = None,
+    name: str = "plan.toml",
+    repo: Path | None = None,
+    **fields: Any,
 ) -> Path:
     """Write a plan (id T, repo tmp_path/repo, created) and return its path."""
     repo = repo or tmp_path / "repo"
@@ -174,7 +184,12 @@ def run_cli(
     kwargs.setdefault("stdin", subprocess.DEVNULL)
     return subprocess.run(
         [sys.executable, "-m", "orchestrd", *map(str, args)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=45, **kwargs,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=45,
+        **kwargs,
     )
 
 

@@ -170,7 +170,8 @@ class Daemon:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {
-            k: v for k, v in os.environ.items()
+            k: v
+            for k, v in os.environ.items()
             if k not in ("ORCHESTRD_CONFIG", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
         }
         env["PYTHONPATH"] = str(REPO_ROOT)
@@ -185,10 +186,20 @@ class Daemon:
         self._stderr_paths.append(stderr_path)
         with open(stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [*self.prefix, self.python, "-m", "orchestrd", "daemon", "--config",
-                 str(self.config_path)],
-                cwd=self.tmp, env=self.env(**env), stdin=subprocess.DEVNULL,
-                stdout=err, stderr=err,
+                [
+                    *self.prefix,
+                    self.python,
+                    "-m",
+                    "orchestrd",
+                    "daemon",
+                    "--config",
+                    str(self.config_path),
+                ],
+                cwd=self.tmp,
+                env=self.env(**env),
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
             )
         if wait:
             self.wait_for(
@@ -252,13 +263,14 @@ class Daemon:
                 out.append(e)
         return out
 
-    def wait_event(self, event: str, count: int = 1, timeout: float = WAIT, **match: Any) -> list[
-        dict[str, Any]
-    ]:
+    def wait_event(
+        self, event: str, count: int = 1, timeout: float = WAIT, **match: Any
+    ) -> list[dict[str, Any]]:
         """Wait until the audit log holds `count` such events; returns them."""
         return self.wait_for(  # type: ignore[no-any-return]
             lambda: (found := self.events(event, **match)) and len(found) >= count and found,
-            timeout, f"{count} x {event} {match or ''}",
+            timeout,
+            f"{count} x {event} {match or ''}",
         )
 
     def wait_plans_end(self, plan_ids: Iterable[str], timeout: float = WAIT) -> None:
@@ -266,7 +278,8 @@ class Daemon:
         ids = set(plan_ids)
         self.wait_for(
             lambda: ids <= {e["plan"] for e in self.events() if e["event"] in TERMINAL_EVENTS},
-            timeout, f"the end of plans {sorted(ids)}",
+            timeout,
+            f"the end of plans {sorted(ids)}",
         )
 
     def worker_pids(self) -> list[int]:
@@ -294,8 +307,12 @@ class Daemon:
         """`python -m orchestrd ARGS --config <ours>` as a real subprocess."""
         return subprocess.run(
             [sys.executable, "-m", "orchestrd", *map(str, args), "--config", str(self.config_path)],
-            cwd=self.tmp, env=self.env(), stdin=subprocess.DEVNULL, capture_output=True,
-            text=True, timeout=timeout,
+            cwd=self.tmp,
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     # -- cleanup --

@@ -34,6 +34,7 @@ from orchestrd.state import (
     PlanState,
     dump_state,
     load_state,
+    mark_left_stopped,
     now_iso,
     write_whole_state,
 )
@@ -72,9 +73,9 @@ async def write(path: Path, notes: Path, seed: int) -> None:
         if ps.status in (PhaseStatus.RUNNING, PhaseStatus.CHECKING):  # resumed after a kill
             for att in ps.attempts:
                 if att.status in (AttemptStatus.STARTING, AttemptStatus.RUNNING):
-                    att.status = AttemptStatus.STOPPED
-            await record.set_phase(phase_id, PhaseStatus.PENDING, None)
-        await record.set_phase(phase_id, PhaseStatus.RUNNING, "phase.started", save=False)
+                    mark_left_stopped(att)
+            await record.set_phase(phase_id, PhaseStatus.PENDING)
+        await record.set_phase(phase_id, PhaseStatus.RUNNING, save=False)
         att = AttemptState(n=len(ps.attempts) + 1, role="primary", log=f"worker-{phase_id}.log")
         ps.attempts.append(att)
         att.status, att.pid = AttemptStatus.RUNNING, os.getpid()
@@ -82,8 +83,8 @@ async def write(path: Path, notes: Path, seed: int) -> None:
         att.status, att.returncode, att.ended_at = AttemptStatus.EXITED, 0, now_iso()
         # now and then a compaction of its own, so kills land in one often
         await record.save(phase_id, compact=rng.random() < 0.05)
-        await record.set_phase(phase_id, PhaseStatus.CHECKING, None, save=False)
-        await record.set_phase(phase_id, PhaseStatus.PASSED, "phase.passed")
+        await record.set_phase(phase_id, PhaseStatus.CHECKING, save=False)
+        await record.set_phase(phase_id, PhaseStatus.PASSED)
     await record.set_status(PlanStatus.SUCCEEDED)
 
 
@@ -93,8 +94,12 @@ def read_back(path: Path) -> dict[str, Any]:
     except StateError as exc:
         return {"error": str(exc)}
     passed = sum(ps.status is PhaseStatus.PASSED for ps in state.phases.values())
-    return {"revision": state.revision, "digest": digest(state, state.revision),
-            "status": str(state.status), "passed": passed}
+    return {
+        "revision": state.revision,
+        "digest": digest(state, state.revision),
+        "status": str(state.status),
+        "passed": passed,
+    }
 
 
 def main(state_dir: Path, phases: int, kills: int, seed: int) -> None:
@@ -117,8 +122,12 @@ def main(state_dir: Path, phases: int, kills: int, seed: int) -> None:
             time.sleep(rng.uniform(0.0, 0.15))
             os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
-        result = {"cycle": cycle, "killed": os.WIFSIGNALED(status),
-                  "notes": notes.read_text().splitlines(), **read_back(path)}
+        result = {
+            "cycle": cycle,
+            "killed": os.WIFSIGNALED(status),
+            "notes": notes.read_text().splitlines(),
+            **read_back(path),
+        }
         print(json.dumps(result), flush=True)
 
 

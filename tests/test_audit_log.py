@@ -17,9 +17,20 @@ from orchestrd.audit import EVENTS, FIRST_KEYS
 ISO_MICROS_OFFSET = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d$")
 
 ISSUE_EVENTS = {
-    "plan.started", "plan.succeeded", "plan.failed", "phase.started", "phase.passed",
-    "phase.failed", "worker.started", "worker.poll", "worker.stalled", "worker.stopped",
-    "worker.exited", "check.passed", "check.failed", "remediation.started",
+    "plan.started",
+    "plan.succeeded",
+    "plan.failed",
+    "phase.started",
+    "phase.passed",
+    "phase.failed",
+    "worker.started",
+    "worker.poll",
+    "worker.stalled",
+    "worker.stopped",
+    "worker.exited",
+    "check.passed",
+    "check.failed",
+    "remediation.started",
 }
 
 
@@ -33,7 +44,11 @@ async def _two_plans(tmp_path: Path) -> tuple[Run, Run]:
     bad = await run_plan(
         config,
         make_plan(
-            tmp_path, name="bad.toml", repo=tmp_path / "repo-u", id="U", worker="fail_report",
+            tmp_path,
+            name="bad.toml",
+            repo=tmp_path / "repo-u",
+            id="U",
+            worker="fail_report",
             phases=[phase("P01", policy={"max_remediations": 0})],
         ),
     )
@@ -74,7 +89,8 @@ def test_worker_events_carry_plan_phase_attempt_role_and_pid(
     events = two_plans[0].events()
     for plan in ("T", "U"):
         worker_events = [
-            e for e in events
+            e
+            for e in events
             if e["plan"] == plan and e["event"].split(".")[0] in ("worker", "check")
         ]
         assert worker_events

@@ -26,9 +26,11 @@ async def test_checks_run_in_order_each_an_event_with_a_reason(tmp_path: Path) -
         tmp_path,
         phases=[
             phase(
-                "P01", completion=[".completed/a.md", ".completed/b.md"],
+                "P01",
+                completion=[".completed/a.md", ".completed/b.md"],
                 verify=[
-                    {"run": "test -f reports/P01-worker.md"}, {"run": "exit 3", "expect": "fail"},
+                    {"run": "test -f reports/P01-worker.md"},
+                    {"run": "exit 3", "expect": "fail"},
                 ],
             )
         ],
@@ -107,9 +109,7 @@ async def test_phase_fail_on_log_errors_overrides_config_and_patterns_are_config
         policy={"max_remediations": 0},
         workers={"pass": agent_profile("pass", AGENT_SAY="Error: x; PANIC at the disco")},
     )
-    plan = make_plan(
-        tmp_path, phases=[phase("P01", fail_on_log_errors=False), phase("P02")]
-    )
+    plan = make_plan(tmp_path, phases=[phase("P01", fail_on_log_errors=False), phase("P02")])
     run = await run_plan(config, plan)
     warnings = run.events("check.warning")
     assert [(e["phase"], e["check"]) for e in warnings] == [("P01", "log_errors")]
@@ -169,10 +169,13 @@ def test_every_completion_file_must_exist_and_hold_every_marker(tmp_path: Path) 
     (tmp_path / "pp/.completed/b.md").write_text("@plan:T.P01 only\n")
     plan = Plan.model_validate(
         {
-            "id": "T", "repo": str(tmp_path), "plan_dir": "pp",
+            "id": "T",
+            "repo": str(tmp_path),
+            "plan_dir": "pp",
             "phases": [
                 phase(
-                    "P01", markers=["@plan:T.P01", "@req:R1"],
+                    "P01",
+                    markers=["@plan:T.P01", "@req:R1"],
                     completion=[".completed/a.md", ".completed/b.md", ".completed/c.md"],
                 )
             ],
@@ -247,8 +250,14 @@ async def test_verify_command_that_times_out_fails_and_is_stopped(tmp_path: Path
 
 def _ctx(plan: Plan, ph: Any) -> CheckContext:
     return CheckContext(
-        plan=plan, phase=ph, settings=CheckSettings(), outcome=WatchOutcome(0, 0),
-        log_path=Path("/nonexistent"), output_dir=Path("/nonexistent"), attempt=1, env={},
+        plan=plan,
+        phase=ph,
+        settings=CheckSettings(),
+        outcome=WatchOutcome(0, 0),
+        log_path=Path("/nonexistent"),
+        output_dir=Path("/nonexistent"),
+        attempt=1,
+        env={},
         grace=0.1,
     )
 
@@ -275,9 +284,7 @@ def _report_plan(tmp_path: Path, text: str) -> CheckContext:
         "# Report\n\nSome text.\n\n**Status:** PASS\n\nNotes follow.",
     ],
 )
-def test_report_status_pass_is_accepted_in_its_common_spellings(
-    tmp_path: Path, text: str
-) -> None:
+def test_report_status_pass_is_accepted_in_its_common_spellings(tmp_path: Path, text: str) -> None:
     result = check_report(_report_plan(tmp_path, text))
     assert result.ok, result.reason
 
@@ -299,6 +306,13 @@ def test_report_without_status_pass_is_rejected_with_a_reason(
     result = check_report(_report_plan(tmp_path, text))
     assert not result.ok
     assert result.reason == f"reports/P01-worker.md {reason}"
+
+
+def test_a_report_beginning_with_a_nul_byte_is_read_as_text_not_taken_for_a_refusal(
+    tmp_path: Path,
+) -> None:
+    result = check_report(_report_plan(tmp_path, "\0junk the agent dumped\nStatus: FAIL\n"))
+    assert result.reason == "reports/P01-worker.md says Status: FAIL"
 
 
 def test_report_symlinked_outside_the_repo_is_refused(tmp_path: Path) -> None:

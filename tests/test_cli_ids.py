@@ -48,8 +48,11 @@ def test_a_plan_id_that_is_a_path_is_refused_with_the_daemon_up_or_down(daemon: 
     assert os.listdir(daemon.state_dir / "control") == []
 
     assert daemon.stop() == 0
-    for args in (("retry", "../archive/F1"), ("cancel", "../archive/F1"),
-                 ("status", "../archive/F1")):
+    for args in (
+        ("retry", "../archive/F1"),
+        ("cancel", "../archive/F1"),
+        ("status", "../archive/F1"),
+    ):
         result = daemon.cli(*args)
         assert result.returncode == 2, args
         assert "use letters, digits" in result.stderr, args
@@ -62,7 +65,9 @@ def test_a_plan_of_a_killed_run_is_interrupted_and_runs_again(tmp_path: Path) ->
     plan = make_plan(tmp_path, worker="hang")
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrd", "run", str(plan), "--config", str(config), "-q"],
-        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     state_file = tmp_path / "state/plans/T/state.toml"

@@ -64,9 +64,7 @@ def test_validate_rejects_a_bad_expect_with_exit_2_naming_the_key(tmp_path: Path
             "phase id 'P01' appears twice",
             id="duplicate-phase",
         ),
-        pytest.param(
-            {"id": "bad id!", "phases": [phase()]}, "plan.toml: id: ", id="bad-id"
-        ),
+        pytest.param({"id": "bad id!", "phases": [phase()]}, "plan.toml: id: ", id="bad-id"),
         pytest.param(
             {"phases": [phase("P01", kind="tests")]},
             "plan.toml: phases[0].kind: must be 'stub', 'test', 'impl', 'verify' or 'other'",
@@ -188,9 +186,7 @@ def test_config_comes_from_orchestrd_config_env_unless_given_with_config(
     result = run_cli("validate", "plan.toml", cwd=tmp_path, env_extra=env_broken)
     assert result.returncode == 2
     assert "broken.toml: invalid TOML" in result.stderr
-    result = run_cli(
-        "validate", "plan.toml", "--config", good, cwd=tmp_path, env_extra=env_broken
-    )
+    result = run_cli("validate", "plan.toml", "--config", good, cwd=tmp_path, env_extra=env_broken)
     assert result.returncode == 0, result.stderr
 
 
@@ -232,7 +228,10 @@ def test_sigterm_interrupts_run_stopping_the_whole_worker_tree(tmp_path: Path) -
     plan = make_plan(tmp_path, worker="unkillable")
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrd", "run", str(plan), "--config", str(config), "-q"],
-        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     pids_file = tmp_path / "repo/pids-P01-1.txt"

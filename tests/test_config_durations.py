@@ -84,17 +84,24 @@ def test_config_file_durations_are_read_in_seconds(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"policy": {"stop_grace": "-3s"}}, "policy.stop_grace: '-3s': a duration must be "
-         "positive"),
+        (
+            {"policy": {"stop_grace": "-3s"}},
+            "policy.stop_grace: '-3s': a duration must be positive",
+        ),
         ({"policy": {"poll_interval": 0}}, "policy.poll_interval: 0: a duration must be greater"),
         ({"policy": {"max_remediations": -1}}, "policy.max_remediations: must be greater than"),
-        ({"policy": {"max_pols": 3}}, "policy.max_pols: unknown key; check its spelling "
-         "(allowed here: poll_interval, max_polls, stop_grace, max_remediations, "
-         "silence_timeout, exit_grace)"),
+        (
+            {"policy": {"max_pols": 3}},
+            "policy.max_pols: unknown key; check its spelling "
+            "(allowed here: poll_interval, max_polls, stop_grace, max_remediations, "
+            "silence_timeout, exit_grace)",
+        ),
         ({"max_workers": "eight"}, "max_workers: must be a valid integer"),
         ({"default_worker": "nope"}, "default_worker = 'nope' names no [workers.*] profile"),
-        ({"checks": {"log_error_patterns": ["("]}}, "checks.log_error_patterns: '(' is not a "
-         "valid regex"),
+        (
+            {"checks": {"log_error_patterns": ["("]}},
+            "checks.log_error_patterns: '(' is not a valid regex",
+        ),
         ({"workers": {"x": {"command": []}}}, "workers.x.command: "),
         ({"workers": {"x": {"command": ["x"], "envv": {}}}}, "workers.x.envv: unknown key"),
     ],

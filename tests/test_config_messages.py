@@ -24,14 +24,22 @@ from orchestrd.errors import ConfigError
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"policy": {"stop_grace": "-1s"}}, "policy.stop_grace: '-1s': a duration must be "
-         "positive"),
-        ({"policy": {"poll_interval": "- 5m"}}, "policy.poll_interval: '- 5m': a duration must be "
-         "positive"),
-        ({"workers": {"x": {"command": []}}}, "workers.x.command: is empty; give the program "
-         "and its arguments"),
-        ({"workers": {}, "default_worker": "codex"}, "default_worker = 'codex' names no "
-         "[workers.*] profile; define [workers.codex]"),
+        (
+            {"policy": {"stop_grace": "-1s"}},
+            "policy.stop_grace: '-1s': a duration must be positive",
+        ),
+        (
+            {"policy": {"poll_interval": "- 5m"}},
+            "policy.poll_interval: '- 5m': a duration must be positive",
+        ),
+        (
+            {"workers": {"x": {"command": []}}},
+            "workers.x.command: is empty; give the program and its arguments",
+        ),
+        (
+            {"workers": {}, "default_worker": "codex"},
+            "default_worker = 'codex' names no [workers.*] profile; define [workers.codex]",
+        ),
     ],
 )
 def test_config_messages_say_the_fix(

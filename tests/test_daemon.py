@@ -68,13 +68,18 @@ def test_twenty_plans_on_five_repos_never_exceed_four_workers_or_share_a_repo(
     # phases within a plan stay sequential
     for plan_id in ids:
         names = [
-            (e["event"], e.get("phase")) for e in events
+            (e["event"], e.get("phase"))
+            for e in events
             if e.get("plan") == plan_id and e["event"] in ("phase.started", "phase.passed")
         ]
         assert names == [
-            ("phase.started", "P01"), ("phase.passed", "P01"),
-            ("phase.started", "P02"), ("phase.passed", "P02"),
+            ("phase.started", "P01"),
+            ("phase.passed", "P01"),
+            ("phase.started", "P02"),
+            ("phase.passed", "P02"),
         ]
+    for plan_id in ids:  # the end event comes before the move to archive/
+        daemon.wait_event("plan.archived", plan=plan_id)
     assert sorted(p.name for p in (daemon.state_dir / "archive").iterdir()) == ids
     assert daemon.live_workers() == []
 
@@ -177,8 +182,12 @@ def test_sigkilled_daemon_restarted_finishes_every_plan_exactly_once(daemon: Dae
     # the interrupted phase was re-run by a fresh worker; nothing else ran twice
     attempts = Counter((e["plan"], e["phase"]) for e in daemon.events("worker.started"))
     assert attempts == {
-        ("k1", "P01"): 2, ("k2", "P01"): 2, ("k3", "P01"): 1,
-        ("k1", "P02"): 1, ("k2", "P02"): 1, ("k3", "P02"): 1,
+        ("k1", "P01"): 2,
+        ("k2", "P01"): 2,
+        ("k3", "P01"): 1,
+        ("k1", "P02"): 1,
+        ("k2", "P02"): 1,
+        ("k3", "P02"): 1,
     }
     assert daemon.stop() == 0
     assert daemon.live_workers() == []
@@ -277,11 +286,14 @@ def test_sighup_applies_a_new_max_workers_and_keeps_the_old_config_when_the_new_
     daemon.wait_event("plan.succeeded", plan="h1")
     daemon.wait_event("plan.started", plan="h2")
     starts_and_ends = [
-        (e["event"], e["plan"]) for e in daemon.events()
+        (e["event"], e["plan"])
+        for e in daemon.events()
         if e["event"] in ("plan.started", "plan.succeeded")
     ]
     assert starts_and_ends == [
-        ("plan.started", "h1"), ("plan.succeeded", "h1"), ("plan.started", "h2"),
+        ("plan.started", "h1"),
+        ("plan.succeeded", "h1"),
+        ("plan.started", "h2"),
     ], "one plan at a time still: the refused config's max_workers = 3 was not applied"
 
     daemon.write_config(max_workers=3)
@@ -302,9 +314,7 @@ def test_sighup_applies_a_new_max_workers_and_keeps_the_old_config_when_the_new_
     assert daemon.proc is not None and daemon.proc.poll() is None
 
 
-def test_notify_socket_receives_ready_watchdog_and_stopping(
-    daemon: Daemon, tmp_path: Path
-) -> None:
+def test_notify_socket_receives_ready_watchdog_and_stopping(daemon: Daemon, tmp_path: Path) -> None:
     address = tmp_path / "notify"
     assert len(str(address)) < 100, "AF_UNIX paths are short"
     messages: list[list[str]] = []
@@ -357,7 +367,10 @@ def test_status_prints_a_table_and_json_while_running_and_while_down(daemon: Dae
     assert set(rows_json) == {"s-done", "s-run"}
     run = rows_json["s-run"]
     assert (run["state"], run["phase"], run["attempt"], run["pid"]) == (
-        "running", "P01", 1, started["pid"],
+        "running",
+        "P01",
+        1,
+        started["pid"],
     )
     assert isinstance(run["elapsed"], float) and run["elapsed"] >= 0
     detail = json.loads(daemon.cli("status", "s-run", "--json").stdout)
@@ -417,15 +430,20 @@ def test_retry_runs_a_failed_plan_again_from_its_first_unfinished_phase(daemon: 
     assert result.returncode == 0, result.stderr
     daemon.wait_event("plan.succeeded", plan="f1")
     phases = [
-        (e["event"], e["phase"]) for e in daemon.events(plan="f1")
+        (e["event"], e["phase"])
+        for e in daemon.events(plan="f1")
         if e["event"] in ("phase.started", "phase.skipped", "phase.passed", "phase.failed")
     ]
     assert phases == [
-        ("phase.started", "P01"), ("phase.passed", "P01"),
-        ("phase.started", "P02"), ("phase.failed", "P02"),
+        ("phase.started", "P01"),
+        ("phase.passed", "P01"),
+        ("phase.started", "P02"),
+        ("phase.failed", "P02"),
         ("phase.skipped", "P01"),
-        ("phase.started", "P02"), ("phase.passed", "P02"),
-        ("phase.started", "P03"), ("phase.passed", "P03"),
+        ("phase.started", "P02"),
+        ("phase.passed", "P02"),
+        ("phase.started", "P03"),
+        ("phase.passed", "P03"),
     ]
     assert status_json(daemon)["f1"]["state"] == "succeeded"
     assert daemon.cli("retry", "f1").returncode == 1  # a succeeded plan is not retried

@@ -26,7 +26,10 @@ def test_demo_plan_runs_end_to_end_with_the_bundled_demo_worker(tmp_path: Path) 
     assert result.stdout.startswith("plan DEMO-calc: succeeded")
     events = read_events(tmp_path / "state/audit.jsonl")
     assert [e["phase"] for e in events if e["event"] == "phase.passed"] == [
-        "P01", "P02", "P03", "P04",
+        "P01",
+        "P02",
+        "P03",
+        "P04",
     ]
     assert events[-1]["event"] == "plan.succeeded"
     assert not [e for e in events if e["event"] in ("check.failed", "remediation.started")]

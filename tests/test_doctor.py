@@ -36,14 +36,17 @@ def test_init_writes_a_valid_config_and_spool_that_doctor_accepts(tmp_path: Path
     again = run_cli("init", home, cwd=tmp_path)
     assert again.returncode == 2 and "exists already" in again.stderr
 
-    doctor = run_cli("doctor", "--config", config, cwd=tmp_path,
-                     env_extra={"PATH": "/usr/bin:/bin"})
+    doctor = run_cli(
+        "doctor", "--config", config, cwd=tmp_path, env_extra={"PATH": "/usr/bin:/bin"}
+    )
     assert doctor.returncode == 0, doctor.stdout
     found = _lines(doctor.stdout)
     assert f"config {config} validates" in found["ok"]
     assert any(line.startswith("worker demo: ") for line in found["ok"])
     assert any("worker codex: codex is not on PATH" in w for w in found["warn"])
     assert any("no daemon serves" in w for w in found["warn"])
+    # a local config runs workers as whoever runs orchestrd: doctor says so
+    assert any(w.startswith("privilege separation off: ") for w in found["warn"])
 
 
 def test_init_system_fills_in_repo_roots_and_the_agent_clis_on_path(tmp_path: Path) -> None:
@@ -54,9 +57,20 @@ def test_init_system_fills_in_repo_roots_and_the_agent_clis_on_path(tmp_path: Pa
     fake.chmod(0o755)
     env = {"PATH": f"{bindir}:/usr/bin:/bin", "HOME": str(tmp_path)}
     config = tmp_path / "etc" / "orchestrd.toml"
-    done = run_cli("init", "--system", "--config", config, "--state-dir", tmp_path / "state",
-                   "--repo-root", "/srv/a", "--repo-root", "/srv/b", cwd=tmp_path,
-                   env_extra=env)
+    done = run_cli(
+        "init",
+        "--system",
+        "--config",
+        config,
+        "--state-dir",
+        tmp_path / "state",
+        "--repo-root",
+        "/srv/a",
+        "--repo-root",
+        "/srv/b",
+        cwd=tmp_path,
+        env_extra=env,
+    )
     assert done.returncode == 0, done.stderr
     data = tomllib.loads(config.read_text())
     assert data["allowed_repo_roots"] == ["/srv/a", "/srv/b"]
@@ -73,14 +87,19 @@ def test_init_system_fills_in_repo_roots_and_the_agent_clis_on_path(tmp_path: Pa
     assert doctor.returncode == 1
 
     secret = "sk-ant-doctor-must-not-print-this"
-    with_key = run_cli("doctor", "--config", config, cwd=tmp_path,
-                       env_extra={**env, "ANTHROPIC_API_KEY": secret})
+    with_key = run_cli(
+        "doctor", "--config", config, cwd=tmp_path, env_extra={**env, "ANTHROPIC_API_KEY": secret}
+    )
     assert secret not in with_key.stdout
     assert "worker claude: no login" in with_key.stdout  # not passed through to workers yet
-    config.write_text(config.read_text().replace("env_passthrough = []",
-                                                 'env_passthrough = ["ANTHROPIC_API_KEY"]'))
-    passed = run_cli("doctor", "--config", config, cwd=tmp_path,
-                     env_extra={**env, "ANTHROPIC_API_KEY": secret})
+    config.write_text(
+        config.read_text().replace(
+            "env_passthrough = []", 'env_passthrough = ["ANTHROPIC_API_KEY"]'
+        )
+    )
+    passed = run_cli(
+        "doctor", "--config", config, cwd=tmp_path, env_extra={**env, "ANTHROPIC_API_KEY": secret}
+    )
     assert "ok    worker claude: ANTHROPIC_API_KEY is set (value not shown)" in passed.stdout
     assert secret not in passed.stdout and passed.returncode == 0, passed.stdout
 
@@ -101,8 +120,10 @@ def test_doctor_sees_the_running_daemon_and_fails_on_a_world_writable_spool(
     finally:
         os.chmod(daemon.inbox, 0o770)
     assert out.returncode == 1
-    assert f"fail  {daemon.inbox} is writable by anyone (mode 0777) — fix: chmod o-w " \
+    assert (
+        f"fail  {daemon.inbox} is writable by anyone (mode 0777) — fix: chmod o-w "
         f"{daemon.inbox}" in out.stdout
+    )
 
 
 def test_doctor_fails_on_an_invalid_config_naming_the_key(tmp_path: Path) -> None:

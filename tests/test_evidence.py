@@ -11,11 +11,20 @@ from orchestrd.evidence import Finding, check_text
 
 
 def scan(
-    text: str, *, kind: str = "other", report: bool = True, requires: tuple[str, ...] = (),
+    text: str,
+    *,
+    kind: str = "other",
+    report: bool = True,
+    requires: tuple[str, ...] = (),
 ) -> list[tuple[int, str]]:
     found = check_text(
-        text, "reports/P05-worker.md", rules=EVIDENCE_RULES,
-        placeholder_texts=PLACEHOLDERS_DEFAULT, requires=requires, phase_id="P05", kind=kind,
+        text,
+        "reports/P05-worker.md",
+        rules=EVIDENCE_RULES,
+        placeholder_texts=PLACEHOLDERS_DEFAULT,
+        requires=requires,
+        phase_id="P05",
+        kind=kind,
         report=report,
     )
     return [(f.line, f.rule) for f in found]
@@ -23,7 +32,8 @@ def scan(
 
 def test_finding_reason_names_file_line_and_rule() -> None:
     [f] = check_text(
-        "# P05\n\nTest output:\n$(npm test -- --run x 2>&1)\n", "reports/P05-worker.md",
+        "# P05\n\nTest output:\n$(npm test -- --run x 2>&1)\n",
+        "reports/P05-worker.md",
         rules=["unexpanded_shell"],
     )
     assert f == Finding("reports/P05-worker.md", 4, "unexpanded_shell", f.message)
@@ -139,9 +149,7 @@ def test_a_check_recorded_as_fail_under_status_pass_is_a_contradiction(
         ("- Typecheck: FAIL\nStatus: FAIL\n", "other"),  # consistent: no contradiction
     ],
 )
-def test_expected_history_and_tool_output_fails_are_no_contradiction(
-    text: str, kind: str
-) -> None:
+def test_expected_history_and_tool_output_fails_are_no_contradiction(text: str, kind: str) -> None:
     assert scan(text, kind=kind) == []
 
 

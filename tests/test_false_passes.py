@@ -110,7 +110,8 @@ async def test_remediation_is_told_how_to_repair_a_stale_file(tmp_path: Path) ->
     # the remediation's own report path was absent before: missing, not stale
     second = [e for e in run.events("check.failed") if e["attempt"] == 2]
     assert failed(second) == [
-        ("report", None, None), ("completion", "stale", ".completed/P01.md"),
+        ("report", None, None),
+        ("completion", "stale", ".completed/P01.md"),
     ]
 
 
@@ -125,9 +126,15 @@ def _report_ctx(tmp_path: Path, text: str) -> CheckContext:
         {"id": "T", "repo": str(repo), "phases": [{"id": "P01", "prompt": "x"}]}
     )
     return CheckContext(
-        plan=plan, phase=plan.phases[0], settings=CheckSettings(),
-        outcome=WatchOutcome(0, 1), log_path=tmp_path / "log", output_dir=tmp_path,
-        attempt=1, env={}, grace=0.1,
+        plan=plan,
+        phase=plan.phases[0],
+        settings=CheckSettings(),
+        outcome=WatchOutcome(0, 1),
+        log_path=tmp_path / "log",
+        output_dir=tmp_path,
+        attempt=1,
+        env={},
+        grace=0.1,
     )
 
 
@@ -169,7 +176,8 @@ async def run_trick(tmp_path: Path, trick: str, **env: str) -> Any:
         },
     )
     config = make_config(
-        tmp_path, policy={"max_remediations": 0},
+        tmp_path,
+        policy={"max_remediations": 0},
         workers={"hide": agent_profile("git_hide", AGENT_TRICK=trick, **env)},
     )
     plan = make_plan(tmp_path, repo=repo, worker="hide", phases=[phase("P01", kind="impl")])
@@ -244,7 +252,8 @@ async def test_a_repository_broken_during_the_phase_fails_it(tmp_path: Path) -> 
     run = await run_trick(tmp_path, "break-head")
     assert run.status == "failed"
     assert [(e["check"], e.get("rule")) for e in run.events("check.failed")] == [
-        ("git_tampering", "git_tampering"), ("git", None),
+        ("git_tampering", "git_tampering"),
+        ("git", None),
     ]
     assert run.events("check.warning") == []
 
@@ -264,15 +273,16 @@ async def test_test_files_in_a_folder_ignored_before_the_phase_are_not_compared(
 async def test_worker_changes_is_capped_and_says_what_was_cut(tmp_path: Path) -> None:
     run = await run_trick(tmp_path, "many-files", AGENT_FILES="3000")
     line = next(
-        raw for raw in run.config.audit_path.read_text().splitlines()
-        if '"worker.changes"' in raw
+        raw for raw in run.config.audit_path.read_text().splitlines() if '"worker.changes"' in raw
     )
     assert len(line) < 64 * 1024, len(line)
     changes = json.loads(line)
     assert changes["changed_count"] == 3002  # the files, the report, the completion file
     assert len(changes["changed"]) == 500
     assert changes["cut"] == {
-        "diffstat": 2902, "after.status": 2802, "changed": 2502,
+        "diffstat": 2902,
+        "after.status": 2802,
+        "changed": 2502,
     }
     assert changes["diffstat"].splitlines()[-1].startswith(" 3002 files changed")
 

@@ -49,10 +49,13 @@ def test_random_sigkills_lose_nothing_and_run_nothing_twice(daemon: Daemon) -> N
     seed = int(os.environ.get("KILL_LOOP_SEED", time.time_ns() % 100_000))
     rng = random.Random(seed)
     ledger = daemon.tmp / "ledger.txt"
-    agent = {"command": ["{python}", str(AGENTS / "fault_ledger.py"), "{prompt}"],
-             "env": {"LEDGER": str(ledger), "AGENT_SLEEP": "0.1"}}
+    agent = {
+        "command": ["{python}", str(AGENTS / "fault_ledger.py"), "{prompt}"],
+        "env": {"LEDGER": str(ledger), "AGENT_SLEEP": "0.1"},
+    }
     daemon.write_config(
-        max_workers=3, default_worker="ledger",
+        max_workers=3,
+        default_worker="ledger",
         workers={**daemon.config_data()["workers"], "ledger": agent},
     )
     daemon.inbox.mkdir(parents=True)
@@ -80,7 +83,8 @@ def test_random_sigkills_lose_nothing_and_run_nothing_twice(daemon: Daemon) -> N
     archive = daemon.state_dir / "archive"
     daemon.wait_for(
         lambda: archive.is_dir() and {p.name for p in archive.iterdir()} >= set(ids),
-        timeout=60, what=f"every plan archived {context}",
+        timeout=60,
+        what=f"every plan archived {context}",
     )
     assert daemon.stop(signal.SIGTERM) == 0
 
@@ -127,5 +131,8 @@ def test_random_sigkills_lose_nothing_and_run_nothing_twice(daemon: Daemon) -> N
     assert late == {}, f"phases re-run after they passed {context}"
 
     # no worker left: the daemon stopped what earlier daemons left, and its own on SIGTERM
-    wait_for(lambda: not any(alive(pid) for pid in pids), timeout=5,
-             what=f"every worker of the ledger to be gone {context}")
+    wait_for(
+        lambda: not any(alive(pid) for pid in pids),
+        timeout=5,
+        what=f"every worker of the ledger to be gone {context}",
+    )

@@ -54,7 +54,8 @@ def with_profiles(d: Daemon, **overrides: Any) -> None:
 def serves_on(d: Daemon, plan_id: str = "next") -> None:
     """The daemon is alive and a plain plan still succeeds."""
     d.submit(plan_id, repo=f"repo-{plan_id}")
-    d.wait_event("plan.succeeded", plan=plan_id)
+    # its last event, not plan.succeeded: the plan's events go on until it is archived
+    d.wait_event("plan.archived", plan=plan_id)
     assert d.proc is not None and d.proc.poll() is None
 
 
@@ -68,9 +69,15 @@ def pids_of(repo: Path, phase: str = "P01", attempt: int = 1) -> list[int]:
 def test_a_worker_ignoring_sigterm_is_killed_after_the_grace_and_remediated(
     daemon: Daemon,
 ) -> None:
-    with_profiles(daemon, policy={
-        "poll_interval": "0.1s", "max_polls": 3, "stop_grace": "0.3s", "max_remediations": 1,
-    })
+    with_profiles(
+        daemon,
+        policy={
+            "poll_interval": "0.1s",
+            "max_polls": 3,
+            "stop_grace": "0.3s",
+            "max_remediations": 1,
+        },
+    )
     daemon.start()
     daemon.submit("deaf", worker="deaf")
     daemon.wait_event("plan.succeeded", plan="deaf")
@@ -84,7 +91,8 @@ def test_a_worker_ignoring_sigterm_is_killed_after_the_grace_and_remediated(
     [remediation] = daemon.events("remediation.started", plan="deaf")
     assert "stalled" in remediation["reason"]
     assert [e["role"] for e in daemon.events("worker.started", plan="deaf")] == [
-        "primary", "remediation"
+        "primary",
+        "remediation",
     ]
     serves_on(daemon)
 
@@ -135,8 +143,11 @@ def test_a_gigabyte_of_output_is_cut_at_max_log_bytes_and_the_daemon_stays_small
     assert max_log < log.stat().st_size < max_log + 200
     kept = log.read_bytes()
     # the head and the tail are kept, the cut marked between them
-    assert f"[orchestrd: log cut at max_log_bytes={max_log}; {output - max_log} more bytes " \
-        "dropped here; the last ".encode() in kept
+    assert (
+        f"[orchestrd: log cut at max_log_bytes={max_log}; {output - max_log} more bytes "
+        "dropped here; the last ".encode()
+        in kept
+    )
     assert kept.endswith(b"done: Status: PASS\n")
     serves_on(daemon)
 
@@ -158,6 +169,7 @@ def test_a_command_that_does_not_exist_fails_to_start_gets_remediation_and_a_rea
     assert failed["reason"].startswith("phase P01 failed: start: worker failed to start: ")
     assert why in failed["reason"]
     assert daemon.events("worker.started", plan="missing") == []
+    daemon.wait_event("plan.archived", plan="missing")  # plan.failed comes before the move
     ledger = (daemon.state_dir / "archive" / "missing" / "worker-pids.txt").read_text()
     assert ledger.count("failed_to_start") == 2
     serves_on(daemon)
@@ -184,8 +196,9 @@ def test_a_symlink_loop_left_where_the_report_is_read_fails_the_plan_not_the_dae
     daemon: Daemon,
 ) -> None:
     with_profiles(daemon)
-    daemon.write_config(workers={**daemon.config_data()["workers"],
-                                 "loop": fault("fault_symlink_loop")})
+    daemon.write_config(
+        workers={**daemon.config_data()["workers"], "loop": fault("fault_symlink_loop")}
+    )
     daemon.start()
     daemon.submit("loopy", worker="loop")
     [failed] = daemon.wait_event("plan.failed", plan="loopy")
@@ -205,8 +218,9 @@ def test_leftovers_the_state_file_does_not_know_are_found_at_restart_and_stopped
     daemon: Daemon,
 ) -> None:
     with_profiles(daemon)
-    daemon.write_config(workers={**daemon.config_data()["workers"],
-                                 "escape": fault("fault_setsid")})
+    daemon.write_config(
+        workers={**daemon.config_data()["workers"], "escape": fault("fault_setsid")}
+    )
     daemon.start()
     daemon.submit("esc", worker="escape")
     repo = daemon.repo("repo")
@@ -218,12 +232,14 @@ def test_leftovers_the_state_file_does_not_know_are_found_at_restart_and_stopped
     unsaved = subprocess.Popen(
         [sys.executable, "-c", "import time\nwhile True: time.sleep(1)"],
         env={**os.environ, "ORCHESTRD_LOG": str(workers / "worker-P01-2.log")},
-        stdin=subprocess.DEVNULL, start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     elsewhere = subprocess.Popen(  # another plan's folder: not this plan's business
         [sys.executable, "-c", "import time\nwhile True: time.sleep(1)"],
         env={**os.environ, "ORCHESTRD_LOG": str(daemon.tmp / "workers" / "worker-P01-1.log")},
-        stdin=subprocess.DEVNULL, start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         assert all(alive(p) for p in (worker, escaped, unsaved.pid))
@@ -279,7 +295,8 @@ def small_tmpfs(path: Path, size: str) -> Iterator[None]:
         pytest.skip("mounting a tmpfs needs root")
     result = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0750", "tmpfs", str(path)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
@@ -295,10 +312,13 @@ def test_a_full_disk_fails_the_plan_with_the_reason_and_the_daemon_serves_on(
     # state_dir on an 8 MiB tmpfs; the audit log elsewhere, so the test can read it
     daemon.audit_path = daemon.tmp / "audit.jsonl"
     with small_tmpfs(daemon.state_dir, "8m"):
-        workers = {**daemon.config_data()["workers"], "flood": fault("fault_flood",
-                                                                    FLOOD_BYTES=32 << 20)}
+        workers = {
+            **daemon.config_data()["workers"],
+            "flood": fault("fault_flood", FLOOD_BYTES=32 << 20),
+        }
         daemon.write_config(
-            workers=workers, audit={"path": str(daemon.audit_path)},
+            workers=workers,
+            audit={"path": str(daemon.audit_path)},
             policy={**daemon.config_data()["policy"], "max_remediations": 1},
         )
         daemon.start()
@@ -384,8 +404,11 @@ LOGROTATE = shutil.which("logrotate") or next(
 
 def test_the_shipped_logrotate_conf_rotates_by_rename_and_create() -> None:
     conf = (ROOT / "config" / "logrotate.conf").read_text()
-    directives = {line.strip().split()[0] for line in conf.splitlines()
-                  if line.strip() and not line.strip().startswith(("#", "}", "/"))}
+    directives = {
+        line.strip().split()[0]
+        for line in conf.splitlines()
+        if line.strip() and not line.strip().startswith(("#", "}", "/"))
+    }
     wanted = {"rotate", "compress", "delaycompress", "missingok", "notifempty", "create"}
     assert wanted <= directives
     assert "create 0640 orchestrd orchestrd" in conf
@@ -409,7 +432,9 @@ def test_real_logrotate_rotates_the_audit_log_of_a_running_daemon(daemon: Daemon
     def logrotate(*args: str) -> None:
         result = subprocess.run(
             [LOGROTATE, "-s", str(status), *args, str(conf_path)],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert result.returncode == 0, result.stderr
 

@@ -65,7 +65,8 @@ def test_stagnation_needs_two_failures_alike_or_a_remediation_that_did_nothing()
     assert s.failed(2, fingerprint(same, None)) is None  # without git: cannot tell
     assert s.failed(3, fingerprint([Failure.of("exit_code", {})], "M a 1\n")) is None
     reason, attempts = s.failed(4, fingerprint([Failure.of("exit_code", {})], "M a 1\n")) or (
-        "", []
+        "",
+        [],
     )
     assert reason == "stagnant: attempt 4 failed exactly like attempt 3" and attempts == [3, 4]
     s = Stagnation()

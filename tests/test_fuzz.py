@@ -35,7 +35,9 @@ from orchestrd.plan import ID_PATTERN, Plan, confine, parse_plan_bytes, relative
 from orchestrd.spool import Rejected, Spool
 
 FUZZ = settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
     database=None,
 )
 
@@ -123,10 +125,25 @@ def check_accepted(plan: Plan, world: World) -> None:
 
 # -- generators --
 
-TOML_CHARS = '[]{}=".\'\n #abcdeinprtuPx0159-_:,\\'
+TOML_CHARS = "[]{}=\".'\n #abcdeinprtuPx0159-_:,\\"
 COMPONENTS = [
-    "a", "b", "..", ".", "link_in", "abs_in", "link_out", "up", "self", "file.md", "prompts",
-    "p.md", "x", "~", "", "reports", ".completed",
+    "a",
+    "b",
+    "..",
+    ".",
+    "link_in",
+    "abs_in",
+    "link_out",
+    "up",
+    "self",
+    "file.md",
+    "prompts",
+    "p.md",
+    "x",
+    "~",
+    "",
+    "reports",
+    ".completed",
 ]
 paths = st.one_of(
     st.lists(st.sampled_from(COMPONENTS), min_size=1, max_size=5).map("/".join),
@@ -141,12 +158,16 @@ durations = st.one_of(
 )
 # TOML integers are 64-bit; larger ones are a known crash (test_a_huge_integer…)
 counts = st.one_of(
-    st.integers(-(2**63), 2**63 - 1), st.sampled_from([0, 1, -1, 2**31]), st.text(max_size=3),
-    st.floats(), st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.sampled_from([0, 1, -1, 2**31]),
+    st.text(max_size=3),
+    st.floats(),
+    st.booleans(),
 )
 policies = st.dictionaries(
     st.sampled_from(["poll_interval", "max_polls", "stop_grace", "max_remediations", "max_poll"]),
-    st.one_of(durations, counts), max_size=4,
+    st.one_of(durations, counts),
+    max_size=4,
 )
 ids = st.one_of(
     st.sampled_from(["P01", "P02", "a", "x" * 129, "../x", "a/b", ""]),
@@ -154,17 +175,25 @@ ids = st.one_of(
 )
 verifies = st.fixed_dictionaries(
     {"run": st.text(max_size=20)},
-    optional={"expect": st.sampled_from(["pass", "fail", "maybe"]), "timeout": durations,
-              "expct": st.text(max_size=3)},
+    optional={
+        "expect": st.sampled_from(["pass", "fail", "maybe"]),
+        "timeout": durations,
+        "expct": st.text(max_size=3),
+    },
 )
 phases = st.fixed_dictionaries(
     {"id": ids},
     optional={
         "kind": st.sampled_from(["stub", "test", "impl", "verify", "other", "tests"]),
-        "prompt": st.text(max_size=30), "prompt_file": paths, "report": paths,
-        "completion": st.lists(paths, max_size=3), "markers": st.lists(st.text(max_size=15)),
-        "policy": policies, "fail_on_log_errors": st.one_of(st.booleans(), st.text(max_size=3)),
-        "verify": st.lists(verifies, max_size=2), "promt": st.text(max_size=5),
+        "prompt": st.text(max_size=30),
+        "prompt_file": paths,
+        "report": paths,
+        "completion": st.lists(paths, max_size=3),
+        "markers": st.lists(st.text(max_size=15)),
+        "policy": policies,
+        "fail_on_log_errors": st.one_of(st.booleans(), st.text(max_size=3)),
+        "verify": st.lists(verifies, max_size=2),
+        "promt": st.text(max_size=5),
     },
 )
 
@@ -172,22 +201,38 @@ phases = st.fixed_dictionaries(
 def plans(world: World) -> st.SearchStrategy[dict[str, Any]]:
     # no NUL and no overlong names in `repo`: known crashes (test_a_repo_with_…)
     repos = st.one_of(
-        st.sampled_from([
-            str(world.repo), str(world.outside), "repos/repo", str(world.repos / "file"),
-            str(world.repos / "missing"), str(world.repos), str(world.repos / "link_out"), "/",
-            f"{world.repos}/../repos/repo", "~", str(world.repo / "link_out"),
-            str(world.repo / "up" / "repo"), str(world.repo / "a"),
-        ]),
-        st.text(alphabet=st.characters(blacklist_characters="\0",
-                                       blacklist_categories=("Cs",)), max_size=30)
-        .map(lambda t: "/" + t),
+        st.sampled_from(
+            [
+                str(world.repo),
+                str(world.outside),
+                "repos/repo",
+                str(world.repos / "file"),
+                str(world.repos / "missing"),
+                str(world.repos),
+                str(world.repos / "link_out"),
+                "/",
+                f"{world.repos}/../repos/repo",
+                "~",
+                str(world.repo / "link_out"),
+                str(world.repo / "up" / "repo"),
+                str(world.repo / "a"),
+            ]
+        ),
+        st.text(
+            alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)),
+            max_size=30,
+        ).map(lambda t: "/" + t),
     )
     return st.fixed_dictionaries(
         {},
         optional={
-            "id": ids, "repo": repos, "phases": st.lists(phases, max_size=4),
-            "plan_dir": paths, "worker": st.sampled_from(["pass", "hang", "nope", ""]),
-            "policy": policies, "repos": st.text(max_size=3),
+            "id": ids,
+            "repo": repos,
+            "phases": st.lists(phases, max_size=4),
+            "plan_dir": paths,
+            "worker": st.sampled_from(["pass", "hang", "nope", ""]),
+            "policy": policies,
+            "repos": st.text(max_size=3),
         },
     )
 
@@ -224,8 +269,11 @@ def test_plan_shaped_documents_are_a_safe_plan_or_a_plan_error(
 
 def test_the_generators_reach_accepted_plans(world: World) -> None:
     """A check that the property above is not vacuous: plain documents it draws are accepted."""
-    ok = {"id": "ok", "repo": str(world.repo), "phases": [{"id": "P01", "prompt": "x",
-                                                            "report": "link_in/r.md"}]}
+    ok = {
+        "id": "ok",
+        "repo": str(world.repo),
+        "phases": [{"id": "P01", "prompt": "x", "report": "link_in/r.md"}],
+    }
     plan = parse(tomli_w.dumps(ok).encode(), world.config)
     assert isinstance(plan, Plan)
     check_accepted(plan, world)
@@ -240,29 +288,45 @@ regexes = st.one_of(
     st.text(alphabet="ab.*+()|{}0123\\", max_size=10),
 )
 profiles = st.fixed_dictionaries(
-    {"command": st.lists(st.one_of(st.sampled_from(["{prompt}", "{python}", "{nope}", "codex",
-                                                    "--yolo"]), st.text(max_size=8)),
-                         max_size=4)},
-    optional={"env": st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=2),
-              "dangerous": st.one_of(st.booleans(), st.text(max_size=3)), "comand": st.just([])},
+    {
+        "command": st.lists(
+            st.one_of(
+                st.sampled_from(["{prompt}", "{python}", "{nope}", "codex", "--yolo"]),
+                st.text(max_size=8),
+            ),
+            max_size=4,
+        )
+    },
+    optional={
+        "env": st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=2),
+        "dangerous": st.one_of(st.booleans(), st.text(max_size=3)),
+        "comand": st.just([]),
+    },
 )
 configs = st.fixed_dictionaries(
     {},
     optional={
-        "state_dir": st.text(max_size=20), "default_worker": st.sampled_from(["pass", "x", ""]),
-        "max_workers": counts, "allowed_repo_roots": st.lists(st.text(max_size=10), max_size=2),
-        "env_passthrough": st.lists(st.text(max_size=8), max_size=2), "policy": policies,
-        "checks": st.fixed_dictionaries({}, optional={
-            "log_error_patterns": st.lists(regexes, max_size=3),
-            "fail_on_log_errors": st.one_of(st.booleans(), st.text(max_size=2)),
-            "verify_shell": st.lists(st.text(max_size=6), max_size=2),
-        }),
-        "spool": st.fixed_dictionaries({}, optional={"rescan_interval": durations,
-                                                     "max_plan_bytes": counts}),
-        "workers": st.dictionaries(st.sampled_from(["pass", "x", "", "a b"]), profiles,
-                                   max_size=3),
+        "state_dir": st.text(max_size=20),
+        "default_worker": st.sampled_from(["pass", "x", ""]),
+        "max_workers": counts,
+        "allowed_repo_roots": st.lists(st.text(max_size=10), max_size=2),
+        "env_passthrough": st.lists(st.text(max_size=8), max_size=2),
+        "policy": policies,
+        "checks": st.fixed_dictionaries(
+            {},
+            optional={
+                "log_error_patterns": st.lists(regexes, max_size=3),
+                "fail_on_log_errors": st.one_of(st.booleans(), st.text(max_size=2)),
+                "verify_shell": st.lists(st.text(max_size=6), max_size=2),
+            },
+        ),
+        "spool": st.fixed_dictionaries(
+            {}, optional={"rescan_interval": durations, "max_plan_bytes": counts}
+        ),
+        "workers": st.dictionaries(st.sampled_from(["pass", "x", "", "a b"]), profiles, max_size=3),
         "allow_root": st.one_of(st.booleans(), st.text(max_size=2)),
-        "redact": st.lists(regexes, max_size=3), "max_log_bytes": counts,
+        "redact": st.lists(regexes, max_size=3),
+        "max_log_bytes": counts,
         "audit": st.fixed_dictionaries({}, optional={"path": st.text(max_size=10)}),
         "alow_root": st.booleans(),
     },
@@ -278,8 +342,11 @@ def parse_config(raw: bytes) -> Config | ConfigError:
 
 
 @FUZZ
-@given(raw=st.one_of(st.binary(max_size=300), st.text(alphabet=TOML_CHARS, max_size=300)
-                     .map(str.encode)))
+@given(
+    raw=st.one_of(
+        st.binary(max_size=300), st.text(alphabet=TOML_CHARS, max_size=300).map(str.encode)
+    )
+)
 def test_any_bytes_are_a_config_or_a_config_error(raw: bytes) -> None:
     parse_config(raw)
 
@@ -301,8 +368,10 @@ def test_config_shaped_documents_are_a_config_or_a_config_error(document: dict[s
 
 
 @FUZZ
-@given(parts=st.lists(st.sampled_from(COMPONENTS), min_size=1, max_size=6),
-       base_parts=st.lists(st.sampled_from(COMPONENTS), max_size=2))
+@given(
+    parts=st.lists(st.sampled_from(COMPONENTS), min_size=1, max_size=6),
+    base_parts=st.lists(st.sampled_from(COMPONENTS), max_size=2),
+)
 def test_no_confined_path_resolves_outside_and_none_inside_is_refused(
     world: World, parts: list[str], base_parts: list[str]
 ) -> None:
@@ -314,10 +383,21 @@ def test_no_confined_path_resolves_outside_and_none_inside_is_refused(
         if plan_dir not in ("", "."):
             relative_path(plan_dir)
     except ValueError as exc:
-        assert PurePosixPath(rel).is_absolute() or ".." in rel or not rel.strip() or (
-            plan_dir and (".." in plan_dir or not plan_dir.strip()
-                          or PurePosixPath(plan_dir).is_absolute())
-        ) or rel.startswith("~") or plan_dir.startswith("~"), exc
+        assert (
+            PurePosixPath(rel).is_absolute()
+            or ".." in rel
+            or not rel.strip()
+            or (
+                plan_dir
+                and (
+                    ".." in plan_dir
+                    or not plan_dir.strip()
+                    or PurePosixPath(plan_dir).is_absolute()
+                )
+            )
+            or rel.startswith("~")
+            or plan_dir.startswith("~")
+        ), exc
         return
     joined = os.path.normpath(os.path.join(plan_dir, rel)) if plan_dir else rel
     real = os.path.realpath(world.repo / joined)
@@ -334,7 +414,7 @@ def test_no_confined_path_resolves_outside_and_none_inside_is_refused(
 
 KNOWN_CRASHES = {
     # config.py parse_duration: float(int) raises OverflowError past 1.8e308
-    "huge-duration": (b'[policy]\npoll_interval = ' + str(10**400).encode() + b"\n"),
+    "huge-duration": (b"[policy]\npoll_interval = " + str(10**400).encode() + b"\n"),
     # config.py parse_toml_bytes: tomllib recurses once per nesting level
     "deep-nesting": b"a = " + b"[" * 5000 + b"]" * 5000,
     # plan.py check_against_config: Path.resolve()/is_dir() raise ValueError on a NUL byte
@@ -349,8 +429,11 @@ def crash_document(world: World, key: str) -> bytes:
     if key in ("repo-nul", "repo-too-long"):
         return b'id = "crash"\n' + raw + b'[[phases]]\nid = "P01"\nprompt = "x"\n'
     if key == "huge-duration":
-        return (f'id = "crash"\nrepo = "{world.repo}"\n'.encode() + raw
-                + b'[[phases]]\nid = "P01"\nprompt = "x"\n')
+        return (
+            f'id = "crash"\nrepo = "{world.repo}"\n'.encode()
+            + raw
+            + b'[[phases]]\nid = "P01"\nprompt = "x"\n'
+        )
     return raw
 
 

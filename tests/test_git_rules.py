@@ -64,11 +64,15 @@ async def test_snapshot_sees_the_whole_working_tree_without_touching_index_or_re
     after = await g.snapshot("t")
     changed = await g.changed(before.tree, after.tree)
     assert [(c.status, c.path) for c in changed] == [
-        ("D", "README.md"), ("A", "new.py"), ("M", "src/a.py"),
+        ("D", "README.md"),
+        ("A", "new.py"),
+        ("M", "src/a.py"),
     ]
     added, first = await g.added_lines(before.tree, after.tree)
     assert [(a.path, a.line, a.text) for a in added] == [
-        ("new.py", 1, "n = 1"), ("src/a.py", 1, "a = 2"), ("src/a.py", 2, "b = 3"),
+        ("new.py", 1, "n = 1"),
+        ("src/a.py", 1, "a = 2"),
+        ("src/a.py", 2, "b = 3"),
     ]
     assert first == {"README.md": 0, "new.py": 1, "src/a.py": 1}
     assert "A  staged.py" in before.status and "?? new.py" in after.status
@@ -117,7 +121,9 @@ def test_unified_diff_line_numbers_follow_the_hunks() -> None:
     )
     added, first = parse_unified(diff)
     assert [(a.path, a.line, a.text) for a in added] == [
-        ("f.py", 4, "x"), ("f.py", 5, "y"), ("f.py", 12, "new"),
+        ("f.py", 4, "x"),
+        ("f.py", 5, "y"),
+        ("f.py", 12, "new"),
     ]
     assert first == {"f.py": 4, "g.py": 0}
 
@@ -183,7 +189,9 @@ async def test_files_written_by_verify_commands_are_not_blamed_on_workers(
     config = make_config(tmp_path, policy={"max_remediations": 1})
     verify = [{"run": "mkdir -p tests && echo 'x = 1' >> tests/test_generated.py"}]
     plan = make_plan(
-        tmp_path, repo=repo, worker="flaky",
+        tmp_path,
+        repo=repo,
+        worker="flaky",
         phases=[phase("P01", kind="impl", verify=verify, allow_no_changes=True)],
     )
     run = await run_plan(config, plan)
@@ -199,18 +207,23 @@ async def test_files_written_by_verify_commands_are_not_blamed_on_workers(
 async def test_phase_overrides_switch_change_rules_on_and_off(tmp_path: Path) -> None:
     repo = git_repo(tmp_path / "repo")
     config = make_config(
-        tmp_path, policy={"max_remediations": 0},
+        tmp_path,
+        policy={"max_remediations": 0},
         workers={"pass": agent_profile("pass", AGENT_SAY="x")},
         checks={"forbidden_patterns": {"other": [r"\bdone\b"]}},
     )
     # the completion file says "done", but it is an orchestrd file: never a violation; the
     # fake agent's .agent/ record is ignored by .gitignore
     plan = make_plan(
-        tmp_path, repo=repo,
+        tmp_path,
+        repo=repo,
         phases=[
             phase("P01", protect=["README.md"], forbid_test_changes=True),
             phase(
-                "P02", kind="impl", forbidden_patterns=[], forbid_test_changes=False,
+                "P02",
+                kind="impl",
+                forbidden_patterns=[],
+                forbid_test_changes=False,
                 allow_no_changes=True,
             ),
         ],

@@ -39,8 +39,14 @@ def hostile(what: str) -> dict[str, Any]:
 
 
 CASES = (
-    "fifo_report", "fifo_completion", "fifo_log", "fifo_marker", "fifo_prompt", "fifo_next_prompt",
-    "fifo_next_log", "huge_report",
+    "fifo_report",
+    "fifo_completion",
+    "fifo_log",
+    "fifo_marker",
+    "fifo_prompt",
+    "fifo_next_prompt",
+    "fifo_next_log",
+    "huge_report",
 )
 
 
@@ -96,16 +102,17 @@ def test_fifos_and_a_sparse_gigabyte_left_by_workers_fail_their_plans_not_the_da
 @pytest.mark.anyio
 async def test_a_sparse_gigabyte_report_is_refused_by_its_size_unread(tmp_path: Path) -> None:
     config = make_config(
-        tmp_path, checks={"max_evidence_bytes": 4096},
-        workers={"huge": hostile("huge_report")}, default_worker="huge",
+        tmp_path,
+        checks={"max_evidence_bytes": 4096},
+        workers={"huge": hostile("huge_report")},
+        default_worker="huge",
     )
     started = time.monotonic()
     run = await run_plan(config, make_plan(tmp_path))
     took = time.monotonic() - started
     failed = [e for e in run.events("check.failed") if e["check"] == "report"][0]
     assert failed["reason"] == (
-        "reports/P01-worker.md: 1073741824 bytes, over [checks] max_evidence_bytes (4096); "
-        "not read"
+        "reports/P01-worker.md: 1073741824 bytes, over [checks] max_evidence_bytes (4096); not read"
     )
     assert took < 10, f"{took:.1f}s: the gigabyte was read"
 
@@ -201,8 +208,12 @@ def inbox_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Spool, Any]:
     return spool, config
 
 
-@settings(max_examples=150, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(name=NAMES, content=st.sampled_from([b"", b"id = 1\n", b"\xff\xfe"]))
 def test_any_file_name_in_the_inbox_is_rejected_readably_never_fatal(
     inbox_world: tuple[Spool, Any], name: bytes, content: bytes

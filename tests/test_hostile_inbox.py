@@ -141,12 +141,21 @@ class Case:
 
 CASES = [
     # not TOML, not text, nothing at all
-    Case("bad-toml.toml", text('id = "x"\nrepo = [\nphases = 3\n'),
-         ("invalid TOML", "line 3", "fix the syntax there")),
-    Case("binary.toml", text(bytes(range(256)) * 8),
-         ("not UTF-8 text (bad byte at offset 128)", "save it as UTF-8 TOML")),
-    Case("latin1.toml", text('id = "caf\xe9"\n'.encode("latin-1")),
-         ("not UTF-8 text (bad byte at offset 9)", "save it as UTF-8")),
+    Case(
+        "bad-toml.toml",
+        text('id = "x"\nrepo = [\nphases = 3\n'),
+        ("invalid TOML", "line 3", "fix the syntax there"),
+    ),
+    Case(
+        "binary.toml",
+        text(bytes(range(256)) * 8),
+        ("not UTF-8 text (bad byte at offset 128)", "save it as UTF-8 TOML"),
+    ),
+    Case(
+        "latin1.toml",
+        text('id = "caf\xe9"\n'.encode("latin-1")),
+        ("not UTF-8 text (bad byte at offset 9)", "save it as UTF-8"),
+    ),
     Case("nul.toml", text(b'id = "x"\n\x00\n'), ("invalid TOML", "fix the syntax there")),
     # nested past Python's recursion limit: the parser raises RecursionError (a bug, see
     # test_fuzz.py); whatever the message, the file is rejected and the daemon lives
@@ -154,22 +163,43 @@ CASES = [
     Case("empty.toml", text(""), ("the file is empty", "write a TOML document")),
     Case("blank.toml", text("\n   \n\t\n"), ("the file is empty", "write a TOML document")),
     # too big: by size, read no further
-    Case("big.toml", padded(MAX_PLAN_BYTES + 1),
-         (f"{MAX_PLAN_BYTES + 1} bytes is over [spool] max_plan_bytes ({MAX_PLAN_BYTES})",
-          "put long prompts in prompt_file")),
-    Case("sparse.toml", sparse(10 << 30),
-         (f"{10 << 30} bytes is over [spool] max_plan_bytes", "prompt_file")),
+    Case(
+        "big.toml",
+        padded(MAX_PLAN_BYTES + 1),
+        (
+            f"{MAX_PLAN_BYTES + 1} bytes is over [spool] max_plan_bytes ({MAX_PLAN_BYTES})",
+            "put long prompts in prompt_file",
+        ),
+    ),
+    Case(
+        "sparse.toml",
+        sparse(10 << 30),
+        (f"{10 << 30} bytes is over [spool] max_plan_bytes", "prompt_file"),
+    ),
     # not a regular file; links never followed
-    Case("link-plan.toml", symlink(lambda p: p.outside / "plan.toml"),
-         ("is a symbolic link (to ", "links are never followed", "copy the file itself")),
-    Case("link-zero.toml", symlink(lambda p: "/dev/zero"),
-         ("is a symbolic link (to /dev/zero)", "copy the file itself")),
-    Case("link-dangling.toml", symlink(lambda p: p.outside / "nothing"),
-         ("is a symbolic link", "never followed")),
+    Case(
+        "link-plan.toml",
+        symlink(lambda p: p.outside / "plan.toml"),
+        ("is a symbolic link (to ", "links are never followed", "copy the file itself"),
+    ),
+    Case(
+        "link-zero.toml",
+        symlink(lambda p: "/dev/zero"),
+        ("is a symbolic link (to /dev/zero)", "copy the file itself"),
+    ),
+    Case(
+        "link-dangling.toml",
+        symlink(lambda p: p.outside / "nothing"),
+        ("is a symbolic link", "never followed"),
+    ),
     Case("fifo.toml", fifo, ("is a named pipe (FIFO), not a regular file", "drop plan files only")),
     Case("dir.toml", directory, ("is a directory, not a regular file", "drop plan files only")),
-    Case("zero-device.toml", zero_device, ("is a character device", "drop plan files only"),
-         root_only=True),
+    Case(
+        "zero-device.toml",
+        zero_device,
+        ("is a character device", "drop plan files only"),
+        root_only=True,
+    ),
     # ids that are paths, or too long
     Case("id-dotdot-slash.toml", plan(id="../x"), ("id: String should match pattern",)),
     Case("id-slash.toml", plan(id="a/b"), ("id: String should match pattern",)),
@@ -179,71 +209,153 @@ CASES = [
     Case("id-dot.toml", plan(id="."), ("id: ",)),
     # phases
     Case("no-phases.toml", plan(phases=[]), ("phases: List should have at least 1 item",)),
-    Case("phases-missing.toml", plan_without("phases"),
-         ("phases: required key is missing; add it",)),
-    Case("dup-phases.toml",
-         plan(phases=[{"id": "P01", "prompt": "a"}, {"id": "P01", "prompt": "b"}]),
-         ("phase id 'P01' appears twice; phase ids must be unique",)),
+    Case(
+        "phases-missing.toml", plan_without("phases"), ("phases: required key is missing; add it",)
+    ),
+    Case(
+        "dup-phases.toml",
+        plan(phases=[{"id": "P01", "prompt": "a"}, {"id": "P01", "prompt": "b"}]),
+        ("phase id 'P01' appears twice; phase ids must be unique",),
+    ),
     # typos
-    Case("typo-top.toml", plan(repos="x"),
-         ("repos: unknown key; check its spelling (allowed here: id, repo",)),
-    Case("typo-phase.toml", raw_plan(lambda p: p.plan(phases=[{"id": "P01", "promt": "x"}])),
-         ("phases[0].promt: unknown key; check its spelling",)),
-    Case("typo-verify.toml", plan({"verify": [{"run": "true", "expct": "fail"}]}),
-         ("phases[0].verify[0].expct: unknown key; check its spelling",)),
-    Case("typo-policy.toml", plan(policy={"max_poll": 3}),
-         ("policy.max_poll: unknown key; check its spelling (allowed here: poll_interval",)),
+    Case(
+        "typo-top.toml",
+        plan(repos="x"),
+        ("repos: unknown key; check its spelling (allowed here: id, repo",),
+    ),
+    Case(
+        "typo-phase.toml",
+        raw_plan(lambda p: p.plan(phases=[{"id": "P01", "promt": "x"}])),
+        ("phases[0].promt: unknown key; check its spelling",),
+    ),
+    Case(
+        "typo-verify.toml",
+        plan({"verify": [{"run": "true", "expct": "fail"}]}),
+        ("phases[0].verify[0].expct: unknown key; check its spelling",),
+    ),
+    Case(
+        "typo-policy.toml",
+        plan(policy={"max_poll": 3}),
+        ("policy.max_poll: unknown key; check its spelling (allowed here: poll_interval",),
+    ),
     # zero and negative durations and counts
-    Case("zero-interval.toml", plan(policy={"poll_interval": "0s"}),
-         ("policy.poll_interval: '0s': a duration must be greater than zero",)),
-    Case("neg-grace.toml", plan(policy={"stop_grace": -1}),
-         ("policy.stop_grace: -1: a duration must be greater than zero",)),
-    Case("neg-grace-text.toml", plan(policy={"stop_grace": "-1s"}),
-         ("policy.stop_grace: '-1s': a duration must be positive", "write e.g.")),
-    Case("zero-polls.toml", plan(policy={"max_polls": 0}),
-         ("policy.max_polls: must be greater than 0",)),
-    Case("neg-phase-polls.toml", plan({"policy": {"max_polls": -3}}),
-         ("phases[0].policy.max_polls: must be greater than 0",)),
-    Case("neg-remediations.toml", plan(policy={"max_remediations": -1}),
-         ("policy.max_remediations: must be greater than or equal to 0",)),
-    Case("zero-verify-timeout.toml", plan({"verify": [{"run": "true", "timeout": "0ms"}]}),
-         ("phases[0].verify[0].timeout:", "greater than zero")),
+    Case(
+        "zero-interval.toml",
+        plan(policy={"poll_interval": "0s"}),
+        ("policy.poll_interval: '0s': a duration must be greater than zero",),
+    ),
+    Case(
+        "neg-grace.toml",
+        plan(policy={"stop_grace": -1}),
+        ("policy.stop_grace: -1: a duration must be greater than zero",),
+    ),
+    Case(
+        "neg-grace-text.toml",
+        plan(policy={"stop_grace": "-1s"}),
+        ("policy.stop_grace: '-1s': a duration must be positive", "write e.g."),
+    ),
+    Case(
+        "zero-polls.toml",
+        plan(policy={"max_polls": 0}),
+        ("policy.max_polls: must be greater than 0",),
+    ),
+    Case(
+        "neg-phase-polls.toml",
+        plan({"policy": {"max_polls": -3}}),
+        ("phases[0].policy.max_polls: must be greater than 0",),
+    ),
+    Case(
+        "neg-remediations.toml",
+        plan(policy={"max_remediations": -1}),
+        ("policy.max_remediations: must be greater than or equal to 0",),
+    ),
+    Case(
+        "zero-verify-timeout.toml",
+        plan({"verify": [{"run": "true", "timeout": "0ms"}]}),
+        ("phases[0].verify[0].timeout:", "greater than zero"),
+    ),
     # the config: profiles, repo roots
-    Case("unknown-worker.toml", plan(worker="nope"),
-         ("worker: no worker profile 'nope' in the config; use one of: ",)),
-    Case("repo-outside.toml", raw_plan(lambda p: p.plan(repo=str(p.outside))),
-         ("repo:", "is not inside allowed_repo_roots", "move the checkout or extend the config")),
-    Case("repo-via-link.toml", raw_plan(lambda p: p.plan(repo=str(p.repos / "link"))),
-         ("repo:", "is not inside allowed_repo_roots")),
-    Case("repo-file.toml", raw_plan(lambda p: p.plan(repo=str(p.repos / "afile"))),
-         ("repo:", "is not a directory; clone it first")),
-    Case("repo-missing.toml", raw_plan(lambda p: p.plan(repo=str(p.repos / "gone"))),
-         ("repo:", "is not a directory; clone it first")),
-    Case("repo-relative.toml", plan(repo="repos/repo"),
-         ("repo: 'repos/repo' is relative; write an absolute path",)),
-    Case("repo-dotdot.toml", raw_plan(lambda p: p.plan(repo=f"{p.repos}/../outside")),
-         ("repo:", "is not inside allowed_repo_roots")),
+    Case(
+        "unknown-worker.toml",
+        plan(worker="nope"),
+        ("worker: no worker profile 'nope' in the config; use one of: ",),
+    ),
+    Case(
+        "repo-outside.toml",
+        raw_plan(lambda p: p.plan(repo=str(p.outside))),
+        ("repo:", "is not inside allowed_repo_roots", "move the checkout or extend the config"),
+    ),
+    Case(
+        "repo-via-link.toml",
+        raw_plan(lambda p: p.plan(repo=str(p.repos / "link"))),
+        ("repo:", "is not inside allowed_repo_roots"),
+    ),
+    Case(
+        "repo-file.toml",
+        raw_plan(lambda p: p.plan(repo=str(p.repos / "afile"))),
+        ("repo:", "is not a directory; clone it first"),
+    ),
+    Case(
+        "repo-missing.toml",
+        raw_plan(lambda p: p.plan(repo=str(p.repos / "gone"))),
+        ("repo:", "is not a directory; clone it first"),
+    ),
+    Case(
+        "repo-relative.toml",
+        plan(repo="repos/repo"),
+        ("repo: 'repos/repo' is relative; write an absolute path",),
+    ),
+    Case(
+        "repo-dotdot.toml",
+        raw_plan(lambda p: p.plan(repo=f"{p.repos}/../outside")),
+        ("repo:", "is not inside allowed_repo_roots"),
+    ),
     # paths that leave the repo
-    Case("report-absolute.toml", plan({"report": "/etc/passwd"}),
-         ("phases[0].report: '/etc/passwd' is absolute; write it relative",)),
-    Case("report-dotdot.toml", plan({"report": "../x.md"}),
-         ("phases[0].report: '../x.md' leaves its folder with '..'; keep paths inside the repo",)),
-    Case("completion-dotdot.toml", plan({"completion": ["ok.md", "a/../../x.md"]}),
-         ("phases[0].completion:", "leaves its folder with '..'")),
-    Case("prompt-file-absolute.toml",
-         raw_plan(lambda p: p.plan(phases=[{"id": "P01", "prompt_file": "/etc/passwd"}])),
-         ("phases[0].prompt_file: '/etc/passwd' is absolute",)),
-    Case("report-linked-out.toml", plan({"report": "out/r.md"}),
-         ("phases[0].report: 'out/r.md' resolves to", "outside", "keep paths inside the repo")),
-    Case("completion-linked-out.toml", plan({"completion": ["out/c.md"]}),
-         ("phases[0].completion[0]: 'out/c.md' resolves to", "outside")),
-    Case("prompt-file-linked-out.toml",
-         raw_plan(lambda p: p.plan(phases=[{"id": "P01", "prompt_file": "out/secret.txt"}])),
-         ("phases[0].prompt_file: 'out/secret.txt' resolves to", "outside")),
-    Case("plan-dir-linked-out.toml", plan(plan_dir="out"),
-         ("phases[0].report: 'out/reports/P01-worker.md' resolves to", "outside")),
-    Case("plan-dir-dotdot.toml", plan(plan_dir="../outside"),
-         ("plan_dir: '../outside' leaves its folder with '..'",)),
+    Case(
+        "report-absolute.toml",
+        plan({"report": "/etc/passwd"}),
+        ("phases[0].report: '/etc/passwd' is absolute; write it relative",),
+    ),
+    Case(
+        "report-dotdot.toml",
+        plan({"report": "../x.md"}),
+        ("phases[0].report: '../x.md' leaves its folder with '..'; keep paths inside the repo",),
+    ),
+    Case(
+        "completion-dotdot.toml",
+        plan({"completion": ["ok.md", "a/../../x.md"]}),
+        ("phases[0].completion:", "leaves its folder with '..'"),
+    ),
+    Case(
+        "prompt-file-absolute.toml",
+        raw_plan(lambda p: p.plan(phases=[{"id": "P01", "prompt_file": "/etc/passwd"}])),
+        ("phases[0].prompt_file: '/etc/passwd' is absolute",),
+    ),
+    Case(
+        "report-linked-out.toml",
+        plan({"report": "out/r.md"}),
+        ("phases[0].report: 'out/r.md' resolves to", "outside", "keep paths inside the repo"),
+    ),
+    Case(
+        "completion-linked-out.toml",
+        plan({"completion": ["out/c.md"]}),
+        ("phases[0].completion[0]: 'out/c.md' resolves to", "outside"),
+    ),
+    Case(
+        "prompt-file-linked-out.toml",
+        raw_plan(lambda p: p.plan(phases=[{"id": "P01", "prompt_file": "out/secret.txt"}])),
+        ("phases[0].prompt_file: 'out/secret.txt' resolves to", "outside"),
+    ),
+    Case(
+        "plan-dir-linked-out.toml",
+        plan(plan_dir="out"),
+        ("phases[0].report: 'out/reports/P01-worker.md' resolves to", "outside"),
+    ),
+    Case(
+        "plan-dir-dotdot.toml",
+        plan(plan_dir="../outside"),
+        ("plan_dir: '../outside' leaves its folder with '..'",),
+    ),
 ]
 CASE_IDS = [c.name for c in CASES]
 
@@ -379,7 +491,8 @@ def test_names_that_are_too_long_or_not_utf8_are_rejected_with_bounded_names(
 
 @pytest.mark.skipif(not IS_ROOT, reason="chown to another user needs root")
 @pytest.mark.parametrize(
-    ("uid", "named"), [(65534, "nobody (uid 65534)"), (54321, "uid 54321")],
+    ("uid", "named"),
+    [(65534, "nobody (uid 65534)"), (54321, "uid 54321")],
     ids=["nobody", "no-name"],
 )
 def test_allowed_submitters_rejects_a_file_owned_by_someone_else(
@@ -387,9 +500,7 @@ def test_allowed_submitters_rejects_a_file_owned_by_someone_else(
 ) -> None:
     place = Place(tmp_path)
     place.make()
-    path = make_config(
-        tmp_path, allowed_repo_roots=[str(place.repos)], allowed_submitters=["root"]
-    )
+    path = make_config(tmp_path, allowed_repo_roots=[str(place.repos)], allowed_submitters=["root"])
     config, _ = load_config(path)
     spool = Spool(config.state_dir)
     spool.ensure()

@@ -207,16 +207,20 @@ NORMAL_VERIFY = {
         {"run": "test -f work/P02.txt", "expect": "fail"},
     ],
     "P01a": [
-        {"run": f'grep -q "@plan:{PLAN}.P01" project-plans/demo/.completed/P01.md',
-         "expect": "pass"},
+        {
+            "run": f'grep -q "@plan:{PLAN}.P01" project-plans/demo/.completed/P01.md',
+            "expect": "pass",
+        },
     ],
     "P02": [
         {"run": "test -f work/P02.txt && \\\n  test -f work/P01.txt", "expect": "pass"},
         {"run": "test -f work/P03.txt", "expect": "fail"},
     ],
     "P03": [
-        {"run": 'for p in P01 P02 P03; do\n  test -f "work/$p.txt" || exit 1\ndone',
-         "expect": "pass"},
+        {
+            "run": 'for p in P01 P02 P03; do\n  test -f "work/$p.txt" || exit 1\ndone',
+            "expect": "pass",
+        },
         {"run": "cat <<'EOF' | grep -q ready\nready\nEOF", "expect": "pass"},
     ],
     "P03a": [
@@ -246,8 +250,12 @@ def config_for(tmp_path: Path) -> dict[str, Any]:
         "state_dir": str(tmp_path / "state"),
         "default_worker": "fake",
         "allowed_repo_roots": [str(tmp_path)],
-        "policy": {"poll_interval": "0.05s", "max_polls": 200, "stop_grace": "1s",
-                   "max_remediations": 0},
+        "policy": {
+            "poll_interval": "0.05s",
+            "max_polls": 200,
+            "stop_grace": "1s",
+            "max_remediations": 0,
+        },
         "workers": {"fake": {"command": ["{python}", str(AGENT), "{prompt_file}"]}},
     }
 
@@ -280,11 +288,19 @@ def test_normal_plan_is_imported_field_by_field(tmp_path: Path) -> None:
         assert phase["completion"] == [f".completed/{pid}.md"]
         assert phase["markers"] == [f"@plan:{PLAN}.{pid}"]
         assert phase["verify"] == NORMAL_VERIFY[pid], pid
-        assert set(phase) - {"precheck"} == {"id", "kind", "prompt_file", "report",
-                                             "completion", "markers", "verify"}
+        assert set(phase) - {"precheck"} == {
+            "id",
+            "kind",
+            "prompt_file",
+            "report",
+            "completion",
+            "markers",
+            "verify",
+        }
     # `- Verification: `grep …`` under Prerequisites: run before the phase starts
     assert plan["phases"][1]["precheck"] == [
-        {"run": f'grep -r "@plan:{PLAN}.P01" project-plans/demo/.completed/', "expect": "pass"}]
+        {"run": f'grep -r "@plan:{PLAN}.P01" project-plans/demo/.completed/', "expect": "pass"}
+    ]
     assert [p for p in plan["phases"] if "precheck" in p] == [plan["phases"][1]]
 
 
@@ -326,14 +342,19 @@ def test_rendered_toml_has_a_header_and_validates(tmp_path: Path) -> None:
 
 
 def test_missing_sections_get_defaults_and_warnings(tmp_path: Path) -> None:
-    folder = write_folder(tmp_path, {
-        "01-bare-stub.md": f"# Phase 01\n\n## Phase ID\n\n`{PLAN}.P01`\n\nJust do it.\n",
-        "02-empty-id-tests.md": "# Phase 02\n\n## Phase ID\n\nTBD\n\n## Verification Commands\n",
-        "03-no-commands-implementation.md": (
-            f"## Phase ID\n`{PLAN}.P03`\n## Verification Commands\nRun `npm test`.\n"
-            "## Phase Completion Marker\nWrite a note somewhere.\n"
-        ),
-    })
+    folder = write_folder(
+        tmp_path,
+        {
+            "01-bare-stub.md": f"# Phase 01\n\n## Phase ID\n\n`{PLAN}.P01`\n\nJust do it.\n",
+            "02-empty-id-tests.md": (
+                "# Phase 02\n\n## Phase ID\n\nTBD\n\n## Verification Commands\n"
+            ),
+            "03-no-commands-implementation.md": (
+                f"## Phase ID\n`{PLAN}.P03`\n## Verification Commands\nRun `npm test`.\n"
+                "## Phase Completion Marker\nWrite a note somewhere.\n"
+            ),
+        },
+    )
     imported = import_plan_folder(folder, tmp_path, None)
     p01, p02, p03 = imported.plan["phases"]
     assert (p01["id"], p01["kind"], p03["id"], p03["kind"]) == ("P01", "stub", "P03", "impl")
@@ -344,21 +365,27 @@ def test_missing_sections_get_defaults_and_warnings(tmp_path: Path) -> None:
     got = messages(imported)
     assert got[0].startswith("01-bare-stub.md:1: no `Create:")
     assert got[1].startswith("01-bare-stub.md:1: no commands in a '## Verification Commands'")
-    assert got[2] == ("02-empty-id-tests.md:3: the '## Phase ID' section holds no "
-                      "`PLAN-….PNN` id; the phase is P02, from the file name")
+    assert got[2] == (
+        "02-empty-id-tests.md:3: the '## Phase ID' section holds no "
+        "`PLAN-….PNN` id; the phase is P02, from the file name"
+    )
     assert got[3].startswith("02-empty-id-tests.md:1: no completion file and no `@plan:")
     assert got[4].startswith("02-empty-id-tests.md:7: no commands")
     assert got[5].startswith("03-no-commands-implementation.md:5: no `Create:")
-    assert got[6] == ("03-no-commands-implementation.md:4: inline code outside a fenced ```bash "
-                      "block is not run: 'Run `npm test`.'")
+    assert got[6] == (
+        "03-no-commands-implementation.md:4: inline code outside a fenced ```bash "
+        "block is not run: 'Run `npm test`.'"
+    )
     assert got[7].startswith("03-no-commands-implementation.md:3: no commands")
     assert got[8] == "02-empty-id-tests.md:1: no Phase ID: the phase is P02, from the file name"
     assert len(got) == 9
 
 
 def test_odd_headings_levels_case_colons_and_inline_values(tmp_path: Path) -> None:
-    folder = write_folder(tmp_path, {
-        "01-odd-stub.md": f"""# PHASE ID:
+    folder = write_folder(
+        tmp_path,
+        {
+            "01-odd-stub.md": f"""# PHASE ID:
 {PLAN}.P01
 
 #### verification commands (MANDATORY)
@@ -372,7 +399,7 @@ test -d .
 # Phase completion marker:
 If PASS, create: `project-plans/demo/.completed/P01.md` with `Status: PASS`
 """,
-        "02-odd-tests.md": f"""## **Phase ID:** `{PLAN}.P02`
+            "02-odd-tests.md": f"""## **Phase ID:** `{PLAN}.P02`
 ### Verification Commands:
 {FENCE}bash
 echo one
@@ -388,23 +415,29 @@ echo not-a-verify-command
 ### Completion Marker
 - Create `project-plans/demo/.completed/P02.md` summarizing the review.
 """,
-    })
+        },
+    )
     imported = import_plan_folder(folder, tmp_path, None)
     assert imported.warnings == []
     p01, p02 = imported.plan["phases"]
     assert p01["id"] == "P01" and p02["id"] == "P02"
-    assert p01["verify"] == [{"run": "true", "expect": "pass"}, {"run": "test -d .",
-                                                                  "expect": "pass"}]
-    assert p02["verify"] == [{"run": "echo one", "expect": "pass"},
-                             {"run": "echo two", "expect": "pass"}]
+    assert p01["verify"] == [
+        {"run": "true", "expect": "pass"},
+        {"run": "test -d .", "expect": "pass"},
+    ]
+    assert p02["verify"] == [
+        {"run": "echo one", "expect": "pass"},
+        {"run": "echo two", "expect": "pass"},
+    ]
     assert p01["completion"] == [".completed/P01.md"]
     assert p02["completion"] == [".completed/P02.md"]
 
 
 def test_crlf_files_import_like_lf_files(tmp_path: Path) -> None:
     lf = import_plan_folder(write_folder(tmp_path / "lf", NORMAL), tmp_path / "lf", None)
-    crlf = import_plan_folder(write_folder(tmp_path / "crlf", NORMAL, crlf=True),
-                              tmp_path / "crlf", None)
+    crlf = import_plan_folder(
+        write_folder(tmp_path / "crlf", NORMAL, crlf=True), tmp_path / "crlf", None
+    )
     assert b"\r\n" in next((tmp_path / "crlf").rglob("02-*.md")).read_bytes()
     assert crlf.warnings == []
     assert crlf.plan["phases"] == lf.plan["phases"]
@@ -420,28 +453,53 @@ def test_no_overview(tmp_path: Path) -> None:
 
 def test_phase_files_in_natural_order_whatever_the_disk_order(tmp_path: Path) -> None:
     def phase(pid: str) -> str:
-        return f"## Phase ID\n`{PLAN}.{pid}`\n## Verification Commands\n```bash\ntrue\n```\n" \
-               f"## Phase Completion Marker\nCreate: `.completed/{pid}.md`\n"
-    files = {"10-final-verification.md": phase("P10"), "9a-x-verification.md": phase("P09a"),
-             "9-x-implementation.md": phase("P09"), "2-tests.md": phase("P02"),
-             "1-stub.md": phase("P01"), "1a-stub-verification.md": phase("P01a"),
-             "1B-review.md": phase("P01b")}
+        return (
+            f"## Phase ID\n`{PLAN}.{pid}`\n## Verification Commands\n```bash\ntrue\n```\n"
+            f"## Phase Completion Marker\nCreate: `.completed/{pid}.md`\n"
+        )
+
+    files = {
+        "10-final-verification.md": phase("P10"),
+        "9a-x-verification.md": phase("P09a"),
+        "9-x-implementation.md": phase("P09"),
+        "2-tests.md": phase("P02"),
+        "1-stub.md": phase("P01"),
+        "1a-stub-verification.md": phase("P01a"),
+        "1B-review.md": phase("P01b"),
+    }
     folder = write_folder(tmp_path, files, shuffle=True)
     imported = import_plan_folder(folder, tmp_path, None)
     assert imported.warnings == []
     assert [p["id"] for p in imported.plan["phases"]] == [
-        "P01", "P01a", "P01b", "P02", "P09", "P09a", "P10"]
+        "P01",
+        "P01a",
+        "P01b",
+        "P02",
+        "P09",
+        "P09a",
+        "P10",
+    ]
     assert [p["kind"] for p in imported.plan["phases"]] == [
-        "stub", "verify", "other", "test", "impl", "verify", "verify"]
+        "stub",
+        "verify",
+        "other",
+        "test",
+        "impl",
+        "verify",
+        "verify",
+    ]
 
 
 def test_files_that_are_not_phases_are_warned_and_left_out(tmp_path: Path) -> None:
-    folder = write_folder(tmp_path, {
-        **NORMAL,
-        "notes.md": f"## Phase ID\n`{PLAN}.P09`\n",
-        "04-scratch.md": "# Scratch\nideas\n",
-        "README.txt": "not markdown\n",
-    })
+    folder = write_folder(
+        tmp_path,
+        {
+            **NORMAL,
+            "notes.md": f"## Phase ID\n`{PLAN}.P09`\n",
+            "04-scratch.md": "# Scratch\nideas\n",
+            "README.txt": "not markdown\n",
+        },
+    )
     (folder / "plan" / "drafts").mkdir()
     imported = import_plan_folder(folder, tmp_path, None)
     assert [p["id"] for p in imported.plan["phases"]] == ["P01", "P01a", "P02", "P03", "P03a"]
@@ -452,22 +510,26 @@ def test_files_that_are_not_phases_are_warned_and_left_out(tmp_path: Path) -> No
         "(Verification, Prerequisites, Completion Marker, …) and no title naming a phase, task "
         "or step; file not imported",
     ]
-    assert str(imported.warnings[0]).endswith("plan/notes.md:1: warning: not a phase: its name "
-                                              "has no number prefix (NN-name.md, P05-name.md); "
-                                              "not imported")
+    assert str(imported.warnings[0]).endswith(
+        "plan/notes.md:1: warning: not a phase: its name "
+        "has no number prefix (NN-name.md, P05-name.md); "
+        "not imported"
+    )
 
 
 def test_prerequisites_that_are_not_earlier_phases_warn(tmp_path: Path) -> None:
-    folder = write_folder(tmp_path, {
-        "01-a-stub.md": f"## Phase ID\n`{PLAN}.P01`\n## Prerequisites\n- Phase 07 completed\n"
-                        "- hookBusContracts.ts must exist\n- P01 itself is not a prerequisite\n",
-    })
+    folder = write_folder(
+        tmp_path,
+        {
+            "01-a-stub.md": f"## Phase ID\n`{PLAN}.P01`\n## Prerequisites\n- Phase 07 completed\n"
+            "- hookBusContracts.ts must exist\n- P01 itself is not a prerequisite\n",
+        },
+    )
     imported = import_plan_folder(folder, tmp_path, None)
     assert [m for m in messages(imported) if "prerequisite" in m] == [
         "01-a-stub.md:4: prerequisite phase 07 is not an earlier phase of this plan; nothing "
         "checks it",
-        "01-a-stub.md:5: prerequisite not checked by orchestrd: '- hookBusContracts.ts must "
-        "exist'",
+        "01-a-stub.md:5: prerequisite not checked by orchestrd: '- hookBusContracts.ts must exist'",
         "01-a-stub.md:6: prerequisite not checked by orchestrd: '- P01 itself is not a "
         "prerequisite'",
     ]
@@ -475,8 +537,10 @@ def test_prerequisites_that_are_not_earlier_phases_warn(tmp_path: Path) -> None:
 
 
 def test_code_markers_of_other_phases_warn_in_both_forms(tmp_path: Path) -> None:
-    folder = write_folder(tmp_path, {
-        "06-x-tests.md": f"""## Phase ID
+    folder = write_folder(
+        tmp_path,
+        {
+            "06-x-tests.md": f"""## Phase ID
 `{PLAN}.P06`
 ## Required Code Markers
 {FENCE}typescript
@@ -486,7 +550,8 @@ def test_code_markers_of_other_phases_warn_in_both_forms(tmp_path: Path) -> None
 // @plan:{PLAN}.P06a
 {FENCE}
 """,
-    })
+        },
+    )
     imported = import_plan_folder(folder, tmp_path, None)
     got = [m for m in messages(imported) if "code marker" in m]
     assert got == [
@@ -504,18 +569,26 @@ def test_code_markers_of_other_phases_warn_in_both_forms(tmp_path: Path) -> None
         ("Create: `project-plans/demo/.completed/P01.md`", ".completed/P01.md", None),
         ("Create: `.completed/P01.md`", ".completed/P01.md", None),
         ("Create: `./project-plans/demo/plan/.completed/P01.md`", "plan/.completed/P01.md", None),
-        ("Create: `project-plans/old-name/.completed/P01.md`", ".completed/P01.md",
-         "is not under the plan folder 'project-plans/demo'; using '.completed/P01.md' in it"),
+        (
+            "Create: `project-plans/old-name/.completed/P01.md`",
+            ".completed/P01.md",
+            "is not under the plan folder 'project-plans/demo'; using '.completed/P01.md' in it",
+        ),
         ("Create: `../elsewhere/P01.md`", ".completed/P01.md", "is not inside the plan folder"),
-        ("Create: `project-plans/demo/.completed/P00.md`", ".completed/P00.md",
-         "is not named after phase P01"),
+        (
+            "Create: `project-plans/demo/.completed/P00.md`",
+            ".completed/P00.md",
+            "is not named after phase P01",
+        ),
     ],
 )
 def test_completion_paths_are_made_relative_to_plan_dir(
     tmp_path: Path, line: str, completion: str, warning: str | None
 ) -> None:
-    text = f"## Phase ID\n`{PLAN}.P01`\n## Verification Commands\n```\ntrue\n```\n" \
-           f"## Phase Completion Marker\n{line}\n"
+    text = (
+        f"## Phase ID\n`{PLAN}.P01`\n## Verification Commands\n```\ntrue\n```\n"
+        f"## Phase Completion Marker\n{line}\n"
+    )
     imported = import_plan_folder(write_folder(tmp_path, {"01-s.md": text}), tmp_path, None)
     assert imported.plan["phases"][0]["completion"] == [completion]
     if warning is None:
@@ -529,9 +602,13 @@ def test_duplicate_phase_ids_warn_and_keep_the_first_file(tmp_path: Path) -> Non
     folder = write_folder(tmp_path, {"01-a.md": text, "02-b.md": text, "02-c.md": "# Phase\n"})
     imported = import_plan_folder(folder, tmp_path, None)
     assert [(p["id"], p["prompt_file"]) for p in imported.plan["phases"]] == [
-        ("P01", "plan/01-a.md"), ("P02", "plan/02-c.md")]
-    assert "02-b.md:1: phase id P01 is also the id of 01-a.md; file not imported (give each " \
-           "phase file its own number or PLAN.PNN id)" in messages(imported)
+        ("P01", "plan/01-a.md"),
+        ("P02", "plan/02-c.md"),
+    ]
+    assert (
+        "02-b.md:1: phase id P01 is also the id of 01-a.md; file not imported (give each "
+        "phase file its own number or PLAN.PNN id)" in messages(imported)
+    )
 
 
 def test_folder_outside_the_repo_or_without_phases_is_an_error(tmp_path: Path) -> None:
@@ -595,27 +672,41 @@ def _commands(block: str) -> tuple[list[tuple[str, str]], list[str]]:
         ("x | y && exit 1", [("x | y", "fail")]),
         ("echo 'a && exit 1'", [("echo 'a && exit 1'", "pass")]),
         ("a && exit 12", [("a && exit 12", "pass")]),
-        ("# EXPECTED TO FAIL\na\nb\n# expected to pass\nc",
-         [("a", "fail"), ("b", "fail"), ("c", "pass")]),
+        (
+            "# EXPECTED TO FAIL\na\nb\n# expected to pass\nc",
+            [("a", "fail"), ("b", "fail"), ("c", "pass")],
+        ),
         ("a \\\n  b \\\n  c\nd", [("a \\\n  b \\\n  c", "pass"), ("d", "pass")]),
         ("a |\n  b\nc &&\n  d", [("a |\n  b", "pass"), ("c &&\n  d", "pass")]),
         ("if x; then\n  # inside\n  y\nfi", [("if x; then\n  # inside\n  y\nfi", "pass")]),
         ("while read l; do echo $l; done < f", [("while read l; do echo $l; done < f", "pass")]),
-        ("case $x in\n  a) if b; then c; fi;;\nesac", [("case $x in\n  a) if b; then c; fi;;\nesac",
-                                                         "pass")]),
-        ("echo \"multi\nline\"", [("echo \"multi\nline\"", "pass")]),
-        ("python - <<EOF\nprint('done')\nEOF\nnext", [("python - <<EOF\nprint('done')\nEOF",
-                                                       "pass"), ("next", "pass")]),
+        (
+            "case $x in\n  a) if b; then c; fi;;\nesac",
+            [("case $x in\n  a) if b; then c; fi;;\nesac", "pass")],
+        ),
+        ('echo "multi\nline"', [('echo "multi\nline"', "pass")]),
+        (
+            "python - <<EOF\nprint('done')\nEOF\nnext",
+            [("python - <<EOF\nprint('done')\nEOF", "pass"), ("next", "pass")],
+        ),
         ("(cd x &&\n  make)", [("(cd x &&\n  make)", "pass")]),
-        ("echo $(date) # note\ngrep -c '#' f", [("echo $(date) # note", "pass"),
-                                               ("grep -c '#' f", "pass")]),
+        (
+            "echo $(date) # note\ngrep -c '#' f",
+            [("echo $(date) # note", "pass"), ("grep -c '#' f", "pass")],
+        ),
         ("{ a; b; } && exit 1", [("{ a; b; }", "fail")]),
         ("echo done; echo for", [("echo done; echo for", "pass")]),
-        ("T=$(grep -c x f)\n[ \"$T\" -ge 2 ]\ncd sub\nls && exit 1",
-         [("T=$(grep -c x f)\n[ \"$T\" -ge 2 ]", "pass"),
-          ("T=$(grep -c x f)\ncd sub\nls", "fail")]),
-        ("export A=1\nB='two words'\nC=$((A + 1))\nFOO=bar env",
-         [("export A=1\nB='two words'\nC=$((A + 1))\nFOO=bar env", "pass")]),
+        (
+            'T=$(grep -c x f)\n[ "$T" -ge 2 ]\ncd sub\nls && exit 1',
+            [
+                ('T=$(grep -c x f)\n[ "$T" -ge 2 ]', "pass"),
+                ("T=$(grep -c x f)\ncd sub\nls", "fail"),
+            ],
+        ),
+        (
+            "export A=1\nB='two words'\nC=$((A + 1))\nFOO=bar env",
+            [("export A=1\nB='two words'\nC=$((A + 1))\nFOO=bar env", "pass")],
+        ),
     ],
 )
 def test_shell_blocks_become_whole_commands(block: str, expected: list[tuple[str, str]]) -> None:
@@ -627,8 +718,10 @@ def test_shell_blocks_become_whole_commands(block: str, expected: list[tuple[str
 def test_shell_block_oddities_warn() -> None:
     cmds, warned = _commands("grep x f\n# Expected: 3\nfor x in a b; do\n  echo $x")
     assert cmds == [("grep x f", "pass"), ("for x in a b; do\n  echo $x", "pass")]
-    assert warned[0] == "2: '# Expected: 3': only that grep finds a match is checked, not how " \
-                        "many; count with `grep -c` (or `| wc -l`) to check the number"
+    assert (
+        warned[0] == "2: '# Expected: 3': only that grep finds a match is checked, not how "
+        "many; count with `grep -c` (or `| wc -l`) to check the number"
+    )
     assert warned[1].startswith("3: command unfinished at the end of its block")
     cmds, warned = _commands("true\nN=$(ls | wc -l)")
     assert cmds == [("true", "pass")]
@@ -637,7 +730,10 @@ def test_shell_block_oddities_warn() -> None:
 
 
 def test_non_shell_and_manual_blocks_in_verification_warn(tmp_path: Path) -> None:
-    folder = write_folder(tmp_path, {"01-x.md": f"""## Phase ID
+    folder = write_folder(
+        tmp_path,
+        {
+            "01-x.md": f"""## Phase ID
 `{PLAN}.P01`
 ## Verification Commands
 {FENCE}typescript
@@ -652,16 +748,22 @@ open http://localhost
 {FENCE}
 {FENCE}bash
 never closed
-"""})
+"""
+        },
+    )
     imported = import_plan_folder(folder, tmp_path, None)
     assert imported.plan["phases"][0]["verify"] == [{"run": "true", "expect": "pass"}]
     got = messages(imported)
     assert got[0] == "01-x.md:14: code block never closed; the rest of the file is read as code"
     assert "01-x.md:4: code block ```typescript is not shell; not run by orchestrd" in got
-    assert "01-x.md:11: code block ```bash is under a manual-check heading; not run by " \
-           "orchestrd" in got
-    assert "01-x.md:14: code block ```bash is under a manual-check heading; not run by " \
-           "orchestrd" in got
+    assert (
+        "01-x.md:11: code block ```bash is under a manual-check heading; not run by "
+        "orchestrd" in got
+    )
+    assert (
+        "01-x.md:14: code block ```bash is under a manual-check heading; not run by "
+        "orchestrd" in got
+    )
 
 
 @pytest.mark.parametrize(
@@ -721,8 +823,19 @@ def test_cli_dry_run_prints_the_plan_and_warnings(
 ) -> None:
     repo, folder, cfg = _cli_setup(tmp_path, {**NORMAL, "notes.md": "x\n"})
     out = tmp_path / "plan.toml"
-    code = _main(["import", str(folder), "-o", str(out), "--repo", str(repo), "--dry-run",
-                  "--config", str(cfg)])
+    code = _main(
+        [
+            "import",
+            str(folder),
+            "-o",
+            str(out),
+            "--repo",
+            str(repo),
+            "--dry-run",
+            "--config",
+            str(cfg),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0 and not out.exists()
     assert tomllib.loads(captured.out)["id"] == PLAN
@@ -737,8 +850,18 @@ def test_cli_writes_the_plan(
 ) -> None:
     repo, folder, cfg = _cli_setup(tmp_path, NORMAL)
     monkeypatch.chdir(repo)  # --repo defaults to .
-    code = _main(["import", "project-plans/demo", "-o", "plan.toml", "--worker", "fake",
-                  "--config", str(cfg)])
+    code = _main(
+        [
+            "import",
+            "project-plans/demo",
+            "-o",
+            "plan.toml",
+            "--worker",
+            "fake",
+            "--config",
+            str(cfg),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     data = tomllib.loads((repo / "plan.toml").read_text())
     assert data["worker"] == "fake" and data["plan_dir"] == "project-plans/demo"
@@ -771,8 +894,9 @@ def test_cli_refuses_a_repo_outside_allowed_roots(
     repo, folder, cfg = _cli_setup(tmp_path, NORMAL)
     config = config_for(tmp_path) | {"allowed_repo_roots": [str(tmp_path / "elsewhere")]}
     cfg.write_text(tomli_w.dumps(config))
-    assert _main(["import", str(folder), "--repo", str(repo), "--dry-run",
-                  "--config", str(cfg)]) == 2
+    assert (
+        _main(["import", str(folder), "--repo", str(repo), "--dry-run", "--config", str(cfg)]) == 2
+    )
     assert "is not inside allowed_repo_roots" in capsys.readouterr().err
 
 
@@ -781,9 +905,22 @@ def test_python_m_orchestrd_import(tmp_path: Path) -> None:
     repo, folder, cfg = _cli_setup(tmp_path, NORMAL)
     out = tmp_path / "plan.toml"
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrd", "import", str(folder), "-o", str(out),
-         "--repo", str(repo), "--config", str(cfg)],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "orchestrd",
+            "import",
+            str(folder),
+            "-o",
+            str(out),
+            "--repo",
+            str(repo),
+            "--config",
+            str(cfg),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
     assert tomllib.loads(out.read_text())["id"] == PLAN
@@ -799,8 +936,13 @@ def test_round_trip_import_validate_run(tmp_path: Path) -> None:
     plan_file.write_text(render_plan_toml(imported))
 
     def orchestrd(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "orchestrd", *args, "--config", str(cfg)],
-                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        return subprocess.run(
+            [sys.executable, "-m", "orchestrd", *args, "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
 
     validate = orchestrd("validate", str(plan_file))
     assert validate.returncode == 0, validate.stderr
@@ -810,12 +952,21 @@ def test_round_trip_import_validate_run(tmp_path: Path) -> None:
     audit = (tmp_path / "state" / "audit.jsonl").read_text()
     events = [json.loads(line) for line in audit.splitlines()]
     assert [e["phase"] for e in events if e["event"] == "phase.passed"] == [
-        "P01", "P01a", "P02", "P03", "P03a"]
+        "P01",
+        "P01a",
+        "P02",
+        "P03",
+        "P03a",
+    ]
     assert events[-1]["event"] == "plan.succeeded"
-    verified = [(e["phase"], e["command"], e["expect"]) for e in events
-                if e["event"] == "check.passed" and e["check"].startswith("verify")]
-    assert verified == [(pid, v["run"], v["expect"]) for pid, vs in NORMAL_VERIFY.items()
-                        for v in vs]
+    verified = [
+        (e["phase"], e["command"], e["expect"])
+        for e in events
+        if e["event"] == "check.passed" and e["check"].startswith("verify")
+    ]
+    assert verified == [
+        (pid, v["run"], v["expect"]) for pid, vs in NORMAL_VERIFY.items() for v in vs
+    ]
     assert not [e for e in events if e["event"] in ("check.failed", "remediation.started")]
     done = repo / "project-plans" / "demo" / ".completed" / "P03a.md"
     assert f"@plan:{PLAN}.P03a" in done.read_text()

@@ -37,9 +37,11 @@ def test_logs_follow_prints_a_running_workers_output_and_ends_with_it(daemon: Da
     daemon.submit("F", worker="held")
     daemon.agent_pid("F")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrd", "logs", "F", "-f", "--config",
-         str(daemon.config_path)],
-        cwd=daemon.tmp, env=daemon.env(), stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "orchestrd", "logs", "F", "-f", "--config", str(daemon.config_path)],
+        cwd=daemon.tmp,
+        env=daemon.env(),
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None

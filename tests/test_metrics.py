@@ -16,7 +16,8 @@ def samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = path.read_text()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text) for s in family.samples
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
     }
 
 
@@ -24,8 +25,10 @@ def test_textfile_counts_a_remediated_and_a_failed_phase(daemon: Daemon, tmp_pat
     textfile = tmp_path / "orchestrd.prom"
     data = daemon.config_data()
     data["policy"]["max_remediations"] = 1
-    data["workers"]["report"] = {**profile(AGENT_ALWAYS_BAD="P02"),
-                                 "command": ["{python}", str(AGENT), "{prompt}"]}
+    data["workers"]["report"] = {
+        **profile(AGENT_ALWAYS_BAD="P02"),
+        "command": ["{python}", str(AGENT), "{prompt}"],
+    }
     data["metrics"] = {"textfile": str(textfile), "interval": "0.1s"}
     daemon.write_config(**data)
     daemon.start()
@@ -47,12 +50,18 @@ def test_textfile_counts_a_remediated_and_a_failed_phase(daemon: Daemon, tmp_pat
     # M: P01 primary + remediation, P02 primary + remediation; OK: two phases
     assert got[("orchestrd_attempts_total", (("outcome", "ok"),))] == 6
     assert got[("orchestrd_remediations_total", ())] == 2
-    assert got[("orchestrd_check_failures_total",
-                (("check", "evidence"), ("rule", "placeholder")))] == 3
-    assert got[("orchestrd_phase_duration_seconds_count",
-                (("kind", "other"), ("outcome", "passed")))] == 3
-    assert got[("orchestrd_phase_duration_seconds_count",
-                (("kind", "other"), ("outcome", "failed")))] == 1
+    assert (
+        got[("orchestrd_check_failures_total", (("check", "evidence"), ("rule", "placeholder")))]
+        == 3
+    )
+    assert (
+        got[("orchestrd_phase_duration_seconds_count", (("kind", "other"), ("outcome", "passed")))]
+        == 3
+    )
+    assert (
+        got[("orchestrd_phase_duration_seconds_count", (("kind", "other"), ("outcome", "failed")))]
+        == 1
+    )
     # every worker after the first of its plan follows an exit: 3 in M, 1 in OK
     assert got[("orchestrd_reaction_seconds_count", ())] == 4
     assert not list(tmp_path.glob("orchestrd.prom.*"))  # written atomically, no leftovers

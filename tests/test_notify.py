@@ -30,8 +30,9 @@ class Hook:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - the http.server API
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                hook.received.append({"path": self.path, "headers": dict(self.headers),
-                                      "body": body})
+                hook.received.append(
+                    {"path": self.path, "headers": dict(self.headers), "body": body}
+                )
                 self.send_response(hook.status)
                 self.end_headers()
 
@@ -69,8 +70,7 @@ def free_port() -> int:
 
 
 def fast(**target: Any) -> dict[str, Any]:
-    return {"on": ["plan.succeeded", "plan.failed"], "backoff": "0.1s", "timeout": "2s",
-            **target}
+    return {"on": ["plan.succeeded", "plan.failed"], "backoff": "0.1s", "timeout": "2s", **target}
 
 
 def test_http_formats_and_a_command_each_get_the_plans_end(
@@ -83,13 +83,18 @@ def test_http_formats_and_a_command_each_get_the_plans_end(
         f"with open({str(got)!r}, 'a') as f:\n"
         "    f.write(json.dumps({'stdin': sys.stdin.read(), 'env': dict(os.environ)}) + '\\n')\n"
     )
-    daemon.write_config(notify=[
-        fast(url=hook.url("/json")),
-        fast(url=hook.url("/slack"), format="slack"),
-        fast(url=hook.url("/ntfy"), format="ntfy",
-             headers={"Authorization": "Bearer ${NTFY_TOKEN}"}),
-        fast(command=[sys.executable, str(script)]),
-    ])
+    daemon.write_config(
+        notify=[
+            fast(url=hook.url("/json")),
+            fast(url=hook.url("/slack"), format="slack"),
+            fast(
+                url=hook.url("/ntfy"),
+                format="ntfy",
+                headers={"Authorization": "Bearer ${NTFY_TOKEN}"},
+            ),
+            fast(command=[sys.executable, str(script)]),
+        ]
+    )
     daemon.start(NTFY_TOKEN="tok-123456789")
     daemon.submit("N1")
     daemon.wait_plans_end(["N1"])
@@ -148,8 +153,11 @@ def test_notifications_pending_at_a_sigkill_are_sent_after_the_restart(daemon: D
         daemon.start()
         # at least once each: every plan event of both plans, whether it was in the outbox
         # or not yet read from the audit log when the daemon died
-        wanted = {(plan, name) for plan in ("K1", "K2")
-                  for name in ("plan.accepted", "plan.queued", "plan.started", "plan.succeeded")}
+        wanted = {
+            (plan, name)
+            for plan in ("K1", "K2")
+            for name in ("plan.accepted", "plan.queued", "plan.started", "plan.succeeded")
+        }
         daemon.wait_for(
             lambda: wanted <= {(e["plan"], e["event"]) for e in hook.events()},
             what="every plan event delivered after the restart",
@@ -164,8 +172,7 @@ def test_a_failing_command_is_retried_and_reported_with_its_exit_code(
     flag = tmp_path / "fail-no-more"
     script = tmp_path / "flaky.py"
     script.write_text(
-        "import pathlib, sys\n"
-        f"sys.exit(0 if pathlib.Path({str(flag)!r}).exists() else 3)\n"
+        f"import pathlib, sys\nsys.exit(0 if pathlib.Path({str(flag)!r}).exists() else 3)\n"
     )
     daemon.write_config(notify=[fast(command=[sys.executable, str(script)])])
     daemon.start()

@@ -214,7 +214,8 @@ def test_an_auth_failure_blocks_the_profile_once_until_unblock(daemon: Daemon) -
     assert {e["plan"] for e in daemon.events("plan.succeeded")} == {"A", "B"}
     assert len(starts(counter)) == tried  # the fixed profile ran pass.py
     assert [e["why"] for e in daemon.events("profile.unblocked")] == [
-        "unblock request", "config reload"
+        "unblock request",
+        "config reload",
     ]
 
 
@@ -309,8 +310,12 @@ async def test_exit_grace_stops_a_worker_whose_stream_gave_its_final_result(
         liveness.event(final=b'"type": "result"' in chunk)
 
     env = {
-        "PATH": os.environ["PATH"], "ORCHESTRD_PHASE_ID": "P01", "ORCHESTRD_ATTEMPT": "1",
-        "ORCHESTRD_REPORT": "report.md", "ORCHESTRD_COMPLETION": "", "ORCHESTRD_MARKERS": "",
+        "PATH": os.environ["PATH"],
+        "ORCHESTRD_PHASE_ID": "P01",
+        "ORCHESTRD_ATTEMPT": "1",
+        "ORCHESTRD_REPORT": "report.md",
+        "ORCHESTRD_COMPLETION": "",
+        "ORCHESTRD_MARKERS": "",
     }
     argv = [sys.executable, str(AGENTS / "result_then_hang.py"), "do it"]
     spec = WorkerSpec(argv, env, tmp_path, tmp_path / "worker.log")

@@ -93,7 +93,10 @@ async def test_worker_ignoring_sigterm_is_killed_together_with_its_grandchild(
     config = make_config(
         tmp_path,
         policy={
-            "poll_interval": "0.6s", "max_polls": 2, "stop_grace": "0.2s", "max_remediations": 0,
+            "poll_interval": "0.6s",
+            "max_polls": 2,
+            "stop_grace": "0.2s",
+            "max_remediations": 0,
         },
     )
     run = await run_plan(config, make_plan(tmp_path, worker="unkillable"))
@@ -119,8 +122,8 @@ async def test_process_left_running_by_a_worker_that_exited_is_stopped(tmp_path:
     [stopped] = run.events("worker.stopped")
     assert stopped["why"] == "left running after exit"
     assert stopped["signal"] == "SIGTERM"
-    assert names.index("worker.exited") < names.index("worker.stopped") < names.index(
-        "check.passed"
+    assert (
+        names.index("worker.exited") < names.index("worker.stopped") < names.index("check.passed")
     )
 
 

@@ -51,8 +51,17 @@ def _user(name: str, home: Path) -> tuple[pwd.struct_passwd, bool]:
         return pwd.getpwnam(name), False
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
-             str(home), "--shell", "/usr/sbin/nologin", name],
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                str(home),
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ],
             check=True,
         )
         return pwd.getpwnam(name), True
@@ -122,11 +131,17 @@ def agent(**env: object) -> dict[str, Any]:
 
 def configure(d: Daemon, **profile_env: object) -> None:
     d.write_config(
-        allow_root_workers=False, worker_user=USER, default_worker="agent",
-        workers={"agent": agent(
-            AGENT_AUDIT=d.audit_path, AGENT_CONTROL=d.state_dir / "control",
-            AGENT_DAEMON_PID_FILE=d.tmp / "daemon.pid", **profile_env,
-        )},
+        allow_root_workers=False,
+        worker_user=USER,
+        default_worker="agent",
+        workers={
+            "agent": agent(
+                AGENT_AUDIT=d.audit_path,
+                AGENT_CONTROL=d.state_dir / "control",
+                AGENT_DAEMON_PID_FILE=d.tmp / "daemon.pid",
+                **profile_env,
+            )
+        },
     )
 
 
@@ -137,8 +152,19 @@ def worker_repo(d: Daemon, name: str, pw: pwd.struct_passwd, git: bool = False) 
         (repo / "README").write_text("x\n")
         subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
         subprocess.run(
-            ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit",
-             "-qm", "init"], check=True,
+            [
+                "git",
+                "-C",
+                str(repo),
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "-qm",
+                "init",
+            ],
+            check=True,
         )
     for path in (repo, *repo.rglob("*")):
         os.chown(path, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
@@ -165,8 +191,10 @@ def facts(repo: Path, phase: str = "P01", attempt: int = 1) -> dict[str, Any]:
 
 def end(d: Daemon, plan_id: str) -> dict[str, Any]:
     return wait_for(
-        lambda: next((e for e in d.events() if e["event"] in TERMINAL_EVENTS
-                      and e.get("plan") == plan_id), None),
+        lambda: next(
+            (e for e in d.events() if e["event"] in TERMINAL_EVENTS and e.get("plan") == plan_id),
+            None,
+        ),
         what=f"{plan_id} to end",
     )
 
@@ -190,18 +218,28 @@ def test_a_hostile_worker_cannot_forge_state_kill_the_daemon_or_other_plans_work
     held = d.plan_data("B", repo="other")
     held["worker"] = "held"
     d.write_config(
-        allow_root_workers=False, worker_user=USER, default_worker="agent",
+        allow_root_workers=False,
+        worker_user=USER,
+        default_worker="agent",
         workers={
-            "agent": agent(AGENT_AUDIT=d.audit_path, AGENT_CONTROL=d.state_dir / "control",
-                           AGENT_DAEMON_PID_FILE=d.tmp / "daemon.pid", AGENT_ATTACK=1),
+            "agent": agent(
+                AGENT_AUDIT=d.audit_path,
+                AGENT_CONTROL=d.state_dir / "control",
+                AGENT_DAEMON_PID_FILE=d.tmp / "daemon.pid",
+                AGENT_ATTACK=1,
+            ),
             "held": agent(AGENT_HOLD_FILE=hold),
         },
     )
     d.send(signal.SIGHUP)
     wait_for(lambda: d.events("daemon.reloaded"), what="reload")
     d.drop("B.toml", held)
-    other_pid = int(wait_for(lambda: (other / "hold.pid").exists() and
-                             (other / "hold.pid").read_text(), what="B's worker"))
+    other_pid = int(
+        wait_for(
+            lambda: (other / "hold.pid").exists() and (other / "hold.pid").read_text(),
+            what="B's worker",
+        )
+    )
     d.submit("A", repo="hostile", phases=("P01", "P02", "P03"))
     assert end(d, "A")["event"] == "plan.succeeded", [e["reason"] for e in d.events("check.failed")]
 
@@ -235,8 +273,9 @@ def test_workers_and_verify_commands_run_as_the_worker_user_on_a_repo_it_owns(
         f.write('[filter "trap"]\n\tclean = "sh -c \'id -u >> .git/trap-ran-as; cat\'"\n')
     d.start()
     plan = d.plan_data("V", repo="r")
-    plan["phases"][0]["verify"] = [{"run": "id -u > verify-uid.txt; echo $HOME >> verify-uid.txt",
-                                    "expect": "pass"}]
+    plan["phases"][0]["verify"] = [
+        {"run": "id -u > verify-uid.txt; echo $HOME >> verify-uid.txt", "expect": "pass"}
+    ]
     d.drop("V.toml", plan)
     assert end(d, "V")["event"] == "plan.succeeded"
     got = facts(repo)
@@ -302,8 +341,12 @@ def test_a_daemon_with_only_setuid_setgid_kill_runs_workers_with_no_capabilities
         pytest.skip("setpriv (util-linux) is needed to start the daemon with capabilities")
     d, pw = sep_daemon, worker_user
     d.prefix = [
-        "setpriv", f"--reuid={DAEMON_USER}", f"--regid={DAEMON_USER}", "--init-groups",
-        f"--inh-caps={CAPS}", f"--ambient-caps={CAPS}",
+        "setpriv",
+        f"--reuid={DAEMON_USER}",
+        f"--regid={DAEMON_USER}",
+        "--init-groups",
+        f"--inh-caps={CAPS}",
+        f"--ambient-caps={CAPS}",
     ]
     for path in (d.state_dir, d.tmp / "state-handoff"):
         path.mkdir()
@@ -319,8 +362,9 @@ def test_a_daemon_with_only_setuid_setgid_kill_runs_workers_with_no_capabilities
     configure(d, AGENT_HOLD_FILE=hold)
     d.start()
     plan = d.plan_data("K", repo="r")
-    plan["phases"][0]["verify"] = [{"run": "grep ^Cap /proc/self/status > caps.txt",
-                                    "expect": "pass"}]
+    plan["phases"][0]["verify"] = [
+        {"run": "grep ^Cap /proc/self/status > caps.txt", "expect": "pass"}
+    ]
     d.drop("K.toml", plan)
     wait_for(lambda: (repo / "hold.pid").exists(), what="the worker")
     pid = d.events("worker.started")[-1]["pid"]  # nsinit; the agent is its grandchild
@@ -340,8 +384,11 @@ def test_a_daemon_with_only_setuid_setgid_kill_runs_workers_with_no_capabilities
     hold.unlink()
     assert end(d, "K")["event"] == "plan.succeeded"
     caps_txt = (repo / "caps.txt").read_text()
-    assert all(line.endswith("0000000000000000") for line in caps_txt.splitlines()
-               if not line.startswith("CapBnd")), caps_txt
+    assert all(
+        line.endswith("0000000000000000")
+        for line in caps_txt.splitlines()
+        if not line.startswith("CapBnd")
+    ), caps_txt
 
 
 def test_a_prompt_file_made_a_link_out_of_the_repo_is_not_read_for_the_next_worker(
@@ -383,9 +430,13 @@ def test_without_a_worker_user_the_daemon_and_a_run_say_privilege_separation_is_
     plan.write_text(tomli_w.dumps(d.plan_data("R", phases=("P01",))))
     done = subprocess.run(
         [SYSTEM_PYTHON, "-m", "orchestrd", "run", str(plan), "--config", str(d.config_path)],
-        cwd=d.tmp, env=d.env(PYTHONPATH=os.pathsep.join(
-            [str(Path(__file__).parent.parent), *site.getsitepackages()])),
-        capture_output=True, text=True, timeout=60,
+        cwd=d.tmp,
+        env=d.env(
+            PYTHONPATH=os.pathsep.join([str(Path(__file__).parent.parent), *site.getsitepackages()])
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     first = done.stderr.splitlines()[0]
     assert first.startswith("orchestrd: privilege_separation = false (running as root")
@@ -400,8 +451,10 @@ def test_a_leftover_worker_is_found_by_nsinits_command_line_and_stopped(
     log = plans / "X" / "workers" / "worker-P01-1.log"
     who = resolve(USER, None)
     proc = subprocess.Popen(
-        [SYSTEM_PYTHON, *wrap(["sleep", "30"], True, log)[1:]], start_new_session=True,
-        stdout=subprocess.DEVNULL, **who.process_kwargs(),
+        [SYSTEM_PYTHON, *wrap(["sleep", "30"], True, log)[1:]],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        **who.process_kwargs(),
     )
     try:
         found = wait_for(lambda: nsinit_processes(plans), what="nsinit by its command line")
@@ -445,9 +498,12 @@ def test_recovery_skips_a_phase_the_daemon_recorded_as_passed_though_the_audit_l
     folder = d.state_dir / "plans" / "G"
     (folder / "workers").mkdir(parents=True)
     (folder / "plan.toml").write_text(tomli_w.dumps(d.plan_data("G", phases=("P01", "P02", "P03"))))
-    state = PlanState(plan="G", status=PlanStatus.RUNNING, seq=1, phases={
-        p: PhaseState(status=PhaseStatus.PASSED) for p in ("P01", "P02", "P03")
-    })
+    state = PlanState(
+        plan="G",
+        status=PlanStatus.RUNNING,
+        seq=1,
+        phases={p: PhaseState(status=PhaseStatus.PASSED) for p in ("P01", "P02", "P03")},
+    )
     (folder / "state.toml").write_bytes(dump_state(state))
     (folder / "phases-passed.txt").write_text("2026-01-01T00:00:01+00:00 P01\n")
     d.start()

@@ -21,7 +21,11 @@ def run_on_pty(tmp_path: Path, *extra: str) -> tuple[str, str]:
     env.update(PYTHONPATH=str(REPO_ROOT), TERM="xterm-256color", COLUMNS="100", LINES="30")
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrd", "run", "plan.toml", "--config", str(config), *extra],
-        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.PIPE,
     )
     os.close(slave)
     chunks = []
@@ -57,10 +61,20 @@ def test_plain_on_a_terminal_and_any_run_into_a_pipe_print_event_lines(tmp_path:
     assert "phase.started" in err and "plan.succeeded" in err
     (tmp_path / "state").rename(tmp_path / "state-1")
     piped = subprocess.run(
-        [sys.executable, "-m", "orchestrd", "run", "plan.toml", "--config",
-         str(tmp_path / "orchestrd.toml")],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "orchestrd",
+            "run",
+            "plan.toml",
+            "--config",
+            str(tmp_path / "orchestrd.toml"),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert piped.returncode == 0, piped.stderr
     assert "phase.passed" in piped.stderr and "\x1b[" not in piped.stdout

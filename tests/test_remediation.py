@@ -96,7 +96,9 @@ async def test_exhausted_remediations_fail_the_phase_and_the_plan_with_the_reaso
     assert run.status == "failed"
     started = run.events("worker.started")
     assert [(e["attempt"], e["role"]) for e in started] == [
-        (1, "primary"), (2, "remediation"), (3, "remediation"),
+        (1, "primary"),
+        (2, "remediation"),
+        (3, "remediation"),
     ]
     assert [e["remediation"] for e in run.events("remediation.started")] == [1, 2]
     [phase_failed] = run.events("phase.failed")
@@ -141,7 +143,8 @@ async def test_echoed_prompt_quoting_a_traceback_does_not_fail_the_remediation(
     assert run.status == "succeeded", run.events("phase.failed")
     log_checks = [e for e in run.events() if e.get("check") == "log_errors"]
     assert [(e["attempt"], e["event"]) for e in log_checks] == [
-        (1, "check.failed"), (2, "check.passed"),
+        (1, "check.failed"),
+        (2, "check.passed"),
     ]
 
 

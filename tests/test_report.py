@@ -16,8 +16,10 @@ AGENT = Path(__file__).parent / "agents" / "report_agent.py"
 def _with_report_agent(daemon: Daemon) -> None:
     data = daemon.config_data()
     data["policy"]["max_remediations"] = 1
-    data["workers"]["report"] = {**profile(AGENT_ALWAYS_BAD="P02"), "command": [
-        "{python}", str(AGENT), "{prompt}"]}
+    data["workers"]["report"] = {
+        **profile(AGENT_ALWAYS_BAD="P02"),
+        "command": ["{python}", str(AGENT), "{prompt}"],
+    }
     daemon.write_config(**{k: v for k, v in data.items()})
 
 
@@ -40,8 +42,9 @@ def test_report_names_the_remediated_and_the_failed_phase_with_their_rules(
     text = out.stdout
     assert report_md.read_text() == text  # the same markdown, written when the plan ended
     assert text.startswith("# Plan REP: failed\n")
-    rows = {line.split("|")[1].strip(): line for line in text.splitlines()
-            if line.startswith("| P0")}
+    rows = {
+        line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| P0")
+    }
     assert "| stub | passed | 2 (1 remediation) |" in rows["P01"]
     assert "#1 evidence (placeholder)" in rows["P01"]
     assert "| failed | 2 (1 remediation) |" in rows["P02"]

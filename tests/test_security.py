@@ -25,7 +25,7 @@ from daemon_support import AGENT, Daemon
 
 from orchestrd.audit import Redactor
 from orchestrd.config import WorkerProfile
-from orchestrd.runner import BASE_ENV
+from orchestrd.prompt import BASE_ENV
 
 AGENTS = Path(__file__).parent / "agents"
 IS_ROOT = os.geteuid() == 0
@@ -88,10 +88,20 @@ def test_nothing_the_daemon_creates_is_writable_by_others_even_with_umask_0(
 ) -> None:
     with open(daemon.tmp / "umask0.stderr", "wb") as err:
         daemon.proc = subprocess.Popen(
-            [sys.executable, "-c", "import os, sys, runpy; os.umask(0); sys.argv = sys.argv[1:]; "
-             "runpy.run_module('orchestrd', run_name='__main__')",
-             "orchestrd", "daemon", "--config", str(daemon.config_path)],
-            cwd=daemon.tmp, env=daemon.env(), stdin=subprocess.DEVNULL, stderr=err,
+            [
+                sys.executable,
+                "-c",
+                "import os, sys, runpy; os.umask(0); sys.argv = sys.argv[1:]; "
+                "runpy.run_module('orchestrd', run_name='__main__')",
+                "orchestrd",
+                "daemon",
+                "--config",
+                str(daemon.config_path),
+            ],
+            cwd=daemon.tmp,
+            env=daemon.env(),
+            stdin=subprocess.DEVNULL,
+            stderr=err,
         )
     daemon.wait_event("daemon.started")
     for path in [daemon.state_dir, *daemon.state_dir.iterdir()]:
@@ -160,19 +170,29 @@ def test_allowed_dangerous_workers_are_announced_once_and_logged_at_every_start(
     assert daemon.events("plan.succeeded", plan="bypass")
 
 
-@pytest.mark.parametrize("flag", [
-    "--dangerously-bypass-approvals-and-sandbox", "--dangerously-skip-permissions", "--yolo",
-    "--approval-mode=yolo",
-])
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--dangerously-bypass-approvals-and-sandbox",
+        "--dangerously-skip-permissions",
+        "--yolo",
+        "--approval-mode=yolo",
+    ],
+)
 def test_known_sandbox_bypass_flags_make_a_profile_dangerous(flag: str) -> None:
     assert WorkerProfile(command=["agent", "exec", flag, "{prompt}"]).dangerous_flags == [flag]
     assert WorkerProfile(command=["agent", "exec", "{prompt}"]).dangerous_flags == []
 
 
-@pytest.mark.parametrize("args", [
-    ["--approval-mode", "yolo"], ["--sandbox", "danger-full-access"],
-    ["-s", "danger-full-access"], ["--permission-mode", "bypassPermissions"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--approval-mode", "yolo"],
+        ["--sandbox", "danger-full-access"],
+        ["-s", "danger-full-access"],
+        ["--permission-mode", "bypassPermissions"],
+    ],
+)
 def test_two_argument_sandbox_bypasses_make_a_profile_dangerous(args: list[str]) -> None:
     assert WorkerProfile(command=["agent", *args, "{prompt}"]).dangerous_flags != []
 
@@ -235,8 +255,7 @@ def test_secrets_reach_neither_workers_nor_the_audit_log_status_or_error_files(
     )
     daemon.start(OPENAI_API_KEY=OPENAI, GITHUB_TOKEN=GITHUB, DB_PASSWORD=DB)
     # stalled: its log tail (with the secrets it printed) goes into worker.stalled
-    daemon.submit("stall", worker="tell-and-hang",
-                  policy={"poll_interval": "0.1s", "max_polls": 3})
+    daemon.submit("stall", worker="tell-and-hang", policy={"poll_interval": "0.1s", "max_polls": 3})
     # the log check quotes the `Error:` line, cut inside the token; verify output is quoted too
     verify = {"run": f'echo "token $GITHUB_TOKEN {PATTERN_HIT}"; exit 3', "expect": "pass"}
     data = daemon.plan_data("verify", repo="other")
@@ -257,6 +276,7 @@ def test_secrets_reach_neither_workers_nor_the_audit_log_status_or_error_files(
     allowed = {*BASE_ENV, "GITHUB_TOKEN", "SERVICE_TOKEN", "SECRETS_SAY"}
     assert {k for k in env if not k.startswith("ORCHESTRD_")} <= allowed, sorted(env)
     # the secrets really were in the output the events quote (the worker's own log keeps them)
+    daemon.wait_event("plan.archived", plan="verify")  # the end event comes before the move
     log = (daemon.state_dir / "archive" / "verify" / "workers" / "worker-P01-1.log").read_text()
     assert GITHUB in log and CUT_LINE in log
 
@@ -304,5 +324,6 @@ def test_redactor_hides_values_patterns_and_the_pieces_a_cut_leaves() -> None:
     # fewer than 8 characters of it are left alone
     assert redact(f"{GITHUB[:7]} and {GITHUB[-7:]}") == f"{GITHUB[:7]} and {GITHUB[-7:]}"
     assert redact.deep({"a": [GITHUB, {"b": (PATTERN_HIT,)}], "n": 3}) == {
-        "a": ["***", {"b": ["***"]}], "n": 3
+        "a": ["***", {"b": ["***"]}],
+        "n": 3,
     }

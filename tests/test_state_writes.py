@@ -63,15 +63,15 @@ async def one_phase(record: PlanRecord, phase_id: str) -> int:
     """The saves of one phase as the runner makes them; the bytes they wrote."""
     before = written_bytes()
     ps = record.state.phases[phase_id]
-    await record.set_phase(phase_id, PhaseStatus.RUNNING, "phase.started", save=False)
+    await record.set_phase(phase_id, PhaseStatus.RUNNING, save=False)
     att = AttemptState(n=1, role="primary", log=f"/state/workers/worker-{phase_id}-1.log")
     ps.attempts.append(att)
     att.status, att.pid = AttemptStatus.RUNNING, 4242
     await record.save(phase_id)
     att.status, att.returncode = AttemptStatus.EXITED, 0
     await record.save(phase_id)
-    await record.set_phase(phase_id, PhaseStatus.CHECKING, None, save=False)
-    await record.set_phase(phase_id, PhaseStatus.PASSED, "phase.passed")
+    await record.set_phase(phase_id, PhaseStatus.CHECKING, save=False)
+    await record.set_phase(phase_id, PhaseStatus.PASSED)
     return written_bytes() - before
 
 
@@ -110,11 +110,11 @@ async def test_journal_lines_are_toml_and_their_free_text_is_redacted(tmp_path: 
     redactor = Redactor(["hunter2-secret"], [])
     record = await new_record(tmp_path, 2, redact=redactor)
     ps = record.state.phases["P00001"]
-    await record.set_phase("P00001", PhaseStatus.RUNNING, None, save=False)
+    await record.set_phase("P00001", PhaseStatus.RUNNING, save=False)
     nasty = 'quote " backslash \\ newline \n tab \t nul \0 del \x7f é 🚀 [a] {b} = # hunter2-secret'
     ps.attempts.append(AttemptState(n=1, role="primary", log="/x/y z.log", failure=nasty))
-    await record.set_phase("P00001", PhaseStatus.CHECKING, None, save=False)
-    await record.set_phase("P00001", PhaseStatus.FAILED, "phase.failed", nasty)
+    await record.set_phase("P00001", PhaseStatus.CHECKING, save=False)
+    await record.set_phase("P00001", PhaseStatus.FAILED, nasty)
 
     journal = record.path.with_name("state.journal").read_text(encoding="utf-8")
     assert "hunter2-secret" not in journal
@@ -182,9 +182,11 @@ def test_random_sigkills_of_a_long_plans_writer_leave_the_old_or_the_new_state(
     with every phase passed."""
     seed = int(os.environ.get("KILL_LOOP_SEED", time.time_ns() % 100_000))
     out = subprocess.run(
-        [sys.executable, str(HERE / "state_kill_driver.py"), str(tmp_path), "200", "30",
-         str(seed)],
-        capture_output=True, text=True, timeout=120, check=False,
+        [sys.executable, str(HERE / "state_kill_driver.py"), str(tmp_path), "200", "30", str(seed)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
         env={**os.environ, "PYTHONPATH": str(HERE.parent)},
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -258,7 +260,9 @@ def test_status_and_offline_cancel_and_retry_read_the_journal(daemon: Daemon) ->
     assert (rows["jr-failed"]["state"], rows["jr-failed"]["where"]) == ("queued", "plans")
     failed = status_json(daemon, "jr-failed")
     assert {p: s["status"] for p, s in failed["phases"].items()} == {
-        "P01": "passed", "P02": "failed"}
+        "P01": "passed",
+        "P02": "failed",
+    }
 
     daemon.start()
     daemon.wait_event("plan.succeeded", plan="jr-failed")

@@ -32,8 +32,7 @@ def test_tail_filters_a_real_daemons_log_by_plan_phase_event_and_since(daemon: D
     out = daemon.cli("tail", "--plan", "A", "--phase", "P02", "--event", "check.*", "--json")
     events = [json.loads(ln) for ln in out.stdout.splitlines()]
     assert events and all(
-        e["plan"] == "A" and e["phase"] == "P02" and e["event"].startswith("check.")
-        for e in events
+        e["plan"] == "A" and e["phase"] == "P02" and e["event"].startswith("check.") for e in events
     )
 
     later = daemon.cli("tail", "--since", "now", "--json")
@@ -49,9 +48,22 @@ def test_tail_filters_a_real_daemons_log_by_plan_phase_event_and_since(daemon: D
 
 def _follow(daemon: Daemon) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrd", "tail", "-f", "--json", "--event", "plan.*",
-         "--config", str(daemon.config_path)],
-        cwd=daemon.tmp, env=daemon.env(), stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "orchestrd",
+            "tail",
+            "-f",
+            "--json",
+            "--event",
+            "plan.*",
+            "--config",
+            str(daemon.config_path),
+        ],
+        cwd=daemon.tmp,
+        env=daemon.env(),
+        stdout=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -111,9 +123,16 @@ def test_since_on_a_large_log_reads_only_its_end(tmp_path: Path) -> None:
     with open(log, "w") as f:
         for hour in range(24):
             rows = [
-                json.dumps({"ts": f"2026-01-01T{hour:02d}:{m:02d}:{s:02d}.000000+00:00",
-                            "event": "worker.poll", "plan": f"P{(m * 60 + s) % 97}", "pad": pad})
-                for m in range(60) for s in range(60)
+                json.dumps(
+                    {
+                        "ts": f"2026-01-01T{hour:02d}:{m:02d}:{s:02d}.000000+00:00",
+                        "event": "worker.poll",
+                        "plan": f"P{(m * 60 + s) % 97}",
+                        "pad": pad,
+                    }
+                )
+                for m in range(60)
+                for s in range(60)
             ]
             f.write("\n".join(rows) + "\n")
     config = tmp_path / "c.toml"
@@ -122,8 +141,9 @@ def test_since_on_a_large_log_reads_only_its_end(tmp_path: Path) -> None:
     )
     cmd = [sys.executable, "-m", "orchestrd", "tail", "--config", str(config), "--json"]
     t0 = time.monotonic()
-    out = subprocess.run([*cmd, "--since", "2026-01-01T23:59:00+00:00"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [*cmd, "--since", "2026-01-01T23:59:00+00:00"], capture_output=True, text=True, check=True
+    )
     assert len(out.stdout.splitlines()) == 60
     out = subprocess.run([*cmd, "--plan", "P5"], capture_output=True, text=True, check=True)
     assert len(out.stdout.splitlines()) == 24 * (3600 // 97 + (1 if 5 < 3600 % 97 else 0))
@@ -134,19 +154,35 @@ def test_since_on_a_large_log_reads_only_its_end(tmp_path: Path) -> None:
 
 def test_tail_on_a_terminal_colours_events_by_outcome(tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
-    rows = [("phase.passed", "P01"), ("check.failed", "P02"), ("check.warning", "P02"),
-            ("phase.started", "P03")]
-    log.write_text("".join(
-        json.dumps({"ts": f"2026-01-01T00:00:0{i}.000000+00:00", "event": name, "plan": "T",
-                    "phase": phase}) + "\n" for i, (name, phase) in enumerate(rows)))
+    rows = [
+        ("phase.passed", "P01"),
+        ("check.failed", "P02"),
+        ("check.warning", "P02"),
+        ("phase.started", "P03"),
+    ]
+    log.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "ts": f"2026-01-01T00:00:0{i}.000000+00:00",
+                    "event": name,
+                    "plan": "T",
+                    "phase": phase,
+                }
+            )
+            + "\n"
+            for i, (name, phase) in enumerate(rows)
+        )
+    )
     config = tmp_path / "c.toml"
     config.write_text(
         f'state_dir = "{tmp_path}"\ndefault_worker = "w"\n[workers.w]\ncommand = ["true"]\n'
     )
     master, slave = pty.openpty()
     env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrd", "tail", "--config", str(config)],
-                            stdout=slave, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrd", "tail", "--config", str(config)], stdout=slave, env=env
+    )
     os.close(slave)
     out = b""
     while True:

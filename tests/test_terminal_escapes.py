@@ -86,4 +86,3 @@ def test_import_warnings_show_file_names_and_quoted_lines_escaped(tmp_path: Path
     [shown] = [str(w) for w in imported.warnings if "notes" in str(w)]
     assert not RAW_CONTROL.search(shown), repr(shown)
     assert "notes\\x1b]0;t\\x07\\xff.md:1: warning: not a phase" in shown
-

@@ -30,10 +30,13 @@ class AddTest(unittest.TestCase):
     def test_add_exists(self) -> None:
         self.assertTrue(callable(add))
 """
-RED_TEST = SMOKE_TEST + """
+RED_TEST = (
+    SMOKE_TEST
+    + """
     def test_adds(self) -> None:
         self.assertEqual(add(2, 3), 5)
 """
+)
 PHASE_FILE = "# Phase 03: implement add\n\n- [ ] add returns the sum\n- [ ] overflow handling\n"
 CORE_TESTS = "python3 tools/vitest.py run --root=packages/core calc"
 RED_VERIFY_FAILED = "verify-P02-1-0.log:1: 'sh scripts/test.sh' exited 1 as expected (fail), but"
@@ -77,28 +80,45 @@ def make_workspace(tmp_path: Path, red_tests: bool = False) -> Path:
 
 def red_phase(**fields: Any) -> dict[str, Any]:
     return {
-        "id": "P02", "kind": "test", "prompt_file": "plan/02-tests.md", "markers": ["@plan:T.P02"],
-        "verify": [{"run": "sh scripts/test.sh", "expect": "fail"}], **fields,
+        "id": "P02",
+        "kind": "test",
+        "prompt_file": "plan/02-tests.md",
+        "markers": ["@plan:T.P02"],
+        "verify": [{"run": "sh scripts/test.sh", "expect": "fail"}],
+        **fields,
     }
 
 
 def impl_phase(pid: str = "P03", **fields: Any) -> dict[str, Any]:
     return {
-        "id": pid, "kind": "impl", "prompt_file": "plan/03-impl.md", "markers": [f"@plan:T.{pid}"],
-        "verify": [{"run": CORE_TESTS}], **fields,
+        "id": pid,
+        "kind": "impl",
+        "prompt_file": "plan/03-impl.md",
+        "markers": [f"@plan:T.{pid}"],
+        "verify": [{"run": CORE_TESTS}],
+        **fields,
     }
 
 
 async def run_agent(
-    tmp_path: Path, agent: str, phases: list[dict[str, Any]], red_tests: bool = False,
+    tmp_path: Path,
+    agent: str,
+    phases: list[dict[str, Any]],
+    red_tests: bool = False,
     **env: str,
 ) -> Run:
     repo = make_workspace(tmp_path, red_tests)
     config = make_config(
-        tmp_path, policy={"max_remediations": 1}, workers={agent: agent_profile(agent, **env)},
+        tmp_path,
+        policy={"max_remediations": 1},
+        workers={agent: agent_profile(agent, **env)},
     )
     plan = make_plan(
-        tmp_path, phases=phases, repo=repo, worker=agent, plan_dir=PLAN_DIR,
+        tmp_path,
+        phases=phases,
+        repo=repo,
+        worker=agent,
+        plan_dir=PLAN_DIR,
         protect=["project-plans/**/plan/*.md"],
     )
     return await run_plan(config, plan)
@@ -197,7 +217,10 @@ async def test_an_exit_code_that_lies_does_not_pass_a_red_phase(tmp_path: Path) 
 
 async def test_an_edit_to_a_protected_phase_file_is_caught(tmp_path: Path) -> None:
     run = await run_agent(
-        tmp_path, "trick_protected", [impl_phase()], red_tests=True,
+        tmp_path,
+        "trick_protected",
+        [impl_phase()],
+        red_tests=True,
         TRICK_PHASE_FILE=f"{PLAN_DIR}/plan/03-impl.md",
     )
     assert_caught_then_remediated(
@@ -218,7 +241,8 @@ async def test_a_test_edited_in_an_implementation_phase_is_caught(tmp_path: Path
         run,
         [
             (
-                "test_changes", "forbid_test_changes",
+                "test_changes",
+                "forbid_test_changes",
                 "packages/core/tests/test_calc.py:11: test file modified in a impl phase",
             )
         ],
@@ -284,15 +308,21 @@ async def test_an_honest_worker_passes_every_rule(tmp_path: Path) -> None:
             verify=[
                 {"run": "sh scripts/test.sh", "expect": "fail", "must_match": "AssertionError"}
             ],
-            report_requires=["phase", "timestamp"], completion_requires=["phase", "timestamp"],
+            report_requires=["phase", "timestamp"],
+            completion_requires=["phase", "timestamp"],
         ),
         impl_phase(
-            marker_paths=[{"glob": "packages/**/*.py"}], prerequisites=["P02"],
-            report_requires=["phase", "timestamp"], completion_requires=["phase", "timestamp"],
+            marker_paths=[{"glob": "packages/**/*.py"}],
+            prerequisites=["P02"],
+            report_requires=["phase", "timestamp"],
+            completion_requires=["phase", "timestamp"],
         ),
         {
-            "id": "P04", "kind": "verify", "prompt": "Verify the whole workspace.",
-            "markers": ["@plan:T.P04"], "prerequisites": ["P02", "P03"],
+            "id": "P04",
+            "kind": "verify",
+            "prompt": "Verify the whole workspace.",
+            "markers": ["@plan:T.P04"],
+            "prerequisites": ["P02", "P03"],
             "verify": [{"run": CORE_TESTS}],
         },
     ]
@@ -301,13 +331,19 @@ async def test_an_honest_worker_passes_every_rule(tmp_path: Path) -> None:
     assert run.events("check.failed") == [] and run.events("check.warning") == []
     assert run.events("remediation.started") == []
     checks = {(e["phase"], e["check"]) for e in run.events("check.passed")}
-    assert {("P02", "evidence"), ("P03", "marker_paths"), ("P03", "changes"),
-            ("P03", "prerequisites"), ("P04", "prerequisites")} <= checks
+    assert {
+        ("P02", "evidence"),
+        ("P03", "marker_paths"),
+        ("P03", "changes"),
+        ("P03", "prerequisites"),
+        ("P04", "prerequisites"),
+    } <= checks
     changes = run.events("worker.changes")
     assert [e["phase"] for e in changes] == ["P02", "P03", "P04"]
     assert [len(e["commits"]) for e in changes] == [1, 1, 1]
     assert changes[1]["changed"] == [
-        "M packages/core/calc.py", f"A {PLAN_DIR}/.completed/P03.md",
+        "M packages/core/calc.py",
+        f"A {PLAN_DIR}/.completed/P03.md",
         f"A {PLAN_DIR}/reports/P03-worker.md",
     ]
     assert changes[1]["after"]["status"] == []  # committed: a clean tree

@@ -31,7 +31,9 @@ async def test_a_verdict_printed_after_the_cut_is_still_judged(tmp_path: Path) -
     assert run.status == "failed"
     [failed] = run.events("check.failed")
     assert (failed["check"], failed["rule"], failed["line"]) == (
-        "verify[0]", "must_not_match", 1024 * 1024 + 1,
+        "verify[0]",
+        "must_not_match",
+        1024 * 1024 + 1,
     )
     assert "'Ran 0 tests in 0.000s' — green for the wrong reason" in failed["reason"]
     [cut] = run.events("check.output_truncated")
@@ -55,7 +57,9 @@ async def test_must_match_sees_a_line_past_the_cut(tmp_path: Path) -> None:
 
 async def test_an_error_early_in_a_long_worker_log_is_found(tmp_path: Path) -> None:
     config = make_config(
-        tmp_path, policy={"max_remediations": 0}, checks={"fail_on_log_errors": True},
+        tmp_path,
+        policy={"max_remediations": 0},
+        checks={"fail_on_log_errors": True},
         workers={"noisy": agent_profile("error_then_noise")},
     )
     run = await run_plan(config, make_plan(tmp_path, worker="noisy"))

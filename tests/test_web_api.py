@@ -77,9 +77,7 @@ def test_pages_and_api_show_hostile_text_escaped_and_match_status_json(daemon: D
     listing = get_json(url, "/api/plans?status=failed")
     assert [p["plan"] for p in listing["plans"]] == ["WEB-hostile"]
     repo = urllib.parse.quote(str(daemon.repo("repo<b>x</b>")))
-    assert [p["plan"] for p in get_json(url, f"/api/plans?repo={repo}")["plans"]] == [
-        "WEB-hostile"
-    ]
+    assert [p["plan"] for p in get_json(url, f"/api/plans?repo={repo}")["plans"]] == ["WEB-hostile"]
     assert get_json(url, "/api/plans?per_page=1&page=2")["plans"][0]["plan"] == "WEB-hostile"
 
     # every page renders the hostile prompt, repo, check reason and log line as text
@@ -172,8 +170,13 @@ def test_the_token_guards_everything_but_healthz_off_loopback(daemon: Daemon) ->
     assert code == 303 and headers["location"] == "/login?next=/plans/WEB-tok"
     form = {"Content-Type": "application/x-www-form-urlencoded"}
     assert get(url, "/login", method="POST", body="token=nope", headers=form)[0] == 401
-    code, headers, _ = get(url, "/login?next=/plans/WEB-tok", method="POST",
-                           body=urllib.parse.urlencode({"token": TOKEN}), headers=form)
+    code, headers, _ = get(
+        url,
+        "/login?next=/plans/WEB-tok",
+        method="POST",
+        body=urllib.parse.urlencode({"token": TOKEN}),
+        headers=form,
+    )
     assert code == 303 and headers["location"] == "/plans/WEB-tok"
     cookie = headers["set-cookie"].split(";")[0]
     assert TOKEN not in cookie and "httponly" in headers["set-cookie"].lower()

@@ -18,7 +18,8 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 if CHROMIUM is None or CHROMEDRIVER is None:
     pytest.skip(
         "headless Chromium is not installed (Debian packages chromium and chromium-driver; "
-        ".ci/run installs them as root with CI=true)", allow_module_level=True,
+        ".ci/run installs them as root with CI=true)",
+        allow_module_level=True,
     )
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is a test dependency")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -32,8 +33,14 @@ TOKEN = "browser-token-0123456789abcdef"
 def browser() -> Iterator[Any]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,860", "--hide-scrollbars"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,860",
+        "--hide-scrollbars",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.implicitly_wait(0)
@@ -58,6 +65,7 @@ def until(driver: Any, check: Callable[[], Any], what: str, timeout: float = 15)
             return check()
         except Exception:  # noqa: BLE001 — an element replaced meanwhile: look again
             return None
+
     return wait_for(attempt, timeout, what)
 
 
@@ -66,8 +74,9 @@ def row_state(driver: Any, plan: str) -> str:
     return str(row.find_element(By.CSS_SELECTOR, ".badge").text)
 
 
-def test_a_running_plan_turns_succeeded_without_a_reload(web: tuple[Daemon, str],
-                                                         browser: Any) -> None:
+def test_a_running_plan_turns_succeeded_without_a_reload(
+    web: tuple[Daemon, str], browser: Any
+) -> None:
     d, url = web
     d.submit("DOCS-done", phases=("P01", "P02"))
     d.submit("DOCS-failed", repo="other", worker="web_todo")
@@ -77,8 +86,11 @@ def test_a_running_plan_turns_succeeded_without_a_reload(web: tuple[Daemon, str]
     browser.get(url)
     until(browser, lambda: row_state(browser, "WEB-run") == "running", "WEB-run running")
     browser.execute_script("window.notReloaded = true")
-    until(browser, lambda: "on" in browser.find_element(By.ID, "live").get_attribute("class"),
-          "the live stream connected")
+    until(
+        browser,
+        lambda: "on" in browser.find_element(By.ID, "live").get_attribute("class"),
+        "the live stream connected",
+    )
     DOCS.mkdir(exist_ok=True)
     browser.save_screenshot(str(DOCS / "web-plans.png"))
     d.release("WEB-run")
@@ -103,9 +115,18 @@ def test_the_plan_page_shows_a_failed_checks_reason_and_the_log_growing(
     until(browser, lambda: ticks() > first + 5, "the log tail growing")
     browser.execute_script("window.notReloaded = true")
     d.release("WEB-fail")
-    reason = until(browser, lambda: next(
-        (e.text for e in browser.find_elements(By.CSS_SELECTOR, "li.check.failed")
-         if "[rule: placeholder]" in e.text), None), "the failed check on the page")
+    reason = until(
+        browser,
+        lambda: next(
+            (
+                e.text
+                for e in browser.find_elements(By.CSS_SELECTOR, "li.check.failed")
+                if "[rule: placeholder]" in e.text
+            ),
+            None,
+        ),
+        "the failed check on the page",
+    )
     assert "P01-worker.md:" in reason and "[TODO]" in reason
     badge = browser.find_element(By.CSS_SELECTOR, "#summary .badge")
     assert badge.text == "failed"
@@ -126,11 +147,15 @@ def test_markup_in_a_prompt_a_check_reason_and_a_log_line_stays_inert(
     d.wait_plans_end(["WEB-xss"])
     for page in (url, f"{url}plans/WEB-xss"):
         browser.get(page)
-        until(browser, lambda: "WEB-xss" in browser.find_element(By.TAG_NAME, "main").text,
-              f"WEB-xss on {page}")
+        until(
+            browser,
+            lambda: "WEB-xss" in browser.find_element(By.TAG_NAME, "main").text,
+            f"WEB-xss on {page}",
+        )
         assert browser.execute_script(
             "return [window.pwned, window.pwnedLog, document.querySelectorAll("
-            "'main script, main img, main b').length]") == [None, None, 0]
+            "'main script, main img, main b').length]"
+        ) == [None, None, 0]
         assert "xss<b>repo</b>" in browser.find_element(By.TAG_NAME, "main").text
     main = browser.find_element(By.TAG_NAME, "main").text
     assert "<script>window.pwnedLog = 1</script>" in main  # the log line, as text

@@ -107,7 +107,10 @@ def test_worker_stdin_is_dev_null_even_when_the_daemon_has_an_open_stdin(
     with (tmp_path / "cli.out").open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "orchestrd", "run", str(plan), "--config", str(config), "-q"],
-            cwd=tmp_path, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         try:
             code = proc.wait(timeout=30)
@@ -131,7 +134,9 @@ async def test_prompt_ends_with_a_trailer_stating_the_contract(tmp_path: Path) -
         plan_dir="pp",
         phases=[
             phase(
-                "P05", prompt="Write the failing tests.", markers=["@plan:T.P05", "@req:R1"],
+                "P05",
+                prompt="Write the failing tests.",
+                markers=["@plan:T.P05", "@req:R1"],
                 completion=[".completed/P05.md", ".completed/extra.md"],
                 verify=[{"run": "true", "expect": "pass"}, {"run": "false", "expect": "fail"}],
             )
@@ -168,8 +173,13 @@ async def test_command_placeholders_are_filled_and_braces_in_the_prompt_are_left
 ) -> None:
     profile = {
         "command": [
-            "{python}", str(Path(__file__).parent / "agents/pass.py"), "{prompt}",
-            "plan={plan}", "phase={phase}", "attempt={attempt}", "log={log}",
+            "{python}",
+            str(Path(__file__).parent / "agents/pass.py"),
+            "{prompt}",
+            "plan={plan}",
+            "phase={phase}",
+            "attempt={attempt}",
+            "log={log}",
             "prompt_file={prompt_file}",
         ]
     }
@@ -179,7 +189,10 @@ async def test_command_placeholders_are_filled_and_braces_in_the_prompt_are_left
     argv = run.agent()["argv"]
     workers = run.folder / "workers"
     assert argv[2:] == [
-        "plan=T", "phase=P01", "attempt=1", f"log={workers / 'worker-P01-1.log'}",
+        "plan=T",
+        "phase=P01",
+        "attempt=1",
+        f"log={workers / 'worker-P01-1.log'}",
         f"prompt_file={workers / 'prompt-P01-1.md'}",
     ]
     assert argv[1].startswith(text), "placeholders inside the prompt text must not be expanded"
@@ -252,7 +265,6 @@ async def test_worker_that_cannot_be_executed_fails_the_phase_with_a_reason(
     assert "worker failed to start" in plan_failed["reason"]
     ledger = (run.folder / "worker-pids.txt").read_text()
     assert "P01 attempt=1 role=primary failed_to_start" in ledger
-
 
 
 async def test_profile_env_with_a_nul_byte_is_a_start_failure_not_a_crash(

@@ -24,9 +24,10 @@ def web_config(
 ) -> None:
     """The daemon's test config plus [http], and profiles `web` and `web_todo` running
     tests/agents/web_agent.py (held by `d.hold`, with `agent_env` added)."""
-    web = {"command": ["{python}", str(WEB_AGENT), "{prompt}"],
-           "env": {"AGENT_HOLD_DIR": str(d.hold_dir), "WEB_API_KEY": SECRET,
-                   **(agent_env or {})}}
+    web = {
+        "command": ["{python}", str(WEB_AGENT), "{prompt}"],
+        "env": {"AGENT_HOLD_DIR": str(d.hold_dir), "WEB_API_KEY": SECRET, **(agent_env or {})},
+    }
     todo = {**web, "env": {**web["env"], "AGENT_TODO_REPORT": "1"}}
     workers = {**d.config_data()["workers"], "web": web, "web_todo": todo}
     d.write_config(http={"listen": listen, **http}, workers=workers)
@@ -54,8 +55,13 @@ def connect(url: str, timeout: float = 10) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
 
 
-def get(url: str, path: str, headers: dict[str, str] | None = None,
-        method: str = "GET", body: str | None = None) -> tuple[int, dict[str, str], str]:
+def get(
+    url: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    method: str = "GET",
+    body: str | None = None,
+) -> tuple[int, dict[str, str], str]:
     """(status, headers with lower-case names, body text)."""
     conn = connect(url)
     try:

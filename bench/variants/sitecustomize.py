@@ -117,12 +117,20 @@ if "batchaccept" in _variants:
 
             for name, outcome in await anyio.to_thread.run_sync(take_all):
                 if isinstance(outcome, _daemon.Rejected):
-                    self.log.info("plan.rejected", file=name, reason=outcome.reason,
-                                  moved_to=str(outcome.moved_to))
+                    self.log.info(
+                        "plan.rejected",
+                        file=name,
+                        reason=outcome.reason,
+                        moved_to=str(outcome.moved_to),
+                    )
                 elif isinstance(outcome, _daemon.Accepted):
                     log = self.audit.bind(plan=outcome.plan.id)
-                    log.info("plan.accepted", file=name, phases=len(outcome.plan.phases),
-                             repo=str(outcome.plan.repo))
+                    log.info(
+                        "plan.accepted",
+                        file=name,
+                        phases=len(outcome.plan.phases),
+                        repo=str(outcome.plan.repo),
+                    )
                     record = make_record(outcome.folder.state_file, outcome.state, log)
                     self._start(tg, _daemon.PlanEntry(outcome.plan, record, outcome.folder, log))
                     log.info("plan.queued", seq=outcome.state.seq, active=len(self.entries))

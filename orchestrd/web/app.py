@@ -53,9 +53,11 @@ KEEPALIVE = 15.0
 """An idle SSE stream sends a comment this often, so proxies and browsers keep it open."""
 COOKIE = "orchestrd_session"
 SECURITY_HEADERS = [
-    (b"content-security-policy",
-     b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-     b"img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        b"img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
@@ -108,9 +110,11 @@ class Web:
         changed = self.changed
         with anyio.move_on_after(KEEPALIVE):
             async with anyio.create_task_group() as tg:
+
                 async def stop_on(event: anyio.Event) -> None:
                     await event.wait()
                     tg.cancel_scope.cancel()
+
                 tg.start_soon(stop_on, changed)
                 tg.start_soon(stop_on, self.stopping)
         return changed.is_set()
@@ -143,8 +147,11 @@ class Web:
             raise LookupError(f"no phase {phase!r} in plan {plan_id!r}")
         folder, state, _ = found
         attempts = state.phases[phase].attempts
-        chosen = attempts[-1] if attempt is None and attempts else next(
-            (a for a in attempts if a.n == attempt), None)
+        chosen = (
+            attempts[-1]
+            if attempt is None and attempts
+            else next((a for a in attempts if a.n == attempt), None)
+        )
         if chosen is None:
             raise LookupError(f"phase {phase!r} has no attempt {attempt}")
         return phase, chosen.n, folder / "workers" / Path(chosen.log).name
@@ -172,7 +179,9 @@ def _wall(started: str | None, ended: str | None) -> float | None:
 
 
 def _phases(
-    state: PlanState, plan: Mapping[str, Any], events: list[dict[str, Any]],
+    state: PlanState,
+    plan: Mapping[str, Any],
+    events: list[dict[str, Any]],
     redact: Callable[[str], str],
 ) -> dict[str, Any]:
     """The state's phases (as `status --json` has them) with each phase's kind, prompt and wall
@@ -205,6 +214,7 @@ def _phases(
 
 
 # -- the token gate and security headers --
+
 
 def session_value(token: str) -> str:
     """The cookie the page keeps after the token was given once: derived, not the token."""
@@ -251,8 +261,9 @@ class Gate:
             await self.app(scope, receive, send_secure)
             return
         elif path.startswith("/api/") or path == "/metrics":
-            response = JSONResponse({"error": "a bearer token is required"}, 401,
-                                    headers={"WWW-Authenticate": "Bearer"})
+            response = JSONResponse(
+                {"error": "a bearer token is required"}, 401, headers={"WWW-Authenticate": "Bearer"}
+            )
         else:
             response = RedirectResponse("/login?next=" + quote(path, safe="/"), 303)
         await response(scope, receive, send_secure)
@@ -266,6 +277,7 @@ def _loopback_host(scope: Scope) -> bool:
 
 
 # -- routes --
+
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(json.dumps(data, default=str), status, media_type="application/json")
@@ -289,8 +301,11 @@ async def _plans(request: Request) -> dict[str, Any]:
     status, repo = q.get("status", ""), q.get("repo", "")
     per = _int(q.get("per_page"), PAGE_SIZE, 1, 500)
     every = await anyio.to_thread.run_sync(web.all_rows)
-    rows = [r for r in every if (not status or r.get("state") == status)
-            and (not repo or r.get("repo") == repo)]
+    rows = [
+        r
+        for r in every
+        if (not status or r.get("state") == status) and (not repo or r.get("repo") == repo)
+    ]
     pages = max(1, math.ceil(len(rows) / per))
     page_no = _int(q.get("page"), 1, 1, pages)
     last = web.audit.last_events()
@@ -298,10 +313,17 @@ async def _plans(request: Request) -> dict[str, Any]:
     for r in shown:
         if (e := last.get(r["plan"])) is not None:
             r["last_event"] = {"event": e.get("event"), "ts": e.get("ts")}
-    return {"plans": shown, "total": len(rows), "page": page_no, "pages": pages,
-            "per_page": per, "status": status, "repo": repo,
-            "repos": sorted({str(r["repo"]) for r in every if r.get("repo")}),
-            "usage": any("usage" in r for r in every)}
+    return {
+        "plans": shown,
+        "total": len(rows),
+        "page": page_no,
+        "pages": pages,
+        "per_page": per,
+        "status": status,
+        "repo": repo,
+        "repos": sorted({str(r["repo"]) for r in every if r.get("repo")}),
+        "usage": any("usage" in r for r in every),
+    }
 
 
 async def plans_page(request: Request) -> Response:
@@ -309,11 +331,20 @@ async def plans_page(request: Request) -> Response:
     since = web.audit.seq  # before the rows: a live update may repeat, not miss
     data = await _plans(request)
     last = {r["plan"]: r["last_event"] for r in data["plans"] if r.get("last_event")}
-    return HTMLResponse(render.plans_page(
-        data["plans"], last, total=data["total"], page_no=data["page"], pages=data["pages"],
-        status=data["status"], repo=data["repo"], repos=data["repos"], usage=data["usage"],
-        since=since,
-    ))
+    return HTMLResponse(
+        render.plans_page(
+            data["plans"],
+            last,
+            total=data["total"],
+            page_no=data["page"],
+            pages=data["pages"],
+            status=data["status"],
+            repo=data["repo"],
+            repos=data["repos"],
+            usage=data["usage"],
+            since=since,
+        )
+    )
 
 
 async def plan_json(request: Request) -> Response:
@@ -329,8 +360,10 @@ async def plan_page(request: Request) -> Response:
     plan_id = request.path_params["plan"]
     found = await anyio.to_thread.run_sync(web.detail, plan_id)
     if found is None:
-        return HTMLResponse(render.page("Not found", render.h(
-            "<h1>No plan {p}</h1>", p=plan_id), kind="missing"), 404)
+        return HTMLResponse(
+            render.page("Not found", render.h("<h1>No plan {p}</h1>", p=plan_id), kind="missing"),
+            404,
+        )
     since, detail = found
     log = await anyio.to_thread.run_sync(_current_log, web, detail)
     return HTMLResponse(render.plan_page(detail, log, since))
@@ -351,8 +384,7 @@ async def daemon_json(request: Request) -> Response:
 async def events(request: Request) -> Response:
     web: Web = request.app.state.web
     plan_id = request.path_params.get("plan")
-    if plan_id is not None and await anyio.to_thread.run_sync(
-            web.plans.state, plan_id) is None:
+    if plan_id is not None and await anyio.to_thread.run_sync(web.plans.state, plan_id) is None:
         return _json({"error": "no such plan"}, 404)
     since = _int(request.query_params.get("since"), web.audit.seq, 0, web.audit.seq)
     return _sse(_event_stream(web, since, plan_id))
@@ -377,8 +409,9 @@ async def log(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     web: Web = request.app.state.web
-    return _json({"ok": True, "version": __version__,
-                  "uptime": round(time.monotonic() - web.started, 3)})
+    return _json(
+        {"ok": True, "version": __version__, "uptime": round(time.monotonic() - web.started, 3)}
+    )
 
 
 async def metrics(request: Request) -> Response:
@@ -394,8 +427,7 @@ async def static(request: Request) -> Response:
     if name not in STATIC_TYPES:
         return PlainTextResponse("not found\n", 404)
     data = await anyio.to_thread.run_sync((STATIC / name).read_bytes)
-    return Response(data, media_type=STATIC_TYPES[name],
-                    headers={"Cache-Control": "no-cache"})
+    return Response(data, media_type=STATIC_TYPES[name], headers={"Cache-Control": "no-cache"})
 
 
 async def login(request: Request) -> Response:
@@ -444,7 +476,6 @@ def build_app(web: Web, loopback: bool) -> ASGIApp:
     return Gate(app, token, loopback)
 
 
-
 async def _small_body(request: Request, limit: int) -> bytes:
     body = b""
     async for chunk in request.stream():
@@ -461,15 +492,24 @@ def _current_log(web: Web, detail: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     _, n, path = web.log_path(str(detail["plan"]), str(phase), None)
     offset, data = read_tail(path, TAIL_BYTES)
-    follow = (f"/api/plans/{quote(str(detail['plan']), safe='')}/phases/"
-              f"{quote(str(phase), safe='')}/log?attempt={n}&follow=1&offset={offset}")
-    return {"phase": phase, "attempt": n, "text": web.redact(data.decode("utf-8", "replace")),
-            "follow": follow}
+    follow = (
+        f"/api/plans/{quote(str(detail['plan']), safe='')}/phases/"
+        f"{quote(str(phase), safe='')}/log?attempt={n}&follow=1&offset={offset}"
+    )
+    return {
+        "phase": phase,
+        "attempt": n,
+        "text": web.redact(data.decode("utf-8", "replace")),
+        "follow": follow,
+    }
 
 
 def _sse(stream: AsyncIterator[str]) -> Response:
-    return StreamingResponse(stream, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 async def _event_stream(web: Web, since: int, plan_id: str | None) -> AsyncIterator[str]:

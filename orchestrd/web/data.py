@@ -89,8 +89,12 @@ class PlanIndex:
             st = os.stat(os.path.join(folder, "state.toml"))
         except FileNotFoundError:
             if any(Path(folder).glob("state.toml.corrupt*")):
-                return {"plan": os.path.basename(folder), "state": "corrupt", "where": where,
-                        "reason": "its state file was unreadable and set aside"}
+                return {
+                    "plan": os.path.basename(folder),
+                    "state": "corrupt",
+                    "where": where,
+                    "reason": "its state file was unreadable and set aside",
+                }
             return None
         except OSError:
             return None

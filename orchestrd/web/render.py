@@ -45,10 +45,24 @@ def badge(state: str | None) -> Safe:
     return h('<span class="badge st-{css}">{word}</span>', css=css, word=word)
 
 
-STATE_CLASSES = frozenset({
-    "queued", "running", "succeeded", "failed", "cancelled", "interrupted", "corrupt",
-    "pending", "checking", "passed", "starting", "exited", "stopped", "warning",
-})
+STATE_CLASSES = frozenset(
+    {
+        "queued",
+        "running",
+        "succeeded",
+        "failed",
+        "cancelled",
+        "interrupted",
+        "corrupt",
+        "pending",
+        "checking",
+        "passed",
+        "starting",
+        "exited",
+        "stopped",
+        "warning",
+    }
+)
 PLAN_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted", "corrupt")
 
 
@@ -70,8 +84,14 @@ def _time(iso: object) -> str:
         return iso
 
 
-def page(title: str, body: Safe, *, kind: str, data: Mapping[str, str] | None = None,
-         authed: bool = False) -> str:
+def page(
+    title: str,
+    body: Safe,
+    *,
+    kind: str,
+    data: Mapping[str, str] | None = None,
+    authed: bool = False,
+) -> str:
     attrs = join(h(' data-{k}="{v}"', k=k, v=v) for k, v in (data or {}).items())
     return h(
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -85,7 +105,11 @@ def page(title: str, body: Safe, *, kind: str, data: Mapping[str, str] | None = 
         '<span class="live" id="live" title="live updates">●</span></header>'
         "<main>{body}</main>"
         "<footer>orchestrd {version} · read-only</footer></body></html>\n",
-        title=title, kind=kind, attrs=attrs, body=body, version=__version__,
+        title=title,
+        kind=kind,
+        attrs=attrs,
+        body=body,
+        version=__version__,
     )
 
 
@@ -111,10 +135,14 @@ def plan_row(r: Mapping[str, Any], last: Mapping[str, Any] | None, usage: bool) 
     cells = h(
         '<td><a href="/plans/{q}">{plan}</a>{archived}</td><td>{badge}</td><td>{phase}</td>'
         "<td>{attempt}</td><td>{elapsed}</td><td>{last}</td><td>{repo}</td>",
-        q=quote(str(r["plan"]), safe=""), plan=r["plan"], badge=badge(r.get("state")),
-        archived=Safe(' <span class="tag">archived</span>') if r.get("where") == "archive"
-        else "",
-        phase=phase, attempt=attempt, elapsed=elapsed(r.get("elapsed")), last=last_event,
+        q=quote(str(r["plan"]), safe=""),
+        plan=r["plan"],
+        badge=badge(r.get("state")),
+        archived=Safe(' <span class="tag">archived</span>') if r.get("where") == "archive" else "",
+        phase=phase,
+        attempt=attempt,
+        elapsed=elapsed(r.get("elapsed")),
+        last=last_event,
         repo=r.get("repo") or "-",
     )
     if usage:
@@ -123,30 +151,50 @@ def plan_row(r: Mapping[str, Any], last: Mapping[str, Any] | None, usage: bool) 
 
 
 def plans_page(
-    rows: list[dict[str, Any]], last: Mapping[str, Mapping[str, Any]], *, total: int,
-    page_no: int, pages: int, status: str, repo: str, repos: list[str], usage: bool, since: int,
+    rows: list[dict[str, Any]],
+    last: Mapping[str, Mapping[str, Any]],
+    *,
+    total: int,
+    page_no: int,
+    pages: int,
+    status: str,
+    repo: str,
+    repos: list[str],
+    usage: bool,
+    since: int,
 ) -> str:
     """`since`: the audit position the rows are as new as (live updates go on from it)."""
     status_opts = join(
-        h('<option value="{v}"{sel}>{label}</option>', v=v, label=v or "any status",
-          sel=Safe(" selected") if v == status else "")
+        h(
+            '<option value="{v}"{sel}>{label}</option>',
+            v=v,
+            label=v or "any status",
+            sel=Safe(" selected") if v == status else "",
+        )
         for v in ("", *PLAN_STATES)
     )
     repo_opts = join(
-        h('<option value="{v}"{sel}>{label}</option>', v=v, label=v or "any repo",
-          sel=Safe(" selected") if v == repo else "")
+        h(
+            '<option value="{v}"{sel}>{label}</option>',
+            v=v,
+            label=v or "any repo",
+            sel=Safe(" selected") if v == repo else "",
+        )
         for v in ("", *repos)
     )
-    head = "<th>Plan</th><th>Status</th><th>Phase</th><th>Attempt</th><th>Elapsed</th>" \
+    head = (
+        "<th>Plan</th><th>Status</th><th>Phase</th><th>Attempt</th><th>Elapsed</th>"
         "<th>Last event</th><th>Repo</th>" + ("<th>Usage</th>" if usage else "")
+    )
     body = join(plan_row(r, last.get(r["plan"]), usage) for r in rows)
     if not rows:
         body = h('<tr class="empty"><td colspan="8">no plans match</td></tr>')
     nav = []
     for label, n in (("‹ newer", page_no - 1), ("older ›", page_no + 1)):
         if 1 <= n <= pages:
-            qs = urlencode({k: v for k, v in (("status", status), ("repo", repo),
-                                              ("page", str(n))) if v})
+            qs = urlencode(
+                {k: v for k, v in (("status", status), ("repo", repo), ("page", str(n))) if v}
+            )
             nav.append(h('<a href="/?{qs}">{label}</a>', qs=qs, label=label))
     content = h(
         "<h1>Plans</h1>"
@@ -157,8 +205,15 @@ def plans_page(
         '<p class="count" id="plans-count">{total} plans · page {p} of {pages}</p>'
         '<table id="plans" data-usage="{u}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
         '</table><p class="pager">{nav}</p>',
-        so=status_opts, ro=repo_opts, total=total, p=page_no, pages=pages,
-        head=Safe(head), body=body, nav=join(nav), u="1" if usage else "",
+        so=status_opts,
+        ro=repo_opts,
+        total=total,
+        p=page_no,
+        pages=pages,
+        head=Safe(head),
+        body=body,
+        nav=join(nav),
+        u="1" if usage else "",
     )
     return page("Plans", content, kind="plans", data={"since": str(since)})
 
@@ -171,13 +226,19 @@ def _checks(checks: list[dict[str, Any]]) -> Safe:
         where = ""
         if c.get("file"):
             where = f"{c['file']}:{c['line']}" if c.get("line") else str(c["file"])
-        items.append(h(
-            '<li class="check {outcome}">{b} <code>{name}</code> {reason}{where}{rule}</li>',
-            outcome=c["outcome"], b=badge(c["outcome"]), name=c.get("check", "?"),
-            reason=c.get("reason", ""),
-            where=h(' <span class="where">{w}</span>', w=where) if where else "",
-            rule=h(' <span class="rule">rule: {r}</span>', r=c["rule"]) if c.get("rule") else "",
-        ))
+        items.append(
+            h(
+                '<li class="check {outcome}">{b} <code>{name}</code> {reason}{where}{rule}</li>',
+                outcome=c["outcome"],
+                b=badge(c["outcome"]),
+                name=c.get("check", "?"),
+                reason=c.get("reason", ""),
+                where=h(' <span class="where">{w}</span>', w=where) if where else "",
+                rule=h(' <span class="rule">rule: {r}</span>', r=c["rule"])
+                if c.get("rule")
+                else "",
+            )
+        )
     return h('<ul class="checks">{i}</ul>', i=join(items))
 
 
@@ -186,13 +247,20 @@ def _verify(checks: list[dict[str, Any]]) -> Safe:
     if not rows:
         return Safe("")
     body = join(
-        h("<tr><td><code>{cmd}</code></td><td>{rc}</td><td>{expect}</td><td>{b}</td></tr>",
-          cmd=c.get("command", "?"), rc=c.get("returncode", "-"), expect=c.get("expect", "-"),
-          b=badge(c["outcome"]))
+        h(
+            "<tr><td><code>{cmd}</code></td><td>{rc}</td><td>{expect}</td><td>{b}</td></tr>",
+            cmd=c.get("command", "?"),
+            rc=c.get("returncode", "-"),
+            expect=c.get("expect", "-"),
+            b=badge(c["outcome"]),
+        )
         for c in rows
     )
-    return h('<table class="verify"><thead><tr><th>Verify command</th><th>Exit code</th>'
-             "<th>Expected</th><th>Outcome</th></tr></thead><tbody>{b}</tbody></table>", b=body)
+    return h(
+        '<table class="verify"><thead><tr><th>Verify command</th><th>Exit code</th>'
+        "<th>Expected</th><th>Outcome</th></tr></thead><tbody>{b}</tbody></table>",
+        b=body,
+    )
 
 
 def _changes(changes: Mapping[str, Any] | None) -> Safe:
@@ -202,18 +270,25 @@ def _changes(changes: Mapping[str, Any] | None) -> Safe:
     more = int(changes.get("changed_count") or 0) - len(files)
     items = join(h("<li><code>{f}</code></li>", f=f) for f in files)
     tail = h("<li>… and {n} more</li>", n=more) if more > 0 else ""
-    return h('<div class="changes"><h4>Changed files ({n})</h4><ul>{i}{t}</ul></div>',
-             n=changes.get("changed_count", len(files)), i=items, t=tail)
+    return h(
+        '<div class="changes"><h4>Changed files ({n})</h4><ul>{i}{t}</ul></div>',
+        n=changes.get("changed_count", len(files)),
+        i=items,
+        t=tail,
+    )
 
 
 def _attempt(a: Mapping[str, Any]) -> Safe:
     return h(
         '<div class="attempt"><h4>Attempt #{n} · {role} {b}{rc}</h4>{failure}{checks}{verify}'
         "{changes}</div>",
-        n=a.get("n"), role=a.get("role"), b=badge(a.get("status")),
+        n=a.get("n"),
+        role=a.get("role"),
+        b=badge(a.get("status")),
         rc=f" exit {a['returncode']}" if a.get("returncode") is not None else "",
         failure=h('<p class="reason">{f}</p>', f=a["failure"]) if a.get("failure") else "",
-        checks=_checks(a.get("checks", [])), verify=_verify(a.get("checks", [])),
+        checks=_checks(a.get("checks", [])),
+        verify=_verify(a.get("checks", [])),
         changes=_changes(a.get("changes")),
     )
 
@@ -221,28 +296,43 @@ def _attempt(a: Mapping[str, Any]) -> Safe:
 def _phases(detail: Mapping[str, Any]) -> Safe:
     rows, sections = [], []
     for pid, ps in detail.get("phases", {}).items():
-        rows.append(h(
-            "<tr><td>{pid}</td><td>{kind}</td><td>{b}</td><td>{n}</td><td>{wall}</td></tr>",
-            pid=pid, kind=ps.get("kind", "-"), b=badge(ps.get("status")),
-            n=len(ps.get("attempts", [])), wall=elapsed(ps.get("wall_seconds")),
-        ))
-        sections.append(h(
-            '<section class="phase" id="phase-{pid}"><h3>{pid} {b}</h3>{reason}'
-            "<details><summary>prompt</summary><pre>{prompt}</pre></details>{attempts}</section>",
-            pid=pid, b=badge(ps.get("status")),
-            reason=h('<p class="reason">{r}</p>', r=ps["reason"]) if ps.get("reason") else "",
-            prompt=ps.get("prompt", ""), attempts=join(_attempt(a) for a in ps.get("attempts", [])),
-        ))
-    table = h('<table class="phases"><thead><tr><th>Phase</th><th>Kind</th><th>Status</th>'
-              "<th>Attempts</th><th>Wall time</th></tr></thead><tbody>{r}</tbody></table>",
-              r=join(rows))
+        rows.append(
+            h(
+                "<tr><td>{pid}</td><td>{kind}</td><td>{b}</td><td>{n}</td><td>{wall}</td></tr>",
+                pid=pid,
+                kind=ps.get("kind", "-"),
+                b=badge(ps.get("status")),
+                n=len(ps.get("attempts", [])),
+                wall=elapsed(ps.get("wall_seconds")),
+            )
+        )
+        sections.append(
+            h(
+                '<section class="phase" id="phase-{pid}"><h3>{pid} {b}</h3>{reason}'
+                "<details><summary>prompt</summary><pre>{prompt}</pre></details>{attempts}</section>",
+                pid=pid,
+                b=badge(ps.get("status")),
+                reason=h('<p class="reason">{r}</p>', r=ps["reason"]) if ps.get("reason") else "",
+                prompt=ps.get("prompt", ""),
+                attempts=join(_attempt(a) for a in ps.get("attempts", [])),
+            )
+        )
+    table = h(
+        '<table class="phases"><thead><tr><th>Phase</th><th>Kind</th><th>Status</th>'
+        "<th>Attempts</th><th>Wall time</th></tr></thead><tbody>{r}</tbody></table>",
+        r=join(rows),
+    )
     return h("{t}{s}", t=table, s=join(sections))
 
 
 def event_row(e: Mapping[str, Any]) -> Safe:
     rest = {k: v for k, v in e.items() if k not in ("ts", "event", "plan")}
-    return h("<tr><td>{ts}</td><td>{ev}</td><td><code>{rest}</code></td></tr>",
-             ts=_time(e.get("ts")), ev=e.get("event"), rest=_fields(rest))
+    return h(
+        "<tr><td>{ts}</td><td>{ev}</td><td><code>{rest}</code></td></tr>",
+        ts=_time(e.get("ts")),
+        ev=e.get("event"),
+        rest=_fields(rest),
+    )
 
 
 def _fields(fields: Mapping[str, Any]) -> str:
@@ -256,44 +346,66 @@ def plan_page(detail: Mapping[str, Any], log: Mapping[str, Any] | None, since: i
         '<div id="summary"><h1>{plan} {b}</h1><dl>'
         "<dt>Repo</dt><dd><code>{repo}</code></dd><dt>Phase</dt><dd>{phase}</dd>"
         "<dt>Elapsed</dt><dd>{el}</dd><dt>Submitted</dt><dd>{sub}</dd>{where}{reason}</dl></div>",
-        plan=detail["plan"], b=badge(detail.get("state")), repo=detail.get("repo") or "-",
-        phase=detail.get("phase") or "-", el=elapsed(detail.get("elapsed")),
+        plan=detail["plan"],
+        b=badge(detail.get("state")),
+        repo=detail.get("repo") or "-",
+        phase=detail.get("phase") or "-",
+        el=elapsed(detail.get("elapsed")),
         sub=_time(detail.get("submitted_at")),
         where=Safe("<dt>Where</dt><dd>archived</dd>") if detail.get("where") == "archive" else "",
-        reason=h("<dt>Reason</dt><dd class=\"reason\">{r}</dd>", r=detail["reason"])
-        if detail.get("reason") else "",
+        reason=h('<dt>Reason</dt><dd class="reason">{r}</dd>', r=detail["reason"])
+        if detail.get("reason")
+        else "",
     )
     log_section = Safe("")
     if log is not None:
         log_section = h(
             '<section id="log-section"><h2>Log · {phase} attempt #{n}</h2>'
             '<pre id="log" data-follow="{follow}">{text}</pre></section>',
-            phase=log["phase"], n=log["attempt"], follow=log["follow"], text=log["text"],
+            phase=log["phase"],
+            n=log["attempt"],
+            follow=log["follow"],
+            text=log["text"],
         )
     events = join(event_row(e) for e in detail.get("events", []))
     content = h(
         '{summary}<section id="phases"><h2>Phases</h2>{phases}</section>{log}'
         '<section><h2>Events</h2><table id="events"><thead><tr><th>Time</th><th>Event</th>'
         "<th>Fields</th></tr></thead><tbody>{events}</tbody></table></section>",
-        summary=summary, phases=_phases(detail), log=log_section, events=events,
+        summary=summary,
+        phases=_phases(detail),
+        log=log_section,
+        events=events,
     )
-    return page(str(detail["plan"]), content, kind="plan",
-                data={"plan": str(detail["plan"]), "since": str(since)})
+    return page(
+        str(detail["plan"]),
+        content,
+        kind="plan",
+        data={"plan": str(detail["plan"]), "since": str(since)},
+    )
 
 
 def daemon_page(info: Mapping[str, Any]) -> str:
     rows = [
-        ("Version", info["version"]), ("Uptime", elapsed(info["uptime"])),
-        ("Config", info["config"]), ("State dir", info["state_dir"]),
+        ("Version", info["version"]),
+        ("Uptime", elapsed(info["uptime"])),
+        ("Config", info["config"]),
+        ("State dir", info["state_dir"]),
         ("Workers", f"{info['running']} running of max_workers = {info['max_workers']}"),
         ("Queued plans", ", ".join(info["queued"]) or "none"),
     ]
     if info.get("parked") is not None:
         rows.append(("Parked or blocked profiles", ", ".join(info["parked"]) or "none"))
     reload = info.get("last_reload")
-    rows.append(("Last reload", f"{reload['event']} at {_time(reload.get('ts'))}"
-                 + (f": {reload['reason']}" if reload.get("reason") else "")
-                 if reload else "never"))
+    rows.append(
+        (
+            "Last reload",
+            f"{reload['event']} at {_time(reload.get('ts'))}"
+            + (f": {reload['reason']}" if reload.get("reason") else "")
+            if reload
+            else "never",
+        )
+    )
     body = join(h("<tr><th>{k}</th><td>{v}</td></tr>", k=k, v=v) for k, v in rows)
     content = h('<h1>Daemon</h1><table class="daemon" id="daemon">{b}</table>', b=body)
     return page("Daemon", content, kind="daemon")

@@ -61,7 +61,9 @@ class Listener:
         return cls(settings, sock, f"http://{shown}:{sock.getsockname()[1]}/")
 
     async def serve(
-        self, daemon: DaemonView, *,
+        self,
+        daemon: DaemonView,
+        *,
         task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve the status page until cancelled; `task_status` gets the URL once listening."""
@@ -128,11 +130,19 @@ async def serve_http(
     settings, sock, url = listener.settings, listener.sock, listener.url
     host, _ = parse_listen(settings.listen)
     # the daemon's redactor as it is now: a reload may replace it
-    web = Web(daemon, lambda text: daemon.audit.redactor(text), PlanIndex(daemon.spool),
-              AuditIndex(daemon.config.audit_path))
+    web = Web(
+        daemon,
+        lambda text: daemon.audit.redactor(text),
+        PlanIndex(daemon.spool),
+        AuditIndex(daemon.config.audit_path),
+    )
     config = uvicorn.Config(
         build_app(web, loopback=host != "unix" and is_loopback(host)),
-        http=_H11, lifespan="off", log_config=None, access_log=False, server_header=False,
+        http=_H11,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=max(1, round(settings.timeout_keep_alive)),
         timeout_graceful_shutdown=max(1, round(SHUTDOWN_GRACE)),

@@ -17,7 +17,7 @@ import _agent
 CALC = Path("packages/core/calc.py")
 TESTS = Path("packages/core/tests/test_calc.py")
 SCRIPT = Path("scripts/test.sh")
-RED_TEST = '''import unittest
+RED_TEST = """import unittest
 
 from calc import add
 
@@ -28,7 +28,7 @@ class AddTest(unittest.TestCase):
 
     def test_adds(self) -> None:
         self.assertEqual(add(2, 3), 5)
-'''
+"""
 HONEST_SCRIPT = "python3 tools/vitest.py run --root=packages/core calc\n"
 
 

@@ -18,7 +18,8 @@ if attempt != "1":
     raise SystemExit(0)
 escaped = subprocess.Popen(
     [sys.executable, "-c", "import time\nwhile True: time.sleep(1)"],
-    stdin=subprocess.DEVNULL, start_new_session=True,
+    stdin=subprocess.DEVNULL,
+    start_new_session=True,
 )
 Path(f"pids-{phase}-{attempt}.txt").write_text(f"{os.getpid()} {escaped.pid}\n")
 while True:  # silent: it must not die of a write into a dead daemon's pipe

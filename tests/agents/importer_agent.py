@@ -27,8 +27,9 @@ def main(argv: list[str]) -> int:
     for name in filter(None, os.environ.get("ORCHESTRD_COMPLETION", "").split(os.pathsep)):
         done = Path(name)
         done.parent.mkdir(parents=True, exist_ok=True)
-        done.write_text(f"# {phase} complete\n" + "".join(f"<!-- {m} -->\n" for m in markers),
-                        encoding="utf-8")
+        done.write_text(
+            f"# {phase} complete\n" + "".join(f"<!-- {m} -->\n" for m in markers), encoding="utf-8"
+        )
     print(f"importer-agent: {phase} {'ok' if is_phase_file else 'wrong prompt'}")
     return 0
 

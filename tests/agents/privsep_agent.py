@@ -28,8 +28,13 @@ import _agent
 
 env = os.environ
 facts: dict[str, object] = {
-    "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups(),
-    "home": env.get("HOME"), "user": env.get("USER"), "logname": env.get("LOGNAME"),
+    "uid": os.getuid(),
+    "euid": os.geteuid(),
+    "gid": os.getgid(),
+    "groups": os.getgroups(),
+    "home": env.get("HOME"),
+    "user": env.get("USER"),
+    "logname": env.get("LOGNAME"),
     "pid": os.getpid(),
 }
 
@@ -59,9 +64,10 @@ if env.get("AGENT_ATTACK") and env["ORCHESTRD_PHASE_ID"] == "P01":
     forged = 'plan = "{0}"\nstatus = "running"\n' + "".join(
         f'[phases.P0{i}]\nstatus = "passed"\n' for i in (1, 2, 3)
     )
-    attempt("forge_state", lambda: (plan_dir / "state.toml").write_text(
-        forged.format(env["ORCHESTRD_PLAN_ID"])
-    ))
+    attempt(
+        "forge_state",
+        lambda: (plan_dir / "state.toml").write_text(forged.format(env["ORCHESTRD_PLAN_ID"])),
+    )
     attempt("append_audit", lambda: append(Path(env["AGENT_AUDIT"]), '{"event":"x"}\n'))
     attempt("write_plans", lambda: (plan_dir.parent / "forged").write_text("x"))
     attempt("write_control", lambda: (Path(env["AGENT_CONTROL"]) / "X.cancel").write_text(""))
@@ -89,5 +95,11 @@ sys.stdout.flush()
 if env.get("AGENT_ATTACK") and env["ORCHESTRD_PHASE_ID"] == "P01":
     # as agents "clean up": this python (the worker itself) may die of it, so it becomes a
     # shell first, whose command line does not say python
-    os.execvp("sh", ["sh", "-c", "p=pyth; pkill -9 -f ${p}on; killall -9 ${p}on3; "
-                     "kill -9 $PPID; kill -9 -1; exit 0"])
+    os.execvp(
+        "sh",
+        [
+            "sh",
+            "-c",
+            "p=pyth; pkill -9 -f ${p}on; killall -9 ${p}on3; kill -9 $PPID; kill -9 -1; exit 0",
+        ],
+    )

@@ -18,7 +18,8 @@ _agent.start("unkillable")
 ready = Path(f"gc-ready-{os.getpid()}")
 child = subprocess.Popen(
     [
-        sys.executable, "-c",
+        sys.executable,
+        "-c",
         "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
         "open(sys.argv[1], 'w').close()\nwhile True: time.sleep(1)",
         str(ready),

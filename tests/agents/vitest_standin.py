@@ -37,7 +37,8 @@ for root in roots:
         # -B: a test file restored within the same second keeps its size and mtime, and a
         # cached .pyc of the edited version would be run instead
         rc = subprocess.run(
-            [sys.executable, "-B", "-m", "unittest", "-v", f"tests.{f.stem}"], cwd=root,
+            [sys.executable, "-B", "-m", "unittest", "-v", f"tests.{f.stem}"],
+            cwd=root,
             stderr=subprocess.STDOUT,
         ).returncode
         print(f"[{root}] {'PASS' if rc == 0 else 'FAIL'} {f.relative_to(root)}", flush=True)
