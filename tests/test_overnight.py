@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -38,7 +39,7 @@ from orchestrd.audit import AuditLog
 from orchestrd.config import Policy, WorkerProfile
 from orchestrd.parking import Holds, read_holds
 from orchestrd.policy import Ended, Liveness, watch
-from orchestrd.states import PlanStatus
+from orchestrd.states import ATTEMPT_TRANSITIONS, AttemptStatus, PlanStatus
 from orchestrd.worker import WorkerSpec, launch
 
 pytestmark = pytest.mark.anyio
@@ -465,3 +466,15 @@ async def test_no_changes_without_git_is_a_warning(tmp_path: Path) -> None:
     run = await run_plan(config, make_plan(tmp_path, [phase(kind="impl")], worker="noop"))
     assert run.status is PlanStatus.SUCCEEDED
     assert [e for e in run.events("check.warning") if e["check"] == "no_changes"]
+
+
+def test_every_attempt_state_is_in_the_transition_table_and_the_readme() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("| attempt state | meaning |") :]
+    listed = re.findall(r"^\| `([a-z_]+)` \|", table[: table.index("\n\n")], re.MULTILINE)
+    assert listed == [str(s) for s in AttemptStatus]
+    assert set(ATTEMPT_TRANSITIONS) == set(AttemptStatus)
+    for ended in (AttemptStatus.EXITED, AttemptStatus.STOPPED):
+        assert {AttemptStatus.RATE_LIMITED, AttemptStatus.AUTH_FAILED} <= (
+            ATTEMPT_TRANSITIONS[ended]
+        )
