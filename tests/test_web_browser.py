@@ -59,7 +59,7 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, str]
     assert "Traceback" not in d.stderr(), d.stderr()
 
 
-def until(driver: Any, check: Callable[[], Any], what: str, timeout: float = 15) -> Any:
+def until(driver: Any, check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
     def attempt() -> Any:
         try:
             return check()
@@ -83,6 +83,7 @@ def test_a_running_plan_turns_succeeded_without_a_reload(
     d.wait_plans_end(["DOCS-done", "DOCS-failed"])
     d.hold("WEB-run")
     d.submit("WEB-run", worker="web")
+    d.wait_event("worker.started", plan="WEB-run")  # shown running from the first render
     browser.get(url)
     until(browser, lambda: row_state(browser, "WEB-run") == "running", "WEB-run running")
     browser.execute_script("window.notReloaded = true")
