@@ -222,6 +222,8 @@ class PlanRunner:
                 return True
             ps.failures += 1
             stagnant = stagnation.failed(end.n, self._fingerprint(bad, end))
+            if ps.failures > policy.max_remediations:
+                stagnant = None  # nothing left to cut short: the plain reason says it all
             if stagnant is not None or ps.failures > policy.max_remediations:
                 reason, extra = describe(bad), dict[str, Any]()
                 if stagnant is not None:

@@ -78,8 +78,13 @@ def test_tail_follows_across_rename_rotation_and_copytruncate(daemon: Daemon) ->
     daemon.submit("R1")
     daemon.wait_plans_end(["R1"])
     proc = _follow(daemon)
+    seen: list[dict[str, object]] = []
     try:
-        time.sleep(0.5)  # the follower is at the end of the file
+        # the follower is at the end of the file once it has printed R1's end (its start-up
+        # takes longer than any fixed sleep on a loaded machine)
+        assert proc.stdout is not None
+        while not any(e["event"] == "plan.archived" for e in seen):
+            seen.append(json.loads(proc.stdout.readline()))
         # logrotate's default: rename, the writer opens a new file at its next event
         os.rename(daemon.audit_path, daemon.audit_path.with_suffix(".jsonl.1"))
         daemon.submit("R2", repo="r2")
@@ -91,7 +96,7 @@ def test_tail_follows_across_rename_rotation_and_copytruncate(daemon: Daemon) ->
         daemon.wait_plans_end(["R3"])
         time.sleep(0.6)
     finally:
-        events = _stop(proc)
+        events = seen + _stop(proc)
     ends = [(e["plan"], e["event"]) for e in events if e["event"] == "plan.succeeded"]
     # what was there, then what came after each rotation: each plan's end exactly once
     assert ends == [("R1", "plan.succeeded"), ("R2", "plan.succeeded"), ("R3", "plan.succeeded")]
