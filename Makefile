@@ -20,6 +20,8 @@ run: $(BIN)/orchestrd
 	$(BIN)/orchestrd run config/examples/demo.toml --config orchestrd/local.toml
 	@echo
 	$(BIN)/orchestrd report DEMO-calc --config orchestrd/local.toml
+	@echo
+	$(BIN)/orchestrd usage --config orchestrd/local.toml
 	@echo "also: orchestrd tail --plan DEMO-calc, orchestrd logs DEMO-calc P03 (see README, Day to day)"
 
 test: $(BIN)/orchestrd

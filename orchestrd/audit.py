@@ -66,6 +66,10 @@ EVENTS: dict[str, str] = {
     "plan.error": "the plan's runner raised an unexpected error (traceback); the plan fails",
     "plan.cancelled": "stopped on request",
     "plan.interrupted": "the daemon stopped while the plan ran; it resumes on restart",
+    "plan.paused": (
+        "a budget was spent (reason budget:<name>): nothing is lost; `orchestrd resume` (or, "
+        "for the daily budget, the next UTC day) runs its phase again from a fresh worker"
+    ),
     "plan.archived": "the finished plan's folder was moved to archive/ (its final status)",
     "plan.state_corrupt": "a state file could not be read; it was set aside",
     "plan.set_aside": (
@@ -84,7 +88,23 @@ EVENTS: dict[str, str] = {
     "worker.started": "a worker process was launched (pid, log, command)",
     "worker.dangerous": "a worker started with a sandbox-bypassing profile (flags)",
     "worker.failed_to_start": "the worker's command could not be executed (reason)",
-    "worker.poll": "a poll of a running worker (cycle, elapsed, log growth)",
+    "worker.poll": (
+        "a poll of a running worker (cycle, elapsed, log growth; tokens so far and stream "
+        "events since the last poll when its profile reads a stream)"
+    ),
+    "worker.usage": (
+        "the attempt's running usage from its stream (tokens by kind, cost_usd, cost_source, "
+        "model): at most once a poll, and at its end"
+    ),
+    "usage.unpriced": (
+        "tokens were spent by a model with no [prices] entry and no reported cost: its cost "
+        "stays unknown (once per model)"
+    ),
+    "budget.warning": "a budget is at 80 % (budget, spent, limit): once each",
+    "budget.exceeded": (
+        "a budget is spent (budget, spent, limit): its running worker is stopped (one ending "
+        "with this count may finish) and the plan pauses"
+    ),
     "worker.stalled": (
         "the worker outlived its last poll, or was silent for silence_timeout (reason: polls "
         "or silent; log_tail)"
@@ -377,11 +397,12 @@ def _console(data: EventDict) -> str:
         for k, v in data.items()
         if k not in ("ts", "event") and not isinstance(v, list | dict)
     )
-    return f"{ts} {data.get('event', ''):<22} {rest}"
+    # what workers printed or named reaches a terminal here (the echo, `orchestrd tail`)
+    return printable(f"{ts} {data.get('event', ''):<22} {rest}", newlines=False)
 
 
 # Events too frequent for the journal (the audit file has them all).
-CHATTY = frozenset({"worker.poll", "check.passed"})
+CHATTY = frozenset({"worker.poll", "worker.usage", "check.passed"})
 
 
 def _short(value: object, limit: int = 160) -> str:

@@ -9,7 +9,7 @@ import dataclasses
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -69,6 +69,9 @@ class CheckContext:
     pid_namespace: bool = True
     git_broken: bool = False
     """git worked when the phase began and failed after an attempt: no warning, a failure."""
+    log_found: Mapping[str, Match] | None = None
+    """What the pump saw in the worker's whole output (log_error_patterns' first matches): the
+    log file keeps only its head and tail once it is cut."""
     stale: frozenset[str] = frozenset()
     """Contract files (repo-relative) no worker of the phase wrote: unchanged since it began."""
 
@@ -131,6 +134,7 @@ async def check_log(ctx: CheckContext) -> CheckResult:
     except FileRefused as exc:
         # orchestrd made that log: a worker that swapped it hides what it printed
         return CheckResult("log_errors", False, f"worker log {ctx.log_path.name} {exc}")
+    found = {**found, **(ctx.log_found or {})}
     for pattern in patterns:
         if m := found.get(pattern):
             return CheckResult("log_errors", False, f"log matches {pattern!r}: {m.text}", fatal)
@@ -187,13 +191,17 @@ def check_report(ctx: CheckContext) -> CheckResult:
 
 
 def completion_results(
-    plan: Plan, phase: Phase, name: str = "completion", stale: frozenset[str] = frozenset()
+    plan: Plan,
+    phase: Phase,
+    name: str = "completion",
+    stale: frozenset[str] = frozenset(),
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> list[CheckResult]:
     """Each completion file of `phase` exists, was written in the phase (not `stale`) and holds
     every marker (boundary-matched)."""
     results = []
     for rel in phase.completion_paths:
-        path, text, refused = _read_in_repo(plan, rel)
+        path, text, refused = _read_in_repo(plan, rel, max_bytes)
         if text is None and refused is None:
             results.append(CheckResult(name, False, f"{path} is missing"))
             continue
@@ -214,7 +222,9 @@ def completion_results(
 
 
 def check_completion(ctx: CheckContext) -> list[CheckResult]:
-    return completion_results(ctx.plan, ctx.phase, stale=ctx.stale)
+    return completion_results(
+        ctx.plan, ctx.phase, stale=ctx.stale, max_bytes=ctx.settings.max_evidence_bytes
+    )
 
 
 def check_evidence(ctx: CheckContext) -> list[CheckResult]:

@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 the plan failed (or was interrupted), 2 bad input or co
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import faulthandler
 import json
 import os
@@ -18,11 +19,12 @@ from pathlib import Path
 import anyio
 import tomli_w
 
-from . import doctor, install, logs, progress, report, status, tail
+from . import budgets, doctor, install, logs, progress, report, status, tail, usage
 from .audit import AuditLog, Logger, Redactor, printable
 from .config import Config, check_state_dir, load_config
 from .errors import OrchestrdError, PlanError, describe_failure
 from .importer import add_subcommand as add_import_subcommand
+from .metering import Spending
 from .parking import HOLDS_FILE, HoldKind, describe_holds, read_holds
 from .plan import Plan, check_plan_id, load_plan, plan_from_bytes
 from .privsep import separation
@@ -89,7 +91,9 @@ async def run_foreground(plan: Plan, config: Config, echo: bool, live: bool = Fa
         raise
     state = PlanState.first(plan.id, (p.id for p in plan.phases))
     record = PlanRecord(folder.state_file, state, log, audit.redactor)
-    runner = PlanRunner(plan, record, folder, lambda: config, log)
+    spending = Spending()  # the daily budget counts every plan's spending today
+    spending.seed(r for _, r in status.ledger(spool))
+    runner = PlanRunner(plan, record, folder, lambda: config, log, spending)
     result = PlanStatus.INTERRUPTED
     try:
         folder.plan_file.write_bytes(plan_toml(plan))
@@ -267,6 +271,19 @@ def _control(args: argparse.Namespace, kind: str) -> int:
     if kind == ".cancel" and current in PLAN_TERMINAL:
         print(f"plan {args.plan} is already {current}; nothing to cancel")
         return EXIT_FAILED
+    try:
+        text = "".join(
+            f"{name}={value!r}\n"
+            for name, value in (budgets.parse_raise(b) for b in getattr(args, "budget", None) or [])
+        )
+    except ValueError as exc:
+        raise OrchestrdError(str(exc)) from None
+    if kind == ".resume" and current is not PlanStatus.PAUSED:
+        print(
+            f"plan {args.plan} is {current}; only a paused plan can be resumed"
+            + (" (retry runs a failed or cancelled one again)" if current in PLAN_TERMINAL else "")
+        )
+        return EXIT_FAILED
     if kind == ".retry" and current not in PLAN_RETRYABLE:
         active = "" if current in PLAN_TERMINAL else " and still active — cancel it first"
         print(
@@ -290,13 +307,67 @@ def _control(args: argparse.Namespace, kind: str) -> int:
                 "of them or ask the operator to add you"
             )
         spool.control.mkdir(parents=True, exist_ok=True)
-        drop_atomically(spool.control / f"{args.plan}{kind}", b"")
+        drop_atomically(spool.control / f"{args.plan}{kind}", text.encode())
         print(f"{verb} of plan {args.plan} requested from the daemon; see: orchestrd status")
     else:
         check_state_dir(config, path)
-        after = anyio.run(apply_offline, config, path, args.plan, kind)
+        after = anyio.run(apply_offline, config, path, args.plan, kind, text)
         print(f"plan {args.plan}: {after} (no daemon running; applied to the state files)")
     return EXIT_OK
+
+
+def _cmd_usage(args: argparse.Namespace) -> int:
+    config, _ = load_config(args.config)
+    since = None
+    if args.since is not None:
+        try:
+            since = dt.date.fromisoformat(args.since).isoformat()
+        except ValueError:
+            raise OrchestrdError(
+                f"--since {args.since!r}: write a UTC day as YYYY-MM-DD, e.g. 2026-12-01"
+            ) from None
+    summed = usage.report(status.ledger(Spool(config.state_dir)), since)
+    if args.json:
+        print(json.dumps(summed.as_dict(), indent=2))
+        return EXIT_OK
+    if not summed.total.attempts:
+        print(f"no usage recorded under {config.state_dir}" + (f" since {since}" if since else ""))
+        return EXIT_OK
+    for title, rows in (
+        ("PLAN", summed.plans),
+        ("DAY (UTC)", summed.days),
+        ("PROFILE", summed.profiles),
+        ("MODEL", summed.models),
+    ):
+        print(usage_table(title, rows))
+        print()
+    t = summed.total
+    print(
+        f"total: {status.fmt_tokens(t.tokens)} tokens, "
+        f"{status.fmt_cost(t.cost_usd, t.unpriced)} in {t.attempts} attempts"
+        + (f" ({t.unpriced} without a known cost)" if t.unpriced else "")
+    )
+    return EXIT_OK
+
+
+def usage_table(title: str, rows: dict[str, usage.Totals]) -> str:
+    lines = [(title, "ATTEMPTS", "INPUT", "CACHED", "OUTPUT", "TOKENS", "COST")]
+    for key, t in sorted(rows.items()):
+        lines.append(
+            (
+                printable(key, newlines=False),
+                str(t.attempts),
+                status.fmt_tokens(t.input_tokens),
+                status.fmt_tokens(t.cached_input_tokens),
+                status.fmt_tokens(t.output_tokens),
+                status.fmt_tokens(t.tokens),
+                status.fmt_cost(t.cost_usd, t.unpriced),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -346,6 +417,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retry", parents=[common], help="run a failed/cancelled plan again")
     p.add_argument("plan", metavar="PLAN_ID")
     p.set_defaults(func=lambda a: _control(a, ".retry"))
+
+    p = sub.add_parser("resume", parents=[common], help="run a plan a budget paused again")
+    p.add_argument("plan", metavar="PLAN_ID")
+    p.add_argument(
+        "--budget",
+        action="append",
+        metavar="NAME=VALUE",
+        help="raise this plan's limit (e.g. plan_max_cost_usd=20); repeatable",
+    )
+    p.set_defaults(func=lambda a: _control(a, ".resume"))
+
+    p = sub.add_parser(
+        "usage",
+        parents=[common],
+        help="tokens and cost per plan, day, profile and model (daemon not needed)",
+    )
+    p.add_argument("--since", metavar="DATE", help="from this UTC day on (YYYY-MM-DD)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_usage)
 
     p = sub.add_parser(
         "unblock", parents=[common], help="let workers start on a profile blocked by a login"

@@ -112,6 +112,35 @@ class PolicyOverride(Strict):
     exit_grace: Duration | None = None
 
 
+OutputFormat = Literal["text", "codex-json", "claude-stream-json", "gemini-stream-json"]
+
+
+class ModelPrice(Strict):
+    """USD per million tokens of each kind, for cost estimates where the CLI reports none."""
+
+    input: float = Field(ge=0, description="input tokens not read from a cache")
+    cached_input: float = Field(ge=0, description="input tokens read from a cache")
+    output: float = Field(ge=0, description="output tokens, reasoning included")
+
+
+class Budgets(Strict):
+    """Spending limits; each one unset means no limit. A plan's own may only be lower."""
+
+    attempt_max_tokens: int | None = Field(None, gt=0, description="tokens of one attempt")
+    attempt_max_cost_usd: float | None = Field(None, gt=0, description="USD of one attempt")
+    plan_max_tokens: int | None = Field(None, gt=0, description="tokens of a whole plan")
+    plan_max_cost_usd: float | None = Field(None, gt=0, description="USD of a whole plan")
+    plan_max_wall: Duration | None = Field(
+        None, description="wall-clock time of a whole plan, remediations included"
+    )
+    daily_max_cost_usd: float | None = Field(
+        None, gt=0, description="USD of all plans of the daemon in one UTC day"
+    )
+
+    def limits(self) -> dict[str, float | None]:
+        return {k: None if v is None else float(v) for k, v in self.model_dump().items()}
+
+
 class WorkerProfile(Strict):
     """How to start one kind of worker: an argv template and extra environment."""
 
@@ -147,6 +176,14 @@ class WorkerProfile(Strict):
     )
     worker_user: str | None = Field(None, description="overrides the config's worker_user")
     worker_group: str | None = Field(None, description="overrides the config's worker_group")
+    output: OutputFormat = Field(
+        "text",
+        description="how its stdout is read: text (opaque), codex-json, "
+        "claude-stream-json or gemini-stream-json (usage, cost, budgets)",
+    )
+    model: str | None = Field(
+        None, description="the model it runs, for [prices] when its stream does not say (codex)"
+    )
 
     @property
     def dangerous_flags(self) -> list[str]:
@@ -565,6 +602,12 @@ class Config(Strict):
         default_factory=list, description="[[notify]]: where events are sent, at least once"
     )
     metrics: MetricsSettings = MetricsSettings()
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="[prices.MODEL]: USD per million tokens, for cost estimates (a dated model "
+        "id uses the longest entry it starts with)",
+    )
+    budgets: Budgets = Budgets()
 
     @pydantic.model_validator(mode="after")
     def _default_worker_exists(self) -> Config:

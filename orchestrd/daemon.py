@@ -16,12 +16,14 @@ import stat
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.to_thread
 import watchfiles
 
+from . import budgets, status
 from .audit import CHATTY, AuditLog, Logger, Redactor, passed_in_audit
 from .config import Config, load_config
 from .errors import (
@@ -32,11 +34,12 @@ from .errors import (
     describe_failure,
     leaf_errors,
 )
+from .metering import DAILY, Clock, Spending, utc_now
 from .metrics import Metrics, run_metrics
 from .notify import run_notifier
 from .parking import HOLDS_FILE, Quota
 from .plan import Plan, check_plan_id, is_plan_id, load_plan
-from .privsep import check_identities, clear_ambient_capabilities, separation
+from .privsep import check_identities, clear_ambient_capabilities, handoff_root, separation
 from .report import archive_report
 from .runner import PlanRunner
 from .spool import (
@@ -77,7 +80,7 @@ from .worker import (
     use_pidfd_child_watcher,
 )
 
-CANCEL, RETRY = ".cancel", ".retry"
+CANCEL, RETRY, RESUME = ".cancel", ".retry", ".resume"
 
 
 @dataclasses.dataclass(eq=False)
@@ -103,7 +106,13 @@ class Unloadable(OrchestrdError):
 
 
 class Daemon:
-    def __init__(self, config: Config, config_path: Path | None, echo: bool = True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path | None,
+        echo: bool = True,
+        clock: Clock = utc_now,
+    ) -> None:
         self.config = config
         self.config_path = config_path
         self.spool = Spool(config.state_dir)
@@ -118,6 +127,9 @@ class Daemon:
         self.metrics = Metrics()
         """Counted from the audit log by the metrics task; served at /metrics."""
         self.entries: dict[str, PlanEntry] = {}
+        self.paused: dict[str, PlanEntry] = {}
+        """Plans a budget paused: waiting for `resume` (or, the daily budget, a new day)."""
+        self.spending = Spending(clock)
         self.limiter = anyio.CapacityLimiter(config.max_workers)
         self.repo_locks: dict[Path, anyio.Lock] = {}
         self.quota = Quota(self.log)
@@ -179,6 +191,8 @@ class Daemon:
             self.log.info("daemon.stopped")
             self.spool.unlock()
             self.audit.close()
+            self._wake_send.close()
+            self._wake_receive.close()
 
     async def _handle_signals(
         self, signals: AsyncIterator[signal.Signals], scope: anyio.CancelScope
@@ -308,6 +322,7 @@ class Daemon:
         async for _ in self._wake_receive:
             await self._scan_control(tg)
             await self._scan_inbox(tg, first)
+            await self._resume_daily(tg)
             first = False
 
     async def _scan_inbox(self, tg: anyio.abc.TaskGroup, first: bool = False) -> None:
@@ -392,6 +407,8 @@ class Daemon:
                 await self._cancel(request)
             elif request.kind == "unblock":
                 await self._unblock(request)
+            elif request.kind == "resume":
+                await self._resume(tg, request)
             else:
                 await self._retry(tg, request)
 
@@ -428,6 +445,12 @@ class Daemon:
                 await self.limiter.acquire()
 
     async def _cancel(self, request: ControlRequest) -> None:
+        if (paused := self.paused.pop(request.plan_id, None)) is not None:
+            await paused.record.set_status(
+                PlanStatus.CANCELLED, "cancelled on request", requester=request.requester
+            )
+            await self._archive(paused)
+            return
         entry = self.entries.get(request.plan_id)
         if entry is None:
             self._ignored(request, "the plan is not active")
@@ -475,6 +498,46 @@ class Daemon:
         )
         self._start(tg, entry)
 
+    async def _resume(self, tg: anyio.abc.TaskGroup, request: ControlRequest) -> None:
+        """`orchestrd resume`: a paused plan queued again, with the limits it raises."""
+        entry = self.paused.get(request.plan_id)
+        if entry is None:
+            active = self.entries.get(request.plan_id)
+            why = f"is {active.record.state.status}" if active else "is not paused"
+            self._ignored(request, f"the plan {why}; only a paused plan can be resumed")
+            return
+        try:
+            raises = parse_raises(request.text)
+            above_config(raises, self.config, request.uid)
+        except ValueError as exc:
+            self.log.info(
+                "daemon.request_refused",
+                plan=request.plan_id,
+                request=request.kind,
+                file=request.file,
+                reason=f"control/{request.file}: {exc}",
+                requester=request.requester,
+            )
+            return
+        del self.paused[request.plan_id]
+        await resume(entry.record, raises, "resume requested", requester=request.requester)
+        self._start(tg, entry)
+
+    async def _resume_daily(self, tg: anyio.abc.TaskGroup) -> None:
+        """Plans the daily budget paused go on once the day has room again: a new UTC day (or
+        a reload that raised the limit)."""
+        for plan_id, entry in list(self.paused.items()):
+            if entry.record.state.reason != f"budget:{DAILY}":
+                continue
+            own = entry.plan.budgets.limits() if entry.plan.budgets is not None else None
+            limit = budgets.limits(
+                self.config.budgets.limits(), own, entry.record.state.budget_raises
+            ).get(DAILY)
+            if self.spending.exceeded_today(limit) is None:
+                del self.paused[plan_id]
+                await resume(entry.record, {}, "the daily budget has room again (a new UTC day)")
+                self._start(tg, entry)
+
     # -- plans --
 
     def _start(self, tg: anyio.abc.TaskGroup, entry: PlanEntry) -> None:
@@ -500,6 +563,7 @@ class Daemon:
                         entry.folder,
                         lambda: self.config,
                         entry.log,
+                        self.spending,
                         self.quota,
                         self._slot_freed,
                     )
@@ -518,6 +582,10 @@ class Daemon:
         finally:
             entry.running = False
             self.entries.pop(plan.id, None)
+        if record.state.status is PlanStatus.PAUSED:
+            self.paused[plan.id] = entry  # stays in plans/, nothing of it archived or lost
+            self._wake()  # the daily budget may have room already (a reload raised it)
+            return
         with anyio.CancelScope(shield=True):
             await self._archive(entry)
         self._notify(f"STATUS={self._status_line()}")
@@ -635,9 +703,12 @@ class Daemon:
         )
 
     async def _recover(self, tg: anyio.abc.TaskGroup) -> None:
-        """Rebuild the queue from plans/: stop leftover workers, resume unfinished plans."""
+        """Rebuild the queue from plans/: stop leftover workers, resume unfinished plans (a
+        paused one waits on), and what every plan spent today from the ledger."""
         entries = []
         await anyio.to_thread.run_sync(self.spool.remove_staging)
+        ledger = await anyio.to_thread.run_sync(status.ledger, self.spool)
+        self.spending.seed(r for _, r in ledger)
         for folder in await anyio.to_thread.run_sync(self.spool.plan_folders):
             held = lock_held(folder.root / RUN_LOCK)
             if held:
@@ -659,6 +730,9 @@ class Daemon:
         self.seq = max((e.record.state.seq for e in entries), default=0)
         for entry in entries:
             previous = entry.record.state.status
+            if previous is PlanStatus.PAUSED:
+                self.paused[entry.plan.id] = entry
+                continue
             if previous is PlanStatus.RUNNING:
                 await entry.record.set_status(PlanStatus.INTERRUPTED, "the daemon stopped")
             entry.log.info("daemon.recovered", previous=str(previous))
@@ -763,6 +837,23 @@ def check_startup(config: Config) -> None:
                 f"{folder} is owned by uid {st.st_uid}, not by the daemon's user "
                 f"(uid {os.geteuid()}) or root; chown it to the daemon's user"
             )
+    check_handoff_root(config)
+
+
+def check_handoff_root(config: Config) -> None:
+    """The hand-off folders hold each attempt's prompt: a worker (its group) that could write
+    their root could swap another attempt's prompt or failed log."""
+    root = handoff_root(config)
+    try:
+        st = root.stat()
+    except FileNotFoundError:
+        return  # the daemon makes it (0750) at the first worker that runs as another user
+    if st.st_mode & (stat.S_IWOTH | stat.S_IWGRP) or st.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(
+            f"handoff_dir: {root} (mode {stat.S_IMODE(st.st_mode):04o}, uid {st.st_uid}) must "
+            "belong to the daemon's user and be writable by nobody else: workers read their "
+            f"prompts there. Fix it with: chown {os.geteuid()} {root} && chmod 2750 {root}"
+        )
 
 
 def _undecodable_name(exc: BaseException) -> bool:
@@ -779,10 +870,50 @@ def run_daemon(config: Config, config_path: Path | None) -> None:
     anyio.run(Daemon(config, config_path).serve)
 
 
-async def apply_offline(config: Config, config_path: Path | None, plan_id: str, kind: str) -> str:
-    """Cancel or retry a plan while no daemon runs (holding its lock meanwhile).
+async def resume(
+    record: PlanRecord,
+    raises: dict[str, float],
+    reason: str,
+    requester: dict[str, object] | None = None,
+) -> None:
+    """A paused plan queued again, with the limits the operator raised for it."""
+    record.state.budget_raises.update(raises)
+    fields: dict[str, Any] = {"raised": raises} if raises else {}
+    if requester is not None:
+        fields["requester"] = requester
+    await record.set_status(PlanStatus.QUEUED, reason, True, **fields)
 
-    Returns the plan's state afterwards; a retried plan runs when the daemon next starts.
+
+def above_config(raises: dict[str, float], config: Config, uid: int) -> None:
+    """A plan's limit raised above the config's is the operator's call: refused (ValueError)
+    unless asked by root or the daemon's own user (whoever may write its state)."""
+    if uid in (0, os.geteuid()):
+        return
+    limits = config.budgets.limits()
+    over = [
+        f"{name}={value:g} (the config's is {limit:g})"
+        for name, value in raises.items()
+        if (limit := limits.get(name)) is not None and value > limit
+    ]
+    if over:
+        raise ValueError(
+            "only the operator (root or the daemon's user) may raise a plan's limit above the "
+            f"config's: {', '.join(over)}; ask them, or raise it up to the config's limit"
+        )
+
+
+def parse_raises(text: str) -> dict[str, float]:
+    """A resume request's `NAME=VALUE` lines (ValueError saying what to write)."""
+    return dict(budgets.parse_raise(line.strip()) for line in text.splitlines() if line.strip())
+
+
+async def apply_offline(
+    config: Config, config_path: Path | None, plan_id: str, kind: str, text: str = ""
+) -> str:
+    """Cancel, retry or resume a plan while no daemon runs (holding its lock meanwhile).
+
+    Returns the plan's state afterwards; a retried or resumed plan runs when the daemon next
+    starts.
     """
     check_plan_id(plan_id, "PLAN_ID")
     daemon = Daemon(config, config_path, echo=False)
@@ -811,6 +942,8 @@ async def apply_offline(config: Config, config_path: Path | None, plan_id: str, 
                 PlanStatus.CANCELLED, "cancelled on request", requester=who
             )
             await daemon._archive(entry)
+        elif kind == RESUME and status is PlanStatus.PAUSED:
+            await resume(entry.record, parse_raises(text), "resume requested", requester=who)
         elif kind == RETRY and status in PLAN_RETRYABLE:
             if source is not folder:
                 entry = await daemon._unarchive(entry, folder)

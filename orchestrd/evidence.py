@@ -10,9 +10,11 @@ import dataclasses
 import re
 from collections.abc import Collection, Iterator
 
-STATUS = re.compile(
-    r"^[\s>#*_-]*status[*_\s]*:[*_\s]*(PASS(?:ED)?|FAIL(?:ED)?)\b", re.IGNORECASE | re.MULTILINE
-)
+STATUS = re.compile(r"^[\s>#*_-]*status[*_\s]*:(?P<value>.*)$", re.IGNORECASE)
+# A Status line that names a failure anywhere (`❌ FAIL`, `FAILING`, a `PASS/FAIL` template) is
+# a FAIL; one that starts with PASS (`PASS — all 12 tests green`) a PASS; others no verdict.
+_FAIL_VALUE = re.compile(r"\bFAIL(?:ED|ING|S|URE)?\b|❌|✗|✘", re.IGNORECASE)
+_PASS_VALUE = re.compile(r"^[\s*_`✅✔️]*PASS(?:ED)?\b(?!/)", re.IGNORECASE)
 
 # How to repair each rule, for the remediation prompt.
 FIXES: dict[str, str] = {
@@ -318,8 +320,12 @@ def status_lines(lines: list[Line]) -> list[tuple[int, str]]:
     quoted output (a test runner's, an earlier report's), not the worker's verdict."""
     found = []
     for line in lines:
-        if line.block is None and (m := STATUS.match(line.text)):
-            found.append((line.no, "PASS" if m.group(1).upper().startswith("PASS") else "FAIL"))
+        if line.block is not None or not (m := STATUS.match(line.text)):
+            continue
+        if _FAIL_VALUE.search(m["value"]):
+            found.append((line.no, "FAIL"))
+        elif _PASS_VALUE.match(m["value"]):
+            found.append((line.no, "PASS"))
     return found
 
 

@@ -103,28 +103,42 @@ def _pieces(path: Path, limit: int) -> Iterator[bytes]:
                 yield piece
 
 
+class OutputScanner:
+    """A StreamJudge over a worker's output with every occurrence of `without` (the prompt an
+    agent echoes) taken out first: the prompt is not the worker's output. Fed by the pump (the
+    whole output, however much of it the log keeps) or from the log file."""
+
+    def __init__(self, patterns: Iterable[str], without: str = "") -> None:
+        self.judge = StreamJudge(patterns)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.without = without.strip()
+        # the end of a piece may hold the start of `without`: it waits for the next piece
+        self._hold = max(len(self.without) - 1, 0)
+        self._blank = "\n" * self.without.count("\n")  # stands in for it: lines stay true
+        self._carry = ""
+
+    def feed(self, piece: bytes) -> None:
+        text = self._carry + self._decoder.decode(piece)
+        if self.without:
+            text = text.replace(self.without, self._blank)
+        self._carry = text[max(len(text) - self._hold, 0) :] if self._hold else ""
+        self.judge.feed_text(text[: len(text) - len(self._carry)])
+
+    def close(self) -> dict[str, Match]:
+        text = self._carry + self._decoder.decode(b"", final=True)
+        self.judge.feed_text(text.replace(self.without, self._blank) if self.without else text)
+        return self.judge.close()
+
+
 def scan_file(
     path: Path, patterns: Iterable[str], without: str = "", limit: int = 1 << 62
 ) -> dict[str, Match]:
     """Every pattern's first match in a whole file (its head and tail beyond `limit`), read
-    piece by piece, with every occurrence of `without` (an echoed prompt) taken out first (a
-    thread: it reads the file)."""
-    judge = StreamJudge(patterns)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    without = without.strip()
-    # the end of a piece may hold the start of `without`: it waits for the next piece
-    hold = max(len(without) - 1, 0)
-    blank = "\n" * without.count("\n")  # what stands in for it: line numbers stay true
-    carry = ""
+    piece by piece, without `without` (a thread: it reads the file)."""
+    scanner = OutputScanner(patterns, without)
     try:
         for piece in _pieces(path, limit):
-            text = carry + decoder.decode(piece)
-            if without:
-                text = text.replace(without, blank)
-            carry = text[max(len(text) - hold, 0) :] if hold else ""
-            judge.feed_text(text[: len(text) - len(carry)])
+            scanner.feed(piece)
     except OSError:
         return {}
-    text = carry + decoder.decode(b"", final=True)
-    judge.feed_text(text.replace(without, blank) if without else text)
-    return judge.close()
+    return scanner.close()

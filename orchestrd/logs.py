@@ -4,14 +4,19 @@ wherever the plan's folder is now; `-f` follows a running worker until it ends."
 from __future__ import annotations
 
 import argparse
+import codecs
+import os
 import sys
 import time
 from pathlib import Path
 from typing import BinaryIO
 
 from . import status
+from .audit import printable
 from .config import load_config
 from .errors import OrchestrdError
+from .fsutil import open_regular
+from .plan import check_plan_id
 from .spool import Spool
 from .state import AttemptState, PlanFolder, PlanState, load_state
 from .states import AttemptStatus, PhaseStatus
@@ -22,6 +27,7 @@ _LIVE = frozenset({AttemptStatus.STARTING, AttemptStatus.RUNNING})
 
 def plan_folder(spool: Spool, plan_id: str) -> Path:
     """The plan's folder in plans/ or archive/, or an error naming where it was looked for."""
+    check_plan_id(plan_id, "PLAN")  # a path such as ../x is no plan id
     state_file = status.state_path(spool, plan_id)
     if state_file is None:
         raise OrchestrdError(
@@ -83,12 +89,27 @@ def _still_writing(spool: Spool, plan_id: str, phase_id: str, n: int, verify: bo
     return ps.attempts[-1].status in _LIVE
 
 
-def _copy(f: BinaryIO, out: BinaryIO) -> int:
+class _Out:
+    """Where the log goes: its bytes as they are into a pipe or a file, escaped text on a
+    terminal (a worker's escape sequences must not drive the operator's terminal)."""
+
+    def __init__(self, out: BinaryIO, escape: bool) -> None:
+        self.out = out
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace") if escape else None
+
+    def write(self, chunk: bytes) -> None:
+        if self.decoder is None:
+            self.out.write(chunk)
+        else:
+            self.out.write(printable(self.decoder.decode(chunk)).encode())
+
+
+def _copy(f: BinaryIO, out: _Out) -> int:
     copied = 0
     while chunk := f.read(1 << 16):
         out.write(chunk)
         copied += len(chunk)
-    out.flush()
+    out.out.flush()
     return copied
 
 
@@ -100,7 +121,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     phase_id = pick_phase(state, args.phase)
     att = pick_attempt(state, phase_id, args.attempt)
     path = log_file(folder, phase_id, att, args.verify)
-    out = sys.stdout.buffer
+    out = _Out(sys.stdout.buffer, sys.stdout.isatty())
     is_verify = args.verify is not None
 
     def writing() -> bool:
@@ -117,7 +138,9 @@ def _cmd_logs(args: argparse.Namespace) -> int:
             if not writing():
                 return 0
             time.sleep(FOLLOW_STEP)
-    with open(path, "rb") as f:  # stays readable if the folder is archived meanwhile
+    # a worker may have put a FIFO where its log was: never wait on one
+    fd, _ = open_regular(path)
+    with os.fdopen(fd, "rb") as f:  # stays readable if the folder is archived meanwhile
         _copy(f, out)
         while args.follow:
             live = writing()

@@ -11,7 +11,9 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import BeforeValidator, Field
 
+from .budgets import raised_above
 from .config import (
+    Budgets,
     Config,
     Duration,
     EvidenceRule,
@@ -250,6 +252,9 @@ class Plan(Strict):
     plan_dir: str = Field("", description="relative to repo; base of report/completion paths")
     worker: str | None = Field(None, description="worker profile; default from the config")
     policy: PolicyOverride | None = None
+    budgets: Budgets | None = Field(
+        None, description="lower spending limits for this plan (never above the config's)"
+    )
     protect: Globs = Field(
         default_factory=list,
         description="repo-relative globs of files no worker of this plan may change",
@@ -435,6 +440,13 @@ def check_against_config(plan: Plan, source: Path | str, config: Config) -> None
                 f"{source}: phases[{ph.id}].remediation_worker: profile {fix!r} is dangerous; "
                 "the operator must opt in with allow_dangerous_workers = true, or use another"
             )
+    if plan.budgets is not None:
+        errors += [
+            f"{source}: budgets.{name}: {plan.budgets.limits()[name]:g} is above the config's "
+            f"{config.budgets.limits()[name]:g}; a plan may only lower a budget (the operator "
+            f"raises it for one plan with `orchestrd resume {plan.id} --budget {name}=…`)"
+            for name in raised_above(config.budgets.limits(), plan.budgets.limits())
+        ]
     repo = plan.repo.resolve()
     roots = [r.resolve() for r in config.allowed_repo_roots]
     if not any(repo == r or r in repo.parents for r in roots):

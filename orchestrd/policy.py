@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -41,11 +42,13 @@ class WatchOutcome:
     ended: Ended = Ended.EXIT
     silent_for: float | None = None
     """Seconds without output or CPU (silent only)."""
+    halted: bool = False
+    """Stopped early on request (a budget was spent), neither exited nor stalled."""
 
     @property
     def stalled(self) -> bool:
         """Stopped without an end of its own: after its polls, or silent."""
-        return self.returncode is None and self.ended is not Ended.NO_EXIT
+        return self.returncode is None and self.ended is not Ended.NO_EXIT and not self.halted
 
 
 class Liveness:
@@ -69,6 +72,8 @@ async def watch(
     log: Logger,
     silence_timeout: float | None = None,
     liveness: Liveness | None = None,
+    on_poll: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    halt: anyio.Event | None = None,
 ) -> WatchOutcome:
     """Wait for the worker's exit, polling (an audit event each) until it exits or stalls.
 
@@ -76,10 +81,19 @@ async def watch(
     cancels the timeout task at once. (A cancel scope around the wait at every poll would cost
     a cancellation per poll: at 1,000 workers polled every second that showed in profiles.)
     Silence and the exit grace are sibling tasks of their own, cancelling the same way.
+    `on_poll` adds fields to each poll (and may save what it saw); `halt`, once set, ends the
+    watch at once (the caller stops the worker).
     """
     returncode: int | None = None
     polls = 0
     early: list[tuple[Ended, float | None]] = []
+    halted = False
+
+    async def await_halt(scope: anyio.CancelScope, halt: anyio.Event) -> None:
+        nonlocal halted
+        await halt.wait()
+        halted = True
+        scope.cancel()
 
     async def await_exit(scope: anyio.CancelScope) -> None:
         nonlocal returncode
@@ -93,11 +107,14 @@ async def watch(
             tg.start_soon(_silence, worker, silence_timeout, progress, tg.cancel_scope, early)
         if liveness is not None and liveness.events is not None:
             tg.start_soon(_exit_grace, liveness, policy.exit_grace, tg.cancel_scope, early)
+        if halt is not None:
+            tg.start_soon(await_halt, tg.cancel_scope, halt)
         last_size = 0
         for cycle in range(1, policy.max_polls + 1):
             await anyio.sleep(policy.poll_interval)
             polls = cycle
             size = worker.log_size()
+            extra = await on_poll() if on_poll is not None else {}
             log.info(
                 "worker.poll",
                 cycle=cycle,
@@ -105,6 +122,7 @@ async def watch(
                 elapsed=round(worker.elapsed(), 3),
                 log_bytes=size,
                 log_growth=size - last_size,
+                **extra,
             )
             last_size = size
         tg.cancel_scope.cancel()
@@ -113,6 +131,8 @@ async def watch(
     returncode = returncode if returncode is not None else worker.returncode
     if returncode is not None:
         return WatchOutcome(returncode, polls)
+    if halted:
+        return WatchOutcome(None, polls, halted=True)
     if early:
         ended, silent_for = early[0]
         return WatchOutcome(None, polls, ended, silent_for)

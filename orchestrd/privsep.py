@@ -5,6 +5,7 @@ a worker gets its prompt and the failed attempt's log without any access to the 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import functools
@@ -169,10 +170,10 @@ def handoff_root(config: Config) -> Path:
 def make_handoff(folder: Path, who: Identity, prompt: str, failed_log: Path | None) -> None:
     """A folder only the daemon writes and the worker's group reads (0750/0640): the prompt and
     a copy of the failed attempt's log. Blocking: call through a thread."""
-    root = folder.parent
-    root.mkdir(mode=0o750, parents=True, exist_ok=True)
-    if root.stat().st_gid != who.gid:
-        _give_group(root, who.gid, 0o750)  # made by the daemon: tmpfiles makes it otherwise
+    for parent in (folder.parent.parent, folder.parent):  # the hand-off root, the plan's own
+        parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        if parent.stat().st_gid != who.gid:
+            _give_group(parent, who.gid, 0o750)  # made by the daemon (tmpfiles makes the root)
     shutil.rmtree(folder, ignore_errors=True)  # a crash's leftover of the same attempt
     folder.mkdir(mode=0o750)
     files = [folder]
@@ -183,6 +184,13 @@ def make_handoff(folder: Path, who: Identity, prompt: str, failed_log: Path | No
         files.append(folder / "failed.log")
     for path in files:
         _give_group(path, who.gid, 0o750 if path.is_dir() else 0o640)
+
+
+def remove_handoff(folder: Path) -> None:
+    """An attempt's hand-off folder, and its plan's once empty. Blocking: call through a thread."""
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):  # another attempt of the plan still has its own
+        folder.parent.rmdir()
 
 
 def _give_group(path: Path, gid: int, mode: int) -> None:

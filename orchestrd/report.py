@@ -17,13 +17,14 @@ from typing import Any
 import anyio.to_thread
 
 from . import status
-from .audit import Redactor
+from .audit import Redactor, printable
 from .config import Config, load_config
 from .errors import OrchestrdError, StateError
 from .logs import plan_folder
 from .spool import Spool
-from .state import PlanFolder, atomic_write, load_state
+from .state import AttemptState, PlanFolder, atomic_write, load_state
 from .tail import Filter, parse_ts, scan, since_time
+from .usage import total
 
 _RULE = re.compile(r"\[rule: ([\w.-]+)\]")
 # --since: what needs a person first
@@ -63,21 +64,19 @@ def _plan_events(config: Config, plan_id: str, since: str | None) -> list[dict[s
     return [json.loads(line) for line in lines]
 
 
-def _usage(attempts: list[dict[str, Any]]) -> dict[str, float]:
-    """Tokens and cost, when the state records them per attempt (the usage ledger)."""
-    total: dict[str, float] = {}
-    for att in attempts:
-        for key in ("tokens", "cost"):
-            if isinstance(att.get(key), int | float):
-                total[key] = total.get(key, 0) + att[key]
-    return total
+def _usage(attempts: list[AttemptState]) -> dict[str, float]:
+    """Tokens and cost from the usage ledger (attempts whose profile reads a stream)."""
+    records = [a.usage for a in attempts if a.usage is not None]
+    if not records:
+        return {}
+    t = total(records)
+    return {"tokens": t.tokens, "cost": round(t.cost_usd, 4)}
 
 
 def gather(config: Config, folder: Path) -> dict[str, Any]:
     """Everything the report says, as data (`report --json`)."""
     files = PlanFolder(folder)
     state = load_state(files.state_file)
-    raw_state = tomllib.loads(files.state_file.read_text(encoding="utf-8"))
     try:
         plan = tomllib.loads(files.plan_file.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError):
@@ -89,7 +88,6 @@ def gather(config: Config, folder: Path) -> dict[str, Any]:
         mine = [e for e in events if e.get("phase") == phase_id]
         started = [e["ts"] for e in mine if e["event"] == "phase.started"]
         ended = [e["ts"] for e in mine if e["event"] in ("phase.passed", "phase.failed")]
-        attempts = raw_state["phases"][phase_id].get("attempts", [])
         wall = _seconds(started[0], ended[-1]) if started and ended else None
         if wall is None and ps.attempts:
             wall = _seconds(ps.attempts[0].started_at, ps.attempts[-1].ended_at)
@@ -120,7 +118,7 @@ def gather(config: Config, folder: Path) -> dict[str, Any]:
                     if e["event"] == "worker.changes"
                 ],
                 "logs": [str(files.workers / Path(a.log).name) for a in ps.attempts],
-                **_usage(attempts),
+                **_usage(ps.attempts),
             }
         )
     return {
@@ -197,7 +195,9 @@ def markdown(data: dict[str, Any]) -> str:
                 f"- {p['phase']} #{att['n']} {att['role']} ({att['status']}): `{log}` — "
                 f"`orchestrd logs {data['plan']} {p['phase']} --attempt {att['n']}`"
             )
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).rstrip() + "\n"
+    # reasons and diffstats quote what workers printed and named: a report is read on a terminal
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(out)).rstrip() + "\n"
+    return printable(text)
 
 
 def write_report(config: Config, folder: Path) -> Path:
@@ -267,7 +267,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         when = since_time(args.since)
         lines = since_summary(config, when)
         print(redact(f"# Plans since {when.isoformat(timespec='minutes')}\n"))
-        print(redact("\n".join(lines)) if lines else "nothing ended or is running")
+        print(printable(redact("\n".join(lines))) if lines else "nothing ended or is running")
         return 0
     data = gather(config, plan_folder(Spool(config.state_dir), args.plan))
     if args.json:

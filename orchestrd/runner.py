@@ -10,9 +10,8 @@ import contextlib
 import dataclasses
 import functools
 import os
-import shutil
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,9 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from . import budgets
 from .audit import Logger
+from .budgets import Crossing
 from .checks import (
     CheckContext,
     CheckResult,
@@ -43,11 +44,13 @@ from .fingerprint import (
 )
 from .fsutil import FileRefused, write_file
 from .gitsnap import Diff, Git, PhaseGit, drop_snapshots
-from .limits import LimitHit, LimitKind, auth_exit_codes, judge, local_zone
+from .judge import OutputScanner
+from .limits import LimitHit, LimitKind, StreamError, auth_exit_codes, judge, local_zone
+from .metering import DAILY, AttemptMeter, PlanBudget, Spending, new_meter
 from .parking import Quota, utcnow
 from .plan import Phase, Plan
 from .policy import Ended, Liveness, WatchOutcome, watch
-from .privsep import Identity, handoff_root, identity_for, make_handoff
+from .privsep import Identity, handoff_root, identity_for, make_handoff, remove_handoff
 from .prompt import (
     LOG_TAIL_LINES,
     base_env,
@@ -71,6 +74,8 @@ from .states import (
     PhaseStatus,
     PlanStatus,
 )
+from .streams import Error, Result, StreamEvent, open_stream
+from .usage import total
 from .worker import (
     LocalWorker,
     WorkerSpec,
@@ -95,9 +100,7 @@ class Handoff:
 
     async def remove(self) -> None:
         if self.folder is not None:
-            await anyio.to_thread.run_sync(
-                functools.partial(shutil.rmtree, self.folder, ignore_errors=True)
-            )
+            await anyio.to_thread.run_sync(remove_handoff, self.folder)
 
 
 def describe(failed: list[CheckResult]) -> str:
@@ -122,6 +125,34 @@ async def _nothing_to_free() -> AsyncIterator[None]:
     yield
 
 
+async def first_of(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return as soon as one of `waits` returns."""
+
+    async def run(wait: Callable[[], Awaitable[object]], scope: anyio.CancelScope) -> None:
+        await wait()
+        scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        for wait in waits:
+            tg.start_soon(run, wait, tg.cancel_scope)
+
+
+class BudgetPause(Exception):
+    """A budget is spent: the plan pauses (its worker, if any, stopped already)."""
+
+    def __init__(self, crossing: Crossing) -> None:
+        super().__init__(crossing.budget)
+        self.crossing = crossing
+
+
+def _watch_event(liveness: Liveness, errors: list[StreamError], event: StreamEvent) -> None:
+    """A stream event, for liveness (the agent spoke; its final result came) and for limits
+    (its errors, sorted into kinds by the adapter)."""
+    liveness.event(final=isinstance(event, Result))
+    if isinstance(event, Error):
+        errors.append(StreamError(event.kind, event.message, event.retrying, event.resets_at))
+
+
 class PlanRunner:
     """Carries out one plan. The caller owns the record's plan-level status."""
 
@@ -132,6 +163,7 @@ class PlanRunner:
         folder: PlanFolder,
         get_config: Callable[[], Config],
         log: Logger,
+        spending: Spending | None = None,
         quota: Quota | None = None,
         idle: Callable[[], AbstractAsyncContextManager[None]] = _nothing_to_free,
     ) -> None:
@@ -147,8 +179,60 @@ class PlanRunner:
         self._tried: tuple[int, str] | None = None
         """The last failed attempt and its diffstat, for the next remediation prompt."""
 
+        self.spending = spending if spending is not None else Spending()
+        """What every plan spent per UTC day (the daemon's, shared: the daily budget)."""
+        self.budget = self._plan_budget(get_config())
+
+    def _limits(self, config: Config) -> dict[str, float]:
+        own = self.plan.budgets.limits() if self.plan.budgets is not None else None
+        return budgets.limits(config.budgets.limits(), own, self.record.state.budget_raises)
+
+    def _plan_budget(self, config: Config) -> PlanBudget:
+        """The plan's budgets, with what it spent before from its ledger (a restart, a
+        resume), so nothing is forgotten."""
+        state = self.record.state
+        before = total(
+            a.usage for ps in state.phases.values() for a in ps.attempts if a.usage is not None
+        )
+        return PlanBudget(
+            self._limits(config),
+            before,
+            state.wall_seconds,
+            set(state.budget_warned),
+            self.spending,
+        )
+
+    def _keep_ledger(self) -> None:
+        """Put the plan's wall time and the warnings given into its state (saved next)."""
+        self.record.state.wall_seconds = round(self.budget.wall(), 3)
+        self.record.state.budget_warned = sorted(self.budget.warned)
+
     async def run(self) -> PlanStatus:
-        """Run every phase not yet passed; returns SUCCEEDED or FAILED (and records it)."""
+        """Run every phase not yet passed; returns SUCCEEDED, FAILED or PAUSED (a budget was
+        spent) and records it."""
+        try:
+            return await self._run()
+        except BudgetPause as pause:
+            self._keep_ledger()
+            phase = self.record.state.current_phase()
+            if phase is not None and phase[1].status is PhaseStatus.RUNNING:
+                # its phase runs again from a fresh worker on resume
+                await self.record.set_phase(phase[0], PhaseStatus.PENDING)
+            name = pause.crossing.budget
+            extra: dict[str, Any] = {}
+            if name == DAILY:  # it resumes by itself then
+                extra["resumes_at"] = budgets.next_utc_midnight(self.spending.clock()).isoformat()
+            await self.record.set_status(
+                PlanStatus.PAUSED,
+                f"budget:{name}",
+                budget=name,
+                spent=round(pause.crossing.spent, 6),
+                limit=pause.crossing.limit,
+                **extra,
+            )
+            return PlanStatus.PAUSED
+
+    async def _run(self) -> PlanStatus:
         state = self.record.state
         state.add_phases(p.id for p in self.plan.phases)
         if state.status is not PlanStatus.RUNNING:
@@ -164,10 +248,12 @@ class PlanRunner:
             if not await self.run_phase(phase):
                 reason = f"phase {phase.id} failed: {state.phases[phase.id].reason}"
                 await anyio.to_thread.run_sync(drop_snapshots, self.folder.workers)
+                self._keep_ledger()
                 await self.record.set_status(PlanStatus.FAILED, reason, phase=phase.id)
                 return PlanStatus.FAILED
         # kept while the plan may resume (its index spares hashing every file again)
         await anyio.to_thread.run_sync(drop_snapshots, self.folder.workers)
+        self._keep_ledger()
         await self.record.set_status(PlanStatus.SUCCEEDED)
         return PlanStatus.SUCCEEDED
 
@@ -206,6 +292,9 @@ class PlanRunner:
             # read after the wait: a night's park may have seen the config reloaded
             config = self.get_config()
             policy = config.policy_for(self.plan.policy, phase.policy)
+            self.budget.limits = self._limits(config)  # a reload may have changed them
+            if (spent := self.budget.exceeded_now(self.log.bind(phase=phase.id))) is not None:
+                raise BudgetPause(spent)  # before a worker starts: nothing to stop
             end = await self.attempt(
                 phase, config, policy, role, profile, previous, (pgit, contract)
             )
@@ -221,21 +310,7 @@ class PlanRunner:
                 self.folder.append_ledger(phase.id, self.folder.passes)
                 return True
             ps.failures += 1
-            stagnant = stagnation.failed(end.n, self._fingerprint(bad, end))
-            if ps.failures > policy.max_remediations:
-                stagnant = None  # nothing left to cut short: the plain reason says it all
-            if stagnant is not None or ps.failures > policy.max_remediations:
-                reason, extra = describe(bad), dict[str, Any]()
-                if stagnant is not None:
-                    reason = f"{stagnant[0]}: {reason}"
-                    extra = {"stagnant_attempts": stagnant[1]}
-                await self.record.set_phase(
-                    phase.id,
-                    PhaseStatus.FAILED,
-                    reason,
-                    attempts=len(ps.attempts),
-                    **extra,
-                )
+            if await self._given_up(phase, policy, bad, end, stagnation):
                 return False
             previous = (bad, end.log_path)
             self._tried = (end.n, end.diffstat)
@@ -249,6 +324,31 @@ class PlanRunner:
             )
             if phase.remediation_backoff is not None:
                 await anyio.sleep(phase.remediation_backoff)
+
+    async def _given_up(
+        self,
+        phase: Phase,
+        policy: Policy,
+        bad: list[CheckResult],
+        end: AttemptEnd,
+        stagnation: Stagnation,
+    ) -> bool:
+        """Fail the phase when its remediations are spent, or when they stagnate while some
+        are left (a failure like the last one, or nothing changed after one)."""
+        ps = self.record.state.phases[phase.id]
+        stagnant = stagnation.failed(end.n, self._fingerprint(bad, end))
+        if ps.failures > policy.max_remediations:
+            stagnant = None  # nothing left to cut short: the plain reason says it all
+        elif stagnant is None:
+            return False
+        reason, extra = describe(bad), dict[str, Any]()
+        if stagnant is not None:
+            reason = f"{stagnant[0]}: {reason}"
+            extra = {"stagnant_attempts": stagnant[1]}
+        await self.record.set_phase(
+            phase.id, PhaseStatus.FAILED, reason, attempts=len(ps.attempts), **extra
+        )
+        return True
 
     def _profile_name(self, phase: Phase, role: str, config: Config) -> str:
         if role == "remediation" and phase.remediation_worker is not None:
@@ -436,19 +536,39 @@ class PlanRunner:
             mine = [self.plan.in_plan_dir(p) for p in (report, *phase.completion_paths)]
             await contract.take(mine)
             await pgit.start_attempt(f"{phase.id}-{n}")
-            # stream formats (orchestrd.streams, #13) feed a Liveness from `on_output`; a text
-            # worker's liveness is its log's growth
-            liveness: Liveness | None = None
-            silence = self._silence(phase, config, profile, stream=liveness is not None)
+            meter = self._meter(config, att, log, profile)
+            # a stream's events tell liveness (silence, a result without an exit) and limits
+            liveness = Liveness(stream=meter.reader is not None)
+            errors: list[StreamError] = []
+            meter.watchers.append(functools.partial(_watch_event, liveness, errors))
+            silence = self._silence(phase, config, profile, stream=meter.reader is not None)
             # a worker alone in its PID namespace cannot outlive it: nothing to watch for
             respawn = spec.identity is None or not spec.pid_namespace
-            async with launch(spec, config.max_log_bytes, policy.stop_grace) as worker:
-                wlog = log.bind(pid=worker.handle.pid)
-                if flags:
-                    wlog.info("worker.dangerous", flags=flags)
-                outcome = await self._supervise(
-                    worker, att, phase, policy, wlog, silence, liveness, respawn
-                )
+            # the log keeps the head and tail of the output: its errors are judged on all of it
+            scanner = OutputScanner(config.checks.log_error_patterns, prompt)
+
+            def observe(chunk: bytes) -> None:
+                scanner.feed(chunk)
+                meter.feed(chunk)
+
+            with meter:
+                async with launch(spec, config.max_log_bytes, policy.stop_grace, observe) as worker:
+                    wlog = log.bind(pid=worker.handle.pid)
+                    if flags:
+                        wlog.info("worker.dangerous", flags=flags)
+                    outcome = await self._supervise(
+                        worker, att, phase, policy, wlog, meter, silence, liveness, respawn
+                    )
+                # the output is drained now: its last line, and the final usage
+                if meter.finish(att.returncode):
+                    await self.record.save(phase.id)
+            if att.usage is not None:
+                self.budget.before.add(att.usage)
+            if outcome.halted:
+                with anyio.CancelScope(shield=True):
+                    await handoff.remove()
+                assert meter.exceeded is not None
+                raise BudgetPause(meter.exceeded)
         except WorkerStartError as exc:
             ps.attempts.append(att)
             set_attempt(att, AttemptStatus.FAILED_TO_START)
@@ -471,7 +591,7 @@ class PlanRunner:
         if changes is not None:
             wlog.info("worker.changes", **changes)
         try:
-            limit = await self._limit(config, profile, outcome, log_path, prompt)
+            limit = await self._limit(config, profile, outcome, log_path, prompt, errors)
             if limit is not None:
                 await self._limited(att, phase, limit, profile, wlog)
                 return AttemptEnd(n, [], log_path, limit)
@@ -490,6 +610,7 @@ class PlanRunner:
                 (changes, diff),
                 mine,
                 wlog,
+                scanner,
             )
         finally:
             with anyio.CancelScope(shield=True):
@@ -511,6 +632,7 @@ class PlanRunner:
         git_view: tuple[dict[str, object] | None, Diff | None],
         mine: list[str],
         wlog: Logger,
+        scanner: OutputScanner,
     ) -> AttemptEnd:
         """The attempt's checkpoints, and what it changed (for the stagnation breaker)."""
         pgit, contract = baselines
@@ -536,6 +658,7 @@ class PlanRunner:
             git_problem=pgit.problem,
             git_broken=pgit.broken,
             stale=stale,
+            log_found=scanner.close(),
             identity=spec.identity,
             pid_namespace=spec.pid_namespace,
         )
@@ -567,7 +690,13 @@ class PlanRunner:
         return DEFAULT_STREAM_SILENCE if stream else None
 
     async def _limit(
-        self, config: Config, profile: str, outcome: WatchOutcome, log_path: Path, prompt: str
+        self,
+        config: Config,
+        profile: str,
+        outcome: WatchOutcome,
+        log_path: Path,
+        prompt: str,
+        errors: list[StreamError],
     ) -> LimitHit | None:
         """The limit or lost login an attempt that did not end well ended on, if any."""
         if outcome.returncode == 0 or outcome.ended is Ended.NO_EXIT:
@@ -586,6 +715,7 @@ class PlanRunner:
             prof.rate_limit_patterns,
             prof.auth_patterns,
             auth_exit_codes(prof.command) if codes is None else codes,
+            errors,
         )
 
     async def _limited(
@@ -601,6 +731,27 @@ class PlanRunner:
             )
         else:
             log.info("worker.auth_failed", profile=profile, message=hit.message)
+
+    def _meter(self, config: Config, att: AttemptState, log: Logger, name: str) -> AttemptMeter:
+        """The attempt's observer: its profile's stream format read into the ledger (kept in
+        the attempt's state) and held against the budgets; opaque `text` is only timed."""
+        profile = config.workers[name]
+        reader = open_stream(profile.output)
+        meter = new_meter(config.prices, name, profile.model, self.spending)
+        if reader is not None:
+            att.usage = meter.record
+        return AttemptMeter(reader, meter, self.budget, log)
+
+    async def _on_poll(self, meter: AttemptMeter, phase_id: str) -> dict[str, Any]:
+        """`tokens` and `events` for the poll; the usage saved when it changed (so a restart
+        knows what was spent, at most one poll behind)."""
+        self.budget.limits = self._limits(self.get_config())  # a reload may have changed them
+        fields = meter.poll_fields()
+        if meter.unsaved:
+            meter.unsaved = False
+            self._keep_ledger()
+            await self.record.save(phase_id)
+        return fields
 
     async def _prepare(
         self,
@@ -630,7 +781,9 @@ class PlanRunner:
             identity = identity_for(config, profile)
             handoff = Handoff(identity)
             if identity is not None:
-                handoff.folder = handoff_root(config) / f"{self.plan.id}-{phase.id}-{n}"
+                # a folder per plan: ids may hold '-', and `<plan>-<phase>-<n>` of two plans can be
+                # one name (plan a-b phase c, plan a phase b-c)
+                handoff.folder = handoff_root(config) / self.plan.id / f"{phase.id}-{n}"
             shown = handoff.folder / "failed.log" if handoff.folder else None
             # reads files workers could have touched: off the event loop
             prompt = await anyio.to_thread.run_sync(
@@ -688,6 +841,7 @@ class PlanRunner:
         phase: Phase,
         policy: Policy,
         log: Logger,
+        meter: AttemptMeter,
         silence: float | None = None,
         liveness: Liveness | None = None,
         respawn: bool = True,
@@ -701,8 +855,39 @@ class PlanRunner:
         self.folder.append_ledger(who)
         log.info("worker.started", log=h.log, command=worker.argv[0])
         try:
-            outcome = await watch(worker, policy, log, silence, liveness)
-            if outcome.stalled:
+            on_poll = functools.partial(self._on_poll, meter, phase.id)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(meter.wall_timer)
+                outcome = await watch(
+                    worker,
+                    policy,
+                    log,
+                    silence,
+                    liveness,
+                    on_poll if meter.reader is not None else None,
+                    halt=meter.stop,
+                )
+                tg.cancel_scope.cancel()
+            if outcome.halted and meter.ending:
+                # spent by its closing count: the agent is done, its work is checked as usual
+                # (the plan pauses before its next worker) — unless it goes on instead
+                with anyio.move_on_after(policy.stop_grace):
+                    await first_of(worker.wait, meter.more.wait)
+                if worker.returncode is not None:
+                    outcome = WatchOutcome(worker.returncode, outcome.polls)
+            if outcome.halted:
+                sig = await worker.stop(policy.stop_grace)
+                set_attempt(att, AttemptStatus.STOPPED)
+                assert meter.exceeded is not None
+                att.failure = f"stopped: budget {meter.exceeded.budget} spent"
+                log.info(
+                    "worker.stopped",
+                    signal=sig.name if sig else None,
+                    why="budget",
+                    budget=meter.exceeded.budget,
+                )
+                self.folder.append_ledger(f"{who} budget stopped={sig.name if sig else 'gone'}")
+            elif outcome.stalled:
                 set_attempt(att, AttemptStatus.STALLED)
                 why: dict[str, Any] = {"reason": str(outcome.ended)}
                 if outcome.silent_for is not None:
@@ -755,5 +940,6 @@ class PlanRunner:
                     log.info("worker.stopped", signal=sig.name if sig else None, why="cancelled")
                     self.folder.append_ledger(f"{who} stopped={sig.name if sig else 'gone'}")
             att.ended_at = now_iso()
+            self._keep_ledger()
             with anyio.CancelScope(shield=True):
                 await self.record.save(phase.id)

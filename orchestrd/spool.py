@@ -17,12 +17,22 @@ from pathlib import Path
 from .audit import printable
 from .config import Config
 from .errors import OrchestrdError, PlanError
-from .fsutil import KINDS, FileRefused, copy_regular, fsync_dir, read_head, write_all
+from .fsutil import (
+    KINDS,
+    FileRefused,
+    copy_regular,
+    fsync_dir,
+    read_head,
+    read_regular,
+    write_all,
+)
 from .plan import Plan, check_plan_id, confine, parse_plan_bytes
 from .state import PlanFolder, PlanState, atomic_write, dump_state
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".swp")
-REQUEST_KINDS = (".cancel", ".retry", ".unblock")
+REQUEST_KINDS = (".cancel", ".retry", ".resume", ".unblock")
+MAX_REQUEST_BYTES = 4096
+"""A request's text (`resume --budget NAME=VALUE` lines); the others are empty."""
 RUN_LOCK = "run.lock"
 STAGING_SUFFIX = ".accepting"
 
@@ -52,10 +62,12 @@ class ControlRequest:
     and why it is refused (None: it may be acted on)."""
 
     file: str
-    kind: str  # "cancel" | "retry" | "unblock" (whose id names a worker profile)
+    kind: str  # "cancel" | "retry" | "resume" | "unblock" (whose id names a profile)
     plan_id: str
     uid: int
     refused: str | None = None
+    text: str = ""
+    """What the file says (a resume's raised budgets, one NAME=VALUE a line)."""
 
     @property
     def requester(self) -> dict[str, object]:
@@ -142,10 +154,20 @@ class Spool:
         stem, kind = os.path.splitext(name)
         try:
             st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        text, unread = "", None
+        if stat.S_ISREG(st.st_mode) and st.st_size:
+            try:  # never following a link swapped in since the lstat
+                raw = read_regular(path, MAX_REQUEST_BYTES, "a request's limit", follow=False)
+                text = raw.decode("utf-8")
+            except (OSError, FileRefused, UnicodeDecodeError) as exc:
+                unread = f"{label}: its text cannot be read ({exc}); write NAME=VALUE lines"
+        try:
             os.unlink(path)  # taken once, whatever it is: a refused request is not tried again
         except FileNotFoundError:
             return None
-        refused = None
+        refused = unread
         if not stat.S_ISREG(st.st_mode):
             what = (
                 "a symbolic link"
@@ -167,7 +189,7 @@ class Spool:
                 check_plan_id(stem, label)
             except PlanError as exc:
                 refused = str(exc)
-        return ControlRequest(display_name(name), kind.lstrip("."), stem, st.st_uid, refused)
+        return ControlRequest(display_name(name), kind.lstrip("."), stem, st.st_uid, refused, text)
 
     # -- plans --
 

@@ -43,6 +43,7 @@ from .states import (
     PlanStatus,
     check_transition,
 )
+from .usage import UsageRecord
 
 JOURNAL_SUFFIX = ".journal"
 SNAPSHOT_HEADER = "# orchestrd plan state; the changes saved since are in state.journal\n"
@@ -69,6 +70,8 @@ class AttemptState(BaseModel):
     ended_at: str | None = None
     returncode: int | None = None
     failure: str | None = None
+    usage: UsageRecord | None = None
+    """What it spent, from its stream (profiles with an `output` format): the usage ledger."""
 
 
 class PhaseState(BaseModel):
@@ -89,6 +92,12 @@ class PlanState(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     phases: dict[str, PhaseState] = Field(default_factory=dict)
+    wall_seconds: float = 0.0
+    """Time spent running in earlier runs (before a pause or a restart): `plan_max_wall`."""
+    budget_raises: dict[str, float] = Field(default_factory=dict)
+    """Limits the operator raised for this plan (`orchestrd resume --budget NAME=VALUE`)."""
+    budget_warned: list[str] = Field(default_factory=list)
+    """Plan budgets already warned about at 80 % (one `budget.warning` each, restarts too)."""
 
     @classmethod
     def first(cls, plan_id: str, phase_ids: Iterable[str], seq: int = 0) -> PlanState:
@@ -193,6 +202,8 @@ def _inline(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, float):
+        return repr(value)  # TOML's float syntax, inf and nan included
     if isinstance(value, str):
         return _toml_str(value)
     if isinstance(value, list):

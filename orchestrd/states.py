@@ -22,6 +22,9 @@ class PlanStatus(enum.StrEnum):
     """Stopped on request (`orchestrd cancel`)."""
     INTERRUPTED = "interrupted"
     """The daemon stopped while the plan was running; it resumes on the next start."""
+    PAUSED = "paused"
+    """A budget was spent (reason `budget:<name>`): nothing is lost; `orchestrd resume` (or
+    the next UTC day, for the daily budget) runs its phase again from a fresh worker."""
 
 
 class PhaseStatus(enum.StrEnum):
@@ -71,8 +74,11 @@ PLAN_TRANSITIONS: dict[PlanStatus, frozenset[PlanStatus]] = {
             PlanStatus.FAILED,
             PlanStatus.CANCELLED,
             PlanStatus.INTERRUPTED,
+            PlanStatus.PAUSED,
         }
     ),
+    # resume: queued again; a paused plan whose file can no longer be loaded fails
+    PlanStatus.PAUSED: frozenset({PlanStatus.QUEUED, PlanStatus.CANCELLED, PlanStatus.FAILED}),
     PlanStatus.INTERRUPTED: frozenset(
         {PlanStatus.QUEUED, PlanStatus.RUNNING, PlanStatus.CANCELLED, PlanStatus.FAILED}
     ),
@@ -120,6 +126,7 @@ PLAN_EVENTS: dict[PlanStatus, str] = {
     PlanStatus.FAILED: "plan.failed",
     PlanStatus.CANCELLED: "plan.cancelled",
     PlanStatus.INTERRUPTED: "plan.interrupted",
+    PlanStatus.PAUSED: "plan.paused",
 }
 
 PHASE_EVENTS: dict[tuple[PhaseStatus, PhaseStatus], str] = {

@@ -13,6 +13,7 @@ from .errors import StateError
 from .spool import Spool
 from .state import PlanFolder, PlanState, load_state
 from .states import AttemptStatus
+from .usage import UsageRecord, total
 
 
 def _elapsed(state: PlanState) -> float | None:
@@ -39,9 +40,13 @@ def summary(state: PlanState, where: str) -> dict[str, Any]:
             attempt = last.n
             if last.status is AttemptStatus.RUNNING:
                 pid = last.pid
+    spent = total(records(state))
     return {
         "plan": state.plan,
         "state": str(state.status),
+        "tokens": spent.tokens,
+        "cost_usd": round(spent.cost_usd, 6),
+        "unpriced_attempts": spent.unpriced,
         "phase": phase_id,
         "attempt": attempt,
         "pid": pid,
@@ -50,6 +55,30 @@ def summary(state: PlanState, where: str) -> dict[str, Any]:
         "where": where,
         "submitted_at": state.submitted_at,
     }
+
+
+def records(state: PlanState) -> list[UsageRecord]:
+    """The plan's ledger: what each attempt spent (those whose profile reads a stream)."""
+    return [a.usage for ps in state.phases.values() for a in ps.attempts if a.usage is not None]
+
+
+def ledger(spool: Spool) -> list[tuple[str, UsageRecord]]:
+    """Every attempt's usage, of the plans in plans/ and archive/ (unreadable states skipped:
+    `status` reports them)."""
+    entries = []
+    for base in (spool.plans, spool.archive_dir):
+        if not base.is_dir():
+            continue
+        for folder in sorted(base.iterdir()):
+            state_file = PlanFolder(folder).state_file
+            if folder.name.startswith(".") or not state_file.exists():
+                continue
+            try:
+                state = load_state(state_file)
+            except StateError:
+                continue
+            entries += [(state.plan, r) for r in records(state)]
+    return entries
 
 
 def collect(spool: Spool, plan_id: str | None = None) -> list[dict[str, Any]]:
@@ -98,8 +127,25 @@ def _fmt_elapsed(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def fmt_tokens(tokens: int | None) -> str:
+    if not tokens:
+        return "-"
+    return (
+        f"{tokens / 1e6:.2f}M"
+        if tokens >= 1_000_000
+        else (f"{tokens / 1e3:.1f}k" if tokens >= 1000 else str(tokens))
+    )
+
+
+def fmt_cost(cost: float | None, unpriced: int = 0) -> str:
+    """Dollars; `+?` when some spending has no known cost (the sum is a floor)."""
+    if cost is None or (not cost and not unpriced):
+        return "-"
+    return f"${cost:.2f}" + ("+?" if unpriced else "")
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    header = ("PLAN", "STATE", "PHASE", "ATTEMPT", "PID", "ELAPSED")
+    header = ("PLAN", "STATE", "PHASE", "ATTEMPT", "PID", "ELAPSED", "TOKENS", "COST")
     lines: list[tuple[str, ...]] = [header]
     for r in rows:
         # plan ids and phase ids come from folder names and files others wrote
@@ -113,6 +159,8 @@ def table(rows: list[dict[str, Any]]) -> str:
                     r.get("attempt") or "-",
                     r.get("pid") or "-",
                     _fmt_elapsed(r.get("elapsed")),
+                    fmt_tokens(r.get("tokens")),
+                    fmt_cost(r.get("cost_usd"), r.get("unpriced_attempts", 0)),
                 )
             )
         )
@@ -132,11 +180,27 @@ def detail(row: dict[str, Any]) -> str:
         attempts = ", ".join(
             f"#{a['n']} {a['role']} {a['status']}"
             + (f" rc={a['returncode']}" if "returncode" in a else "")
+            + _attempt_usage(a.get("usage"))
             for a in ps.get("attempts", [])
         )
-        line = f"  {phase_id:<10} {ps['status']:<9} {attempts}"
+        spent = [
+            UsageRecord.model_validate(a["usage"]) for a in ps.get("attempts", []) if a.get("usage")
+        ]
+        t = total(spent)
+        usage = (
+            f" {fmt_tokens(t.tokens)} tokens {fmt_cost(t.cost_usd, t.unpriced)};" if spent else ""
+        )
+        line = f"  {phase_id:<10} {ps['status']:<9}{usage} {attempts}"
         lines.append(printable(line, newlines=False))
     return "\n".join(lines)
+
+
+def _attempt_usage(usage: dict[str, Any] | None) -> str:
+    if not usage:
+        return ""
+    cost = usage.get("cost_usd")
+    priced = f"${cost:.4f} {usage.get('cost_source')}" if cost is not None else "cost unknown"
+    return f" [{fmt_tokens(usage.get('tokens'))} tokens, {priced}]"
 
 
 def state_path(spool: Spool, plan_id: str) -> Path | None:

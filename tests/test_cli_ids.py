@@ -52,6 +52,8 @@ def test_a_plan_id_that_is_a_path_is_refused_with_the_daemon_up_or_down(daemon: 
         ("retry", "../archive/F1"),
         ("cancel", "../archive/F1"),
         ("status", "../archive/F1"),
+        ("logs", "../archive/F1"),
+        ("report", "../archive/F1"),
     ):
         result = daemon.cli(*args)
         assert result.returncode == 2, args

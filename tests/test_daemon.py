@@ -356,7 +356,16 @@ def test_status_prints_a_table_and_json_while_running_and_while_down(daemon: Dae
     result = daemon.cli("status")
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["PLAN", "STATE", "PHASE", "ATTEMPT", "PID", "ELAPSED"]
+    assert header.split() == [
+        "PLAN",
+        "STATE",
+        "PHASE",
+        "ATTEMPT",
+        "PID",
+        "ELAPSED",
+        "TOKENS",
+        "COST",
+    ]
     table = {row.split()[0]: row.split() for row in rows}
     assert table["s-done"][1:5] == ["succeeded", "P01", "1", "-"]
     assert table["s-run"][1:5] == ["running", "P01", "1", str(started["pid"])]

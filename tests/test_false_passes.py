@@ -308,3 +308,11 @@ async def test_commits_are_listed_up_to_a_cap_and_counted(tmp_path: Path) -> Non
     assert event["cut"] == {"commits": 3}
     listed = event["commits"]
     assert isinstance(listed, list) and all(len(c) <= 300 for c in listed)
+
+
+@pytest.mark.parametrize("fail", ["❌ FAIL", "FAILING", "**FAILED** (3 tests)", "PASS/FAIL"])
+def test_any_status_line_that_names_a_failure_is_one(tmp_path: Path, fail: str) -> None:
+    # a FAIL the worker wrote in other words must not be outvoted by a later PASS
+    result = check_report(_report_ctx(tmp_path, f"Status: {fail}\n\nfixed.\n\nStatus: PASS\n"))
+    assert not result.ok
+    assert result.details["rule"] == "contradiction"

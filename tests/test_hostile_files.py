@@ -240,3 +240,29 @@ def test_any_file_name_in_the_inbox_is_rejected_readably_never_fatal(
     finally:
         if os.path.lexists(path):
             os.unlink(path)
+
+
+def test_completion_files_are_bounded_by_max_evidence_bytes(tmp_path: Path) -> None:
+    from orchestrd.checks import CheckContext, check_completion
+    from orchestrd.config import CheckSettings
+    from orchestrd.plan import Plan
+    from orchestrd.policy import WatchOutcome
+
+    repo = tmp_path / "repo"
+    (repo / ".completed").mkdir(parents=True)
+    (repo / ".completed" / "P01.md").write_text("@plan:T.P01\n" + "x" * 500)
+    plan = Plan.model_validate(
+        {
+            "id": "T",
+            "repo": str(repo),
+            "phases": [{"id": "P01", "prompt": "x", "markers": ["@plan:T.P01"]}],
+        }
+    )
+    ctx = CheckContext(
+        plan=plan, phase=plan.phases[0], settings=CheckSettings(max_evidence_bytes=100),
+        outcome=WatchOutcome(0, 1), log_path=tmp_path / "log", output_dir=tmp_path,
+        attempt=1, env={}, grace=0.1,
+    )  # fmt: skip
+    [result] = check_completion(ctx)
+    assert not result.ok
+    assert "over [checks] max_evidence_bytes (100)" in result.reason

@@ -9,6 +9,7 @@ venv and pytest's tmp_path are root's alone), and its agent runs with the system
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
@@ -45,16 +46,26 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def _user(name: str, home: Path) -> tuple[pwd.struct_passwd, bool]:
     """The system user `name` (with its own group), created if missing; and whether it was."""
     try:
         return pwd.getpwnam(name), False
     except KeyError:
+        # a group of that name left by an earlier, interrupted run is taken as it is
+        group = ["--gid", name] if _group_exists(name) else ["--user-group"]
         subprocess.run(
             [
                 "useradd",
                 "--system",
-                "--user-group",
+                *group,
                 "--no-create-home",
                 "--home-dir",
                 str(home),
@@ -303,6 +314,18 @@ def test_root_without_worker_user_refuses_to_start(sep_daemon: Daemon) -> None:
     assert "without worker_user" in sep_daemon.stderr()
 
 
+def test_a_hand_off_root_the_workers_could_write_refuses_the_start(
+    sep_daemon: Daemon, worker_user: pwd.struct_passwd
+) -> None:
+    configure(sep_daemon)
+    root = sep_daemon.tmp / "state-handoff"
+    root.mkdir()
+    root.chmod(0o2770)  # the worker group could swap another attempt's prompt
+    proc = sep_daemon.start(wait=False)
+    assert proc.wait(timeout=20) == 2
+    assert "handoff_dir:" in sep_daemon.stderr() and "chmod 2750" in sep_daemon.stderr()
+
+
 def test_recovery_does_not_skip_phases_on_a_forged_state_file_alone(
     sep_daemon: Daemon,
 ) -> None:
@@ -532,3 +555,26 @@ def test_without_a_pid_namespace_the_worker_user_still_gets_eperm_on_the_daemon(
     assert (got["forge_state"], got["append_audit"]) == ("EACCES", "EACCES")
     assert alive(d.pid)
     assert [e["phase"] for e in d.events("phase.passed")] == ["P01", "P02"]
+
+
+def test_two_plans_whose_ids_join_alike_get_their_own_hand_off_folders(
+    sep_daemon: Daemon, worker_user: pwd.struct_passwd
+) -> None:
+    # plan a-b phase c and plan a phase b-c: `<plan>-<phase>` is a-b-c for both
+    d, pw = sep_daemon, worker_user
+    holds = d.tmp / "holds"  # the agent writes its pid next to the hold file
+    holds.mkdir()
+    os.chown(holds, pw.pw_uid, pw.pw_gid)
+    hold = holds / "hold"
+    hold.touch()
+    configure(d, AGENT_HOLD_FILE=hold)
+    repos = {"a-b": worker_repo(d, "r1", pw), "a": worker_repo(d, "r2", pw)}
+    d.start()
+    d.drop("ab.toml", d.plan_data("a-b", repo="r1", phases=("c",)))
+    d.drop("a.toml", d.plan_data("a", repo="r2", phases=("b-c",)))
+    d.wait_event("worker.started", count=2)  # both attempts hold their folders at once
+    hold.unlink()
+    assert end(d, "a-b")["event"] == "plan.succeeded"
+    assert end(d, "a")["event"] == "plan.succeeded"
+    assert "plan a-b, phase c," in facts(repos["a-b"], "c")["prompt_for"]
+    assert "plan a, phase b-c," in facts(repos["a"], "b-c")["prompt_for"]

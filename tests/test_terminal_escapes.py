@@ -73,6 +73,19 @@ def test_escapes_quoted_in_a_failure_reason_reach_neither_the_journal_nor_status
         assert result.returncode == 0, result.stderr
         assert not RAW_CONTROL.search(result.stdout), repr(result.stdout)
     assert "reason: " in result.stdout and "\\x1b]0;pwned\\x07" in result.stdout
+    # and every other command that shows a person what a worker printed
+    for args in (
+        ("tail",),
+        ("tail", "--plan", "esc"),
+        ("report", "esc"),
+        ("report", "--since", "1h"),
+    ):
+        result = daemon.cli(*args)
+        assert result.returncode == 0, result.stderr
+        assert not RAW_CONTROL.search(result.stdout), (args, result.stdout)
+        assert "\\x1b]0;pwned\\x07" in result.stdout, (args, result.stdout)
+    report = (daemon.state_dir / "archive" / "esc" / "report.md").read_text()
+    assert not RAW_CONTROL.search(report), repr(report)
 
 
 def test_import_warnings_show_file_names_and_quoted_lines_escaped(tmp_path: Path) -> None:

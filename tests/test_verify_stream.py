@@ -69,6 +69,21 @@ async def test_an_error_early_in_a_long_worker_log_is_found(tmp_path: Path) -> N
     assert failed["reason"].endswith(": Traceback (most recent call last):")
 
 
+async def test_an_error_in_the_middle_the_log_does_not_keep_is_found(tmp_path: Path) -> None:
+    config = make_config(
+        tmp_path,
+        max_log_bytes=1024 * 1024,
+        policy={"max_remediations": 0},
+        checks={"fail_on_log_errors": True},
+        workers={"noisy": agent_profile("noise_error_noise")},
+    )
+    run = await run_plan(config, make_plan(tmp_path, worker="noisy"))
+    assert run.status == "failed"
+    [failed] = run.events("check.failed")
+    assert failed["check"] == "log_errors"
+    assert failed["reason"].endswith(": Traceback (most recent call last):")
+
+
 async def test_the_pump_feeds_every_byte_and_keeps_head_and_tail(tmp_path: Path) -> None:
     seen = bytearray()
     out = "import sys; sys.stdout.write('a' * 5000 + 'b' * 5000 + 'END')"

@@ -53,6 +53,7 @@ STATE_CLASSES = frozenset(
         "failed",
         "cancelled",
         "interrupted",
+        "paused",
         "corrupt",
         "pending",
         "checking",
@@ -63,7 +64,16 @@ STATE_CLASSES = frozenset(
         "warning",
     }
 )
-PLAN_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted", "corrupt")
+PLAN_STATES = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "interrupted",
+    "paused",
+    "corrupt",
+)
 
 
 def elapsed(seconds: float | None) -> str:

@@ -83,6 +83,12 @@ if hold := env.get("AGENT_HOLD_FILE"):
     Path(hold + ".pid").write_text(str(os.getpid()))
     while Path(hold).exists():
         time.sleep(0.02)
+try:  # whose prompt its hand-off folder holds now (after the hold: other attempts ran too)
+    facts["prompt_for"] = next(
+        (line for line in prompt_file.read_text().splitlines() if "worker contract" in line), ""
+    )
+except OSError as exc:
+    facts["prompt_for"] = errno.errorcode.get(exc.errno or 0, str(exc))
 facts["failed_log"] = env.get("ORCHESTRD_FAILED_LOG")
 out = Path(".agent") / f"{env['ORCHESTRD_PHASE_ID']}-{env['ORCHESTRD_ATTEMPT']}.json"
 out.parent.mkdir(exist_ok=True)

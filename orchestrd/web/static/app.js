@@ -14,7 +14,8 @@
   }
   function badge(state) {
     const span = document.createElement("span");
-    const known = ["queued", "running", "succeeded", "failed", "cancelled", "interrupted", "corrupt"];
+    const known = ["queued", "running", "succeeded", "failed", "cancelled", "interrupted", "paused",
+                   "corrupt"];
     span.className = "badge st-" + (known.includes(state) ? state : "other");
     span.textContent = state || "-";
     return span;
