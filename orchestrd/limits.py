@@ -158,11 +158,15 @@ def judge(
     then the patterns over the end of the log (`text`, without the prompt)."""
     if returncode == 0:
         return None
+    # the reset may come in an earlier event than the last word (claude: its rate_limit_event,
+    # then an error result)
+    resets = [e.resets_at for e in errors if e.kind == "rate_limit" and e.resets_at]
     for e in reversed(errors):
         if e.kind in ("rate_limit", "auth") and (returncode is None or not e.retrying):
-            reset = dt.datetime.fromtimestamp(e.resets_at, dt.UTC) if e.resets_at else None
-            kind = LimitKind.AUTH if e.kind == "auth" else LimitKind.RATE_LIMIT
-            return LimitHit(kind, _clip(e.message), reset_at=reset)
+            if e.kind == "auth":
+                return LimitHit(LimitKind.AUTH, _clip(e.message))
+            reset = dt.datetime.fromtimestamp(resets[-1], dt.UTC) if resets else None
+            return LimitHit(LimitKind.RATE_LIMIT, _clip(e.message), reset_at=reset)
     hit = detect(text, rate_limit_patterns, auth_patterns)
     if returncode is not None and returncode in tuple(auth_exit_codes):
         said = f": {hit.message}" if hit is not None else ""

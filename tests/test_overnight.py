@@ -174,6 +174,31 @@ def test_a_limit_in_a_single_run_waits_in_place(tmp_path: Path) -> None:
     assert t[1] - t[0] >= 0.4
 
 
+@pytest.mark.skipif(
+    "output" not in WorkerProfile.model_fields, reason="needs the stream adapters (#13)"
+)
+async def test_a_stream_rate_limit_event_parks_the_profile_without_any_pattern(
+    tmp_path: Path,
+) -> None:
+    """claude's rejected rate_limit_event, read by its adapter, decides (the patterns are off):
+    parked until its resetsAt + margin, then a fresh worker passes."""
+    counter = tmp_path / "n"
+    lim = profile(
+        "limit_claude",
+        output="claude-stream-json",
+        rate_limit_patterns=[],
+        rate_limit_margin="0.3s",
+        env={"AGENT_RESET_IN": "0", "AGENT_COUNTER": str(counter)},
+    )
+    config = make_config(tmp_path, policy={"max_remediations": 0}, workers={"lim": lim})
+    run = await run_plan(config, make_plan(tmp_path, worker="lim"))
+    assert run.status is PlanStatus.SUCCEEDED
+    [parked] = run.events("profile.parked")
+    assert "session limit" in parked["message"] and "backoff" not in parked
+    t = starts(counter)
+    assert len(t) == 2 and t[1] - t[0] >= 0.3
+
+
 # -- 2. auth errors block the profile once --
 
 
