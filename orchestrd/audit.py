@@ -44,7 +44,9 @@ EVENTS: dict[str, str] = {
         "an inbox or control file could not be handled (e.g. disk full); retried, reported "
         "once per reason"
     ),
-    "daemon.request_ignored": "a cancel/retry request that does not apply to the plan's state",
+    "daemon.request_ignored": (
+        "a cancel/retry/unblock request that does not apply to the plan's (or profile's) state"
+    ),
     "daemon.request_refused": (
         "a cancel/retry request file not acted on: not a regular file, its owner not in "
         "allowed_submitters, or no plan id (reason, requester)"
@@ -57,6 +59,10 @@ EVENTS: dict[str, str] = {
     "plan.rejected": "a file in the inbox failed validation; see rejected/<name>.error",
     "plan.queued": "the plan waits for a worker slot",
     "plan.waiting_repo": "the plan waits because another plan runs on the same repo",
+    "plan.waiting_quota": (
+        "the plan's next worker would use a parked (until) or blocked profile: it waits, its "
+        "worker slot free"
+    ),
     "plan.started": "the plan's runner started",
     "plan.succeeded": "every phase passed",
     "plan.failed": "a phase failed for good (reason)",
@@ -82,7 +88,10 @@ EVENTS: dict[str, str] = {
     "phase.started": "a phase began (its primary worker follows)",
     "phase.skipped": "a phase already passed before a restart or retry",
     "phase.passed": "all checkpoints passed",
-    "phase.failed": "checks failed and no remediation is left (reason)",
+    "phase.failed": (
+        "checks failed and no remediation is left, or remediation is stagnant (reason, "
+        "stagnant_attempts)"
+    ),
     "worker.started": "a worker process was launched (pid, log, command)",
     "worker.dangerous": "a worker started with a sandbox-bypassing profile (flags)",
     "worker.failed_to_start": "the worker's command could not be executed (reason)",
@@ -103,7 +112,17 @@ EVENTS: dict[str, str] = {
         "a budget is spent (budget, spent, limit): its running worker is stopped (one ending "
         "with this count may finish) and the plan pauses"
     ),
-    "worker.stalled": "the worker outlived its last poll (log_tail)",
+    "worker.stalled": (
+        "the worker outlived its last poll, or was silent for silence_timeout (reason: polls "
+        "or silent; log_tail)"
+    ),
+    "worker.no_exit": "the worker's stream gave its final result and it did not exit within "
+    "exit_grace: stopped, and judged by its checks",
+    "worker.respawned": "processes carrying a stopped attempt's ORCHESTRD_LOG appeared or were "
+    "left after the stop: stopped (pids, commands)",
+    "worker.rate_limited": "the attempt ended on a rate or usage limit (message, reset): no "
+    "remediation is spent, its profile is parked",
+    "worker.auth_failed": "the attempt ended on a failed login (message): its profile is blocked",
     "worker.stopped": "the worker's process group and everything in its cgroup were stopped "
     "(signal, why; processes: what it left running after its exit, with command lines)",
     "worker.exited": "the worker process ended (returncode; oom_killed: the kernel's OOM killer "
@@ -143,6 +162,14 @@ EVENTS: dict[str, str] = {
     ),
     "merge.done": "the target was moved by compare-and-swap from old to new (the merged commit)",
     "merge.failed": "a rebase conflict (files) or a red merge_verify (reason); the branch is kept",
+    "profile.parked": "a worker profile hit a rate or usage limit: no worker starts on it until "
+    "`until` (the reset it printed + margin, or a backoff)",
+    "profile.unparked": "a park ended: plans waiting on the profile start a fresh worker",
+    "profile.blocked": "a worker profile's login failed (message): no worker starts on it until "
+    "`orchestrd unblock` or a config reload",
+    "profile.unblocked": "a block was lifted (why: unblock request or config reload)",
+    "profile.holds_unreadable": "the saved parks and blocks (holds.toml) could not be read; set "
+    "aside, and the daemon starts without them",
     "notify.sent": "a notification was delivered (for_event, target, attempts)",
     "notify.failed": "a notification attempt failed (HTTP status or returncode, reason); "
     "retried after retry_in, or gave_up after retry_for",

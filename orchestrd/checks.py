@@ -25,7 +25,7 @@ from .gitsnap import Diff
 from .judge import Match, StreamJudge, scan_file
 from .launchers import Launcher, WorkerSpec, WorkerStartError, open_launcher
 from .plan import MarkerPath, Phase, Plan, confine, glob_prefix, glob_regex, phase_marker_regex
-from .policy import WatchOutcome
+from .policy import Ended, WatchOutcome
 from .privsep import Identity
 from .worker import tail_file
 
@@ -102,6 +102,15 @@ def _capped(results: list[CheckResult], name: str) -> list[CheckResult]:
 
 
 def check_exit(outcome: WatchOutcome) -> CheckResult:
+    if outcome.ended is Ended.NO_EXIT:
+        # its stream said it was done; the other checks judge whether it was
+        return CheckResult("exit_code", True, "gave its final result, stopped after exit_grace")
+    if outcome.ended is Ended.SILENT:
+        return CheckResult(
+            "exit_code",
+            False,
+            f"silent: no output and no CPU for {outcome.silent_for}s, stopped",
+        )
     if outcome.stalled:
         return CheckResult(
             "exit_code", False, f"stalled: still running after {outcome.polls} polls, stopped"
@@ -369,6 +378,41 @@ def _tampering(diff: Diff | None) -> list[CheckResult]:
         ],
         "git_tampering",
     )
+
+
+NO_CHANGES_KINDS = frozenset({"stub", "test", "impl"})
+"""Phase kinds whose workers must change something besides their report and completion files."""
+
+
+def _no_changes_allowed(phase: Phase) -> bool:
+    if phase.allow_no_changes is not None:
+        return phase.allow_no_changes
+    return phase.kind not in NO_CHANGES_KINDS
+
+
+def check_no_changes(ctx: CheckContext) -> list[CheckResult]:
+    """A stub, test or impl phase whose workers changed nothing but the plan's report and
+    completion files did not do the phase (`allow_no_changes = true` lets one pass)."""
+    if _no_changes_allowed(ctx.phase):
+        return []
+    if ctx.changes is None:
+        if ctx.git_broken:
+            return []  # git_tampering fails the phase already
+        why = ctx.git_problem or "no git snapshot"
+        return [CheckResult("no_changes", False, f"{why}; not checked: no_changes", False)]
+    exempt = ctx.plan.contract_files()
+    work = [c.path for c in ctx.changes.files if not any(e.match(c.path) for e in exempt)]
+    if work:
+        return [CheckResult("no_changes", True, f"{len(work)} file(s) changed besides reports")]
+    return [
+        CheckResult(
+            "no_changes",
+            False,
+            f"nothing changed but the paperwork: this {ctx.phase.kind} phase changed no file "
+            "besides the plan's report and completion files [rule: no_changes]",
+            details={"rule": "no_changes"},
+        )
+    ]
 
 
 def check_changes(ctx: CheckContext) -> list[CheckResult]:
@@ -735,6 +779,26 @@ class ChangesCheck(Check):
             yield r
 
 
+class NoChangesCheck(Check):
+    name = "no_changes"
+    fixes: ClassVar[dict[str, str]] = {
+        "no_changes": "do the phase's work in the repository itself: a report and completion "
+        "files alone are not the phase",
+    }
+
+    def trailer(self, plan: Plan, phase: Phase, settings: CheckSettings, report: str) -> list[str]:
+        if _no_changes_allowed(phase):
+            return []
+        return [
+            f"- A {phase.kind} phase changes the repository: a report and completion files "
+            "alone do not pass."
+        ]
+
+    async def run(self, ctx: CheckContext, log: Logger) -> AsyncIterator[CheckResult]:
+        for r in check_no_changes(ctx):
+            yield r
+
+
 class VerifyCheck(Check):
     name = "verify"
     fixes: ClassVar[dict[str, str]] = {
@@ -767,6 +831,7 @@ CHECKS: tuple[Check, ...] = (
     EvidenceCheck(),
     MarkerPathsCheck(),
     ChangesCheck(),
+    NoChangesCheck(),
     VerifyCheck(),
 )
 

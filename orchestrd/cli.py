@@ -26,11 +26,12 @@ from .errors import OrchestrdError, PlanError, describe_failure
 from .importer import add_subcommand as add_import_subcommand
 from .launchers import open_launcher
 from .metering import Spending
+from .parking import HOLDS_FILE, HoldKind, describe_holds, read_holds
 from .plan import Plan, check_plan_id, load_plan, plan_from_bytes
 from .privsep import separation
 from .runner import PlanRunner
 from .spool import RUN_LOCK, Spool, hold_run_lock, lock_held, submitter_allowed
-from .state import PlanFolder, PlanRecord, PlanState, load_state
+from .state import PlanFolder, PlanRecord, PlanState, atomic_write, load_state
 from .states import PLAN_RETRYABLE, PLAN_TERMINAL, PlanStatus
 from .worker import use_pidfd_child_watcher
 
@@ -229,6 +230,34 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(status.detail(rows[0]))
     else:
         print(status.table(rows) if rows else f"no plans under {config.state_dir}")
+        holds = read_holds(config.state_dir / HOLDS_FILE)
+        for line in describe_holds(holds) if holds else []:
+            print(redactor(printable(line, newlines=False)))
+    return EXIT_OK
+
+
+def _cmd_unblock(args: argparse.Namespace) -> int:
+    """Lift a profile's block: through the daemon when it runs, else in holds.toml."""
+    config, path = load_config(args.config)
+    if args.profile not in config.workers:
+        known = ", ".join(sorted(config.workers)) or "none"
+        raise OrchestrdError(f"{path}: no worker profile {args.profile!r}; profiles: {known}")
+    spool = Spool(config.state_dir)
+    holds_file = config.state_dir / HOLDS_FILE
+    if spool.daemon_running():
+        check_plan_id(args.profile, "PROFILE")  # it becomes a file name in control/
+        spool.control.mkdir(parents=True, exist_ok=True)
+        drop_atomically(spool.control / f"{args.profile}.unblock", b"")
+        print(f"unblock of profile {args.profile} requested from the daemon; see: orchestrd status")
+        return EXIT_OK
+    holds = read_holds(holds_file)
+    hold = holds.get(args.profile) if holds else None
+    if holds is None or hold is None or hold.kind is not HoldKind.BLOCKED:
+        print(f"profile {args.profile} is not blocked")
+        return EXIT_OK
+    holds.release(args.profile)
+    atomic_write(holds_file, holds.dumps())
+    print(f"profile {args.profile}: unblocked (no daemon running; applied to {holds_file})")
     return EXIT_OK
 
 
@@ -421,6 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge", parents=[common], help="try a blocked merge again now")
     p.add_argument("plan", metavar="PLAN_ID")
     p.set_defaults(func=lambda a: _control(a, ".merge"))
+    p = sub.add_parser(
+        "unblock", parents=[common], help="let workers start on a profile blocked by a login"
+    )
+    p.add_argument("profile", metavar="PROFILE")
+    p.set_defaults(func=_cmd_unblock)
 
     add_import_subcommand(sub, common)
     for operator_command in (tail, logs, report, install, doctor):

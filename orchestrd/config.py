@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from .errors import ConfigError, describe_validation_error
 from .fsutil import DEFAULT_MAX_BYTES
+from .limits import AUTH_PATTERNS, RATE_LIMIT_PATTERNS
 
 SYSTEM_CONFIG = Path("/etc/orchestrd/orchestrd.toml")
 BUNDLED_CONFIG = Path(__file__).with_name("local.toml")
@@ -55,6 +56,16 @@ def parse_duration(value: object) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def parse_duration_or_off(value: object) -> float | bool:
+    """A duration, or `false` / `"off"` for a rule that is off."""
+    if value is False or value == "off":
+        return False
+    return parse_duration(value)
+
+
+OffOrDuration = Annotated[float | Literal[False], BeforeValidator(parse_duration_or_off)]
+
+
 def _compile_all(patterns: list[str]) -> list[str]:
     for p in patterns:
         try:
@@ -80,6 +91,14 @@ class Policy(Strict):
     max_remediations: int = Field(
         2, ge=0, description="remediation workers per phase before the phase fails"
     )
+    silence_timeout: OffOrDuration | None = Field(
+        None,
+        description="no output (or stream event) and no CPU this long: stalled early; unset: "
+        "the profile's, else off for text and 10m for stream formats; false: off",
+    )
+    exit_grace: Duration = Field(
+        30.0, description="after a stream's final result, the worker must exit within this"
+    )
 
 
 class PolicyOverride(Strict):
@@ -89,6 +108,8 @@ class PolicyOverride(Strict):
     max_polls: int | None = Field(None, gt=0)
     stop_grace: Duration | None = None
     max_remediations: int | None = Field(None, ge=0)
+    silence_timeout: OffOrDuration | None = None
+    exit_grace: Duration | None = None
 
 
 OutputFormat = Literal["text", "codex-json", "claude-stream-json", "gemini-stream-json"]
@@ -130,6 +151,28 @@ class WorkerProfile(Strict):
     env: dict[str, str] = Field(default_factory=dict, description="added to the worker's env")
     dangerous: bool = Field(
         False, description="gives the worker unsandboxed access (also inferred from its flags)"
+    )
+    rate_limit_patterns: Regexes = Field(
+        default_factory=lambda: list(RATE_LIMIT_PATTERNS),
+        description="regexes over the end of a failed attempt's log that mean a rate or usage "
+        "limit (a named group `reset` holds the reset time): the profile is parked",
+    )
+    auth_patterns: Regexes = Field(
+        default_factory=lambda: list(AUTH_PATTERNS),
+        description="regexes over the end of a failed attempt's log that mean the login "
+        "failed: the profile is blocked until `orchestrd unblock` or a reload",
+    )
+    auth_exit_codes: list[int] | None = Field(
+        None, description="exit codes that mean the login failed; default: 41 for gemini"
+    )
+    rate_limit_backoff: Duration = Field(
+        60.0, description="a limit with no reset time parks this long, doubling to 1h"
+    )
+    rate_limit_margin: Duration = Field(
+        60.0, description="added to a printed reset time (coarse, and clocks differ)"
+    )
+    silence_timeout: OffOrDuration | None = Field(
+        None, description="as [policy].silence_timeout, for this profile's workers"
     )
     worker_user: str | None = Field(None, description="overrides the config's worker_user")
     worker_group: str | None = Field(None, description="overrides the config's worker_group")

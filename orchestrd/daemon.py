@@ -39,6 +39,7 @@ from .launchers import Handle, Launcher, Reaped, open_launcher
 from .metering import DAILY, Clock, Spending, utc_now
 from .metrics import Metrics, run_metrics
 from .notify import run_notifier
+from .parking import HOLDS_FILE, Quota
 from .plan import Plan, check_plan_id, is_plan_id, load_plan
 from .privsep import check_identities, clear_ambient_capabilities, handoff_root, separation
 from .report import archive_report
@@ -59,6 +60,7 @@ from .state import (
     PlanFolder,
     PlanRecord,
     PlanState,
+    atomic_write,
     load_state,
     mark_left_stopped,
     recorded_passes,
@@ -129,6 +131,8 @@ class Daemon:
         self.limiter = anyio.CapacityLimiter(config.max_workers)
         self.repo_locks: dict[Path, anyio.Lock] = {}
         self.merges = isolation.MergeQueue()
+        self.quota = Quota(self.log)
+        """Parked and blocked worker profiles (loaded from state_dir at start-up)."""
         self.seq = 0
         self._spool_errors: dict[str, str] = {}
         """Inbox or control entries that could not be handled, and why (reported once)."""
@@ -142,6 +146,7 @@ class Daemon:
         self.spool.ensure()
         check_startup(self.config)
         self.spool.lock()
+        self.quota = Quota.load(self.log, self.config.state_dir / HOLDS_FILE, atomic_write)
         clear_ambient_capabilities()
         use_pidfd_child_watcher()
         self.launcher = open_launcher(self.config.launcher, self.config)
@@ -163,6 +168,7 @@ class Daemon:
                     tg.start_soon(self._handle_signals, received, tg.cancel_scope)
                     await tg.start(run_notifier, lambda: self.config, self.log)
                     await tg.start(run_metrics, lambda: self.config, self.log, self.metrics)
+                    tg.start_soon(self.quota.run)
                     await self._recover(tg)
                     tg.start_soon(self._watch_inbox)
                     tg.start_soon(self._main_loop, tg)
@@ -226,6 +232,8 @@ class Daemon:
             self.limiter.total_tokens = new.max_workers
             self._announce_dangerous()
             self.log.info("daemon.reloaded", config=str(path), max_workers=new.max_workers)
+            # a reload is how an operator says "the logins are fixed"
+            await self.quota.unblock_all("config reload")
             self._wake()
         self._notify_ready()
 
@@ -403,6 +411,8 @@ class Daemon:
                 continue
             if request.refused is not None:
                 plan = {"plan": request.plan_id} if is_plan_id(request.plan_id) else {}
+                if request.kind == "unblock":
+                    plan = {"profile": request.plan_id}
                 self.log.info(
                     "daemon.request_refused",
                     **plan,
@@ -416,6 +426,8 @@ class Daemon:
             elif request.kind == "merge":
                 if not self.merges.wake(request.plan_id):
                     self._ignored(request, "no merge of this plan is waiting to be tried again")
+            elif request.kind == "unblock":
+                await self._unblock(request)
             elif request.kind == "resume":
                 await self._resume(tg, request)
             else:
@@ -429,6 +441,29 @@ class Daemon:
             reason=reason,
             requester=request.requester,
         )
+
+    async def _unblock(self, request: ControlRequest) -> None:
+        profile = request.plan_id  # an unblock request names a worker profile
+        if not await self.quota.unblock(profile, "unblock request", requester=request.requester):
+            self.log.info(
+                "daemon.request_ignored",
+                profile=profile,
+                request=request.kind,
+                reason="the profile is not blocked",
+                requester=request.requester,
+            )
+
+    @contextlib.asynccontextmanager
+    async def _slot_freed(self) -> AsyncIterator[None]:
+        """A plan waiting for a held profile lends its worker slot to other plans meanwhile
+        (it keeps its repo: it is in the middle of a phase there)."""
+        self.limiter.release()
+        try:
+            yield
+        finally:
+            # even when cancelled: the plan's `async with self.limiter` gives it back after
+            with anyio.CancelScope(shield=True):
+                await self.limiter.acquire()
 
     async def _cancel(self, request: ControlRequest) -> None:
         if (paused := self.paused.pop(request.plan_id, None)) is not None:
@@ -554,6 +589,8 @@ class Daemon:
                             entry.log,
                             self.launcher,
                             self.spending,
+                            self.quota,
+                            self._slot_freed,
                         )
                         await runner.run()
             if entry.cancel_requested and record.state.status not in PLAN_TERMINAL:
@@ -595,6 +632,8 @@ class Daemon:
                 entry.log,
                 self.launcher,
                 self.spending,
+                self.quota,
+                self._slot_freed,
             )
             await runner.run()
             entry.running = False

@@ -174,6 +174,8 @@ class AttemptMeter:
         self._polled_events = 0
         self.unsaved = False
         """A `worker.usage` went out that the plan's state does not hold yet."""
+        self.watchers: list[Callable[[StreamEvent], None]] = []
+        """Also told every event (liveness and limits read them)."""
 
     def __enter__(self) -> AttemptMeter:
         self.budget.spending.meters.add(self)
@@ -207,6 +209,8 @@ class AttemptMeter:
     def _take(self, events: list[StreamEvent]) -> None:
         now = self.clock()
         for event in events:
+            for watcher in self.watchers:
+                watcher(event)
             if self.exceeded is not None and not isinstance(event, Result | Error):
                 self.more.set()  # it works on: not ending
             if self.meter.observe(event, now):

@@ -184,6 +184,17 @@ class Phase(Strict):
         description="commands run before the phase's first worker (after its prerequisites); "
         "one that does not end as expected fails the phase before any worker starts",
     )
+    remediation_worker: str | None = Field(
+        None, description="profile of this phase's remediation workers (e.g. a stronger model)"
+    )
+    remediation_backoff: Duration | None = Field(
+        None, description="wait this long after a failed attempt before the next one"
+    )
+    allow_no_changes: bool | None = Field(
+        None,
+        description="a phase that changes nothing but its report and completion files "
+        "passes (default: true for verify and other phases)",
+    )
 
     @pydantic.field_validator("prompt_file", "report")
     @classmethod
@@ -440,6 +451,23 @@ def check_against_config(plan: Plan, source: Path | str, config: Config) -> None
             "gets full, unsandboxed access to the repository); the operator must opt in with "
             "allow_dangerous_workers = true in the config, or use another profile"
         )
+    for ph in plan.phases:
+        fix = ph.remediation_worker
+        if fix is not None and fix not in config.workers:
+            known = ", ".join(sorted(config.workers)) or "none configured"
+            errors.append(
+                f"{source}: phases[{ph.id}].remediation_worker: no worker profile {fix!r} in "
+                f"the config; use one of: {known}"
+            )
+        elif (
+            fix is not None
+            and config.workers[fix].dangerous_flags
+            and not (config.allow_dangerous_workers)
+        ):
+            errors.append(
+                f"{source}: phases[{ph.id}].remediation_worker: profile {fix!r} is dangerous; "
+                "the operator must opt in with allow_dangerous_workers = true, or use another"
+            )
     if plan.budgets is not None:
         errors += [
             f"{source}: budgets.{name}: {plan.budgets.limits()[name]:g} is above the config's "

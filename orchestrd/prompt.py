@@ -112,3 +112,13 @@ def read_prompt_file(plan: Plan, rel: str) -> str:
     except FileRefused as exc:
         raise PlanError(f"prompt_file {plan.in_plan_dir(rel)}: {exc}") from None
     return raw.decode("utf-8", errors="replace")
+
+
+def tried_section(attempt: int, diffstat: str) -> str:
+    """What the failed attempt changed, so the next worker does not try the same again."""
+    if not diffstat:
+        return f"\nAttempt {attempt} changed no file besides its report and completion files.\n"
+    return (
+        f"\nAttempt {attempt} changed (git diff --stat); it did not pass, so do not simply "
+        f"repeat it:\n```\n{diffstat}\n```\n"
+    )

@@ -1,15 +1,19 @@
 """One plan: its phases in order, a fresh worker per attempt, the poll policy, the checkpoints,
-and remediation workers until the phase passes or the remediations run out.
+and remediation workers until the phase passes, the remediations run out or they stagnate. An
+attempt that ended on its account (a limit, a lost login) is no failure: its profile is put on
+hold, and the phase starts again with a fresh worker when the profile may run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +35,23 @@ from .checks import (
 from .config import CheckSettings, Config, Policy, WorkerProfile
 from .contract import ContractBaseline
 from .errors import OrchestrdError
+from .fingerprint import (
+    Failure,
+    Fingerprint,
+    Stagnation,
+    describe_changes,
+    fingerprint,
+    work_changes,
+)
 from .fsutil import FileRefused, write_file
-from .gitsnap import Git, PhaseGit, drop_snapshots
+from .gitsnap import Diff, Git, PhaseGit, drop_snapshots
 from .judge import OutputScanner
 from .launchers import Launcher, Worker, WorkerSpec, WorkerStartError
+from .limits import LimitHit, LimitKind, StreamError, auth_exit_codes, judge, local_zone
 from .metering import DAILY, AttemptMeter, PlanBudget, Spending, new_meter
+from .parking import Quota, utcnow
 from .plan import Phase, Plan, VerifyCommand
-from .policy import WatchOutcome, watch
+from .policy import Ended, Liveness, WatchOutcome, watch
 from .privsep import Identity, handoff_root, identity_for, make_handoff, remove_handoff
 from .prompt import (
     LOG_TAIL_LINES,
@@ -47,6 +61,7 @@ from .prompt import (
     read_prompt_file,
     remediation_section,
     render_command,
+    tried_section,
 )
 from .state import (
     AttemptState,
@@ -61,8 +76,13 @@ from .states import (
     PhaseStatus,
     PlanStatus,
 )
-from .streams import open_stream
+from .streams import Error, Result, StreamEvent, open_stream
 from .usage import total
+from .worker import log_without_prompt
+
+DEFAULT_STREAM_SILENCE = 600.0
+"""silence_timeout of a stream-format worker when nothing sets one: a stream always says
+something (a tool call, a retry) within minutes."""
 
 
 @dataclasses.dataclass
@@ -79,6 +99,24 @@ class Handoff:
 
 def describe(failed: list[CheckResult]) -> str:
     return "; ".join(f"{r.name}: {r.reason}" for r in failed).replace("\0", "")
+
+
+@dataclasses.dataclass
+class AttemptEnd:
+    """How an attempt ended: its check results, or the limit that ended it unchecked."""
+
+    n: int
+    results: list[CheckResult]
+    log_path: Path
+    limit: LimitHit | None = None
+    changes: str | None = None
+    """What it changed outside the plan's paperwork (`S path digest` lines; None: unknown)."""
+    diffstat: str = ""
+
+
+@contextlib.asynccontextmanager
+async def _nothing_to_free() -> AsyncIterator[None]:
+    yield
 
 
 async def first_of(*waits: Callable[[], Awaitable[object]]) -> None:
@@ -101,6 +139,14 @@ class BudgetPause(Exception):
         self.crossing = crossing
 
 
+def _watch_event(liveness: Liveness, errors: list[StreamError], event: StreamEvent) -> None:
+    """A stream event, for liveness (the agent spoke; its final result came) and for limits
+    (its errors, sorted into kinds by the adapter)."""
+    liveness.event(final=isinstance(event, Result))
+    if isinstance(event, Error):
+        errors.append(StreamError(event.kind, event.message, event.retrying, event.resets_at))
+
+
 class PlanRunner:
     """Carries out one plan. The caller owns the record's plan-level status."""
 
@@ -113,6 +159,8 @@ class PlanRunner:
         log: Logger,
         launcher: Launcher,
         spending: Spending | None = None,
+        quota: Quota | None = None,
+        idle: Callable[[], AbstractAsyncContextManager[None]] = _nothing_to_free,
     ) -> None:
         self.plan = plan
         self.record = record
@@ -120,6 +168,13 @@ class PlanRunner:
         self.get_config = get_config
         self.log = log
         self.launcher = launcher
+        self.quota = quota if quota is not None else Quota(log)
+        """The daemon's held profiles (`orchestrd run`: its own, in memory)."""
+        self.idle = idle
+        """Frees the plan's worker slot while it waits for a held profile."""
+        self._tried: tuple[int, str] | None = None
+        """The last failed attempt and its diffstat, for the next remediation prompt."""
+
         self.spending = spending if spending is not None else Spending()
         """What every plan spent per UTC day (the daemon's, shared: the daily budget)."""
         self.budget = self._plan_budget(get_config())
@@ -229,17 +284,26 @@ class PlanRunner:
         policy = config.policy_for(self.plan.policy, phase.policy)
         await contract.take(contract.paths(policy.max_remediations))
         previous: tuple[list[CheckResult], Path] | None = None
+        stagnation = Stagnation()
+        self._tried = None
         while True:
+            role = "primary" if ps.failures == 0 else "remediation"
+            profile = self._profile_name(phase, role, self.get_config())
+            await self._wait_for(profile)
+            # read after the wait: a night's park may have seen the config reloaded
             config = self.get_config()
             policy = config.policy_for(self.plan.policy, phase.policy)
-            role = "primary" if ps.failures == 0 else "remediation"
             self.budget.limits = self._limits(config)  # a reload may have changed them
             if (spent := self.budget.exceeded_now(self.log.bind(phase=phase.id))) is not None:
                 raise BudgetPause(spent)  # before a worker starts: nothing to stop
-            results, log_path = await self.attempt(
-                phase, config, policy, role, previous, (pgit, contract)
+            end = await self.attempt(
+                phase, config, policy, role, profile, previous, (pgit, contract)
             )
-            bad = failures(results)
+            if end.limit is not None:
+                await self._hold(profile, phase, end)
+                continue  # no remediation spent: the same attempt again, when it may run
+            await self.quota.succeeded(profile)
+            bad = failures(end.results)
             if not bad:
                 await self.record.set_phase(phase.id, PhaseStatus.PASSED)
                 # the daemon's own record, next to the state: recovery believes a pass only
@@ -247,15 +311,10 @@ class PlanRunner:
                 self.folder.append_ledger(phase.id, self.folder.passes)
                 return True
             ps.failures += 1
-            if ps.failures > policy.max_remediations:
-                await self.record.set_phase(
-                    phase.id,
-                    PhaseStatus.FAILED,
-                    describe(bad),
-                    attempts=len(ps.attempts),
-                )
+            if await self._given_up(phase, policy, bad, end, stagnation):
                 return False
-            previous = (bad, log_path)
+            previous = (bad, end.log_path)
+            self._tried = (end.n, end.diffstat)
             await self.record.set_phase(
                 phase.id,
                 PhaseStatus.RUNNING,
@@ -264,6 +323,72 @@ class PlanRunner:
                 remediation=ps.failures,
                 max_remediations=policy.max_remediations,
             )
+            if phase.remediation_backoff is not None:
+                await anyio.sleep(phase.remediation_backoff)
+
+    async def _given_up(
+        self,
+        phase: Phase,
+        policy: Policy,
+        bad: list[CheckResult],
+        end: AttemptEnd,
+        stagnation: Stagnation,
+    ) -> bool:
+        """Fail the phase when its remediations are spent, or when they stagnate while some
+        are left (a failure like the last one, or nothing changed after one)."""
+        ps = self.record.state.phases[phase.id]
+        stagnant = stagnation.failed(end.n, self._fingerprint(bad, end))
+        if ps.failures > policy.max_remediations:
+            stagnant = None  # nothing left to cut short: the plain reason says it all
+        elif stagnant is None:
+            return False
+        reason, extra = describe(bad), dict[str, Any]()
+        if stagnant is not None:
+            reason = f"{stagnant[0]}: {reason}"
+            extra = {"stagnant_attempts": stagnant[1]}
+        await self.record.set_phase(
+            phase.id, PhaseStatus.FAILED, reason, attempts=len(ps.attempts), **extra
+        )
+        return True
+
+    def _profile_name(self, phase: Phase, role: str, config: Config) -> str:
+        if role == "remediation" and phase.remediation_worker is not None:
+            return phase.remediation_worker
+        return self.plan.worker or config.default_worker
+
+    async def _wait_for(self, profile: str) -> None:
+        """Wait while `profile` is parked or blocked, the plan's worker slot freed meanwhile
+        (another plan may have put it on hold again by the time the slot is back)."""
+        while self.quota.holds.get(profile) is not None:
+            async with self.idle():
+                await self.quota.wait(profile, self.log)
+
+    async def _hold(self, profile: str, phase: Phase, end: AttemptEnd) -> None:
+        """Park the profile until its limit resets (or for a backoff), or block it."""
+        hit = end.limit
+        assert hit is not None
+        where = {"plan": self.plan.id, "phase": phase.id, "attempt": end.n}
+        # holds.toml is read by `status` without the daemon's secrets to redact with
+        hit = dataclasses.replace(hit, message=self.record.redact(hit.message))
+        prof = self.get_config().workers.get(profile)
+        if hit.kind is LimitKind.AUTH:
+            await self.quota.block(profile, hit.message, **where)
+            return
+        margin = prof.rate_limit_margin if prof else 60.0
+        backoff = prof.rate_limit_backoff if prof else 60.0
+        until = hit.resume_at(utcnow(), local_zone(), margin)
+        await self.quota.park(profile, until, backoff, hit.message, **where)
+
+    def _fingerprint(self, bad: list[CheckResult], end: AttemptEnd) -> Fingerprint:
+        found = [
+            Failure.of(
+                r.name,
+                r.details,
+                str(r.details["output_tail"]) if "output_tail" in r.details else None,
+            )
+            for r in bad
+        ]
+        return fingerprint(found, end.changes)
 
     def _git(self, config: Config) -> Git:
         """git for the plan's repo. What reads the repo's own config (status, rev-parse) runs
@@ -358,6 +483,8 @@ class PlanRunner:
             echoed = self.folder.workers / f"prompt-{phase.id}-{n - 1}.md"
             tail = log_tail_without(failed_log, echoed, LOG_TAIL_LINES)
             text += remediation_section(failed, shown_log or failed_log, tail, baseline)
+            if self._tried is not None:
+                text += tried_section(*self._tried)
         return text + contract_trailer(self.plan, phase, n, role, report, settings)
 
     def _env(
@@ -404,9 +531,10 @@ class PlanRunner:
         config: Config,
         policy: Policy,
         role: str,
+        profile: str,
         previous: tuple[list[CheckResult], Path] | None,
         baselines: tuple[PhaseGit, ContractBaseline],
-    ) -> tuple[list[CheckResult], Path]:
+    ) -> AttemptEnd:
         pgit, contract = baselines
         ps = self.record.state.phases[phase.id]
         n = len(ps.attempts) + 1
@@ -420,12 +548,19 @@ class PlanRunner:
         try:
             baseline = pgit.baseline.head if pgit.baseline else None
             spec, env, prompt, flags, handoff = await self._prepare(
-                phase, config, n, role, report, log_path, previous, baseline
+                phase, config, profile, n, role, report, log_path, previous, baseline
             )
             mine = [self.plan.in_plan_dir(p) for p in (report, *phase.completion_paths)]
             await contract.take(mine)
             await pgit.start_attempt(f"{phase.id}-{n}")
-            meter = self._meter(config, att, log)
+            meter = self._meter(config, att, log, profile)
+            # a stream's events tell liveness (silence, a result without an exit) and limits
+            liveness = Liveness(stream=meter.reader is not None)
+            errors: list[StreamError] = []
+            meter.watchers.append(functools.partial(_watch_event, liveness, errors))
+            silence = self._silence(phase, config, profile, stream=meter.reader is not None)
+            # a worker alone in its PID namespace cannot outlive it: nothing to watch for
+            respawn = spec.identity is None or not spec.pid_namespace
             # the log keeps the head and tail of the output: its errors are judged on all of it
             scanner = OutputScanner(config.checks.log_error_patterns, prompt)
 
@@ -441,7 +576,9 @@ class PlanRunner:
                     wlog = log.bind(pid=worker.pid)
                     if flags:
                         wlog.info("worker.dangerous", flags=flags)
-                    outcome = await self._supervise(worker, att, phase, policy, wlog, meter)
+                    outcome = await self._supervise(
+                        worker, att, phase, policy, wlog, meter, silence, liveness, respawn
+                    )
                 # the output is drained now: its last line, and the final usage
                 if meter.finish(att.returncode):
                     await self.record.save(phase.id)
@@ -463,7 +600,7 @@ class PlanRunner:
             log.info("worker.failed_to_start", reason=str(exc))
             result = CheckResult("start", False, f"worker failed to start: {exc}")
             log.info("check.failed", check=result.name, reason=result.reason)
-            return [result], log_path
+            return AttemptEnd(n, [result], log_path, changes=None if pgit.problem else "")
         if worker.dropped_bytes:
             wlog.info(
                 "worker.log_truncated",
@@ -473,6 +610,53 @@ class PlanRunner:
         changes, diff = await pgit.end_attempt(f"{phase.id}-{n}")
         if changes is not None:
             wlog.info("worker.changes", **changes)
+        try:
+            limit = await self._limit(config, profile, outcome, log_path, prompt, errors)
+            if limit is not None:
+                await self._limited(att, phase, limit, profile, wlog)
+                return AttemptEnd(n, [], log_path, limit)
+            return await self._check(
+                phase,
+                config,
+                policy,
+                n,
+                outcome,
+                log_path,
+                env,
+                prompt,
+                report,
+                spec,
+                (pgit, contract),
+                (changes, diff),
+                mine,
+                wlog,
+                scanner,
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await handoff.remove()
+
+    async def _check(
+        self,
+        phase: Phase,
+        config: Config,
+        policy: Policy,
+        n: int,
+        outcome: WatchOutcome,
+        log_path: Path,
+        env: dict[str, str],
+        prompt: str,
+        report: str,
+        spec: WorkerSpec,
+        baselines: tuple[PhaseGit, ContractBaseline],
+        git_view: tuple[dict[str, object] | None, Diff | None],
+        mine: list[str],
+        wlog: Logger,
+        scanner: OutputScanner,
+    ) -> AttemptEnd:
+        """The attempt's checkpoints, and what it changed (for the stagnation breaker)."""
+        pgit, contract = baselines
+        changes, diff = git_view
         # without git, a file rewritten with the same text is told apart by its mtime
         stale = await contract.stale(mine, mtime=pgit.problem is not None)
         # the attempt's end was just saved; checking restarts the phase like running does
@@ -499,16 +683,79 @@ class PlanRunner:
             pid_namespace=spec.pid_namespace,
             launcher=self.launcher,
         )
-        try:
-            return await inspect(ctx, wlog), log_path
-        finally:
-            with anyio.CancelScope(shield=True):
-                await handoff.remove()
+        results = await inspect(ctx, wlog)
+        own: str | None = None
+        diffstat = ""
+        if changes is not None:
+            changed = changes.get("changed")
+            entries = work_changes(
+                [str(c) for c in changed] if isinstance(changed, list) else [],
+                self.plan.contract_files(),
+            )
+            own = await anyio.to_thread.run_sync(describe_changes, self.plan.repo, entries)
+            diffstat = str(changes.get("diffstat", "")) if entries else ""
+        return AttemptEnd(n, results, log_path, changes=own, diffstat=diffstat)
 
-    def _meter(self, config: Config, att: AttemptState, log: Logger) -> AttemptMeter:
+    def _silence(self, phase: Phase, config: Config, profile: str, stream: bool) -> float | None:
+        """silence_timeout from the phase's policy, the plan's, the profile, the config's
+        [policy]; unset everywhere: off for text, 10 minutes for a stream format."""
+        prof = config.workers.get(profile)
+        for value in (
+            phase.policy.silence_timeout if phase.policy else None,
+            self.plan.policy.silence_timeout if self.plan.policy else None,
+            prof.silence_timeout if prof else None,
+            config.policy.silence_timeout,
+        ):
+            if value is not None:
+                return None if value is False else float(value)
+        return DEFAULT_STREAM_SILENCE if stream else None
+
+    async def _limit(
+        self,
+        config: Config,
+        profile: str,
+        outcome: WatchOutcome,
+        log_path: Path,
+        prompt: str,
+        errors: list[StreamError],
+    ) -> LimitHit | None:
+        """The limit or lost login an attempt that did not end well ended on, if any."""
+        if outcome.returncode == 0 or outcome.ended is Ended.NO_EXIT:
+            return None
+        prof = config.workers.get(profile)
+        if prof is None:
+            return None
+        try:  # the end of the log, without the prompt it echoed (a remediation prompt quotes)
+            text = await anyio.to_thread.run_sync(log_without_prompt, log_path, prompt)
+        except FileRefused:
+            text = ""
+        codes = prof.auth_exit_codes
+        return judge(
+            text,
+            outcome.returncode,
+            prof.rate_limit_patterns,
+            prof.auth_patterns,
+            auth_exit_codes(prof.command) if codes is None else codes,
+            errors,
+        )
+
+    async def _limited(
+        self, att: AttemptState, phase: Phase, hit: LimitHit, profile: str, log: Logger
+    ) -> None:
+        rate = hit.kind is LimitKind.RATE_LIMIT
+        set_attempt(att, AttemptStatus.RATE_LIMITED if rate else AttemptStatus.AUTH_FAILED)
+        att.failure = hit.message
+        await self.record.save(phase.id)
+        if rate:
+            log.info(
+                "worker.rate_limited", profile=profile, message=hit.message, reset=hit.reset_text
+            )
+        else:
+            log.info("worker.auth_failed", profile=profile, message=hit.message)
+
+    def _meter(self, config: Config, att: AttemptState, log: Logger, name: str) -> AttemptMeter:
         """The attempt's observer: its profile's stream format read into the ledger (kept in
         the attempt's state) and held against the budgets; opaque `text` is only timed."""
-        name = self.plan.worker or config.default_worker
         profile = config.workers[name]
         reader = open_stream(profile.output)
         meter = new_meter(config.prices, name, profile.model, self.spending)
@@ -531,6 +778,7 @@ class PlanRunner:
         self,
         phase: Phase,
         config: Config,
+        profile_name: str,
         n: int,
         role: str,
         report: str,
@@ -540,7 +788,6 @@ class PlanRunner:
     ) -> tuple[WorkerSpec, dict[str, str], str, list[str], Handoff]:
         """The worker's spec, env, prompt, dangerous flags and hand-off folder;
         WorkerStartError if impossible."""
-        profile_name = self.plan.worker or config.default_worker
         profile = config.workers.get(profile_name)
         if profile is None:
             raise WorkerStartError(f"worker profile {profile_name!r} is not in the config")
@@ -606,6 +853,18 @@ class PlanRunner:
         )
         return spec, env, prompt, profile.dangerous_flags, handoff
 
+    async def _respawned(self, worker: Worker, policy: Policy, log: Logger, watch: bool) -> None:
+        """For stop_grace after a stop, stop what starts the worker's session again."""
+        if not watch:
+            return
+        found = await self.launcher.respawned(worker, policy.stop_grace)
+        if found:
+            log.info(
+                "worker.respawned",
+                pids=[p.pid for p in found],
+                commands=[p.command for p in found],
+            )
+
     async def _supervise(
         self,
         worker: Worker,
@@ -614,6 +873,9 @@ class PlanRunner:
         policy: Policy,
         log: Logger,
         meter: AttemptMeter,
+        silence: float | None = None,
+        liveness: Liveness | None = None,
+        respawn: bool = True,
     ) -> WatchOutcome:
         self.record.state.phases[phase.id].attempts.append(att)
         att.pid, att.handle = worker.pid, worker.handle.to_dict()
@@ -630,6 +892,8 @@ class PlanRunner:
                     worker,
                     policy,
                     log,
+                    silence,
+                    liveness,
                     on_poll if meter.reader is not None else None,
                     halt=meter.stop,
                 )
@@ -655,15 +919,31 @@ class PlanRunner:
                 self.folder.append_ledger(f"{who} budget stopped={sig.name if sig else 'gone'}")
             elif outcome.stalled:
                 set_attempt(att, AttemptStatus.STALLED)
+                why: dict[str, Any] = {"reason": str(outcome.ended)}
+                if outcome.silent_for is not None:
+                    why["silent_for"] = outcome.silent_for
                 log.info(
                     "worker.stalled",
                     polls=outcome.polls,
                     elapsed=round(worker.elapsed(), 3),
+                    **why,
                     log_tail=await anyio.to_thread.run_sync(worker.tail, LOG_TAIL_LINES),
                 )
                 sig = await stop(worker, policy.stop_grace, "stalled", log)
                 set_attempt(att, AttemptStatus.STOPPED)
                 self.folder.append_ledger(f"{who} stalled stopped={sig.name if sig else 'gone'}")
+                await self._respawned(worker, policy, log, respawn)
+            elif outcome.ended is Ended.NO_EXIT:
+                log.info(
+                    "worker.no_exit",
+                    exit_grace=policy.exit_grace,
+                    elapsed=round(worker.elapsed(), 3),
+                )
+                sig = await worker.stop(policy.stop_grace)
+                set_attempt(att, AttemptStatus.STOPPED)
+                log.info("worker.stopped", signal=sig.name if sig else None, why="no exit")
+                self.folder.append_ledger(f"{who} no exit stopped={sig.name if sig else 'gone'}")
+                await self._respawned(worker, policy, log, respawn)
             else:
                 set_attempt(att, AttemptStatus.EXITED)
                 att.returncode = outcome.returncode
@@ -676,7 +956,8 @@ class PlanRunner:
                 )
                 self.folder.append_ledger(f"{who} exited={outcome.returncode}")
                 # nothing of a worker may outlive its attempt: stop what it left (its cgroup)
-                await stop(worker, policy.stop_grace, LEFT_RUNNING, log)
+                if await stop(worker, policy.stop_grace, LEFT_RUNNING, log):
+                    await self._respawned(worker, policy, log, respawn)
             return outcome
         finally:
             if worker.returncode is None or att.status is AttemptStatus.RUNNING:

@@ -30,7 +30,7 @@ from .plan import Plan, check_plan_id, confine, parse_plan_bytes
 from .state import PlanFolder, PlanState, atomic_write, dump_state
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".swp")
-REQUEST_KINDS = (".cancel", ".retry", ".resume", ".merge")
+REQUEST_KINDS = (".cancel", ".retry", ".resume", ".merge", ".unblock")
 MAX_REQUEST_BYTES = 4096
 """A request's text (`resume --budget NAME=VALUE` lines); the others are empty."""
 RUN_LOCK = "run.lock"
@@ -62,7 +62,7 @@ class ControlRequest:
     and why it is refused (None: it may be acted on)."""
 
     file: str
-    kind: str  # "cancel" | "retry" | "resume"
+    kind: str  # "cancel" | "retry" | "resume" | "unblock" (whose id names a profile)
     plan_id: str
     uid: int
     refused: str | None = None

@@ -58,6 +58,11 @@ class AttemptStatus(enum.StrEnum):
     """The process group was stopped by the daemon (stall, cancel or shutdown)."""
     FAILED_TO_START = "failed_to_start"
     """The command could not be executed at all."""
+    RATE_LIMITED = "rate_limited"
+    """It ended on a rate or usage limit: not a failure; its profile is parked and the phase
+    starts again with a fresh worker when the limit resets."""
+    AUTH_FAILED = "auth_failed"
+    """Its login failed: not a failure; its profile is blocked until unblocked."""
 
 
 PLAN_TERMINAL = frozenset(
@@ -120,9 +125,12 @@ ATTEMPT_TRANSITIONS: dict[AttemptStatus, frozenset[AttemptStatus]] = {
         {AttemptStatus.EXITED, AttemptStatus.STALLED, AttemptStatus.STOPPED}
     ),
     AttemptStatus.STALLED: frozenset({AttemptStatus.STOPPED}),
-    AttemptStatus.EXITED: frozenset(),
-    AttemptStatus.STOPPED: frozenset(),
+    # judged after its end: the account, not the work, was the trouble
+    AttemptStatus.EXITED: frozenset({AttemptStatus.RATE_LIMITED, AttemptStatus.AUTH_FAILED}),
+    AttemptStatus.STOPPED: frozenset({AttemptStatus.RATE_LIMITED, AttemptStatus.AUTH_FAILED}),
     AttemptStatus.FAILED_TO_START: frozenset(),
+    AttemptStatus.RATE_LIMITED: frozenset(),
+    AttemptStatus.AUTH_FAILED: frozenset(),
 }
 
 

@@ -93,7 +93,8 @@ def test_config_file_durations_are_read_in_seconds(tmp_path: Path) -> None:
         (
             {"policy": {"max_pols": 3}},
             "policy.max_pols: unknown key; check its spelling "
-            "(allowed here: poll_interval, max_polls, stop_grace, max_remediations)",
+            "(allowed here: poll_interval, max_polls, stop_grace, max_remediations, "
+            "silence_timeout, exit_grace)",
         ),
         ({"max_workers": "eight"}, "max_workers: must be a valid integer"),
         ({"default_worker": "nope"}, "default_worker = 'nope' names no [workers.*] profile"),

@@ -171,8 +171,9 @@ async def test_without_git_the_change_rules_are_a_warning_not_a_crash(tmp_path: 
     plan = make_plan(tmp_path, phases=[phase("P01", kind="impl"), phase("P02")])
     run = await run_plan(make_config(tmp_path), plan)
     assert run.status == "succeeded"
-    [warning] = run.events("check.warning")
+    warning, no_changes = run.events("check.warning")
     assert (warning["phase"], warning["check"]) == ("P01", "git")
+    assert (no_changes["phase"], no_changes["check"]) == ("P01", "no_changes")
     assert warning["reason"] == (
         f"{run.repo} is not a git checkout; not checked: forbid_test_changes, forbidden_patterns"
     )
@@ -188,7 +189,10 @@ async def test_files_written_by_verify_commands_are_not_blamed_on_workers(
     config = make_config(tmp_path, policy={"max_remediations": 1})
     verify = [{"run": "mkdir -p tests && echo 'x = 1' >> tests/test_generated.py"}]
     plan = make_plan(
-        tmp_path, repo=repo, worker="flaky", phases=[phase("P01", kind="impl", verify=verify)]
+        tmp_path,
+        repo=repo,
+        worker="flaky",
+        phases=[phase("P01", kind="impl", verify=verify, allow_no_changes=True)],
     )
     run = await run_plan(config, plan)
     assert run.status == "succeeded", run.events("check.failed")
@@ -215,7 +219,13 @@ async def test_phase_overrides_switch_change_rules_on_and_off(tmp_path: Path) ->
         repo=repo,
         phases=[
             phase("P01", protect=["README.md"], forbid_test_changes=True),
-            phase("P02", kind="impl", forbidden_patterns=[], forbid_test_changes=False),
+            phase(
+                "P02",
+                kind="impl",
+                forbidden_patterns=[],
+                forbid_test_changes=False,
+                allow_no_changes=True,
+            ),
         ],
     )
     run = await run_plan(config, plan)

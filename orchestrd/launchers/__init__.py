@@ -124,6 +124,11 @@ class Worker(Protocol):
         """What the worker left running after it exited (stopped when the launch ended)."""
         ...
 
+    def cpu_sample(self) -> object:
+        """What changes when the worker's processes use CPU or come and go (compared, never
+        read: a silent worker is one whose sample stays the same). Blocking: a thread."""
+        ...
+
     async def wait(self) -> int: ...
 
     def elapsed(self) -> float: ...
@@ -169,6 +174,12 @@ class Launcher(Protocol):
 
     async def reap(self, handles: Sequence[Handle], grace: float) -> list[Reaped]:
         """Stop what recorded handles (of an earlier daemon run) left running."""
+        ...
+
+    async def respawned(self, worker: Worker, grace: float) -> list[Leftover]:
+        """For `grace` after `worker` was stopped, stop what starts its session again (a
+        helper of the agent) and say what it was; nothing where no process can outlive the
+        worker's stop (a cgroup, a PID namespace of its own)."""
         ...
 
     async def sweep(self, folders: Sequence[Path], grace: float) -> list[Reaped]:

@@ -26,7 +26,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from .. import cgroups
+from .. import cgroups, procfs
 from ..config import Config
 from ..fsutil import FileRefused, open_for_writing
 from ..privsep import wrap
@@ -36,6 +36,7 @@ from . import (
     Leftover,
     OutputObserver,
     Reaped,
+    Worker,
     WorkerLogError,
     WorkerSpec,
     WorkerStartError,
@@ -51,6 +52,7 @@ from .proctree import (
     stop_group,
     stop_orphan,
     stop_processes,
+    stop_respawned,
 )
 
 KIND = "local"
@@ -134,6 +136,8 @@ class LocalWorker:
         self.local = handle
         self.cgroup = cgroup
         self.left_running: tuple[Leftover, ...] = ()
+        self.alone = False
+        """Alone in a PID namespace of its own (nothing of it can outlive its stop)."""
         self._oom = 0
         self.started = time.monotonic()
         self.max_log_bytes = max_log_bytes
@@ -158,6 +162,12 @@ class LocalWorker:
 
     async def wait(self) -> int:
         return await self.process.wait()
+
+    def cpu_sample(self) -> object:
+        # its cgroup counts every process in it; else its group and everything below its leader
+        if self.cgroup is not None and (used := procfs.cgroup_cpu(self.cgroup)) is not None:
+            return (used, tuple(cgroups.members(self.cgroup)))
+        return procfs.worker_cpu(self.local.pid, self.local.pgid)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -451,6 +461,8 @@ class LocalLauncher:
             log=str(spec.log_path),
         )
         worker = LocalWorker(process, handle, spec.argv, max_log_bytes, on_output, path)
+        # alone in a PID namespace of its own, nothing of it outlives its stop
+        worker.alone = spec.identity is not None and spec.pid_namespace
         async with anyio.create_task_group() as tg:
             tg.start_soon(worker._pump, name=f"log pump {process.pid}")
             try:
@@ -471,6 +483,13 @@ class LocalLauncher:
                 f"{spec.argv[0]!r} was dropped from then on — free space on that file system or "
                 "make the folder writable, then retry the plan"
             )
+
+    async def respawned(self, worker: Worker, grace: float) -> list[Leftover]:
+        assert isinstance(worker, LocalWorker)
+        if worker.cgroup is not None or worker.alone:
+            return []  # cgroup.kill, or the end of its PID namespace, took everything
+        found = await stop_respawned(worker.local.log, grace)
+        return [Leftover(pid, command) for pid, command in sorted(found.items())]
 
     async def reap(self, handles: Sequence[Handle], grace: float) -> list[Reaped]:
         reaped = []

@@ -16,6 +16,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from .. import cgroups
 from ..privsep import NSINIT
 
 _GROUP_POLL = 0.02  # how often a stopping process group is looked at (seconds)
@@ -217,3 +218,23 @@ async def stop_orphan(handle: WorkerHandle, grace: float) -> signal.Signals | No
     if not is_same_process(handle) and process_start_time(handle.pgid) is not None:
         return None
     return await stop_group(handle.pgid, grace)
+
+
+async def stop_respawned(log: str, watch_for: float) -> dict[int, str]:
+    """For `watch_for` seconds after a worker was stopped, stop every process that carries its
+    `ORCHESTRD_LOG` (a helper of the agent starting the session again, or one that left its
+    process group); returns their pids and command lines. Only processes whose environment
+    this user can read are seen."""
+    found: dict[int, str] = {}
+    under = Path(log).parent
+    step = min(max(watch_for / 20, 0.02), 0.5)
+    with anyio.move_on_after(watch_for):
+        while True:
+            live = await anyio.to_thread.run_sync(processes_with_env, "ORCHESTRD_LOG", under)
+            pids = sorted(pid for pid, value in live.items() if value == log)
+            if pids:
+                for pid in pids:
+                    found.setdefault(pid, cgroups.command_line(pid))
+                await stop_processes(pids, watch_for)
+            await anyio.sleep(step)
+    return found
