@@ -37,10 +37,10 @@ from daemon_support import Daemon
 
 from orchestrd.audit import AuditLog
 from orchestrd.config import Policy, WorkerProfile
+from orchestrd.launchers import WorkerSpec, open_launcher
 from orchestrd.parking import Holds, read_holds
 from orchestrd.policy import Ended, Liveness, watch
 from orchestrd.states import ATTEMPT_TRANSITIONS, AttemptStatus, PlanStatus
-from orchestrd.worker import WorkerSpec, launch
 
 pytestmark = pytest.mark.anyio
 
@@ -349,7 +349,8 @@ async def test_exit_grace_stops_a_worker_whose_stream_gave_its_final_result(
     audit = AuditLog(tmp_path / "audit.jsonl")
     t0 = time.monotonic()
     with anyio.fail_after(10):
-        async with launch(spec, 1 << 20, 0.2, on_output=observe) as worker:
+        launcher = open_launcher("local", None)
+        async with launcher.launch(spec, 1 << 20, 0.2, on_output=observe) as worker:
             outcome = await watch(worker, policy, audit.bind(), None, liveness)
     audit.close()
     assert outcome.ended is Ended.NO_EXIT and outcome.returncode is None
@@ -361,8 +362,10 @@ async def test_exit_grace_stops_a_worker_whose_stream_gave_its_final_result(
 
 
 async def test_a_respawned_session_is_stopped_and_reported(tmp_path: Path) -> None:
+    # in process-group containment: a worker in a cgroup takes its helpers with it at the stop
     config = make_config(
         tmp_path,
+        containment={"cgroup_parent": "/proc/orchestrd"},
         policy={
             "max_remediations": 0,
             "poll_interval": "0.1s",
