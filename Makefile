@@ -25,7 +25,7 @@ run: $(BIN)/orchestrd
 	@echo "also: orchestrd tail --plan DEMO-calc, orchestrd logs DEMO-calc P03 (see README, Day to day)"
 
 test: $(BIN)/orchestrd
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # Formatting, lint and types, as CI checks them before the tests.
 lint: $(BIN)/orchestrd
