@@ -5,6 +5,7 @@ commands (run by the daemon itself, judged by exit code and output).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import os
 import re
@@ -621,7 +622,7 @@ async def run_verify(ctx: CheckContext, index: int, log: Logger) -> CheckResult:
 _REQUIRED = {"phase": "`Phase: {id}`", "timestamp": "`Completed: <real date and time>`"}
 
 
-class Check:
+class Check(abc.ABC):
     """One checkpoint after a worker, all it takes in one place: its name, what the worker is
     told (`trailer`: lines of the contract at the end of its prompt), how to fix each rule it
     names (`fixes`, for the remediation prompt) and how it runs. CHECKS runs them in order; a
@@ -635,10 +636,10 @@ class Check:
         relative)."""
         return []
 
+    @abc.abstractmethod
     def run(self, ctx: CheckContext, log: Logger) -> AsyncIterator[CheckResult]:
         """The check's results, each audited by `inspect` as it comes (before the next one
         is made: a verify command's events follow the one before)."""
-        raise NotImplementedError
 
 
 class ExitCheck(Check):
