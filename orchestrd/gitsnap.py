@@ -201,6 +201,34 @@ def _git_files(common: Path, gitdir: Path, excludes: Path | None) -> dict[str, s
     return found
 
 
+async def run_git(
+    options: list[str],
+    args: tuple[str, ...],
+    cwd: Path,
+    env: dict[str, str],
+    seconds: float,
+    as_user: dict[str, Any],
+) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `git OPTIONS ARGS`, stdin closed, within `seconds`;
+    GitError if it cannot run or times out. `as_user`: subprocess's user/group arguments."""
+    try:
+        with anyio.fail_after(seconds):
+            done = await anyio.run_process(
+                ["git", *options, *args],
+                cwd=cwd,
+                env=env,
+                check=False,
+                stdin=subprocess.DEVNULL,
+                **as_user,
+            )
+    except TimeoutError:
+        raise GitError(f"git {args[0]} timed out after {seconds}s") from None
+    except OSError as exc:
+        raise GitError(f"cannot run git in {cwd}: {exc.strerror or exc}") from None
+    out = done.stdout.decode("utf-8", errors="replace")
+    return done.returncode, out, done.stderr.decode("utf-8", errors="replace").strip()
+
+
 class Git:
     """git commands in one repository (a checkout or a folder inside one), each with a timeout;
     snapshots are built in `scratch/snapshot.git`."""
@@ -250,23 +278,8 @@ class Git:
             (str(d) for d in (self.repo, *self.repo.parents) if (d / ".git").exists()),
             str(self.repo),
         )
-        argv = ["git", *safe, "-c", f"safe.directory={top}", *extra, *args]
-        try:
-            with anyio.fail_after(self.timeout):
-                done = await anyio.run_process(
-                    argv,
-                    cwd=self.repo,
-                    env=env,
-                    check=False,
-                    stdin=subprocess.DEVNULL,
-                    **as_user,
-                )
-        except TimeoutError:
-            raise GitError(f"git {args[0]} timed out after {self.timeout}s") from None
-        except OSError as exc:
-            raise GitError(f"cannot run git: {exc.strerror or exc}") from None
-        out = done.stdout.decode("utf-8", errors="replace")
-        return done.returncode, out, done.stderr.decode("utf-8", errors="replace").strip()
+        options = [*safe, "-c", f"safe.directory={top}", *extra]
+        return await run_git(options, args, self.repo, env, self.timeout, as_user)
 
     async def run(
         self,

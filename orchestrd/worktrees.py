@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from .gitsnap import _SHADOW_ONLY, SAFE_CONFIG, GitError, _git_env
+from .gitsnap import _SHADOW_ONLY, SAFE_CONFIG, GitError, _git_env, run_git
 from .privsep import Identity
 
 BRANCH_PREFIX = "orchestrd/"
@@ -68,31 +68,8 @@ class RepoGit:
             env.update(self.identity.env())
         safe = [x for c in SAFE_CONFIG if c not in _SHADOW_ONLY for x in ("-c", c)]
         write = [x for c in WRITE_CONFIG for x in ("-c", c)]
-        argv = [
-            "git",
-            *safe,
-            *write,
-            "-c",
-            f"safe.directory={self.cwd}",
-            *drivers,
-            *args,
-        ]
-        try:
-            with anyio.fail_after(self.timeout):
-                done = await anyio.run_process(
-                    argv,
-                    cwd=self.cwd,
-                    env=env,
-                    check=False,
-                    stdin=subprocess.DEVNULL,
-                    **as_user,
-                )
-        except TimeoutError:
-            raise GitError(f"git {args[0]} timed out after {self.timeout}s") from None
-        except OSError as exc:
-            raise GitError(f"cannot run git in {self.cwd}: {exc.strerror or exc}") from None
-        out = done.stdout.decode("utf-8", errors="replace")
-        return done.returncode, out, done.stderr.decode("utf-8", errors="replace").strip()
+        options = [*safe, *write, "-c", f"safe.directory={self.cwd}", *drivers]
+        return await run_git(options, args, self.cwd, env, self.timeout, as_user)
 
     async def unlink_files(self, paths: list[str], *more: str) -> None:
         """Remove these files (missing ones are fine) as git here runs: with `identity`, as the
