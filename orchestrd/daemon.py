@@ -581,18 +581,7 @@ class Daemon:
                     async with lock, self.limiter:
                         entry.running = True
                         self._notify(f"STATUS={self._status_line()}")
-                        runner = PlanRunner(
-                            plan,
-                            record,
-                            entry.folder,
-                            lambda: self.config,
-                            entry.log,
-                            self.launcher,
-                            self.spending,
-                            self.quota,
-                            self._slot_freed,
-                        )
-                        await runner.run()
+                        await self._runner(entry, plan).run()
             if entry.cancel_requested and record.state.status not in PLAN_TERMINAL:
                 await record.set_status(
                     PlanStatus.CANCELLED, "cancelled on request", requester=entry.requester
@@ -615,6 +604,21 @@ class Daemon:
             await self._archive(entry)
         self._notify(f"STATUS={self._status_line()}")
 
+    def _runner(self, entry: PlanEntry, plan: Plan) -> PlanRunner:
+        """The runner of `plan` (the entry's own, or rooted in its worktree), with what the
+        daemon shares between plans: the launcher, the day's spending, the held profiles."""
+        return PlanRunner(
+            plan,
+            entry.record,
+            entry.folder,
+            lambda: self.config,
+            entry.log,
+            self.launcher,
+            self.spending,
+            self.quota,
+            self._slot_freed,
+        )
+
     async def _run_isolated(self, entry: PlanEntry) -> None:
         """A worktree plan: no repository lock (its worktree is its own), a worker slot while
         its phases run, then its turn in the repository's merge queue."""
@@ -624,17 +628,7 @@ class Daemon:
             self._notify(f"STATUS={self._status_line()}")
             admin = await self.merges.admin(plan.repo)
             tree = await isolation.enter(self.config, plan, record, entry.log, admin)
-            runner = PlanRunner(
-                tree,
-                record,
-                entry.folder,
-                lambda: self.config,
-                entry.log,
-                self.launcher,
-                self.spending,
-                self.quota,
-                self._slot_freed,
-            )
+            runner = self._runner(entry, tree)
             await runner.run()
             entry.running = False
         if record.state.status is not PlanStatus.MERGING:
