@@ -65,17 +65,12 @@ from .prompt import (
 )
 from .state import (
     AttemptState,
-    PlanFolder,
     PlanRecord,
     mark_left_stopped,
     now_iso,
-    set_attempt,
 )
-from .states import (
-    AttemptStatus,
-    PhaseStatus,
-    PlanStatus,
-)
+from .states import AttemptStatus, Outcome, PhaseStatus, PlanStatus
+from .store import PlanFolder
 from .streams import Error, Result, StreamEvent, open_stream
 from .usage import total
 from .worker import log_without_prompt
@@ -148,7 +143,8 @@ def _watch_event(liveness: Liveness, errors: list[StreamError], event: StreamEve
 
 
 class PlanRunner:
-    """Carries out one plan. The caller owns the record's plan-level status."""
+    """Carries out one plan's phases; how it ended is returned, the plan's status is recorded
+    by its lifecycle."""
 
     def __init__(
         self,
@@ -203,9 +199,10 @@ class PlanRunner:
         self.record.state.wall_seconds = round(self.budget.wall(), 3)
         self.record.state.budget_warned = sorted(self.budget.warned)
 
-    async def run(self) -> PlanStatus:
-        """Run every phase not yet passed; returns SUCCEEDED, FAILED, PAUSED (a budget was
-        spent) or, for a worktree plan to be merged, MERGING; and records it."""
+    async def run(self) -> Outcome:
+        """Run every phase not yet passed (the plan is running); how it ended: SUCCEEDED,
+        FAILED, PAUSED (a budget was spent) or, for a worktree plan to be merged, MERGING. The
+        caller records it (lifecycle)."""
         try:
             return await self._run()
         except BudgetPause as pause:
@@ -218,25 +215,11 @@ class PlanRunner:
             extra: dict[str, Any] = {}
             if name == DAILY:  # it resumes by itself then
                 extra["resumes_at"] = budgets.next_utc_midnight(self.spending.clock()).isoformat()
-            await self.record.set_status(
-                PlanStatus.PAUSED,
-                f"budget:{name}",
-                budget=name,
-                spent=round(pause.crossing.spent, 6),
-                limit=pause.crossing.limit,
-                **extra,
-            )
-            return PlanStatus.PAUSED
+            spent = {"spent": round(pause.crossing.spent, 6), "limit": pause.crossing.limit}
+            return Outcome(PlanStatus.PAUSED, f"budget:{name}", {"budget": name, **spent, **extra})
 
-    async def _run(self) -> PlanStatus:
+    async def _run(self) -> Outcome:
         state = self.record.state
-        state.add_phases(p.id for p in self.plan.phases)
-        if state.status is not PlanStatus.RUNNING:
-            # unsaved: queued and interrupted plans resume just like running ones, and the
-            # first attempt's save follows within milliseconds
-            await self.record.set_status(
-                PlanStatus.RUNNING, save=False, phases=len(self.plan.phases)
-            )
         for phase in self.plan.phases:
             if state.phases[phase.id].status is PhaseStatus.PASSED:
                 self.log.info("phase.skipped", phase=phase.id, reason="passed before")
@@ -245,18 +228,15 @@ class PlanRunner:
                 reason = f"phase {phase.id} failed: {state.phases[phase.id].reason}"
                 await anyio.to_thread.run_sync(drop_snapshots, self.folder.workers)
                 self._keep_ledger()
-                await self.record.set_status(PlanStatus.FAILED, reason, phase=phase.id)
-                return PlanStatus.FAILED
+                return Outcome(PlanStatus.FAILED, reason, {"phase": phase.id})
         # kept while the plan may resume (its index spares hashing every file again)
         await anyio.to_thread.run_sync(drop_snapshots, self.folder.workers)
         self._keep_ledger()
         wt = state.worktree
         if wt is not None and self.plan.merge == "rebase":
             # the daemon's merge queue takes it from here
-            await self.record.set_status(PlanStatus.MERGING, target=wt.target, branch=wt.branch)
-            return PlanStatus.MERGING
-        await self.record.set_status(PlanStatus.SUCCEEDED)
-        return PlanStatus.SUCCEEDED
+            return Outcome(PlanStatus.MERGING, None, {"target": wt.target, "branch": wt.branch})
+        return Outcome(PlanStatus.SUCCEEDED)
 
     async def run_phase(self, phase: Phase) -> bool:
         ps = self.record.state.phases[phase.id]
@@ -591,7 +571,7 @@ class PlanRunner:
                 raise BudgetPause(meter.exceeded)
         except WorkerStartError as exc:
             ps.attempts.append(att)
-            set_attempt(att, AttemptStatus.FAILED_TO_START)
+            self.record.set_attempt(att, AttemptStatus.FAILED_TO_START)
             att.failure = str(exc)
             att.ended_at = now_iso()
             # checked like any attempt, so remediation.started / phase.failed follow as usual
@@ -743,7 +723,9 @@ class PlanRunner:
         self, att: AttemptState, phase: Phase, hit: LimitHit, profile: str, log: Logger
     ) -> None:
         rate = hit.kind is LimitKind.RATE_LIMIT
-        set_attempt(att, AttemptStatus.RATE_LIMITED if rate else AttemptStatus.AUTH_FAILED)
+        self.record.set_attempt(
+            att, AttemptStatus.RATE_LIMITED if rate else AttemptStatus.AUTH_FAILED
+        )
         att.failure = hit.message
         await self.record.save(phase.id)
         if rate:
@@ -879,7 +861,7 @@ class PlanRunner:
     ) -> WatchOutcome:
         self.record.state.phases[phase.id].attempts.append(att)
         att.pid, att.handle = worker.pid, worker.handle.to_dict()
-        set_attempt(att, AttemptStatus.RUNNING)
+        self.record.set_attempt(att, AttemptStatus.RUNNING)
         await self.record.save(phase.id)
         who = f"{phase.id} attempt={att.n} role={att.role} pid={worker.pid}"
         self.folder.append_ledger(who)
@@ -907,7 +889,7 @@ class PlanRunner:
                     outcome = WatchOutcome(worker.returncode, outcome.polls)
             if outcome.halted:
                 sig = await worker.stop(policy.stop_grace)
-                set_attempt(att, AttemptStatus.STOPPED)
+                self.record.set_attempt(att, AttemptStatus.STOPPED)
                 assert meter.exceeded is not None
                 att.failure = f"stopped: budget {meter.exceeded.budget} spent"
                 log.info(
@@ -918,7 +900,7 @@ class PlanRunner:
                 )
                 self.folder.append_ledger(f"{who} budget stopped={sig.name if sig else 'gone'}")
             elif outcome.stalled:
-                set_attempt(att, AttemptStatus.STALLED)
+                self.record.set_attempt(att, AttemptStatus.STALLED)
                 why: dict[str, Any] = {"reason": str(outcome.ended)}
                 if outcome.silent_for is not None:
                     why["silent_for"] = outcome.silent_for
@@ -930,7 +912,7 @@ class PlanRunner:
                     log_tail=await anyio.to_thread.run_sync(worker.tail, LOG_TAIL_LINES),
                 )
                 sig = await stop(worker, policy.stop_grace, "stalled", log)
-                set_attempt(att, AttemptStatus.STOPPED)
+                self.record.set_attempt(att, AttemptStatus.STOPPED)
                 self.folder.append_ledger(f"{who} stalled stopped={sig.name if sig else 'gone'}")
                 await self._respawned(worker, policy, log, respawn)
             elif outcome.ended is Ended.NO_EXIT:
@@ -940,12 +922,12 @@ class PlanRunner:
                     elapsed=round(worker.elapsed(), 3),
                 )
                 sig = await worker.stop(policy.stop_grace)
-                set_attempt(att, AttemptStatus.STOPPED)
+                self.record.set_attempt(att, AttemptStatus.STOPPED)
                 log.info("worker.stopped", signal=sig.name if sig else None, why="no exit")
                 self.folder.append_ledger(f"{who} no exit stopped={sig.name if sig else 'gone'}")
                 await self._respawned(worker, policy, log, respawn)
             else:
-                set_attempt(att, AttemptStatus.EXITED)
+                self.record.set_attempt(att, AttemptStatus.EXITED)
                 att.returncode = outcome.returncode
                 oom = {"oom_killed": True} if worker.oom_killed else {}
                 log.info(
@@ -965,7 +947,7 @@ class PlanRunner:
                 with anyio.CancelScope(shield=True):
                     sig = await stop(worker, policy.stop_grace, "cancelled", log)
                     if att.status is AttemptStatus.RUNNING:
-                        set_attempt(att, AttemptStatus.STOPPED)
+                        self.record.set_attempt(att, AttemptStatus.STOPPED)
                     self.folder.append_ledger(f"{who} stopped={sig.name if sig else 'gone'}")
             att.ended_at = now_iso()
             self._keep_ledger()

@@ -11,8 +11,9 @@ from typing import Any
 from .audit import printable
 from .errors import StateError
 from .spool import Spool
-from .state import PlanFolder, PlanState, load_state
+from .state import PlanState, load_state
 from .states import AttemptStatus
+from .store import PlanFolder
 from .usage import UsageRecord, total
 
 
