@@ -20,6 +20,7 @@ DAEMON_LOCK = "daemon.lock"
 RUN_LOCK = "run.lock"
 """In a plan's folder while an `orchestrd run` of it runs (flock'd)."""
 STATE_FILE = "state.toml"
+PLAN_FILE = "plan.toml"
 STAGING_SUFFIX = ".accepting"
 CORRUPT = ".corrupt"
 """Appended to a file set aside for a person (`state.toml.corrupt`, `.corrupt2`, ...)."""
@@ -30,7 +31,7 @@ class PlanFolder:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.plan_file = root / "plan.toml"
+        self.plan_file = root / PLAN_FILE
         self.state_file = root / STATE_FILE
         self.journal = journal_of(self.state_file)
         self.workers = root / "workers"
