@@ -20,17 +20,10 @@ from . import budgets
 from .audit import Logger
 from .briefing import Briefing
 from .budgets import Crossing
-from .checks import (
-    CheckContext,
-    CheckResult,
-    inspect,
-)
+from .checks import CheckContext, CheckResult, inspect
 from .config import Config, Policy
 from .contract import ContractBaseline
-from .fingerprint import (
-    describe_changes,
-    work_changes,
-)
+from .fingerprint import describe_changes, work_changes
 from .fsutil import FileRefused
 from .gitsnap import Diff, PhaseGit
 from .judge import OutputScanner
@@ -41,11 +34,7 @@ from .parking import Quota
 from .plan import Phase, Plan
 from .policy import Ended, Liveness, WatchOutcome, watch
 from .prompt import LOG_TAIL_LINES
-from .state import (
-    AttemptState,
-    PlanRecord,
-    now_iso,
-)
+from .state import AttemptState, PlanRecord, now_iso
 from .states import AttemptStatus, PhaseStatus
 from .store import PlanFolder
 from .streams import Error, Result, StreamEvent, open_stream

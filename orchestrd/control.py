@@ -44,6 +44,7 @@ class Requests:
     _start: Callable[[anyio.abc.TaskGroup, PlanEntry], None]
     _archive: Callable[[PlanEntry], Awaitable[None]]
     _spool_error: Callable[[str, OSError], None]
+    _spool_errors: dict[str, str]
 
     async def _scan_control(self, tg: anyio.abc.TaskGroup) -> None:
         """Act on the cancel/retry requests in control/, held to the inbox's trust rules."""
@@ -87,8 +88,6 @@ class Requests:
                 await self._resume(tg, request)
             else:
                 await self._retry(tg, request)
-
-    _spool_errors: dict[str, str]
 
     def _ignored(self, request: ControlRequest, reason: str) -> None:
         self.log.info(

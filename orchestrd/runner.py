@@ -18,22 +18,10 @@ from . import budgets
 from .attempt import AttemptEnd, AttemptRunner, BudgetPause
 from .audit import Logger
 from .briefing import describe
-from .checks import (
-    CheckContext,
-    CheckResult,
-    audit,
-    check_prerequisites,
-    failures,
-    run_verify,
-)
+from .checks import CheckContext, CheckResult, audit, check_prerequisites, failures, run_verify
 from .config import Config, Policy
 from .contract import ContractBaseline
-from .fingerprint import (
-    Failure,
-    Fingerprint,
-    Stagnation,
-    fingerprint,
-)
+from .fingerprint import Failure, Fingerprint, Stagnation, fingerprint
 from .gitsnap import Git, PhaseGit, drop_snapshots
 from .limits import LimitKind, local_zone
 from .metering import DAILY
