@@ -464,8 +464,9 @@ class PlanRecord:
     def write_first(path: Path, state: PlanState) -> None:
         """A new plan's first state (`PlanState.first`), written whole at `path` before anything
         may run it (the spool, in its thread, into the folder it renames into place); its record
-        is then loaded `on_disk` and announces it with `queued()`."""
-        write_whole_state(path, dump_state(state), replacing=True)
+        is then loaded `on_disk` and announces it with `queued()`. The folder is new: no
+        journal to end."""
+        atomic_write(path, dump_state(state))
 
     def queued(self, **fields: Any) -> None:
         """Audit a new plan's first state (it has no change before it)."""

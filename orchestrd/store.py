@@ -110,9 +110,9 @@ class Store:
 
     def located(self, plan_id: str) -> PlanFolder | None:
         """The plan's folder, whatever is in it: plans/ (active) or else archive/."""
-        for folder in (self.folder(plan_id), self.archived(plan_id)):
-            if folder.root.exists():
-                return folder
+        for base in (self.plans, self.archive_dir):
+            if (root := base / plan_id).exists():
+                return PlanFolder(root)
         return None
 
     def known(self, plan_id: str) -> Path | None:
