@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import faulthandler
+import functools
 import json
 import os
 import signal
@@ -19,10 +20,10 @@ from pathlib import Path
 import anyio
 import tomli_w
 
-from . import budgets, doctor, install, logs, progress, report, status, tail, usage
+from . import budgets, doctor, install, lifecycle, logs, progress, report, status, tail, usage
 from .audit import AuditLog, Logger, Redactor, printable
 from .config import Config, check_state_dir, load_config
-from .errors import OrchestrdError, PlanError, describe_failure
+from .errors import OrchestrdError, PlanError
 from .importer import add_subcommand as add_import_subcommand
 from .launchers import open_launcher
 from .metering import Spending
@@ -30,9 +31,10 @@ from .parking import HOLDS_FILE, HoldKind, describe_holds, read_holds
 from .plan import Plan, check_plan_id, load_plan, plan_from_bytes
 from .privsep import separation
 from .runner import PlanRunner
-from .spool import RUN_LOCK, Spool, hold_run_lock, lock_held, submitter_allowed
-from .state import PlanFolder, PlanRecord, PlanState, atomic_write, load_state
+from .spool import Spool, hold_run_lock, lock_held, submitter_allowed
+from .state import PlanRecord, PlanState, atomic_write, load_state
 from .states import PLAN_RETRYABLE, PLAN_TERMINAL, PlanStatus
+from .store import PlanFolder
 from .worker import use_pidfd_child_watcher
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -84,20 +86,19 @@ async def run_foreground(plan: Plan, config: Config, echo: bool, live: bool = Fa
         if folder.state_file.exists():
             await _end_earlier_run(folder, log, audit.redactor)
         if folder.root.exists():
-            folder.archive(spool.archive_dir)
+            spool.archive(folder)
         folder.create()
         lock_fd = hold_run_lock(folder.root)
     except BaseException:
         audit.close()
         raise
-    state = PlanState.first(plan.id, (p.id for p in plan.phases))
-    record = PlanRecord(folder.state_file, state, log, audit.redactor)
+    record = PlanRecord(folder.state_file, PlanState.first(plan), log, audit.redactor)
     spending = Spending()  # the daily budget counts every plan's spending today
     spending.seed(r for _, r in status.ledger(spool))
     # a tree of its own: a daemon on the same state_dir reaps its own tree at start
     launcher = open_launcher(config.launcher, config, f"run-{os.getpid()}")
     runner = PlanRunner(plan, record, folder, lambda: config, log, launcher, spending)
-    result = PlanStatus.INTERRUPTED
+    entry = lifecycle.PlanEntry(plan, record, folder, log)
     try:
         folder.plan_file.write_bytes(plan_toml(plan))
         await record.save()
@@ -113,17 +114,13 @@ async def run_foreground(plan: Plan, config: Config, echo: bool, live: bool = Fa
             tg.start_soon(on_signal)
             if live:
                 await tg.start(progress.show, config.audit_path, plan)
-            try:
-                result = await runner.run()
-            except (OSError, OrchestrdError) as exc:
-                result = PlanStatus.FAILED
-                with anyio.CancelScope(shield=True):
-                    await record.set_status(PlanStatus.FAILED, describe_failure(exc))
+            await lifecycle.run(
+                entry,
+                functools.partial(lifecycle.carry_out, record, plan, runner),
+                "interrupted by a signal",
+            )
             tg.cancel_scope.cancel()
-        if record.state.status is PlanStatus.RUNNING:
-            with anyio.CancelScope(shield=True):
-                await record.set_status(PlanStatus.INTERRUPTED, "interrupted by a signal")
-        return result
+        return record.state.status
     finally:
         launcher.close()
         os.close(lock_fd)
@@ -137,11 +134,9 @@ async def _end_earlier_run(folder: PlanFolder, log: Logger, redact: Redactor) ->
     old = load_state(folder.state_file)
     if old.status in PLAN_TERMINAL or old.status is PlanStatus.INTERRUPTED:
         return
-    if old.status is PlanStatus.RUNNING and lock_held(folder.root / RUN_LOCK) is False:
+    if old.status is PlanStatus.RUNNING and lock_held(folder.run_lock) is False:
         record = PlanRecord(folder.state_file, old, log, redact)
-        await record.set_status(
-            PlanStatus.INTERRUPTED, "its `orchestrd run` ended without saving (killed)"
-        )
+        await lifecycle.interrupt(record, "its `orchestrd run` ended without saving (killed)")
         return
     raise OrchestrdError(
         f"plan {old.plan} is {old.status} in {folder.root} (owned by a daemon or a running "
@@ -262,7 +257,7 @@ def _cmd_unblock(args: argparse.Namespace) -> int:
 
 
 def _control(args: argparse.Namespace, kind: str) -> int:
-    from .daemon import apply_offline
+    from .control import apply_offline
 
     check_plan_id(args.plan, "PLAN_ID")  # it becomes a path: plans/<id>, control/<id>.retry
     config, path = load_config(args.config)
@@ -321,7 +316,7 @@ def _control(args: argparse.Namespace, kind: str) -> int:
         print(f"{verb} of plan {args.plan} requested from the daemon; see: orchestrd status")
     else:
         check_state_dir(config, path)
-        after = anyio.run(apply_offline, config, path, args.plan, kind, text)
+        after = anyio.run(apply_offline, config, args.plan, kind, text)
         print(f"plan {args.plan}: {after} (no daemon running; applied to the state files)")
     return EXIT_OK
 

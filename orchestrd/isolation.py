@@ -22,7 +22,7 @@ from .merge import MergeJob, Merger, MergeState, MergeStep
 from .plan import Plan, VerifyCommand
 from .privsep import Identity, handoff_root, identity_for, separation
 from .state import PlanRecord, WorktreeState
-from .states import PlanStatus
+from .states import Outcome, PlanStatus
 from .worktrees import (
     RepoGit,
     branch_for,
@@ -177,7 +177,7 @@ class MergeQueue:
         record: PlanRecord,
         log: Logger,
         verify: Verify,
-    ) -> None:
+    ) -> Outcome:
         """Merge a succeeded plan (`plan` rooted in its worktree, `repo` its main checkout):
         SUCCEEDED once the target holds it, MERGE_FAILED after a conflict or a red re-verify.
         A blocked merge waits for `merge_recheck` or `orchestrd merge`, then tries again."""
@@ -206,21 +206,15 @@ class MergeQueue:
             async with lock:
                 st = await Merger(job, save, verify, log.info).run(st)
             if st.step is MergeStep.DONE:
-                await record.set_status(
+                return Outcome(
                     PlanStatus.SUCCEEDED,
                     f"merged into {st.target}",
-                    merged=st.new,
-                    target=st.target,
+                    {"merged": st.new, "target": st.target},
                 )
-                return
             if st.step is MergeStep.FAILED:
-                await record.set_status(
-                    PlanStatus.MERGE_FAILED,
-                    st.reason,
-                    files=st.files,
-                    branch=wt.branch,
+                return Outcome(
+                    PlanStatus.MERGE_FAILED, st.reason, {"files": st.files, "branch": wt.branch}
                 )
-                return
             event = self._wake[plan.id] = anyio.Event()
             with anyio.move_on_after(config.merge_recheck):
                 await event.wait()

@@ -18,8 +18,9 @@ from .errors import OrchestrdError
 from .fsutil import open_regular
 from .plan import check_plan_id
 from .spool import Spool
-from .state import AttemptState, PlanFolder, PlanState, load_state
+from .state import AttemptState, PlanState, load_state
 from .states import AttemptStatus, PhaseStatus
+from .store import PlanFolder
 
 FOLLOW_STEP = 0.1
 _LIVE = frozenset({AttemptStatus.STARTING, AttemptStatus.RUNNING})

@@ -29,7 +29,8 @@ from . import status
 from .audit import Logger, Redactor
 from .config import Config, NotifyTarget
 from .spool import Spool
-from .state import PlanFolder, atomic_write
+from .state import atomic_write
+from .store import PlanFolder
 from .tail import LineFollower
 
 STEP = 0.2

@@ -22,7 +22,8 @@ from .config import Config, load_config
 from .errors import OrchestrdError, StateError
 from .logs import plan_folder
 from .spool import Spool
-from .state import AttemptState, PlanFolder, atomic_write, load_state
+from .state import AttemptState, atomic_write, load_state
+from .store import PlanFolder
 from .tail import Filter, parse_ts, scan, since_time
 from .usage import total
 

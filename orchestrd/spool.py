@@ -1,5 +1,6 @@
-"""The state directory's folders and the watched inbox: a dropped file is accepted into
-`plans/<id>/` or moved to `rejected/` with `<name>.error` saying why — never lost, never left.
+"""The watched inbox and control requests, on the store's folders: a dropped file is accepted
+into the plans or moved to the rejected folder with `<name>.error` saying why — never lost,
+never left; a request is taken once and held to the same trust rules.
 """
 
 from __future__ import annotations
@@ -17,24 +18,15 @@ from pathlib import Path
 from .audit import printable
 from .config import Config
 from .errors import OrchestrdError, PlanError
-from .fsutil import (
-    KINDS,
-    FileRefused,
-    copy_regular,
-    fsync_dir,
-    read_head,
-    read_regular,
-    write_all,
-)
-from .plan import Plan, check_plan_id, confine, parse_plan_bytes
-from .state import PlanFolder, PlanState, atomic_write, dump_state
+from .fsutil import KINDS, FileRefused, read_head, read_regular, write_all
+from .plan import Plan, check_plan_id, parse_plan_bytes
+from .state import PlanRecord, PlanState, atomic_write
+from .store import PlanFolder, Store
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".swp")
 REQUEST_KINDS = (".cancel", ".retry", ".resume", ".merge", ".unblock")
 MAX_REQUEST_BYTES = 4096
 """A request's text (`resume --budget NAME=VALUE` lines); the others are empty."""
-RUN_LOCK = "run.lock"
-STAGING_SUFFIX = ".accepting"
 
 
 def is_candidate(name: str) -> bool:
@@ -88,26 +80,12 @@ class DaemonLockedError(OrchestrdError):
     """Another daemon already serves this state_dir."""
 
 
-class Spool:
-    """The folders under state_dir: inbox/, plans/, rejected/, archive/, control/."""
+class Spool(Store):
+    """The inbox and control requests on the store's folders, and the daemon's lock."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.root = state_dir
-        self.inbox = state_dir / "inbox"
-        self.plans = state_dir / "plans"
-        self.rejected = state_dir / "rejected"
-        self.archive_dir = state_dir / "archive"
-        self.control = state_dir / "control"
-        self.lock_path = state_dir / "daemon.lock"
+        super().__init__(state_dir)
         self._lock_fd: int | None = None
-
-    def ensure(self) -> None:
-        """Create the folders that are missing. Never writable by others, whatever the umask
-        (mkdir's mode is cut by the umask, never widened); existing folders are left as they
-        are: their modes come from tmpfiles or the operator, and the daemon only checks them."""
-        self.root.parent.mkdir(parents=True, exist_ok=True)
-        for d in (self.root, self.inbox, self.plans, self.rejected, self.archive_dir, self.control):
-            d.mkdir(mode=0o770, exist_ok=True)
 
     # -- the daemon's lock: one daemon per state_dir, and the CLI can tell whether one runs --
 
@@ -136,7 +114,7 @@ class Spool:
         """Whether a process still owns the plan in `folder`: its `orchestrd run` (which holds
         the folder's run.lock), or else the daemon. A plan left `running` by a killed process
         is interrupted in fact."""
-        held = lock_held(folder / RUN_LOCK)
+        held = lock_held(PlanFolder(folder).run_lock)
         return held if held is not None else self.daemon_running()
 
     # -- control requests: the inbox's trust rules for cancel and retry --
@@ -192,25 +170,6 @@ class Spool:
         return ControlRequest(display_name(name), kind.lstrip("."), stem, st.st_uid, refused, text)
 
     # -- plans --
-
-    def folder(self, plan_id: str) -> PlanFolder:
-        return PlanFolder(self.plans / plan_id)
-
-    def archived(self, plan_id: str) -> PlanFolder:
-        return PlanFolder(self.archive_dir / plan_id)
-
-    def find(self, plan_id: str) -> PlanFolder | None:
-        """The plan's folder with a state file, in plans/ (active) or else archive/."""
-        for folder in (self.folder(plan_id), self.archived(plan_id)):
-            if folder.state_file.exists():
-                return folder
-        return None
-
-    def known(self, plan_id: str) -> Path | None:
-        for base in (self.plans, self.archive_dir):
-            if (base / plan_id).exists():
-                return base / plan_id
-        return None
 
     def candidates(self) -> list[str]:
         try:
@@ -268,49 +227,30 @@ class Spool:
                     "and check it with `orchestrd validate`"
                 ),
             )
-        if (where := self.known(plan.id)) is not None:
-            if (
-                after_start
-                and where.parent == self.plans
-                and _same_bytes(PlanFolder(where).plan_file, raw)
-            ):
+        if (where := self.located(plan.id)) is not None:
+            if after_start and self.is_active(where) and _same_bytes(where.plan_file, raw):
                 # only a crash leaves one; later, the same bytes again are a duplicate
                 path.unlink(missing_ok=True)
                 return None
             return self.reject(
                 name,
                 redact(
-                    f"{label}: id: plan id {plan.id!r} is already known ({where}); "
+                    f"{label}: id: plan id {plan.id!r} is already known ({where.root}); "
                     "give the plan a new id, or `orchestrd retry` the old one"
                 ),
             )
         # built under a name recovery ignores, then renamed into place: a crash leaves either
         # no plan folder (the inbox file is taken again) or a complete one (and the inbox
         # file, recognised at the next start by its bytes)
-        staging = PlanFolder(self.plans / f".{plan.id}{STAGING_SUFFIX}")
+        staging = self.staging(plan.id)
         shutil.rmtree(staging.root, ignore_errors=True)
         staging.create()
         atomic_write(staging.plan_file, raw)
-        state = PlanState.first(plan.id, (p.id for p in plan.phases), seq)
-        atomic_write(staging.state_file, dump_state(state))
-        folder = self.folder(plan.id)
-        os.rename(staging.root, folder.root)
-        fsync_dir(self.plans)
+        state = PlanState.first(plan, seq)
+        PlanRecord.write_first(staging.state_file, state)
+        folder = self.put_in_place(staging, plan.id)
         path.unlink(missing_ok=True)
         return Accepted(plan, folder, state)
-
-    def plan_folders(self) -> list[PlanFolder]:
-        """The accepted plans' folders under plans/ (not one still being accepted)."""
-        return [
-            PlanFolder(p)
-            for p in sorted(self.plans.iterdir())
-            if p.is_dir() and not p.name.startswith(".")
-        ]
-
-    def remove_staging(self) -> None:
-        """Remove what a crash left of plans being accepted (their inbox files are still there)."""
-        for p in self.plans.glob(f".*{STAGING_SUFFIX}"):
-            shutil.rmtree(p, ignore_errors=True)
 
     def reject(self, name: str, reason: str) -> Rejected | None:
         """Move `inbox/<name>` (whatever it is: file, link, FIFO, folder) to `rejected/`, beside
@@ -346,16 +286,6 @@ class Spool:
             error.unlink(missing_ok=True)
             return None
         return Rejected(name, reason, dest)
-
-    def set_aside(self, path: Path) -> Path:
-        """Rename a corrupt file so it is kept for a person but not read again."""
-        dest = path.with_name(path.name + ".corrupt")
-        n = 1
-        while dest.exists():
-            n += 1
-            dest = path.with_name(f"{path.name}.corrupt{n}")
-        os.replace(path, dest)
-        return dest
 
 
 def read_plan_file(path: Path, max_bytes: int, label: str | None = None) -> tuple[bytes, int]:
@@ -431,7 +361,7 @@ def lock_held(path: Path) -> bool | None:
 def hold_run_lock(folder: Path) -> int:
     """Take `folder/run.lock` for an `orchestrd run` (released when the process ends, however
     it ends); its descriptor. OrchestrdError if another process holds it."""
-    fd = os.open(folder / RUN_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    fd = os.open(PlanFolder(folder).run_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -486,34 +416,3 @@ def _same_bytes(path: Path, raw: bytes) -> bool:
         return read_head(path, len(raw) + 1) == raw
     except (OSError, FileRefused):
         return False
-
-
-def archive_plan(
-    plan: Plan, folder: PlanFolder, archive_dir: Path, max_bytes: int
-) -> tuple[Path, list[str]]:
-    """Copy the plan's reports and completion files into its folder, then move it to archive/.
-
-    Returns where it went and the evidence not copied, with why. What the repo holds was written
-    by workers: a link leading out of the repo or a link loop is not followed, anything but a
-    regular file (a FIFO, a folder) and a file larger than `max_bytes` (max_log_bytes) is not
-    copied, and nothing of it can stop the archiving.
-    """
-    evidence = folder.evidence
-    skipped = []
-    for phase in plan.phases:
-        for rel in (phase.report_path, *phase.completion_paths):
-            path = plan.in_plan_dir(rel)
-            try:
-                src = confine(plan.repo, path)
-                # opened without blocking, and only a regular file is copied: a FIFO here
-                # would hold this thread (and the archiving) forever
-                copy_regular(src, evidence / path, max_bytes, "max_log_bytes", follow=False)
-            except FileNotFoundError:
-                continue  # never written: nothing to keep
-            except PlanError:
-                skipped.append(f"{path}: leads out of the repo")
-            except FileRefused as exc:
-                skipped.append(f"{path}: {exc}")
-            except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (pathlib)
-                skipped.append(f"{path}: {exc}")
-    return folder.archive(archive_dir), skipped

@@ -17,7 +17,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 from .audit import Logger
 from .errors import StateError
 from .fsutil import fsync_dir, write_all
+from .plan import Plan
 from .states import (
     ATTEMPT_TRANSITIONS,
     PHASE_EVENTS,
@@ -122,16 +123,17 @@ class PlanState(BaseModel):
     """Plan budgets already warned about at 80 % (one `budget.warning` each, restarts too)."""
 
     @classmethod
-    def first(cls, plan_id: str, phase_ids: Iterable[str], seq: int = 0) -> PlanState:
+    def first(cls, plan: Plan, seq: int = 0) -> PlanState:
         """A new plan's first state: queued, every phase pending."""
-        state = cls(plan=plan_id, seq=seq)
-        state.add_phases(phase_ids)
+        state = cls(plan=plan.id, seq=seq)
+        state.add_phases(plan)
         return state
 
-    def add_phases(self, phase_ids: Iterable[str]) -> None:
-        """A pending state for each phase that has none yet, in the plan's order."""
-        for phase_id in phase_ids:
-            self.phases.setdefault(phase_id, PhaseState())
+    def add_phases(self, plan: Plan) -> None:
+        """A pending state for each of the plan's phases that has none yet, in its order: the
+        one place a plan's phase list becomes phase states."""
+        for phase in plan.phases:
+            self.phases.setdefault(phase.id, PhaseState())
 
     def current_phase(self) -> tuple[str, PhaseState] | None:
         """The first phase that has not passed."""
@@ -366,12 +368,6 @@ def _write_snapshot(path: Path, head: dict[str, Any], chunks: list[str]) -> None
     write_whole_state(path, _snapshot(head, chunks))
 
 
-def set_attempt(att: AttemptState, new: AttemptStatus) -> None:
-    """Change an attempt's state (saved with its phase by the caller)."""
-    check_transition(ATTEMPT_TRANSITIONS, att.status, new)
-    att.status = new
-
-
 def mark_left_stopped(att: AttemptState) -> None:
     """Record as stopped an attempt an earlier run left starting, running or stalled (a crash,
     a restart): not a transition of the table, the state catching up with what happened."""
@@ -464,6 +460,24 @@ class PlanRecord:
         }
         write_whole_state(self.path, _snapshot(head, list(self._chunks.values())), self._replacing)
 
+    @staticmethod
+    def write_first(path: Path, state: PlanState) -> None:
+        """A new plan's first state (`PlanState.first`), written whole at `path` before anything
+        may run it (the spool, in its thread, into the folder it renames into place); its record
+        is then loaded `on_disk` and announces it with `queued()`. The folder is new: no
+        journal to end."""
+        atomic_write(path, dump_state(state))
+
+    def queued(self, **fields: Any) -> None:
+        """Audit a new plan's first state (it has no change before it)."""
+        self.log.info(PLAN_EVENTS[self.state.status], seq=self.state.seq, **fields)
+
+    def set_attempt(self, att: AttemptState, new: AttemptStatus) -> None:
+        """Change an attempt's state (saved with its phase by the caller; its worker's events
+        say why, with what only the runner knows)."""
+        check_transition(ATTEMPT_TRANSITIONS, att.status, new)
+        att.status = new
+
     async def set_status(
         self, new: PlanStatus, reason: str | None = None, save: bool = True, **fields: Any
     ) -> None:
@@ -519,49 +533,6 @@ class PlanRecord:
         if self.state.status is PlanStatus.SUCCEEDED:
             self.state.status = PlanStatus.INTERRUPTED
         await self.save(*phase_ids)
-
-
-class PlanFolder:
-    """The files of one plan under `state_dir/plans/<id>/`."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.plan_file = root / "plan.toml"
-        self.state_file = root / "state.toml"
-        self.journal = journal_of(self.state_file)
-        self.workers = root / "workers"
-        self.ledger = root / "worker-pids.txt"
-        self.passes = root / "phases-passed.txt"
-        """`<ts> <phase>` per phase that passed: recovery's proof, beside state.toml's word."""
-        self.report = root / "report.md"
-        self.evidence = root / "evidence"
-        """Copies of the plan's reports and completion files, made when it is archived."""
-
-    def create(self) -> None:
-        self.workers.mkdir(parents=True, exist_ok=True)
-
-    def append_ledger(self, line: str, path: Path | None = None) -> None:
-        """One line, one write(2) on an O_APPEND descriptor: whole even if the daemon dies, and
-        no buffered file object per line on the event loop. `path`: another file than the
-        PID ledger (`passes`)."""
-        fd = os.open(
-            path or self.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
-        )
-        try:
-            os.write(fd, f"{now_iso()} {line}\n".encode())
-        finally:
-            os.close(fd)
-
-    def archive(self, archive_dir: Path) -> Path:
-        """Move the whole folder to `archive_dir/<id>[-n]` (never overwriting an older one)."""
-        archive_dir.mkdir(parents=True, exist_ok=True)
-        dest = archive_dir / self.root.name
-        n = 1
-        while dest.exists():
-            n += 1
-            dest = archive_dir / f"{self.root.name}-{n}"
-        os.replace(self.root, dest)
-        return dest
 
 
 def recorded_passes(path: Path) -> set[str]:

@@ -5,8 +5,9 @@ This module has no internal imports: everything else may import it.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 
 class PlanStatus(enum.StrEnum):
@@ -157,6 +158,17 @@ PHASE_EVENTS: dict[tuple[PhaseStatus, PhaseStatus], str] = {
     (PhaseStatus.CHECKING, PhaseStatus.PASSED): "phase.passed",
     (PhaseStatus.CHECKING, PhaseStatus.FAILED): "phase.failed",
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """How a run (or a merge) of a plan ended, as its runner says; the plan's lifecycle records
+    it (the runner never sets the plan's status itself)."""
+
+    status: PlanStatus
+    reason: str | None = None
+    fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """More for the status' audit event (the failed phase, the budget spent, the merge)."""
 
 
 class InvalidTransition(RuntimeError):

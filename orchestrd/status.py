@@ -11,8 +11,9 @@ from typing import Any
 from .audit import printable
 from .errors import StateError
 from .spool import Spool
-from .state import PlanFolder, PlanState, load_state
+from .state import PlanState, load_state
 from .states import AttemptStatus
+from .store import ARCHIVE, PLANS, PlanFolder
 from .usage import UsageRecord, total
 
 
@@ -101,15 +102,16 @@ def ledger(spool: Spool) -> list[tuple[str, UsageRecord]]:
 def collect(spool: Spool, plan_id: str | None = None) -> list[dict[str, Any]]:
     """One summary per plan in plans/ and archive/ (or just `plan_id`), oldest first."""
     rows = []
-    for base, where in ((spool.plans, "plans"), (spool.archive_dir, "archive")):
+    for base, where in ((spool.plans, PLANS), (spool.archive_dir, ARCHIVE)):
         if not base.is_dir():
             continue
         for folder in sorted(base.iterdir()):
             if folder.name.startswith(".") or (plan_id is not None and folder.name != plan_id):
                 continue  # a plan still being accepted (plans/.<id>.accepting) is not one yet
-            state_file = PlanFolder(folder).state_file
+            files = PlanFolder(folder)
+            state_file = files.state_file
             if not state_file.exists():
-                if any(folder.glob("state.toml.corrupt*")):
+                if files.set_aside_before():
                     rows.append(
                         {
                             "plan": folder.name,

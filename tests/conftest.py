@@ -21,13 +21,15 @@ import pytest
 import tomli_w
 from daemon_support import Daemon
 
+from orchestrd import lifecycle
 from orchestrd.audit import AuditLog
 from orchestrd.config import Config, load_config
 from orchestrd.launchers import open_launcher
 from orchestrd.plan import Plan, load_plan
 from orchestrd.runner import PlanRunner
-from orchestrd.state import PhaseState, PlanFolder, PlanRecord, PlanState
+from orchestrd.state import PhaseState, PlanRecord, PlanState
 from orchestrd.states import PhaseStatus, PlanStatus
+from orchestrd.store import PlanFolder
 
 AGENTS = Path(__file__).parent / "agents"
 AGENT_NAMES = (
@@ -171,7 +173,8 @@ async def run_plan(config_path: Path, plan_path: Path, passed: Sequence[str] = (
         await record.save()
         launcher = open_launcher(config.launcher, config)
         try:
-            status = await PlanRunner(plan, record, folder, lambda: config, log, launcher).run()
+            runner = PlanRunner(plan, record, folder, lambda: config, log, launcher)
+            status = (await lifecycle.carry_out(record, plan, runner)).status
         finally:
             launcher.close()
     finally:

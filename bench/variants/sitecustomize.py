@@ -88,6 +88,7 @@ if "batchaccept" in _variants:
     # Daemon._scan_inbox, but each thread call takes up to 16 inbox files (same Spool.take,
     # same events, same order) instead of one thread round trip per file. Error handling of
     # the real one (spool errors) is left out: the benchmark's inbox has none.
+    import functools
     import inspect as _inspect
 
     import anyio
@@ -104,7 +105,11 @@ if "batchaccept" in _variants:
             extra.append(first)
         if "redact" in _take_params:
             extra.append(self.audit.redactor)
-        make_record = getattr(self, "_record", None) or _daemon.PlanRecord
+        make_record = getattr(self, "_record", None) or getattr(_daemon, "PlanRecord", None)
+        if make_record is None:  # the record of a plan on disk is recovery's (store split)
+            from orchestrd.recovery import plan_record
+
+            make_record = functools.partial(plan_record, self.audit)
         for i in range(0, len(names), 16):
             chunk = names[i : i + 16]
             seqs = list(range(self.seq + 1, self.seq + 1 + len(chunk)))

@@ -20,6 +20,7 @@ from ..spool import Spool
 from ..state import PlanState, load_state
 from ..states import PlanStatus
 from ..status import summary
+from ..store import ARCHIVE, PLAN_FILE, PLANS, STATE_FILE, PlanFolder
 
 TAIL_BYTES = 64 * 1024
 """A log tail: at most this much from the end, then followed."""
@@ -54,7 +55,7 @@ class PlanIndex:
         with self._lock:
             seen: set[str] = set()
             rows = []
-            for base, where in ((self.spool.plans, "plans"), (self.spool.archive_dir, "archive")):
+            for base, where in ((self.spool.plans, PLANS), (self.spool.archive_dir, ARCHIVE)):
                 try:
                     entries = list(os.scandir(base))
                 except FileNotFoundError:
@@ -78,7 +79,7 @@ class PlanIndex:
         for base in (self.spool.plans, self.spool.archive_dir):
             folder = base / plan_id
             with self._lock:
-                row = self._row(str(folder), "plans" if base == self.spool.plans else "archive")
+                row = self._row(str(folder), PLANS if base == self.spool.plans else ARCHIVE)
                 cached = self._cache.get(str(folder))
             if row is not None and cached is not None and cached.state is not None:
                 return folder, cached.state, row
@@ -86,9 +87,9 @@ class PlanIndex:
 
     def _row(self, folder: str, where: str) -> dict[str, Any] | None:
         try:
-            st = os.stat(os.path.join(folder, "state.toml"))
+            st = os.stat(os.path.join(folder, STATE_FILE))
         except FileNotFoundError:
-            if any(Path(folder).glob("state.toml.corrupt*")):
+            if PlanFolder(Path(folder)).set_aside_before():
                 return {
                     "plan": os.path.basename(folder),
                     "state": "corrupt",
@@ -112,7 +113,7 @@ class PlanIndex:
 
     def _load(self, folder: Path, where: str, key: tuple[int, int, int]) -> _Cached:
         try:
-            state = load_state(folder / "state.toml")
+            state = load_state(folder / STATE_FILE)
         except StateError as exc:
             corrupt = {"plan": folder.name, "state": "corrupt", "reason": str(exc), "where": where}
             return _Cached(key, corrupt, None)
@@ -134,7 +135,7 @@ def plan_file(folder: Path) -> dict[str, Any]:
     """The accepted plan file as data (only what the page shows is used: repo, phase kinds and
     prompts); an unreadable one shows as nothing."""
     try:
-        with open(folder / "plan.toml", "rb") as f:
+        with open(folder / PLAN_FILE, "rb") as f:
             data = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         return {}
