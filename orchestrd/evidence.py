@@ -344,14 +344,14 @@ RULES: tuple[TextRule, ...] = (
     EmptyOutputBlock(),
     Contradiction(),
 )
-RULE_NAMES: tuple[str, ...] = tuple(r.name for r in RULES)
 DEFAULT_RULES: tuple[str, ...] = tuple(r.name for r in RULES if r.default)
 
 
 def known_rule(name: str) -> str:
     """An evidence rule's name as a config or plan gives it: one of RULES."""
-    if name not in RULE_NAMES:
-        raise ValueError(f"unknown evidence rule {name!r}; known: {', '.join(RULE_NAMES)}")
+    known = [r.name for r in RULES]
+    if name not in known:
+        raise ValueError(f"unknown evidence rule {name!r}; known: {', '.join(known)}")
     return name
 
 
