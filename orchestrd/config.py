@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from . import evidence
 from .errors import ConfigError, describe_validation_error
 from .fsutil import DEFAULT_MAX_BYTES
 from .limits import AUTH_PATTERNS, RATE_LIMIT_PATTERNS
@@ -267,8 +267,8 @@ class AuditSettings(Strict):
 
 
 PhaseKind = Literal["stub", "test", "impl", "verify", "other"]
-EvidenceRule = Literal["unexpanded_shell", "placeholder", "empty_output_block", "contradiction"]
-EVIDENCE_RULES: tuple[EvidenceRule, ...] = typing.get_args(EvidenceRule)
+# The rules, their names and defaults are evidence.RULES' own: a new rule is one class there.
+EvidenceRule = Annotated[str, AfterValidator(evidence.known_rule)]
 
 # Output that shows an expected failure is no red at all: the runner or the shell broke, so
 # nothing was tested (a rejected option, a missing module, a workspace with no test files).
@@ -397,7 +397,7 @@ class CheckSettings(Strict):
         default_factory=lambda: ["/bin/sh", "-c"], description="how verify commands are run"
     )
     evidence_rules: list[EvidenceRule] = Field(
-        default_factory=lambda: list(EVIDENCE_RULES),
+        default_factory=lambda: list(evidence.DEFAULT_RULES),
         description="rules applied to report and completion files (a phase may override)",
     )
     placeholders: list[Annotated[str, Field(min_length=1)]] = Field(

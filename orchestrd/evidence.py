@@ -6,30 +6,17 @@ Pure functions on text; each finding names the file, the line and the rule.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import re
 from collections.abc import Collection, Iterator
+from typing import ClassVar
 
 STATUS = re.compile(r"^[\s>#*_-]*status[*_\s]*:(?P<value>.*)$", re.IGNORECASE)
 # A Status line that names a failure anywhere (`❌ FAIL`, `FAILING`, a `PASS/FAIL` template) is
 # a FAIL; one that starts with PASS (`PASS — all 12 tests green`) a PASS; others no verdict.
 _FAIL_VALUE = re.compile(r"\bFAIL(?:ED|ING|S|URE)?\b|❌|✗|✘", re.IGNORECASE)
 _PASS_VALUE = re.compile(r"^[\s*_`✅✔️]*PASS(?:ED)?\b(?!/)", re.IGNORECASE)
-
-# How to repair each rule, for the remediation prompt.
-FIXES: dict[str, str] = {
-    "unexpanded_shell": "run the command yourself and paste its real output; a markdown file "
-    "does not expand `$(…)` or backticks (commands may stand in ```bash blocks)",
-    "placeholder": "replace the template text with the real value (the real date, the real "
-    "command output)",
-    "empty_output_block": "paste the command's real output into the block, or remove the block",
-    "contradiction": "a check your own report records as FAIL must be fixed before Status: PASS; "
-    "fix it, or report Status: FAIL; give one Status line (quoted output goes in fenced blocks, "
-    "where Status lines do not count)",
-    "phase_line": "add a line `Phase: <this phase id>`",
-    "timestamp_line": "add a line `Completed: <date and time>` with the real date "
-    "(date +%Y-%m-%dT%H:%M:%S%z)",
-}
 
 _FENCE = re.compile(r"^\s{0,3}(?P<fence>`{3,}|~{3,})\s*(?P<lang>[^\s`{]*)")
 # A fenced block in one of these languages holds commands, not their output.
@@ -283,6 +270,101 @@ def timestamp_line(path: str, lines: list[Line]) -> Iterator[Finding]:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class Document:
+    """One report or completion file, parsed, with what the rules judge it by."""
+
+    path: str
+    lines: list[Line]
+    blocks: list[Block]
+    placeholder_texts: Collection[str] = ()
+    kind: str = "other"
+    report: bool = False
+
+
+class TextRule(abc.ABC):
+    """One evidence rule, all it takes in one place: its name (the key in `evidence_rules`),
+    whether it is on by default, how to fix what it finds (for the remediation prompt) and how
+    it judges a file. RULES lists them; a new rule is a subclass added there."""
+
+    name: ClassVar[str]
+    fix: ClassVar[str]
+    default: ClassVar[bool] = True
+    """On when neither [checks].evidence_rules nor the phase names the rules."""
+
+    @abc.abstractmethod
+    def find(self, doc: Document) -> Iterator[Finding]:
+        """Every place in `doc` that breaks the rule."""
+
+
+class UnexpandedShell(TextRule):
+    name = "unexpanded_shell"
+    fix = (
+        "run the command yourself and paste its real output; a markdown file does not expand "
+        "`$(…)` or backticks (commands may stand in ```bash blocks)"
+    )
+
+    def find(self, doc: Document) -> Iterator[Finding]:
+        return unexpanded_shell(doc.path, doc.lines)
+
+
+class Placeholder(TextRule):
+    name = "placeholder"
+    fix = "replace the template text with the real value (the real date, the real command output)"
+
+    def find(self, doc: Document) -> Iterator[Finding]:
+        return placeholders(doc.path, doc.lines, doc.placeholder_texts)
+
+
+class EmptyOutputBlock(TextRule):
+    name = "empty_output_block"
+    fix = "paste the command's real output into the block, or remove the block"
+
+    def find(self, doc: Document) -> Iterator[Finding]:
+        return empty_blocks(doc.path, doc.blocks)
+
+
+class Contradiction(TextRule):
+    name = "contradiction"
+    fix = (
+        "a check your own report records as FAIL must be fixed before Status: PASS; fix it, or "
+        "report Status: FAIL; give one Status line (quoted output goes in fenced blocks, where "
+        "Status lines do not count)"
+    )
+
+    def find(self, doc: Document) -> Iterator[Finding]:
+        # only a report that claims PASS can contradict itself
+        if doc.report and verdict(doc.lines) == "PASS":
+            yield from contradictions(doc.path, doc.lines, doc.kind)
+
+
+RULES: tuple[TextRule, ...] = (
+    UnexpandedShell(),
+    Placeholder(),
+    EmptyOutputBlock(),
+    Contradiction(),
+)
+DEFAULT_RULES: tuple[str, ...] = tuple(r.name for r in RULES if r.default)
+
+
+def known_rule(name: str) -> str:
+    """An evidence rule's name as a config or plan gives it: one of RULES."""
+    known = [r.name for r in RULES]
+    if name not in known:
+        raise ValueError(f"unknown evidence rule {name!r}; known: {', '.join(known)}")
+    return name
+
+
+# How to repair each rule, for the remediation prompt: the rules' own, and the lines a plan
+# requires (`report_requires`, `completion_requires`).
+FIXES: dict[str, str] = {
+    **{r.name: r.fix for r in RULES},
+    "phase_line": "add a line `Phase: <this phase id>`",
+    "timestamp_line": "add a line `Completed: <date and time>` with the real date "
+    "(date +%Y-%m-%dT%H:%M:%S%z)",
+}
+
+
 def check_text(
     text: str,
     path: str,
@@ -299,15 +381,8 @@ def check_text(
     The contradiction rule applies to a report whose Status lines say PASS.
     """
     lines, blocks = parse(text)
-    found: list[Finding] = []
-    if "unexpanded_shell" in rules:
-        found += unexpanded_shell(path, lines)
-    if "placeholder" in rules:
-        found += placeholders(path, lines, placeholder_texts)
-    if "empty_output_block" in rules:
-        found += empty_blocks(path, blocks)
-    if "contradiction" in rules and report and verdict(lines) == "PASS":
-        found += contradictions(path, lines, kind)
+    doc = Document(path, lines, blocks, placeholder_texts, kind, report)
+    found = [f for rule in RULES if rule.name in rules for f in rule.find(doc)]
     if "phase" in requires:
         found += phase_line(path, lines, phase_id)
     if "timestamp" in requires:

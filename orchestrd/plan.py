@@ -29,7 +29,6 @@ from .config import (
 from .errors import PlanError, describe_validation_error
 
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
-MAX_PLAN_BYTES = 1024 * 1024
 
 RequiredLine = Literal["phase", "timestamp"]
 REMEDIATION_REPORT = "reports/{id}-remediation-{n}-worker.md"
@@ -536,8 +535,10 @@ def _path_problems(plan: Plan, repo: Path, source: Path | str) -> list[str]:
 
 
 def load_plan(path: Path, config: Config, base_dir: Path | None = None) -> Plan:
-    """Read and validate a plan file (at most MAX_PLAN_BYTES)."""
-    return plan_from_dict(read_toml(path, PlanError, MAX_PLAN_BYTES), path, config, base_dir)
+    """Read and validate a plan file (at most [spool] max_plan_bytes: the limit it was taken
+    in with)."""
+    raw = read_toml(path, PlanError, config.spool.max_plan_bytes)
+    return plan_from_dict(raw, path, config, base_dir)
 
 
 def plan_from_bytes(

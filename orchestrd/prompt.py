@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from .checks import CHECKS, FIXES, CheckResult
+from .checks import CHECKS, FIXES, CheckResult, phase_rules
 from .config import CheckSettings, Config, WorkerProfile
 from .errors import PlanError
 from .fsutil import FileRefused, read_head, read_regular
@@ -47,8 +47,9 @@ def contract_trailer(
         f"orchestrd worker contract — plan {plan.id}, phase {phase.id}, attempt {attempt} "
         f"({role}). You run headless in {plan.repo}; nobody will answer questions.",
     ]
+    rules = phase_rules(plan, phase, settings)
     for check in CHECKS:
-        lines += check.trailer(plan, phase, settings, report_rel)
+        lines += check.trailer(plan, phase, rules, report_rel)
     lines.append("Exit when finished.")
     return "\n".join(lines) + "\n"
 

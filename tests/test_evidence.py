@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrd.config import EVIDENCE_RULES, PLACEHOLDERS_DEFAULT
-from orchestrd.evidence import Finding, check_text
+from orchestrd.config import PLACEHOLDERS_DEFAULT
+from orchestrd.evidence import DEFAULT_RULES, Finding, check_text
 
 
 def scan(
@@ -20,7 +20,7 @@ def scan(
     found = check_text(
         text,
         "reports/P05-worker.md",
-        rules=EVIDENCE_RULES,
+        rules=DEFAULT_RULES,
         placeholder_texts=PLACEHOLDERS_DEFAULT,
         requires=requires,
         phase_id="P05",

@@ -7,21 +7,21 @@ import ast
 import re
 from pathlib import Path
 
-from orchestrd import checks, states
-from orchestrd.checks import CHECKS, FIXES, Check
+from orchestrd import states
+from orchestrd.checks import CHECKS, FIXES, Check, phase_rules
 from orchestrd.config import CheckSettings
 from orchestrd.plan import Phase, Plan
 from orchestrd.prompt import contract_trailer
 from orchestrd.states import PHASE_EVENTS, PHASE_TRANSITIONS, PLAN_EVENTS, PlanStatus
 
-PACKAGE = Path(checks.__file__).parent
+PACKAGE = Path(states.__file__).parent
 ASSIGNED = re.compile(r"\.status\s*=(?!=)|\.status,[^=\n]*=(?!=)")
 
 
 def test_only_the_state_module_assigns_a_status() -> None:
     found = [
         f"{path.name}:{n}: {line.strip()}"
-        for path in sorted(PACKAGE.glob("*.py"))
+        for path in sorted(PACKAGE.rglob("*.py"))
         if path.name != "state.py"
         for n, line in enumerate(path.read_text().splitlines(), 1)
         if ASSIGNED.search(line)
@@ -155,7 +155,8 @@ def test_a_check_is_one_class_its_fixes_and_contract_lines_come_from_the_registr
     plan = Plan.model_validate({"id": "T", "repo": str(tmp_path), "phases": [phase]})
     settings = CheckSettings()
     trailer = contract_trailer(plan, phase, 1, "primary", phase.report_path, settings)
-    lines = [ln for c in CHECKS for ln in c.trailer(plan, phase, settings, phase.report_path)]
+    rules = phase_rules(plan, phase, settings)
+    lines = [ln for c in CHECKS for ln in c.trailer(plan, phase, rules, phase.report_path)]
     body = trailer.splitlines()[3:-1]  # between the contract's header and "Exit when finished."
     assert body == lines
     assert any("At least 2 file(s) matching `src/*.py`" in ln for ln in lines)
