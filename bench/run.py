@@ -292,6 +292,7 @@ class BenchDaemon:
             "max_workers": 16,
             "allowed_repo_roots": [str(self.tmp)],
             "allow_root": True,
+            "allow_root_workers": True,  # the benchmarks run as root here, workers too
             "policy": {
                 "poll_interval": "5m",
                 "max_polls": 6,
