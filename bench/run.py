@@ -52,7 +52,16 @@ except ImportError:  # run with a python that lacks the package: use the project
     raise
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-VARIANTS = ("nofsync", "jsonstate", "noecho", "pidfd", "quietpoll", "batchaccept", "slotworker")
+VARIANTS = (
+    "nofsync",
+    "jsonstate",
+    "noecho",
+    "pidfd",
+    "quietpoll",
+    "batchaccept",
+    "slotworker",
+    "nometrics",
+)
 NOFILE = 65536  # RLIMIT_NOFILE given to the daemon subprocess (see README)
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
 

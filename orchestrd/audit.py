@@ -384,12 +384,18 @@ class AuditSink:
         """Append a whole line (ending in a newline) at the end of this loop iteration, with
         the others emitted until then, in one write(2): the polls of one tick (hundreds at a
         time) cost one write and one stat. Any event written before then takes them first,
-        so the file stays in emission order. On the event loop only."""
+        so the file stays in emission order. Outside an event loop: written at once."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
         with self._lock:
             self._later.append(data)
             first = len(self._later) == 1
-        if first:
-            asyncio.get_running_loop().call_soon(self.flush)
+        if loop is None:
+            self.flush()
+        elif first:
+            loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write the lines held by `later`."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from orchestrd.audit import AuditLog
+from orchestrd.audit import AuditLog, Frequent, Redactor
 from orchestrd.config import Policy
 from orchestrd.launchers import WorkerSpec, open_launcher
 from orchestrd.policy import Ended, watch
@@ -95,3 +95,23 @@ async def test_many_workers_share_one_ticker(tmp_path: Path) -> None:
     # and the ticker woke at most once per slot, not once per worker and poll (160 polls)
     slots = POLLS * INTERVAL / resolution(INTERVAL)
     assert wakeups_n <= slots + 10, (wakeups_1, wakeups_n)
+
+
+def test_a_frequent_event_is_the_line_the_processors_write(tmp_path: Path) -> None:
+    """The pre-rendered poll line says what the ordinary path says: same keys, same order,
+    the context redacted; a field that is not a plain number goes the ordinary way."""
+    audit = AuditLog(tmp_path / "audit.jsonl", redactor=Redactor(["s3cr3t-value"]))
+    log = audit.bind(plan="P-s3cr3t-value", phase="P01", attempt=1, role="primary").bind(pid=7)
+    fields = {"cycle": 2, "max_polls": 6, "elapsed": 2.001, "log_bytes": 10, "log_growth": 3}
+    log.info("worker.poll", **fields)
+    Frequent(log, "worker.poll")(**fields)
+    Frequent(log, "worker.poll")(**fields, tokens={"input": 5})
+    audit.close()
+    lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+    plain, fast, mixed = (json.loads(line) for line in lines)
+    assert [lines[0].split('"ts": ')[1][34:]] == [lines[1].split('"ts": ')[1][34:]]
+    assert list(plain) == list(fast) and plain["plan"] == "P-***"
+    assert {k: v for k, v in plain.items() if k != "ts"} == {
+        k: v for k, v in fast.items() if k != "ts"
+    }
+    assert mixed["tokens"] == {"input": 5}
