@@ -20,7 +20,7 @@ import math
 import weakref
 from collections.abc import Callable
 
-SLOT = 0.05
+SLOT = 0.02
 """The widest slot: how late (at most, besides the loop's own lag) a due entry runs."""
 
 
