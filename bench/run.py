@@ -61,6 +61,7 @@ VARIANTS = (
     "batchaccept",
     "slotworker",
     "nometrics",
+    "nonotify",
 )
 NOFILE = 65536  # RLIMIT_NOFILE given to the daemon subprocess (see README)
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
@@ -935,6 +936,8 @@ def bench_scale(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     finally:
         d.cleanup(args.keep)
     lo_p, hi_p = next(p for p in points if p["workers"] == steps[0]), points[-1]
+    if hi_p is lo_p:  # one step (e.g. to profile it): growth against the idle daemon
+        lo_p = points[0]
     per_worker = {
         "rss_kb": round(
             (hi_p["rss_mb"] - lo_p["rss_mb"]) * 1024 / (hi_p["workers"] - lo_p["workers"]), 1

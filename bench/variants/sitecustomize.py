@@ -17,6 +17,8 @@ so the difference to the plain run is what fixing that cost can gain at most:
              (Daemon._run_plan holds its slot through every save and check of the plan)
 - nometrics: no metrics task (it wakes every 0.2 s and reads every new audit line in a
              thread): what it costs an idle daemon and each poll
+- nonotify: no notification task (it too follows the audit log every 0.2 s, and lists its
+             outbox): what it costs with no [notify] targets
 - batchaccept: the inbox scan takes up to 16 files per thread call instead of one thread
              round trip per file (what the serial accept loop costs)
 """
@@ -71,6 +73,16 @@ if "nometrics" in _variants:
         task_status.started()
 
     _daemon.run_metrics = _no_metrics
+
+if "nonotify" in _variants:
+    import anyio
+
+    import orchestrd.daemon as _daemon
+
+    async def _no_notify(config, log, *, task_status=anyio.TASK_STATUS_IGNORED):  # type: ignore[no-untyped-def]
+        task_status.started()
+
+    _daemon.run_notifier = _no_notify
 
 if "pidfd" in _variants:
     import asyncio
