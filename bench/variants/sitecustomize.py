@@ -19,6 +19,8 @@ so the difference to the plain run is what fixing that cost can gain at most:
              thread): what it costs an idle daemon and each poll
 - nonotify: no notification task (it too follows the audit log every 0.2 s, and lists its
              outbox): what it costs with no [notify] targets
+- step50:    the inbox watcher's Rust loop checks every 50 ms instead of every 1 ms (step=1 in
+             Daemon._watch_inbox): what its 1,000 wake-ups a second cost an idle daemon
 - batchaccept: the inbox scan takes up to 16 files per thread call instead of one thread
              round trip per file (what the serial accept loop costs)
 """
@@ -83,6 +85,18 @@ if "nonotify" in _variants:
         task_status.started()
 
     _daemon.run_notifier = _no_notify
+
+if "step50" in _variants:
+    import functools
+
+    import watchfiles
+
+    import orchestrd.daemon as _daemon
+
+    class _Watchfiles:
+        awatch = functools.partial(watchfiles.awatch, step=50)
+
+    _daemon.watchfiles = _Watchfiles  # type: ignore[assignment]
 
 if "pidfd" in _variants:
     import asyncio
