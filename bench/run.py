@@ -52,7 +52,18 @@ except ImportError:  # run with a python that lacks the package: use the project
     raise
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-VARIANTS = ("nofsync", "jsonstate", "noecho", "pidfd", "quietpoll", "batchaccept", "slotworker")
+VARIANTS = (
+    "nofsync",
+    "jsonstate",
+    "noecho",
+    "pidfd",
+    "quietpoll",
+    "batchaccept",
+    "slotworker",
+    "nometrics",
+    "nonotify",
+    "step50",
+)
 NOFILE = 65536  # RLIMIT_NOFILE given to the daemon subprocess (see README)
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
 
@@ -292,6 +303,7 @@ class BenchDaemon:
             "max_workers": 16,
             "allowed_repo_roots": [str(self.tmp)],
             "allow_root": True,
+            "allow_root_workers": True,  # the benchmarks run as root here, workers too
             "policy": {
                 "poll_interval": "5m",
                 "max_polls": 6,
@@ -925,6 +937,8 @@ def bench_scale(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     finally:
         d.cleanup(args.keep)
     lo_p, hi_p = next(p for p in points if p["workers"] == steps[0]), points[-1]
+    if hi_p is lo_p:  # one step (e.g. to profile it): growth against the idle daemon
+        lo_p = points[0]
     per_worker = {
         "rss_kb": round(
             (hi_p["rss_mb"] - lo_p["rss_mb"]) * 1024 / (hi_p["workers"] - lo_p["workers"]), 1

@@ -1,8 +1,8 @@
-"""The poll policy: one timeout task per worker, polling every `poll_interval` at most
-`max_polls` times. The exit is noticed at once (the task awaits it); after the last poll the
-worker is stalled. Two rules end a worker earlier: silence (no output, or no stream event, and
-no CPU for `silence_timeout`) and a result without an exit (`exit_grace` after its stream's
-final result).
+"""The poll policy: a worker is polled every `poll_interval`, at most `max_polls` times, on
+the loop's one shared ticker. The exit is noticed at once (a task awaits it); after the last
+poll the worker is stalled. Two rules end a worker earlier: silence (no output, or no stream
+event, and no CPU for `silence_timeout`) and a result without an exit (`exit_grace` after its
+stream's final result).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from .audit import Logger
+from .audit import Frequent, Logger
 from .config import Policy
 from .launchers import Worker
+from .ticker import ticker
 
 
 class Ended(enum.StrEnum):
@@ -76,17 +77,16 @@ async def watch(
 ) -> WatchOutcome:
     """Wait for the worker's exit, polling (an audit event each) until it exits or stalls.
 
-    The timeout task sleeps between polls while a sibling task awaits the exit; the exit
-    cancels the timeout task at once. (A cancel scope around the wait at every poll would cost
-    a cancellation per poll: at 1,000 workers polled every second that showed in profiles.)
-    Silence and the exit grace are sibling tasks of their own, cancelling the same way.
-    `on_poll` adds fields to each poll (and may save what it saw); `halt`, once set, ends the
-    watch at once (the caller stops the worker).
+    A sibling task awaits the exit and cancels the rest at once. The polls run on the loop's
+    shared ticker (`ticker.py`): one timer for every worker, not a timer, a wake-up and a task
+    switch per worker and poll. Silence and the exit grace are sibling tasks of their own,
+    cancelling the same way. `on_poll` adds fields to each poll (and may save what it saw);
+    `halt`, once set, ends the watch at once (the caller stops the worker).
     """
     returncode: int | None = None
-    polls = 0
     early: list[tuple[Ended, float | None]] = []
     halted = False
+    polls = _Polls(worker, policy, log, on_poll)
 
     async def await_halt(scope: anyio.CancelScope, halt: anyio.Event) -> None:
         nonlocal halted
@@ -108,34 +108,91 @@ async def watch(
             tg.start_soon(_exit_grace, liveness, policy.exit_grace, tg.cancel_scope, early)
         if halt is not None:
             tg.start_soon(await_halt, tg.cancel_scope, halt)
-        last_size = 0
-        for cycle in range(1, policy.max_polls + 1):
-            await anyio.sleep(policy.poll_interval)
-            polls = cycle
-            size = worker.log_size()
-            extra = await on_poll() if on_poll is not None else {}
-            log.info(
-                "worker.poll",
-                cycle=cycle,
-                max_polls=policy.max_polls,
-                elapsed=round(worker.elapsed(), 3),
-                log_bytes=size,
-                log_growth=size - last_size,
-                **extra,
-            )
-            last_size = size
-        tg.cancel_scope.cancel()
+        await polls.run(tg.cancel_scope)
+    if polls.error is not None:
+        raise polls.error
     # a worker can exit right at the last poll (or the moment it went silent): give it that,
     # rather than call it stalled
     returncode = returncode if returncode is not None else worker.returncode
     if returncode is not None:
-        return WatchOutcome(returncode, polls)
+        return WatchOutcome(returncode, polls.done)
     if halted:
-        return WatchOutcome(None, polls, halted=True)
+        return WatchOutcome(None, polls.done, halted=True)
     if early:
         ended, silent_for = early[0]
-        return WatchOutcome(None, polls, ended, silent_for)
-    return WatchOutcome(None, polls, Ended.POLLS)
+        return WatchOutcome(None, polls.done, ended, silent_for)
+    return WatchOutcome(None, polls.done, Ended.POLLS)
+
+
+class _Polls:
+    """A worker's polls, `start + k × poll_interval` for k = 1 … max_polls; after the last one
+    the watch ends (stalled). Without `on_poll` each poll is a callback of the shared ticker
+    (no task wakes up); with it, the watch's task sleeps on the ticker and awaits `on_poll`."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        policy: Policy,
+        log: Logger,
+        on_poll: Callable[[], Awaitable[dict[str, Any]]] | None,
+    ) -> None:
+        self.worker = worker
+        self.policy = policy
+        self.on_poll = on_poll
+        self.done = 0
+        """How many polls happened."""
+        self.error: Exception | None = None
+        """What a poll on the ticker raised (re-raised by the watch)."""
+        self._event = Frequent(log, "worker.poll")
+        self._last_size = 0
+
+    def _emit(self, cycle: int, size: int, extra: dict[str, Any]) -> None:
+        self._event(
+            cycle=cycle,
+            max_polls=self.policy.max_polls,
+            elapsed=round(self.worker.elapsed(), 3),
+            log_bytes=size,
+            log_growth=size - self._last_size,
+            **extra,
+        )
+        self._last_size = size
+        self.done = cycle
+
+    async def run(self, scope: anyio.CancelScope) -> None:
+        """Poll until the last poll (then cancel `scope`) or until cancelled."""
+        shared = ticker()
+        interval, last = self.policy.poll_interval, self.policy.max_polls
+        if self.on_poll is not None:
+            start = shared.time()
+            for cycle in range(1, last + 1):
+                await shared.sleep_until(start + cycle * interval, interval)
+                size = self.worker.log_size()
+                self._emit(cycle, size, await self.on_poll())
+            scope.cancel()
+            return
+        if last < 1:
+            scope.cancel()
+            return
+
+        def poll() -> None:
+            try:
+                self._emit(entry.cycle, self.worker.log_size(), {})
+            except Exception as exc:  # on the ticker: the watch raises it
+                self.error = exc
+                entry.cancel()
+                scope.cancel()
+                return
+            if entry.cycle >= last:
+                entry.cancel()
+                scope.cancel()
+
+        entry = shared.every(interval, poll)
+        try:
+            # until cancelled (by the exit, or the last poll); not sleep_forever, which arms
+            # a timer (of infinite delay) per worker
+            await anyio.Event().wait()
+        finally:
+            entry.cancel()
 
 
 def _progress(worker: Worker, liveness: Liveness | None) -> Callable[[], int]:
@@ -159,8 +216,9 @@ async def _silence(
     said = progress()
     cpu = await anyio.to_thread.run_sync(worker.cpu_sample)
     quiet_since = time.monotonic()
+    shared = ticker()
     while True:
-        await anyio.sleep(tick)
+        await shared.sleep(tick)
         now_said = progress()
         now_cpu = await anyio.to_thread.run_sync(worker.cpu_sample)
         if now_said != said or now_cpu != cpu:  # CPU used, or processes came or went

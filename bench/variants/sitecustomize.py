@@ -15,6 +15,12 @@ so the difference to the plain run is what fixing that cost can gain at most:
 - sampler:   not a what-if: an in-process sampling profiler of the event loop thread (below)
 - slotworker: max_workers counts worker processes (a slot around `launch`) instead of plan runs
              (Daemon._run_plan holds its slot through every save and check of the plan)
+- nometrics: no metrics task (it wakes every 0.2 s and reads every new audit line in a
+             thread): what it costs an idle daemon and each poll
+- nonotify: no notification task (it too follows the audit log every 0.2 s, and lists its
+             outbox): what it costs with no [notify] targets
+- step50:    the inbox watcher's Rust loop checks every 50 ms instead of every 1 ms (step=1 in
+             Daemon._watch_inbox): what its 1,000 wake-ups a second cost an idle daemon
 - batchaccept: the inbox scan takes up to 16 files per thread call instead of one thread
              round trip per file (what the serial accept loop costs)
 """
@@ -59,6 +65,38 @@ if "noecho" in _variants:
         _orig_init(self, path, None)
 
     _audit.AuditSink.__init__ = _init_noecho  # type: ignore[method-assign]
+
+if "nometrics" in _variants:
+    import anyio
+
+    import orchestrd.daemon as _daemon
+
+    async def _no_metrics(config, log, metrics, *, task_status=anyio.TASK_STATUS_IGNORED):  # type: ignore[no-untyped-def]
+        task_status.started()
+
+    _daemon.run_metrics = _no_metrics
+
+if "nonotify" in _variants:
+    import anyio
+
+    import orchestrd.daemon as _daemon
+
+    async def _no_notify(config, log, *, task_status=anyio.TASK_STATUS_IGNORED):  # type: ignore[no-untyped-def]
+        task_status.started()
+
+    _daemon.run_notifier = _no_notify
+
+if "step50" in _variants:
+    import functools
+
+    import watchfiles
+
+    import orchestrd.daemon as _daemon
+
+    class _Watchfiles:
+        awatch = functools.partial(watchfiles.awatch, step=50)
+
+    _daemon.watchfiles = _Watchfiles  # type: ignore[assignment]
 
 if "pidfd" in _variants:
     import asyncio

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import os
 import shutil
@@ -28,7 +29,7 @@ import anyio.to_thread
 
 from .. import cgroups, procfs
 from ..config import Config
-from ..fsutil import FileRefused, open_for_writing
+from ..fsutil import FileRefused, open_for_writing, write_all
 from ..privsep import wrap
 from ..worker import tail_file
 from . import (
@@ -186,12 +187,16 @@ class LocalWorker:
 
         If the log cannot be written (a full disk), the output is still read — a worker blocked
         on a full pipe would look stalled — and dropped; `launch` then raises WorkerLogError.
+        The log is a regular file of the state folder (opened never through a link, a FIFO
+        refused): it is written on the loop, a chunk at a time, with no thread hop per write.
         """
         assert self.process.stdout is not None
-        log: anyio.AsyncFile[bytes] | None = None
+        log: int | None = None
         try:
             try:
-                log = await anyio.open_file(self.local.log, "ab", buffering=0)
+                log = open_for_writing(Path(self.local.log), append=True)
+            except FileRefused as exc:
+                self.log_error = OSError(errno.EINVAL, f"it {exc}")
             except OSError as exc:
                 self.log_error = exc
             async for chunk in self.process.stdout:
@@ -200,19 +205,17 @@ class LocalWorker:
                 room = self._head - self.output_bytes
                 self.output_bytes += len(chunk)
                 if room > 0 and log is not None:
-                    log = await self._write(log, chunk[:room])
+                    log = self._write(log, chunk[:room])
                 if room < len(chunk):
                     self._keep_tail(chunk[max(room, 0) :])
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the pipe went away with the process: nothing more to copy
         finally:
             # the tail is written even when the pump is given up (a descendant holds the pipe)
-            with anyio.CancelScope(shield=True):
-                if log is not None and self._tail is not None:
-                    log = await self._write(log, self._cut() + bytes(self._tail))
-                if log is not None:
-                    with contextlib.suppress(OSError):
-                        await log.aclose()
+            if log is not None and self._tail is not None:
+                log = self._write(log, self._cut() + bytes(self._tail))
+            if log is not None:
+                os.close(log)
             self._tail = None
             self.pumped.set()
 
@@ -235,19 +238,14 @@ class LocalWorker:
             "follow]\n".encode()
         )
 
-    async def _write(
-        self, log: anyio.AsyncFile[bytes], data: bytes
-    ) -> anyio.AsyncFile[bytes] | None:
+    def _write(self, log: int, data: bytes) -> int | None:
         """Write all of `data` (a write may be short on a filling disk); on an error remember
         it and give up the log (None)."""
-        view = memoryview(data)
         try:
-            while view:
-                view = view[await log.write(view) :]
+            write_all(log, data)
         except OSError as exc:
             self.log_error = exc
-            with contextlib.suppress(OSError):
-                await log.aclose()
+            os.close(log)
             return None
         return log
 
@@ -281,7 +279,7 @@ class LocalWorker:
         until the cgroup is empty, then `cgroup.kill`: escapees and all. On a worker that has
         exited, what it left running is added to `left_running` first."""
         if self.process.returncode is not None:
-            pids = await anyio.to_thread.run_sync(self._members)
+            pids = await anyio.to_thread.run_sync(self._members) if self._may_have_members() else []
             if not pids:
                 return None
             self.left_running += tuple(Leftover(p, cgroups.command_line(p)) for p in pids)
@@ -290,6 +288,19 @@ class LocalWorker:
         with anyio.CancelScope(shield=True):
             last = await _stop_cgroup(self.cgroup, [self.local.pgid], grace, self.process)
         return last
+
+    def _may_have_members(self) -> bool:
+        """Whether anything of the worker may be left (else no thread hop to look): in a
+        process group, a signal 0 to the group tells at once when it is gone."""
+        if self.cgroup is not None:
+            return True
+        try:
+            os.killpg(self.local.pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # someone's group with that number: group_members tells them apart
+        return True
 
     def _members(self) -> list[int]:
         if self.cgroup is not None:
@@ -518,9 +529,11 @@ class LocalLauncher:
 
 async def _open(spec: WorkerSpec, cgroup: Path | None) -> anyio.abc.Process:
     try:
-        await anyio.Path(spec.log_path.parent).mkdir(parents=True, exist_ok=True)
+        # a folder and an empty file of the state folder: on the loop, cheaper than two
+        # thread hops (open_for_writing never blocks: no link followed, a FIFO refused)
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.close(await anyio.to_thread.run_sync(open_for_writing, spec.log_path, True))
+            os.close(open_for_writing(spec.log_path, True))
         except FileRefused as exc:
             raise WorkerStartError(f"cannot open worker log {spec.log_path}: it {exc}") from None
     except OSError as exc:
