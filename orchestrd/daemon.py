@@ -680,6 +680,7 @@ class Daemon:
             return
         extra: dict[str, object] = {"evidence_skipped": skipped} if skipped else {}
         extra |= await archive_report(self.config, dest)
+        extra |= await anyio.to_thread.run_sync(status.index_archived, self.spool, dest)
         # the status too: a plan found finished at start-up may have lost its plan.succeeded
         # (or .failed) event with the daemon that saved the state and was killed
         entry.log.info(
