@@ -51,6 +51,8 @@ except ImportError:  # run with a python that lacks the package: use the project
         os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), *sys.argv])
     raise
 
+import growth  # noqa: E402 - bench/ is on sys.path when run as a script
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 VARIANTS = ("nofsync", "jsonstate", "noecho", "pidfd", "quietpoll", "batchaccept", "slotworker")
 NOFILE = 65536  # RLIMIT_NOFILE given to the daemon subprocess (see README)
@@ -1196,6 +1198,10 @@ BENCHES: dict[str, Callable[[argparse.Namespace], tuple[str, dict[str, Any]]]] =
     "scale": bench_scale,
     "longplan": bench_longplan,
     "web": bench_web,
+    # issue #21 items 4-5: bench/growth.py, bench/supervisord.py
+    "cli": lambda a: growth.bench_cli(a, BenchDaemon),
+    "restart": lambda a: growth.bench_restart(a, BenchDaemon),
+    "auditlog": lambda a: growth.bench_auditlog(a, BenchDaemon, measure),
 }
 
 
