@@ -52,6 +52,7 @@ except ImportError:  # run with a python that lacks the package: use the project
     raise
 
 import growth  # noqa: E402 - bench/ is on sys.path when run as a script
+import supervisord  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 VARIANTS = ("nofsync", "jsonstate", "noecho", "pidfd", "quietpoll", "batchaccept", "slotworker")
@@ -1202,6 +1203,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace], tuple[str, dict[str, Any]]]] =
     "cli": lambda a: growth.bench_cli(a, BenchDaemon),
     "restart": lambda a: growth.bench_restart(a, BenchDaemon),
     "auditlog": lambda a: growth.bench_auditlog(a, BenchDaemon, measure),
+    "supervisord": lambda a: supervisord.bench_supervisord(a, BenchDaemon, measure),
 }
 
 
