@@ -87,7 +87,7 @@ def bench_cli(args: argparse.Namespace, daemon_cls: Any) -> Result:
     """`orchestrd --help`, `status --help`, `validate`, `tail` start-up; `status` and
     `status --json` over 10,000 archived plans, without the index (every state file parsed:
     what status did before it) and with it."""
-    n = 10_000
+    n = 2_000 if args.quick else 10_000
     runs = 3 if args.quick else 7
     d = daemon_cls(args.tmp, "cli", allow_root_workers=True)
     env = {**os.environ}
@@ -112,7 +112,7 @@ def bench_cli(args: argparse.Namespace, daemon_cls: Any) -> Result:
         seed_plans(d.state_dir / "archive", n, "succeeded", None)
         index = d.state_dir / "archive" / ".index.jsonl"
         cold, cold_json = [], []
-        for _ in range(min(runs, 3)):
+        for _ in range(1 if args.quick else 3):
             index.unlink(missing_ok=True)
             cold += _timed([*orch, "status", *cfg], 1, env)
             index.unlink(missing_ok=True)
@@ -130,6 +130,7 @@ def bench_cli(args: argparse.Namespace, daemon_cls: Any) -> Result:
         + f" | status with {n:,} archived: no index {_ms(cold)} → index {_ms(warm)}; "
         f"--json {_ms(cold_json)} → {_ms(warm_json)}"
         f" [target start ≤150ms, status ≤300ms: {'met' if ok else 'NOT met'}]"
+        + (f" [quick: {n:,} archived, {runs} runs]" if args.quick else "")
     )
     return line, {
         "startup_ms": {k: round(statistics.median(v) * 1000, 1) for k, v in starts.items()},
@@ -147,7 +148,7 @@ def bench_restart(args: argparse.Namespace, daemon_cls: Any) -> Result:
     plans in plans/, as a daemon killed with SIGKILL leaves them."""
     import tomli_w
 
-    n = 1000
+    n = 300 if args.quick else 1000
     d = daemon_cls(args.tmp, "restart", max_workers=1, allow_root_workers=True)
     try:
         plans = d.state_dir / "plans"
@@ -164,6 +165,7 @@ def bench_restart(args: argparse.Namespace, daemon_cls: Any) -> Result:
     line = (
         f"restart: start → READY with {n:,} queued plans {ready:.2f}s "
         f"[target ≤1s: {'met' if ok else 'NOT met'}]"
+        + (f" [quick: {n} plans]" if args.quick else "")
     )
     return line, {"queued": n, "ready_s": round(ready, 3), "target_met": ok}
 
@@ -185,10 +187,10 @@ def bench_auditlog(
 ) -> Result:
     """Start → READY and idle CPU/RSS of a daemon with an empty audit log and with a 1 GB one
     (a status page listening: it reads the log's tail), one after the other."""
-    size = 1 << 30
-    window = 3.0 if args.quick else 10.0
+    size = (256 if args.quick else 1024) << 20
+    window = 2.0 if args.quick else 10.0
     points: dict[str, dict[str, Any]] = {}
-    for name, nbytes in (("empty", 0), ("1GB", size)):
+    for name, nbytes in (("empty", 0), ("big", size)):
         d = daemon_cls(
             args.tmp, f"audit-{name}", http={"listen": "127.0.0.1:0"}, allow_root_workers=True
         )
@@ -209,10 +211,11 @@ def bench_auditlog(
             d.stop()
         finally:
             d.cleanup(args.keep)
-    e, g = points["empty"], points["1GB"]
+    e, g = points["empty"], points["big"]
     ok = g["ready_s"] <= e["ready_s"] + 0.25 and g["cpu_pct"] <= e["cpu_pct"] + 0.5
     line = (
-        f"auditlog: empty vs 1 GB log: start → READY {e['ready_s']:.2f}s vs {g['ready_s']:.2f}s, "
+        f"auditlog: empty vs {size >> 20} MiB log: start → READY {e['ready_s']:.2f}s vs "
+        f"{g['ready_s']:.2f}s, "
         f"idle cpu {e['cpu_pct']:.1f}% vs {g['cpu_pct']:.1f}%, rss {e['rss_mb']:.0f} vs "
         f"{g['rss_mb']:.0f}MB [target: no slower: {'met' if ok else 'NOT met'}]"
         + (f" [quick: {window:.0f} s windows]" if args.quick else "")

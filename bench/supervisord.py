@@ -147,9 +147,9 @@ def _orchestrd(
 
 
 def bench_supervisord(args: argparse.Namespace, daemon_cls: Any, measure: Any) -> Result:
-    n = 100 if args.quick else 1000
-    kills = 5 if args.quick else 20
-    window = 3.0 if args.quick else 10.0
+    n = 50 if args.quick else 1000
+    kills = 3 if args.quick else 20
+    window = 2.0 if args.quick else 10.0
     sv = _supervisord(args, n, kills, window, measure)
     od = _orchestrd(args, n, kills, window, daemon_cls, measure)
 
