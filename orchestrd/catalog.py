@@ -73,18 +73,18 @@ def cacheable(row: Row) -> bool:
     return row.get("state") in PLAN_TERMINAL
 
 
-def read(index: Path) -> dict[str, tuple[Stamp, Row]]:
+def read(index: Path) -> dict[str, tuple[Stamp, Row, bytes]]:
     """The index's lines by folder name (the last line of a name wins); a torn or foreign line
     is skipped: its folder is summarised again."""
-    entries: dict[str, tuple[Stamp, Row]] = {}
+    entries: dict[str, tuple[Stamp, Row, bytes]] = {}
     try:
         data = index.read_bytes()
     except FileNotFoundError:
         return entries
-    for line in data.splitlines():
+    for line in data.splitlines(keepends=True):
         try:
-            e = json.loads(line)
-            entries[str(e["dir"])] = (list(e["stamp"]), dict(e["row"]))
+            e = json.loads(line.decode())
+            entries[str(e["dir"])] = (list(e["stamp"]), dict(e["row"]), line)
         except (ValueError, KeyError, TypeError):
             continue
     return entries
@@ -109,7 +109,7 @@ def rows(archive_dir: Path, summarize: Callable[[Path], Row | None]) -> list[Row
         cached = known.get(name)
         if mark is not None and cached is not None and cached[0] == mark:
             out.append(cached[1])
-            used.append(_line(name, mark, cached[1]))
+            used.append(cached[2])
             continue
         row = summarize(folder)
         if row is None:
