@@ -110,7 +110,7 @@ def bench_cli(args: argparse.Namespace, daemon_cls: Any) -> Result:
         }
         log(f"cli: seeding {n} archived plans")
         seed_plans(d.state_dir / "archive", n, "succeeded", None)
-        index = d.state_dir / "archive" / ".index.jsonl"
+        index = d.state_dir / "archive-index.jsonl"
         cold, cold_json = [], []
         for _ in range(1 if args.quick else 3):
             index.unlink(missing_ok=True)

@@ -18,9 +18,14 @@ from typing import Any
 from .fsutil import fsync_dir, write_all
 from .states import PLAN_TERMINAL
 
-INDEX_NAME = ".index.jsonl"
-"""The index file, in archive/ (a dot name: never taken for a plan folder)."""
+INDEX_NAME = "archive-index.jsonl"
+"""The index file, in state_dir beside archive/ (which holds only plan folders)."""
 STATE_NAME = "state.toml"
+
+
+def index_path(archive_dir: Path) -> Path:
+    return archive_dir.parent / INDEX_NAME
+
 
 Row = dict[str, Any]
 Stamp = list[int]
@@ -64,7 +69,7 @@ def add(archive_dir: Path, name: str, row: Row | None) -> None:
     A row that may still change (None, or not a finished plan) is not kept."""
     mark = stamp(archive_dir / name)
     if row is not None and mark is not None and cacheable(row):
-        _append(archive_dir / INDEX_NAME, _line(name, mark, row))
+        _append(index_path(archive_dir), _line(name, mark, row))
 
 
 def cacheable(row: Row) -> bool:
@@ -94,7 +99,7 @@ def rows(archive_dir: Path, summarize: Callable[[Path], Row | None]) -> list[Row
     """One row per plan folder in `archive_dir`: from the index where its stamp matches, else
     `summarize(folder)` (then indexed). The index is rewritten when most of it is dead lines
     (plans retried out of the archive, superseded stamps)."""
-    index = archive_dir / INDEX_NAME
+    index = index_path(archive_dir)
     known = read(index)
     out: list[Row] = []
     fresh: list[bytes] = []

@@ -38,7 +38,7 @@ def _spool(tmp_path: Path) -> Spool:
 
 
 def _index_lines(spool: Spool) -> list[dict[str, object]]:
-    text = (spool.archive_dir / catalog.INDEX_NAME).read_text()
+    text = catalog.index_path(spool.archive_dir).read_text()
     return [json.loads(line) for line in text.splitlines()]
 
 
@@ -72,7 +72,7 @@ def test_index_catches_up_with_what_it_lacks_and_drops_what_left(tmp_path: Path)
     for i in range(4):
         _archived(spool, f"B{i}", f"{i:02d}")
     before = status.collect(spool)
-    (spool.archive_dir / catalog.INDEX_NAME).unlink()  # lost: rebuilt from the state files
+    catalog.index_path(spool.archive_dir).unlink()  # lost: rebuilt from the state files
     assert status.collect(spool) == before
     assert len(_index_lines(spool)) == 4
 
@@ -91,12 +91,12 @@ def test_a_torn_index_line_costs_only_a_reread(tmp_path: Path) -> None:
     spool = _spool(tmp_path)
     _archived(spool, "C0")
     before = status.collect(spool)
-    with open(spool.archive_dir / catalog.INDEX_NAME, "ab") as f:
+    with open(catalog.index_path(spool.archive_dir), "ab") as f:
         f.write(b'{"dir": "C0", "stamp": [1')  # a writer killed mid-line
     assert status.collect(spool) == before
     _archived(spool, "C1", "01")  # the line added next is whole, after the torn one
     assert [r["plan"] for r in status.collect(spool)] == ["C0", "C1"]
-    text = (spool.archive_dir / catalog.INDEX_NAME).read_text()
+    text = catalog.index_path(spool.archive_dir).read_text()
     assert json.loads(text.splitlines()[-1])["dir"] == "C1"
 
 
