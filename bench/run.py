@@ -51,6 +51,9 @@ except ImportError:  # run with a python that lacks the package: use the project
         os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), *sys.argv])
     raise
 
+import growth  # noqa: E402 - bench/ is on sys.path when run as a script
+import supervisord  # noqa: E402
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 VARIANTS = (
     "nofsync",
@@ -1210,6 +1213,11 @@ BENCHES: dict[str, Callable[[argparse.Namespace], tuple[str, dict[str, Any]]]] =
     "scale": bench_scale,
     "longplan": bench_longplan,
     "web": bench_web,
+    # issue #21 items 4-5: bench/growth.py, bench/supervisord.py
+    "cli": lambda a: growth.bench_cli(a, BenchDaemon),
+    "restart": lambda a: growth.bench_restart(a, BenchDaemon),
+    "auditlog": lambda a: growth.bench_auditlog(a, BenchDaemon, measure),
+    "supervisord": lambda a: supervisord.bench_supervisord(a, BenchDaemon, measure),
 }
 
 

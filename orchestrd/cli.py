@@ -6,48 +6,40 @@ Exit codes: 0 success, 1 the plan failed (or was interrupted), 2 bad input or co
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import faulthandler
-import functools
+import importlib
 import json
 import os
-import signal
 import sys
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import anyio
-import tomli_w
+from .errors import OrchestrdError
 
-from . import budgets, doctor, install, lifecycle, logs, progress, report, status, tail, usage
-from .audit import AuditLog, Logger, Redactor, printable
-from .config import Config, check_state_dir, load_config
-from .errors import OrchestrdError, PlanError
-from .importer import add_subcommand as add_import_subcommand
-from .launchers import open_launcher
-from .metering import Spending
-from .parking import HOLDS_FILE, HoldKind, describe_holds, read_holds
-from .plan import Plan, check_plan_id, load_plan, plan_from_bytes
-from .privsep import separation
-from .runner import PlanRunner
-from .spool import Spool, hold_run_lock, lock_held, submitter_allowed
-from .state import PlanRecord, PlanState, atomic_write, load_state
-from .states import PLAN_RETRYABLE, PLAN_TERMINAL, PlanStatus
-from .store import PlanFolder
-from .worker import use_pidfd_child_watcher
+if TYPE_CHECKING:  # the modules a command needs are imported in it: start-up stays light
+    from . import usage
+    from .audit import Logger, Redactor
+    from .config import Config
+    from .plan import Plan
+    from .states import PlanStatus
+    from .store import PlanFolder
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def plan_toml(plan: Plan) -> bytes:
     """The plan as the daemon keeps it (absolute repo, nothing left implicit but defaults)."""
+    import tomli_w
+
     return tomli_w.dumps(plan.model_dump(mode="json", exclude_none=True)).encode()
 
 
 def _load_plan(path: Path, config: Config) -> Plan:
     """A plan file given on the command line (its repo may be relative to it), checked like
     the daemon checks inbox files."""
+    from .errors import PlanError
+    from .plan import plan_from_bytes
+
     try:
         with open(path, "rb") as f:
             raw = f.read(config.spool.max_plan_bytes + 1)
@@ -57,6 +49,8 @@ def _load_plan(path: Path, config: Config) -> Plan:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from .config import load_config
+
     config, _ = load_config(args.config)
     for path in args.plans:
         plan = _load_plan(Path(path), config)
@@ -70,6 +64,21 @@ async def run_foreground(plan: Plan, config: Config, echo: bool, live: bool = Fa
 
     The plan fails (with the reason, no traceback) if the runner cannot go on, e.g. a full disk.
     """
+    import functools
+    import signal
+
+    import anyio
+
+    from . import lifecycle, progress, status
+    from .audit import AuditLog, Redactor
+    from .launchers import open_launcher
+    from .metering import Spending
+    from .privsep import separation
+    from .runner import PlanRunner
+    from .spool import Spool, hold_run_lock
+    from .state import PlanRecord, PlanState
+    from .worker import use_pidfd_child_watcher
+
     use_pidfd_child_watcher()
     spool = Spool(config.state_dir)
     folder = spool.folder(plan.id)
@@ -131,6 +140,11 @@ async def _end_earlier_run(folder: PlanFolder, log: Logger, redact: Redactor) ->
     """An earlier plan of this id must have ended: finished, interrupted, or left `running` by
     an `orchestrd run` that was killed (no process holds its run.lock), which it records as
     interrupted now. One a daemon owns is refused."""
+    from . import lifecycle
+    from .spool import lock_held
+    from .state import PlanRecord, load_state
+    from .states import PLAN_TERMINAL, PlanStatus
+
     old = load_state(folder.state_file)
     if old.status in PLAN_TERMINAL or old.status is PlanStatus.INTERRUPTED:
         return
@@ -145,6 +159,13 @@ async def _end_earlier_run(folder: PlanFolder, log: Logger, redact: Redactor) ->
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from . import report
+    from .config import check_state_dir, load_config
+    from .spool import Spool
+    from .states import PlanStatus
+
     config, path = load_config(args.config)
     plan = _load_plan(Path(args.plan), config)
     check_state_dir(config, path)
@@ -157,6 +178,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_daemon(args: argparse.Namespace) -> int:
+    import faulthandler
+
+    from .config import check_state_dir, load_config
+
     config, path = load_config(args.config)
     check_state_dir(config, path)
     from .daemon import run_daemon
@@ -168,6 +193,12 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from .config import load_config
+    from .errors import PlanError
+    from .spool import Spool
+
     config, _ = load_config(args.config)
     spool = Spool(config.state_dir)
     for name in args.plans:
@@ -211,6 +242,13 @@ def drop_atomically(dest: Path, data: bytes) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from . import status
+    from .audit import Redactor, printable
+    from .config import load_config
+    from .parking import HOLDS_FILE, describe_holds, read_holds
+    from .plan import check_plan_id
+    from .spool import Spool
+
     config, _ = load_config(args.config)
     if args.plan is not None:
         check_plan_id(args.plan, "PLAN_ID")
@@ -233,6 +271,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_unblock(args: argparse.Namespace) -> int:
     """Lift a profile's block: through the daemon when it runs, else in holds.toml."""
+    from .config import load_config
+    from .parking import HOLDS_FILE, HoldKind, read_holds
+    from .plan import check_plan_id
+    from .spool import Spool
+    from .state import atomic_write
+
     config, path = load_config(args.config)
     if args.profile not in config.workers:
         known = ", ".join(sorted(config.workers)) or "none"
@@ -257,7 +301,17 @@ def _cmd_unblock(args: argparse.Namespace) -> int:
 
 
 def _control(args: argparse.Namespace, kind: str) -> int:
+    import anyio
+
+    from . import budgets, status
+    from .config import check_state_dir, load_config
     from .control import apply_offline
+    from .errors import PlanError
+    from .plan import check_plan_id, load_plan
+    from .spool import Spool, submitter_allowed
+    from .state import load_state
+    from .states import PLAN_RETRYABLE, PLAN_TERMINAL, PlanStatus
+    from .store import PlanFolder
 
     check_plan_id(args.plan, "PLAN_ID")  # it becomes a path: plans/<id>, control/<id>.retry
     config, path = load_config(args.config)
@@ -322,6 +376,12 @@ def _control(args: argparse.Namespace, kind: str) -> int:
 
 
 def _cmd_usage(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from . import status, usage
+    from .config import load_config
+    from .spool import Spool
+
     config, _ = load_config(args.config)
     since = None
     if args.since is not None:
@@ -356,6 +416,9 @@ def _cmd_usage(args: argparse.Namespace) -> int:
 
 
 def usage_table(title: str, rows: dict[str, usage.Totals]) -> str:
+    from . import status
+    from .audit import printable
+
     lines = [(title, "ATTEMPTS", "INPUT", "CACHED", "OUTPUT", "TOKENS", "COST")]
     for key, t in sorted(rows.items()):
         lines.append(
@@ -375,7 +438,21 @@ def usage_table(title: str, rows: dict[str, usage.Totals]) -> str:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+MODULE_COMMANDS = {
+    "import": ("importer", "turn a folder of markdown phase files into a plan file"),
+    "tail": ("tail", "the audit log, filtered (daemon not needed)"),
+    "logs": ("logs", "a worker's log or a verify command's output (no path to know)"),
+    "report": ("report", "a plan's morning report (markdown), or every plan since a time"),
+    "init": ("install", "write a commented config and the spool folders; print next steps"),
+    "doctor": ("doctor", "check config, agents, state_dir, unit and daemon; exit 1 if any fail"),
+}
+"""Commands whose arguments their own module declares (`add_subcommand`): its module and the
+help line `orchestrd --help` shows. Only the module of the command run is imported."""
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with `command`, only that command's module is imported (the others
+    are listed by name and help)."""
     parser = argparse.ArgumentParser(
         prog="orchestrd",
         description="Supervise coding-agent workers through phase-by-phase plans.",
@@ -451,20 +528,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("profile", metavar="PROFILE")
     p.set_defaults(func=_cmd_unblock)
 
-    add_import_subcommand(sub, common)
-    for operator_command in (tail, logs, report, install, doctor):
-        operator_command.add_subcommand(sub, common)
+    for name, (module, help_text) in MODULE_COMMANDS.items():
+        if command is None or command == name:
+            importlib.import_module(f".{module}", __package__).add_subcommand(sub, common)
+        else:  # listed in `--help` under its own help; its module is not needed to run another
+            sub.add_parser(name, help=help_text)
     return parser
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in `argv` (options before it are the top level's: only --help)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command(argv) or "").parse_args(argv)
     try:
         code: int = args.func(args)
     except OrchestrdError as exc:
+        from .audit import printable
+
         print(printable(f"orchestrd: {exc}"), file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # e.g. no permission on state_dir: say which file, no traceback
+        from .audit import printable
+
         where = f" {exc.filename}" if exc.filename else ""
         print(printable(f"orchestrd:{where}: {exc.strerror or exc}"), file=sys.stderr)
         return EXIT_USAGE

@@ -8,9 +8,10 @@ from __future__ import annotations
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pydantic
+if TYPE_CHECKING:  # only a caller holding a model needs it: `orchestrd --help` starts without it
+    import pydantic
 
 
 class OrchestrdError(Exception):
@@ -41,6 +42,8 @@ def _loc_to_str(loc: tuple[int | str, ...]) -> str:
 
 def _model_at(model: type[pydantic.BaseModel], loc: tuple[int | str, ...]) -> Any:
     """The model class that owns the last key of `loc`, for listing the keys it allows."""
+    import pydantic
+
     current: Any = model
     for part in loc[:-1]:
         if isinstance(part, int):
@@ -67,6 +70,8 @@ def _model_at(model: type[pydantic.BaseModel], loc: tuple[int | str, ...]) -> An
 
 
 def _message(model: type[pydantic.BaseModel], err: Any) -> str:
+    import pydantic
+
     kind = err["type"]
     loc = tuple(err["loc"])
     if kind == "extra_forbidden":

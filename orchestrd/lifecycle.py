@@ -14,16 +14,17 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from . import isolation
+from . import isolation, status
 from .audit import Logger
 from .config import Config
 from .errors import OrchestrdError, describe_failure, leaf_errors
 from .plan import Plan
 from .report import archive_report
 from .runner import PlanRunner
+from .spool import Spool
 from .state import PlanRecord
 from .states import PLAN_TERMINAL, InvalidTransition, Outcome, PlanStatus
-from .store import PlanFolder, Store, archive_plan
+from .store import PlanFolder, archive_plan
 
 Admin = Callable[[Path], Awaitable[anyio.Lock]]
 """The repository's worktree-administration lock (isolation.MergeQueue.admin)."""
@@ -131,7 +132,7 @@ async def resume(
     await record.set_status(PlanStatus.QUEUED, reason, True, **fields)
 
 
-async def archive(entry: PlanEntry, config: Config, store: Store, admin: Admin) -> None:
+async def archive(entry: PlanEntry, config: Config, store: Spool, admin: Admin) -> None:
     """Keep a finished plan's folder with copies of its reports and completion files.
     Never raises: a plan folder that cannot be moved stays in plans/ (and is tried again
     at the next start)."""
@@ -148,6 +149,7 @@ async def archive(entry: PlanEntry, config: Config, store: Store, admin: Admin) 
         return
     extra: dict[str, object] = {"evidence_skipped": skipped} if skipped else {}
     extra |= await archive_report(config, dest)
+    extra |= await anyio.to_thread.run_sync(status.index_archived, store, dest)
     # the status too: a plan found finished at start-up may have lost its plan.succeeded
     # (or .failed) event with the daemon that saved the state and was killed
     entry.log.info("plan.archived", path=str(dest), status=str(entry.record.state.status), **extra)

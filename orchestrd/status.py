@@ -8,12 +8,13 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from . import catalog
 from .audit import printable
 from .errors import StateError
 from .spool import Spool
 from .state import PlanState, load_state
 from .states import AttemptStatus
-from .store import ARCHIVE, PLANS, PlanFolder
+from .store import ARCHIVE, ARCHIVE_INDEX, PLANS, PlanFolder
 from .usage import UsageRecord, total
 
 
@@ -100,43 +101,61 @@ def ledger(spool: Spool) -> list[tuple[str, UsageRecord]]:
 
 
 def collect(spool: Spool, plan_id: str | None = None) -> list[dict[str, Any]]:
-    """One summary per plan in plans/ and archive/ (or just `plan_id`), oldest first."""
+    """One summary per plan in plans/ and archive/ (or just `plan_id`), oldest first. The
+    archive's come from its summary index (catalog) unless one plan is asked for."""
     rows = []
     for base, where in ((spool.plans, PLANS), (spool.archive_dir, ARCHIVE)):
+        if plan_id is None and where == ARCHIVE:
+            rows += catalog.rows(base, lambda folder: folder_row(spool, folder, ARCHIVE))
+            continue
         if not base.is_dir():
             continue
         for folder in sorted(base.iterdir()):
             if folder.name.startswith(".") or (plan_id is not None and folder.name != plan_id):
                 continue  # a plan still being accepted (plans/.<id>.accepting) is not one yet
-            files = PlanFolder(folder)
-            state_file = files.state_file
-            if not state_file.exists():
-                if files.set_aside_before():
-                    rows.append(
-                        {
-                            "plan": folder.name,
-                            "state": "corrupt",
-                            "where": where,
-                            "reason": "its state file was unreadable and set aside",
-                        }
-                    )
-                continue
-            try:
-                state = load_state(state_file)
-            except StateError as exc:
-                rows.append(
-                    {"plan": folder.name, "state": "corrupt", "reason": str(exc), "where": where}
-                )
-                continue
-            row = summary(state, where)
-            if row["state"] == "running" and not spool.holder_alive(folder):
-                # left `running` by a daemon or `orchestrd run` that was killed
-                row.update(state="interrupted", pid=None, reason="no process holds the plan")
-            if plan_id is not None:
-                row["phases"] = state.model_dump(mode="json", exclude_none=True)["phases"]
-            rows.append(row)
+            row = folder_row(spool, folder, where, detail=plan_id is not None)
+            if row is not None:
+                rows.append(row)
     rows.sort(key=lambda r: str(r.get("submitted_at", "")))
     return rows
+
+
+def folder_row(
+    spool: Spool, folder: Path, where: str, detail: bool = False
+) -> dict[str, Any] | None:
+    """The summary of the plan in `folder` (None: not a plan folder); `detail`: with its
+    phases."""
+    state_file = PlanFolder(folder).state_file
+    if not state_file.exists():
+        if PlanFolder(folder).set_aside_before():
+            return {
+                "plan": folder.name,
+                "state": "corrupt",
+                "where": where,
+                "reason": "its state file was unreadable and set aside",
+            }
+        return None
+    try:
+        state = load_state(state_file)
+    except StateError as exc:
+        return {"plan": folder.name, "state": "corrupt", "reason": str(exc), "where": where}
+    row = summary(state, where)
+    if row["state"] == "running" and not spool.holder_alive(folder):
+        # left `running` by a daemon or `orchestrd run` that was killed
+        row.update(state="interrupted", pid=None, reason="no process holds the plan")
+    if detail:
+        row["phases"] = state.model_dump(mode="json", exclude_none=True)["phases"]
+    return row
+
+
+def index_archived(spool: Spool, dest: Path) -> dict[str, str]:
+    """Add the plan just archived to `dest` to the archive's summary index; what went wrong
+    for the `plan.archived` event (the next `status` indexes the plan from its state file)."""
+    try:
+        catalog.add(spool.archive_dir, dest.name, folder_row(spool, dest, ARCHIVE))
+    except OSError as exc:
+        return {"index_failed": f"{exc.filename or ARCHIVE_INDEX}: {exc.strerror or exc}"}
+    return {}
 
 
 def _fmt_elapsed(seconds: float | None) -> str:
