@@ -24,8 +24,10 @@ run: $(BIN)/orchestrd
 	$(BIN)/orchestrd usage --config orchestrd/local.toml
 	@echo "also: orchestrd tail --plan DEMO-calc, orchestrd logs DEMO-calc P03 (see README, Day to day)"
 
+# 4 workers on 2 cores: most tests wait on subprocesses; tests sharing a global resource carry
+# one xdist_group mark and run on one worker (tests/conftest.py says which)
 test: $(BIN)/orchestrd
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 -n 4 --dist loadgroup
 
 # Formatting, lint and types, as CI checks them before the tests.
 lint: $(BIN)/orchestrd

@@ -4,6 +4,20 @@ read back as JSON lines.
 
 Fake agents live in tests/agents/; each one in AGENT_NAMES is a worker profile of `make_config`
 under its file name (`pass`, `hang`, `unkillable`, …), and `pass` is the default worker.
+
+Parallel runs (`make test`: pytest-xdist, `-n 4 --dist loadgroup`): each test may run on any
+worker process, beside tests of other files. Everything a test makes lives under its own
+tmp_path (or a tempfile.mkdtemp name), ports are bound as port 0, and each daemon has a cgroup
+tree of its own. A test that uses something of which the machine has one (a fixed system user,
+a fixed file outside tmp_path, a fixed port, a session/module fixture that must exist once, a
+cluster) carries `pytest.mark.xdist_group("<resource>")`, which puts every test of that group
+on one worker, one after the other. The groups so far:
+- "users": creates/deletes system users (`orchestrd-test-worker`, `-daemon`, `-wt`):
+  test_privsep.py, test_parallel_plans.py's worker-user test;
+- "browser": the headless browser and the docs/*.png screenshots: test_web_browser.py;
+- "slurm": the Slurm cluster (tests/slurm_support.py) and its tests.
+A session-scoped fixture runs once per worker process: one that touches a machine-wide thing
+must be in a group (or be safe to run twice at once).
 """
 
 from __future__ import annotations

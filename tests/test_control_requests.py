@@ -161,17 +161,24 @@ def test_retry_while_the_daemon_is_down_names_an_unloadable_plans_state(daemon: 
 def test_a_cancel_before_the_worker_starts_leaves_no_attempt_without_its_events(
     daemon: Daemon,
 ) -> None:
-    # a `git` that takes a second holds the attempt between its record and its worker's start
+    # a `git` that waits until the cancel was made holds the attempt between its record and its
+    # worker's start (a fixed sleep was too short for a slow `cancel` on a loaded machine)
     bin_dir = daemon.tmp / "bin"
     bin_dir.mkdir()
     git = bin_dir / "git"
-    git.write_text("#!/bin/sh\nsleep 1\necho 'fatal: not a git repository' >&2\nexit 128\n")
+    cancelled = daemon.tmp / "cancelled"
+    git.write_text(
+        f"#!/bin/sh\ni=0\nwhile [ ! -e '{cancelled}' ] && [ $i -lt 300 ]; do\n"
+        "  sleep 0.05; i=$((i+1))\ndone\n"
+        "echo 'fatal: not a git repository' >&2\nexit 128\n"
+    )
     git.chmod(0o755)
     (daemon.repo("repo") / ".git").mkdir()
     daemon.start(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     daemon.submit("k1")
     daemon.wait_event("phase.started", plan="k1")
     assert daemon.cli("cancel", "k1").returncode == 0
+    cancelled.touch()
     daemon.wait_event("plan.archived", plan="k1")
     assert daemon.cli("retry", "k1").returncode == 0
     daemon.wait_event("plan.succeeded", plan="k1")

@@ -319,6 +319,7 @@ def sep_daemon() -> Iterator[Daemon]:
     os.geteuid() != 0 or not os.path.exists(SYSTEM_PYTHON) or not shutil.which("useradd"),
     reason="needs root (to create a worker user and switch to it), useradd and /usr/bin/python3",
 )
+@pytest.mark.xdist_group("users")  # useradd/userdel beside test_privsep's users
 def test_a_worker_users_worktrees_live_beside_its_hand_off_folders(
     sep_daemon: Daemon, wt_user: pwd.struct_passwd
 ) -> None:

@@ -40,10 +40,14 @@ CAPS = "+setuid,+setgid,+kill"
 SYSTEM_PYTHON = "/usr/bin/python3"
 AGENT = AGENTS / "privsep_agent.py"
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not os.path.exists(SYSTEM_PYTHON) or not shutil.which("useradd"),
-    reason="needs root (to create a worker user and switch to it), useradd and /usr/bin/python3",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not os.path.exists(SYSTEM_PYTHON) or not shutil.which("useradd"),
+        reason="needs root (to create a worker user and switch to it), useradd, /usr/bin/python3",
+    ),
+    # the session's system users are one per machine (and useradd locks /etc/passwd)
+    pytest.mark.xdist_group("users"),
+]
 
 
 def _group_exists(name: str) -> bool:

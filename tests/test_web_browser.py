@@ -25,6 +25,8 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is a test
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
+# one browser and daemon for the module, and the docs/*.png it writes: on one xdist worker
+pytestmark = pytest.mark.xdist_group("browser")
 DOCS = Path(__file__).parent.parent / "docs"
 TOKEN = "browser-token-0123456789abcdef"
 
