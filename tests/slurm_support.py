@@ -194,7 +194,8 @@ class Cluster:
 
     def stop(self) -> None:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            _run(str(self.bin / "scancel"), "--signal=KILL", "--full", "-u", "root", check=False)
+            _run(str(self.bin / "scancel"), "--signal=KILL", "--full", check=False)
+            self.drained()
         for key in sorted(self.processes, key=lambda k: k == "munged"):  # munged last
             process = self.processes[key]
             process.send_signal(signal.SIGTERM)
@@ -204,8 +205,26 @@ class Cluster:
                 process.kill()
                 process.wait()
         self.processes.clear()
+        # a slurmstepd that could not tell a (killed) controller its job ended waits on: all
+        # that is left in the namespace is ours
+        for pid in self.in_netns():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         _run("ip", "netns", "delete", self.name, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def in_netns(self) -> list[int]:
+        """The processes in the cluster's network namespace."""
+        try:
+            ours = f"net:[{self.netns.stat().st_ino}]"
+        except OSError:
+            return []
+        found = []
+        for entry in os.scandir("/proc"):
+            with contextlib.suppress(OSError):
+                if entry.name.isdigit() and os.readlink(f"/proc/{entry.name}/ns/net") == ours:
+                    found.append(int(entry.name))
+        return found
 
     def _in_netns(self, *argv: str) -> None:
         _run("nsenter", f"--net={self.netns}", *argv)

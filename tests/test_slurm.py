@@ -11,18 +11,24 @@ and a job run twice (a re-queue after a controller crash) does not run its worke
 from __future__ import annotations
 
 import json
+import pwd
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from conftest import agent_profile, alive, make_config, make_plan, phase, run_plan
+from daemon_support import Daemon
 from slurm_support import Cluster, settings, shared_cluster
 
 from orchestrd.launchers import WorkerSpec
 from orchestrd.launchers.slurm import SHIM, SlurmLauncher
+from orchestrd.privsep import Identity
 
 pytestmark = pytest.mark.anyio
 ENV = {"PATH": "/usr/bin:/bin"}
@@ -121,3 +127,52 @@ def test_the_shim_runs_a_worker_once_per_attempt(tmp_path: Path) -> None:
     assert count.read_text() == "run\n"
     assert json.loads((folder / "status.json").read_text()) == status
     assert status["returncode"] == 3 and status["done"]
+
+
+async def test_with_a_worker_user_the_job_and_the_worker_are_that_users(
+    cluster: Cluster,
+) -> None:
+    """sbatch --uid (the daemon is root when it has a worker user); the shim, stdlib only,
+    runs with the nodes' python3."""
+    nobody = pwd.getpwnam("nobody")
+    scratch = Path(tempfile.mkdtemp(prefix="orchestrd-slurm-user-"))
+    try:
+        scratch.chmod(0o755)
+        launcher = SlurmLauncher(settings(cluster, python="/usr/bin/python3"))
+        who = Identity("nobody", nobody.pw_uid, nobody.pw_gid, (), "/nonexistent")
+        argv = ["sh", "-c", "id -u; ls /root >/dev/null 2>&1 || echo no-root"]
+        spec = WorkerSpec(argv, ENV, scratch, scratch / "w.log", who, name="T:P01:1")
+        async with launcher.launch(spec, 10**6, 1.0) as worker:
+            assert await worker.wait() == 0
+        assert (scratch / "w.log").read_text() == f"{nobody.pw_uid}\nno-root\n"
+        assert (scratch / "w.log.slurm").stat().st_uid == nobody.pw_uid
+        assert (scratch / "w.log.slurm" / "spec.json").stat().st_mode & 0o077 == 0
+    finally:
+        shutil.rmtree(scratch)
+
+
+def test_a_sigkilled_daemon_restarted_cancels_its_running_job_by_name_and_goes_on(
+    cluster: Cluster, daemon: Daemon
+) -> None:
+    """The real daemon: its job outlives it (it runs on a node, not below the daemon); the next
+    start finds the job of the recorded attempt by id and name, stops it, and runs the phase
+    again."""
+    slurm = {"bin": str(cluster.bin), "python": sys.executable, "poll_interval": "0.1s"}
+    data = daemon.config_data()
+    workers = {name: {**p, "launcher": "slurm"} for name, p in data["workers"].items()}
+    daemon.write_config(workers=workers, launchers={"slurm": slurm})
+    daemon.start()
+    daemon.submit("k", worker="stuck")
+    (started,) = daemon.wait_event("worker.started")
+    assert started["node"] in ("n1", "n2")
+    agent = daemon.agent_pid("k")
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert alive(agent) and any(line.startswith(f"{started['pid']} ") for line in cluster.jobs())
+
+    daemon.start()
+    daemon.wait_plans_end(["k"])
+    (orphan,) = daemon.events("worker.orphan_stopped")
+    assert (orphan["pid"], orphan["signal"]) == (started["pid"], "SIGTERM")
+    assert [e["plan"] for e in daemon.events("plan.succeeded")] == ["k"]
+    assert not alive(agent)
+    assert cluster.drained() == []

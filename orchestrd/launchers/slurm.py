@@ -160,16 +160,30 @@ class SlurmWorker:
 
     async def wait(self) -> int:
         """The shim's exit code, read from its status file; Slurm's state only says whether
-        the job still lives (with the controller down, the file alone is waited for)."""
-        next_look = time.monotonic() + self.launcher.settings.poll_interval
-        while (rc := (await self.refresh()).get("returncode")) is None:
-            if time.monotonic() >= next_look:
-                next_look = time.monotonic() + self.launcher.settings.poll_interval
-                state, _ = await self.launcher.job_state(self.job_id)
-                if state is not None and state not in LIVE:
-                    return await self._ended_without_word(state)
-            await anyio.sleep(self.launcher.tick)
-        return int(rc)
+        the job still lives, asked beside it (a controller that is down makes squeue hang for
+        seconds: the file is read all the while)."""
+        ended: list[int] = []
+        async with anyio.create_task_group() as tg:
+
+            async def first(rc: int) -> None:
+                ended.append(rc)
+                tg.cancel_scope.cancel()
+
+            async def by_file() -> None:
+                while (rc := (await self.refresh()).get("returncode")) is None:
+                    await anyio.sleep(self.launcher.tick)
+                await first(int(rc))
+
+            async def by_slurm() -> None:
+                while True:
+                    await anyio.sleep(self.launcher.settings.poll_interval)
+                    state, _ = await self.launcher.job_state(self.job_id)
+                    if state is not None and state not in LIVE:
+                        await first(await self._ended_without_word(state))
+
+            tg.start_soon(by_file)
+            tg.start_soon(by_slurm)
+        return ended[0]
 
     async def _ended_without_word(self, state: str) -> int:
         """The job ended and the shim wrote no exit code: it never ran (cancelled while
@@ -208,6 +222,21 @@ class SlurmWorker:
                 return
             else:
                 await anyio.sleep(self.launcher.tick)
+
+
+def _write_job(folder: Path, spec: WorkerSpec, job: str, script: str) -> None:
+    """spec.json (the worker's environment: its owner's alone) and job.sh; with a worker user,
+    the folder and the log become that user's, for the shim it runs as to write them."""
+    (folder / "spec.json").unlink(missing_ok=True)
+    fd = os.open(folder / "spec.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, "w") as f:
+        f.write(job)
+    (folder / "job.sh").write_text(script)
+    if spec.identity is not None:
+        uid, gid = spec.identity.uid, spec.identity.gid
+        for path in (folder, folder / "spec.json", folder / "job.sh", spec.log_path):
+            os.chown(path, uid, gid)
+    folder.chmod(0o700)
 
 
 def _read_from(path: Path, offset: int) -> bytes:
@@ -349,12 +378,14 @@ class SlurmLauncher:
             "grace": grace,
             "tick": self.tick,
         }
-        await anyio.Path(folder / "spec.json").write_text(json.dumps(job))
         script = JOB_SCRIPT.format(
             name=name, python=self.settings.python, shim=SHIM, folder=folder
         )
-        await anyio.Path(folder / "job.sh").write_text(script)
-        out = await self.run("sbatch", *self.sbatch_args(name, spec, folder))
+        await anyio.to_thread.run_sync(_write_job, folder, spec, json.dumps(job), script)
+        args = self.sbatch_args(name, spec, folder)
+        if spec.identity is not None:  # the job is the worker user's (sbatch --uid: as root)
+            args[:0] = [f"--uid={spec.identity.uid}", f"--gid={spec.identity.gid}"]
+        out = await self.run("sbatch", *args)
         job_id = int(out.strip().split(";")[0])
         return SlurmWorker(self, spec, max_log_bytes, (job_id, name), folder)
 
@@ -384,6 +415,12 @@ class SlurmLauncher:
             if job_id is None or live.get(int(job_id), ("", ""))[0] != name:
                 reaped.append(Reaped(handle, None))
                 continue
+            if (await anyio.to_thread.run_sync(read_status, folder)).get("done"):
+                # the shim ended (nothing of the worker runs): Slurm's bookkeeping is left
+                with contextlib.suppress(SlurmError):
+                    await self.run("scancel", str(job_id))
+                reaped.append(Reaped(handle, None))
+                continue
             last = await self.stop_job(int(job_id), folder, grace)
             status = await anyio.to_thread.run_sync(read_status, folder)
             stopped = tuple(Leftover(int(p), str(c)) for p, c in status.get("stopped", []))
@@ -391,8 +428,9 @@ class SlurmLauncher:
         return reaped
 
     async def _live_jobs(self) -> dict[int, tuple[str, str]]:
-        """{job id: (name, batch script)} of the user's jobs not over yet."""
-        out = await self.run("squeue", "-h", "--me", "-o", "%i|%j|%o")
+        """{job id: (name, batch script)} of the jobs not over yet (the daemon's and its
+        worker users': whose they are, their name and script tell)."""
+        out = await self.run("squeue", "-h", "-a", "-o", "%i|%j|%o")
         jobs = {}
         for line in out.splitlines():
             job_id, name, command = line.split("|", 2)
@@ -415,7 +453,8 @@ class SlurmLauncher:
             log = command.removesuffix("/job.sh").removesuffix(".slurm")
             handle = Handle(KIND, {"job_id": job_id, "name": name, "log": log})
             (reaped,) = await self.reap([handle], grace)
-            found.append(
-                Reaped(handle, reaped.signal, reaped.stopped, found="by its job name")
-            )
+            if reaped.signal is not None or reaped.stopped:
+                found.append(
+                    Reaped(handle, reaped.signal, reaped.stopped, found="by its job name")
+                )
         return found
