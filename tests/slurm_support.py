@@ -140,10 +140,17 @@ class Cluster:
         with open(munge / "munged.stderr", "ab") as stderr:
             self.processes["munged"] = subprocess.Popen(
                 [
-                    "runuser", "-u", "munge", "--",
-                    _which("munged"), "--foreground", "--force",
-                    f"--socket={munge}/munge.sock", f"--key-file={key}",
-                    f"--pid-file={munge}/munged.pid", f"--seed-file={munge}/munged.seed",
+                    "runuser",
+                    "-u",
+                    "munge",
+                    "--",
+                    _which("munged"),
+                    "--foreground",
+                    "--force",
+                    f"--socket={munge}/munge.sock",
+                    f"--key-file={key}",
+                    f"--pid-file={munge}/munged.pid",
+                    f"--seed-file={munge}/munged.seed",
                     f"--log-file={munge}/munged.log",
                 ],  # fmt: skip
                 stdout=subprocess.DEVNULL,

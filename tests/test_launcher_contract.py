@@ -19,12 +19,12 @@ from pathlib import Path
 
 import anyio
 import pytest
+from slurm_support import Cluster, settings, shared_cluster
 
 from orchestrd import cgroups
 from orchestrd.launchers import Handle, Launcher, WorkerSpec
 from orchestrd.launchers.local import LocalLauncher, contain
 from orchestrd.launchers.slurm import SlurmLauncher
-from slurm_support import Cluster, settings, shared_cluster
 
 pytestmark = pytest.mark.anyio
 AGENTS = Path(__file__).parent / "agents"

@@ -11,6 +11,7 @@ and a job run twice (a re-queue after a controller crash) does not run its worke
 from __future__ import annotations
 
 import json
+import os
 import pwd
 import shutil
 import signal
@@ -78,7 +79,9 @@ async def test_a_plan_on_slurm_runs_on_both_nodes_stalls_remediates_and_leaves_n
     # the queue is no stall: each job's wait is an event of its own, then it runs
     for run_ in runs.values():
         pending = run_.events("worker.pending")
-        assert [e["job_id"] for e in pending] == [e["job_id"] for e in run_.events("worker.started")]
+        assert [e["job_id"] for e in pending] == [
+            e["job_id"] for e in run_.events("worker.started")
+        ]
     assert cluster.drained() == []
     pids = [r.agent(e["phase"], e["attempt"])["pid"] for r in runs.values() for e in
             r.events("worker.started")]  # fmt: skip
@@ -136,8 +139,8 @@ async def test_with_a_worker_user_the_job_and_the_worker_are_that_users(
     runs with the nodes' python3."""
     nobody = pwd.getpwnam("nobody")
     scratch = Path(tempfile.mkdtemp(prefix="orchestrd-slurm-user-"))
+    os.chmod(scratch, 0o755)  # the worker user's cwd
     try:
-        scratch.chmod(0o755)
         launcher = SlurmLauncher(settings(cluster, python="/usr/bin/python3"))
         who = Identity("nobody", nobody.pw_uid, nobody.pw_gid, (), "/nonexistent")
         argv = ["sh", "-c", "id -u; ls /root >/dev/null 2>&1 || echo no-root"]

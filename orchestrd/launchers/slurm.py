@@ -170,7 +170,8 @@ class SlurmWorker:
                 tg.cancel_scope.cancel()
 
             async def by_file() -> None:
-                while (rc := (await self.refresh()).get("returncode")) is None:
+                # a file another machine writes: no event tells, it is read each tick
+                while (rc := (await self.refresh()).get("returncode")) is None:  # noqa: ASYNC110
                     await anyio.sleep(self.launcher.tick)
                 await first(int(rc))
 
@@ -180,6 +181,7 @@ class SlurmWorker:
                     state, _ = await self.launcher.job_state(self.job_id)
                     if state is not None and state not in LIVE:
                         await first(await self._ended_without_word(state))
+                        return
 
             tg.start_soon(by_file)
             tg.start_soon(by_slurm)
@@ -202,10 +204,10 @@ class SlurmWorker:
                 return None
             last = await self.launcher.stop_job(self.job_id, self.folder, grace)
             status = await self.refresh()
-            self.left_running += tuple(Leftover(int(p), str(c)) for p, c in status.get("left", []))
-            if not status.get("done"):  # the shim never answered: the job was SIGKILLed
-                self.status = {**status, "returncode": status.get("returncode", -9), "done": True}
-            return last
+        self.left_running += tuple(Leftover(int(p), str(c)) for p, c in status.get("left", []))
+        if not status.get("done"):  # the shim never answered: the job was SIGKILLed
+            self.status = {**status, "returncode": status.get("returncode", -9), "done": True}
+        return last
 
     async def pump(self, on_output: OutputObserver) -> None:
         """Feed the observer what the shim writes to the log (the log's head and tail: a cut
@@ -350,7 +352,8 @@ class SlurmLauncher:
         """At the end of the launch: the shim's last word (after a short wait: it drains the
         output and reaps), else a stop of what the worker left running."""
         with anyio.move_on_after(min(grace, 4 * self.tick)):
-            while not (await worker.refresh()).get("done") and not worker.lost:
+            # the shim's file, read as wait() reads it
+            while not (await worker.refresh()).get("done") and not worker.lost:  # noqa: ASYNC110
                 await anyio.sleep(self.tick / 4)
         await worker.stop(grace)
 
@@ -378,9 +381,7 @@ class SlurmLauncher:
             "grace": grace,
             "tick": self.tick,
         }
-        script = JOB_SCRIPT.format(
-            name=name, python=self.settings.python, shim=SHIM, folder=folder
-        )
+        script = JOB_SCRIPT.format(name=name, python=self.settings.python, shim=SHIM, folder=folder)
         await anyio.to_thread.run_sync(_write_job, folder, spec, json.dumps(job), script)
         args = self.sbatch_args(name, spec, folder)
         if spec.identity is not None:  # the job is the worker user's (sbatch --uid: as root)
@@ -454,7 +455,5 @@ class SlurmLauncher:
             handle = Handle(KIND, {"job_id": job_id, "name": name, "log": log})
             (reaped,) = await self.reap([handle], grace)
             if reaped.signal is not None or reaped.stopped:
-                found.append(
-                    Reaped(handle, reaped.signal, reaped.stopped, found="by its job name")
-                )
+                found.append(Reaped(handle, reaped.signal, reaped.stopped, found="by its job name"))
         return found

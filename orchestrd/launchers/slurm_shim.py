@@ -144,7 +144,9 @@ class Shim:
                 start_new_session=True,
             )
         except OSError as exc:
-            output.feed(f"orchestrd shim: cannot execute {self.spec['argv'][0]!r}: {exc}\n".encode())
+            output.feed(
+                f"orchestrd shim: cannot execute {self.spec['argv'][0]!r}: {exc}\n".encode()
+            )
             output.finish()
             self.status.update(returncode=127, done=True, output_bytes=output.total)
             self.write()
@@ -160,12 +162,13 @@ class Shim:
             output.finish()
         self.status["output_bytes"] = output.total
         self.write()
-        rc = self.status["returncode"]
+        rc = int(self.status["returncode"])
         return rc if rc >= 0 else 128 - rc
 
     def _pump(self, output: Output) -> None:
         assert self.child is not None and self.child.stdout is not None
-        for chunk in iter(lambda: self.child.stdout.read1(65536), b""):  # type: ignore[union-attr]
+        pipe = self.child.stdout.fileno()
+        for chunk in iter(lambda: os.read(pipe, 65536), b""):
             output.feed(chunk)
             self.status["output_bytes"] = output.total
 
