@@ -88,24 +88,6 @@ async def test_a_plan_on_slurm_runs_on_both_nodes_stalls_remediates_and_leaves_n
     assert not any(alive(pid) for pid in pids)
 
 
-async def test_a_controller_killed_mid_job_does_not_lose_the_exit_code(
-    cluster: Cluster, tmp_path: Path
-) -> None:
-    launcher = SlurmLauncher(settings(cluster))
-    go = tmp_path / "go"
-    script = f"while [ ! -e {go} ]; do sleep 0.05; done; exit 7"
-    spec = WorkerSpec(["sh", "-c", script], ENV, tmp_path, tmp_path / "w.log", name="T:P01:1")
-    async with launcher.launch(spec, 10**6, 1.0) as worker:
-        cluster.kill_controller()
-        go.touch()  # the worker ends while no controller can hear of it
-        with anyio.fail_after(10):
-            assert await worker.wait() == 7
-        cluster.start_controller()
-    assert worker.returncode == 7
-    await anyio.to_thread.run_sync(cluster.wait_idle)
-    assert cluster.drained(15) == []
-
-
 def test_the_shim_runs_a_worker_once_per_attempt(tmp_path: Path) -> None:
     """A job Slurm runs again (re-queued after a controller crash) exits at once: the worker's
     exit code stays the first run's."""
@@ -179,3 +161,22 @@ def test_a_sigkilled_daemon_restarted_cancels_its_running_job_by_name_and_goes_o
     assert [e["plan"] for e in daemon.events("plan.succeeded")] == ["k"]
     assert not alive(agent)
     assert cluster.drained() == []
+
+
+# last of the file: the controller it restarts recovers (and may run again) its job
+async def test_a_controller_killed_mid_job_does_not_lose_the_exit_code(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    launcher = SlurmLauncher(settings(cluster))
+    go = tmp_path / "go"
+    script = f"while [ ! -e {go} ]; do sleep 0.05; done; exit 7"
+    spec = WorkerSpec(["sh", "-c", script], ENV, tmp_path, tmp_path / "w.log", name="T:P01:1")
+    async with launcher.launch(spec, 10**6, 1.0) as worker:
+        cluster.kill_controller()
+        go.touch()  # the worker ends while no controller can hear of it
+        with anyio.fail_after(10):
+            assert await worker.wait() == 7
+        cluster.start_controller()
+    assert worker.returncode == 7
+    await anyio.to_thread.run_sync(cluster.wait_idle)
+    assert cluster.drained(15) == []
