@@ -429,7 +429,10 @@ class AttemptRunner(Briefing):
         await self.record.save(phase.id)
         who = f"{phase.id} attempt={att.n} role={att.role} pid={worker.pid}"
         self.folder.append_ledger(who)
-        log.info("worker.started", log=att.log, command=worker.argv[0])
+        where = dict(worker.placement)
+        if "pending_s" in where:  # queued on a cluster until now: no stall, no poll
+            log.info("worker.pending", job_id=where["job_id"], seconds=where.pop("pending_s"))
+        log.info("worker.started", log=att.log, command=worker.argv[0], **where)
         try:
             on_poll = functools.partial(self._on_poll, meter, phase.id)
             async with anyio.create_task_group() as tg:

@@ -94,7 +94,12 @@ EVENTS: dict[str, str] = {
         "checks failed and no remediation is left, or remediation is stagnant (reason, "
         "stagnant_attempts)"
     ),
-    "worker.started": "a worker process was launched (pid, log, command)",
+    "worker.started": (
+        "a worker process was launched (pid, log, command; on a cluster its node and job_id)"
+    ),
+    "worker.pending": (
+        "a worker's cluster job waited in the queue before it ran (job_id, seconds): no stall"
+    ),
     "worker.dangerous": "a worker started with a sandbox-bypassing profile (flags)",
     "worker.failed_to_start": "the worker's command could not be executed (reason)",
     "worker.poll": (

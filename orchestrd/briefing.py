@@ -197,5 +197,6 @@ class Briefing:
             config.worker_pid_namespace,
             name=f"{self.plan.id}:{phase.id}:{n}",
             limits=profile.limits,
+            launcher=profile.launcher or "",
         )
         return spec, env, prompt, profile.dangerous_flags, handoff

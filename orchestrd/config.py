@@ -184,7 +184,7 @@ class WorkerProfile(Strict):
     model: str | None = Field(
         None, description="the model it runs, for [prices] when its stream does not say (codex)"
     )
-    launcher: Literal["local"] | None = Field(
+    launcher: Literal["local", "slurm"] | None = Field(
         None, description="where this profile's workers run; default: the config's launcher"
     )
     memory_max: int | Annotated[str, Field(pattern=r"^(\d+[KMGT]?|max)$")] | None = Field(
@@ -570,6 +570,34 @@ class ContainmentSettings(Strict):
     )
 
 
+class SlurmSettings(Strict):
+    """[launchers.slurm]: workers as batch jobs on a Slurm cluster whose nodes share the daemon's
+    filesystem (same paths)."""
+
+    partition: str | None = Field(None, description="sbatch --partition; default: the cluster's")
+    constraint: str | None = Field(None, description="sbatch --constraint (node features)")
+    time_limit: str | None = Field(
+        None, description="sbatch --time (e.g. '2:00:00'); default: the partition's"
+    )
+    sbatch_args: list[str] = Field(
+        default_factory=list, description="more sbatch options, e.g. ['--mem=8G', '--qos=low']"
+    )
+    poll_interval: Duration = Field(
+        1.0, gt=0, description="how often squeue/scontrol and the shim's status file are read"
+    )
+    bin: Path | None = Field(
+        None, description="folder of sbatch, squeue, scancel and scontrol; default: PATH"
+    )
+    python: str = Field(
+        "python3", description="the python on the nodes that runs the shim around each worker"
+    )
+    max_jobs: int = Field(100, gt=0, description="jobs submitted at once (pending or running)")
+
+
+class LaunchersSettings(Strict):
+    slurm: SlurmSettings = SlurmSettings()
+
+
 class Config(Strict):
     state_dir: Path = Field(Path("/var/lib/orchestrd"), description="plans/<id>/ live here")
     default_worker: str = Field("codex", description="profile used when a plan names none")
@@ -648,9 +676,12 @@ class Config(Strict):
         "id uses the longest entry it starts with)",
     )
     budgets: Budgets = Budgets()
-    launcher: Literal["local"] = Field(
-        "local", description="where workers run: local (this machine, a cgroup per attempt)"
+    launcher: Literal["local", "slurm"] = Field(
+        "local",
+        description="where workers run: local (this machine, a cgroup per attempt) or slurm "
+        "(batch jobs, [launchers.slurm])",
     )
+    launchers: LaunchersSettings = LaunchersSettings()
     containment: ContainmentSettings = ContainmentSettings()
 
     @pydantic.model_validator(mode="after")

@@ -1,7 +1,10 @@
 """The launcher contract: what every launcher (launchers/) must do, whatever runs its workers —
 exit codes, signals, stopping a tree that ignores SIGTERM, nothing left behind (a setsid escapee
 that closed its fds and cleared its environment included), output capture and caps, the exact
-environment, and recovery of a handle after the daemon was SIGKILLed."""
+environment, and recovery of a handle after the daemon was SIGKILLed.
+
+`slurm` runs on a real two-node cluster in a network namespace of its own (slurm_support.py);
+its nodes share this machine's filesystem, as a site's share the daemon's."""
 
 from __future__ import annotations
 
@@ -16,10 +19,12 @@ from pathlib import Path
 
 import anyio
 import pytest
+from slurm_support import Cluster, settings, shared_cluster
 
 from orchestrd import cgroups
 from orchestrd.launchers import Handle, Launcher, WorkerSpec
 from orchestrd.launchers.local import LocalLauncher, contain
+from orchestrd.launchers.slurm import SlurmLauncher
 
 pytestmark = pytest.mark.anyio
 AGENTS = Path(__file__).parent / "agents"
@@ -36,9 +41,25 @@ def _local(state_dir: Path) -> Iterator[Launcher]:
     cgroups.remove(containment.tree.base)
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(scope="session")
+def cluster(request: pytest.FixtureRequest) -> Cluster:
+    return shared_cluster(request)
+
+
+@pytest.fixture(params=["local", "slurm"])
 def launcher(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Launcher]:
-    yield from {"local": _local}[request.param](tmp_path)
+    if request.param == "slurm":
+        cluster = request.getfixturevalue("cluster")
+        yield SlurmLauncher(settings(cluster))
+        assert cluster.drained() == []  # nothing left running on any node
+        return
+    yield from _local(tmp_path)
+
+
+def driver_kind(launcher: Launcher) -> str:
+    if isinstance(launcher, SlurmLauncher):
+        return f"slurm:{launcher.settings.bin}"
+    return "local"
 
 
 def spec(tmp_path: Path, *argv: str, name: str = "T.P01.1") -> WorkerSpec:
@@ -145,6 +166,7 @@ async def test_a_handle_survives_the_daemon_being_sigkilled_and_reap_stops_it_al
             sys.executable,
             str(Path(__file__).with_name("launcher_driver.py")),
             str(tmp_path),
+            driver_kind(launcher),
             sys.executable,
             str(AGENTS / "escapee.py"),
             str(pidfile),
@@ -182,6 +204,9 @@ LOCAL_INTERNALS = (
     "proctree",
     "launchers.local",
     "cgroups.",
+    "SlurmWorker",
+    "SlurmLauncher",
+    "slurm_shim",
 )
 
 
@@ -190,6 +215,7 @@ def test_nothing_outside_the_local_launcher_uses_its_internals() -> None:
     package = Path(__file__).parent.parent / "orchestrd"
     allowed = {package / "cgroups.py", package / "launchers" / "local.py"}
     allowed |= {package / "launchers" / "proctree.py", package / "launchers" / "__init__.py"}
+    allowed |= {package / "launchers" / "slurm.py", package / "launchers" / "slurm_shim.py"}
     found = [
         f"{path.relative_to(package)}: {name}"
         for path in package.rglob("*.py")

@@ -13,7 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Protocol
 
-from ..config import Config
+from ..config import Config, SlurmSettings
 from ..errors import OrchestrdError
 from ..privsep import Identity
 
@@ -47,6 +47,8 @@ class WorkerSpec:
     limits: Mapping[str, str | int] = dataclasses.field(default_factory=dict)
     """Resource limits (`memory_max`, `pids_max`, `cpu_weight`) where the launcher can set
     them."""
+    launcher: str = ""
+    """The kind of launcher that runs it (a profile's `launcher`); '': the config's."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +105,11 @@ class Worker(Protocol):
 
     @property
     def returncode(self) -> int | None: ...
+
+    @property
+    def placement(self) -> Mapping[str, str | int | float]:
+        """Where it runs, for worker.started (a cluster: node, job_id, pending_s); {} here."""
+        ...
 
     @property
     def output_bytes(self) -> int:
@@ -189,11 +196,73 @@ class Launcher(Protocol):
         ...
 
 
-def open_launcher(kind: str, config: Config | None, tag: str = "") -> Launcher:
-    """The launcher of this kind for `config`, its containment set up (the daemon, `orchestrd
-    run` with a `tag` of its own); without a config, only what reaping recorded handles takes
-    (an offline cancel)."""
-    from .local import LocalLauncher  # the only kind so far (config: launcher = "local")
+class Launchers:
+    """The launchers a config uses, as one: a worker goes to its spec's kind (a profile's
+    `launcher`, else the config's), a handle back to the kind that made it."""
 
-    assert kind == LocalLauncher.kind, kind
-    return LocalLauncher.open(config, tag)
+    kind = "any"
+
+    def __init__(self, default: str, launchers: Mapping[str, Launcher]) -> None:
+        self.default = default
+        self.launchers = dict(launchers)
+
+    def _of(self, kind: str) -> Launcher:
+        kind = kind or self.default
+        if kind not in self.launchers:
+            from .slurm import SlurmLauncher  # a handle of a kind the config no longer uses
+
+            assert kind == SlurmLauncher.kind, kind
+            self.launchers[kind] = SlurmLauncher(SlurmSettings())
+        return self.launchers[kind]
+
+    def launch(
+        self,
+        spec: WorkerSpec,
+        max_log_bytes: int,
+        grace: float,
+        on_output: OutputObserver | None = None,
+    ) -> AbstractAsyncContextManager[Worker]:
+        return self._of(spec.launcher).launch(spec, max_log_bytes, grace, on_output)
+
+    def close(self) -> None:
+        for launcher in self.launchers.values():
+            launcher.close()
+
+    def describe(self) -> dict[str, str]:
+        described: dict[str, str] = {}
+        for launcher in self.launchers.values():
+            described |= launcher.describe()
+        return described
+
+    def warnings(self, limits: Mapping[str, object]) -> list[str]:
+        return self._of(self.default).warnings(limits)
+
+    async def reap(self, handles: Sequence[Handle], grace: float) -> list[Reaped]:
+        reaped = []
+        for handle in handles:
+            reaped += await self._of(handle.kind).reap([handle], grace)
+        return reaped
+
+    async def respawned(self, worker: Worker, grace: float) -> list[Leftover]:
+        return await self._of(worker.handle.kind).respawned(worker, grace)
+
+    async def sweep(self, folders: Sequence[Path], grace: float) -> list[Reaped]:
+        found = []
+        for launcher in self.launchers.values():
+            found += await launcher.sweep(folders, grace)
+        return found
+
+
+def open_launcher(kind: str, config: Config | None, tag: str = "") -> Launcher:
+    """The launchers of `config` (its `launcher` the default, each profile's too), their
+    containment set up (the daemon, `orchestrd run` with a `tag` of its own); without a
+    config, only what reaping recorded handles takes (an offline cancel)."""
+    from .local import LocalLauncher
+
+    launchers: dict[str, Launcher] = {"local": LocalLauncher.open(config, tag)}
+    kinds = {kind} | ({p.launcher for p in config.workers.values()} if config else set())
+    if "slurm" in kinds and config is not None:
+        from .slurm import SlurmLauncher
+
+        launchers["slurm"] = SlurmLauncher(config.launchers.slurm)
+    return Launchers(kind, launchers)

@@ -158,6 +158,10 @@ class LocalWorker:
         return self.process.returncode
 
     @property
+    def placement(self) -> dict[str, str | int | float]:
+        return {}  # this machine
+
+    @property
     def dropped_bytes(self) -> int:
         return max(0, self.output_bytes - self.max_log_bytes)
 
