@@ -24,10 +24,10 @@ run: $(BIN)/orchestrd
 	$(BIN)/orchestrd usage --config orchestrd/local.toml
 	@echo "also: orchestrd tail --plan DEMO-calc, orchestrd logs DEMO-calc P03 (see README, Day to day)"
 
-# 4 workers on 2 cores: most tests wait on subprocesses; tests sharing a global resource carry
-# one xdist_group mark and run on one worker (tests/conftest.py says which)
+# One process: the parallel run (-n 4 --dist loadgroup, see tests/conftest.py) is not yet
+# reliable (a cgroup test's child-watcher warning under load), so CI runs the suite serially.
 test: $(BIN)/orchestrd
-	$(BIN)/python -m pytest -q --durations=15 -n 4 --dist loadgroup
+	$(BIN)/python -m pytest -q --durations=15
 
 # Formatting, lint and types, as CI checks them before the tests.
 lint: $(BIN)/orchestrd

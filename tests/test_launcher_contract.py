@@ -74,7 +74,9 @@ def _read(path: Path) -> str:
 
 
 async def until_written(path: Path) -> str:
-    for _ in range(500):
+    # a bound on the wait, not a timing assertion: a cluster job may queue behind the last
+    # test's job for a second or two before it runs
+    for _ in range(3000):
         if text := _read(path):
             return text
         await anyio.sleep(0.01)
