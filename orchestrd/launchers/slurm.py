@@ -83,7 +83,7 @@ class SlurmWorker:
         self.pending = 0.0
         """Seconds the job waited in the queue before Slurm said RUNNING."""
         self.started = time.monotonic()
-        self.status: dict[str, Any] = {}
+        self.shim_file: dict[str, Any] = {}
         self.left_running: tuple[Leftover, ...] = ()
         self.lost = ""
         """Why the exit code is not the shim's (the job ended without its word), or ''."""
@@ -105,12 +105,12 @@ class SlurmWorker:
 
     @property
     def returncode(self) -> int | None:
-        rc = self.status.get("returncode")
+        rc = self.shim_file.get("returncode")
         return int(rc) if rc is not None else None
 
     @property
     def output_bytes(self) -> int:
-        return int(self.status.get("output_bytes", 0))
+        return int(self.shim_file.get("output_bytes", 0))
 
     @property
     def dropped_bytes(self) -> int:
@@ -128,7 +128,7 @@ class SlurmWorker:
         return time.monotonic() - self.started
 
     def log_size(self) -> int:
-        if self.status.get("done"):
+        if self.shim_file.get("done"):
             return self.output_bytes
         try:
             size = self.log_path.stat().st_size
@@ -140,8 +140,8 @@ class SlurmWorker:
         return tail_file(self.log_path, lines, max_bytes)
 
     async def refresh(self) -> dict[str, Any]:
-        self.status = await anyio.to_thread.run_sync(read_status, self.folder) or self.status
-        return self.status
+        self.shim_file = await anyio.to_thread.run_sync(read_status, self.folder) or self.shim_file
+        return self.shim_file
 
     async def until_running(self) -> None:
         """Until Slurm says RUNNING (or the job is over already): the queue is no stall."""
@@ -154,7 +154,7 @@ class SlurmWorker:
             if (await self.refresh()).get("returncode") is not None:
                 break
             await anyio.sleep(self.launcher.tick)
-        self.node = node or str(self.status.get("node", ""))
+        self.node = node or str(self.shim_file.get("node", ""))
         self.pending = time.monotonic() - submitted
         self.started = time.monotonic()
 
@@ -194,7 +194,7 @@ class SlurmWorker:
         if (rc := (await self.refresh()).get("returncode")) is not None:
             return int(rc)
         self.lost = f"job {self.job_id} ended {state} without the shim's exit code"
-        self.status = {**self.status, "returncode": -signal.SIGKILL, "done": True}
+        self.shim_file = {**self.shim_file, "returncode": -signal.SIGKILL, "done": True}
         return -signal.SIGKILL
 
     async def stop(self, grace: float) -> signal.Signals | None:
@@ -206,7 +206,7 @@ class SlurmWorker:
             status = await self.refresh()
         self.left_running += tuple(Leftover(int(p), str(c)) for p, c in status.get("left", []))
         if not status.get("done"):  # the shim never answered: the job was SIGKILLed
-            self.status = {**status, "returncode": status.get("returncode", -9), "done": True}
+            self.shim_file = {**status, "returncode": status.get("returncode", -9), "done": True}
         return last
 
     async def pump(self, on_output: OutputObserver) -> None:
@@ -214,7 +214,7 @@ class SlurmWorker:
         middle is never seen here), until cancelled."""
         offset = 0
         while True:
-            done = self.status.get("done") or self.lost
+            done = self.shim_file.get("done") or self.lost
             chunk = await anyio.to_thread.run_sync(_read_from, self.log_path, offset)
             if chunk:
                 offset += len(chunk)
