@@ -111,8 +111,10 @@ class Daemon(Requests):
             with anyio.open_signal_receiver(*signals) as received:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._handle_signals, received, tg.cancel_scope)
-                    await tg.start(run_notifier, lambda: self.config, self.log)
-                    await tg.start(run_metrics, lambda: self.config, self.log, self.metrics)
+                    await tg.start(run_notifier, lambda: self.config, self.log, self.audit)
+                    await tg.start(
+                        run_metrics, lambda: self.config, self.log, self.metrics, self.audit
+                    )
                     tg.start_soon(self.quota.run)
                     await self._recover(tg)
                     tg.start_soon(self._watch_inbox)

@@ -26,7 +26,7 @@ import httpx
 import pydantic
 
 from . import status
-from .audit import Logger, Redactor
+from .audit import AuditLog, Logger, Redactor, Watcher
 from .config import Config, NotifyTarget
 from .spool import Spool
 from .state import atomic_write
@@ -34,6 +34,10 @@ from .store import PlanFolder
 from .tail import LineFollower
 
 STEP = 0.2
+"""A burst of events is read (and the outbox listed) at most this often."""
+OTHERS = 1.0
+"""Lines other processes write (`orchestrd run`) are read at least this often; the daemon's
+own events a target wants wake the notifier when they are written."""
 MAX_BACKOFF = 300.0
 REPORT_WAIT = 30.0
 """A plan's end is sent with its report.md, written just after: wait this long for it."""
@@ -159,9 +163,17 @@ def resume(path: Path, cursor: tuple[int, int] | None) -> tuple[list[bytes], Lin
 
 
 class Notifier:
-    def __init__(self, config: Callable[[], Config], log: Logger) -> None:
+    def __init__(
+        self, config: Callable[[], Config], log: Logger, audit: AuditLog | None = None
+    ) -> None:
         self.config = config
         self.log = log
+        self.audit = audit
+        """This process's audit log: its events wake the follower (None: read every STEP)."""
+        self._wants: dict[str, bool] = {}
+        self._wants_of: object = None
+        """`_wants` caches `wanted` per event name for these targets (a reload resets it)."""
+        self._due_changed: anyio.Event | None = None
         self.outbox = Outbox(config().state_dir)
         self._inflight: set[Path] = set()
         self._next_due = 0.0
@@ -185,21 +197,42 @@ class Notifier:
                 functools.partial(self.outbox.cursor.unlink, missing_ok=True)
             )
         backlog, follower = await anyio.to_thread.run_sync(resume, path, cursor)
+        watcher = Watcher(self._wanted_by_any)
+        if self.audit is not None:
+            self.audit.watchers.append(watcher)
         task_status.started()
         try:
             async with httpx.AsyncClient(timeout=None) as client, anyio.create_task_group() as tg:
                 tg.start_soon(self._deliver_loop, client, tg)
                 await self._take(backlog)
-                await self._follow(follower)
+                await self._follow(follower, watcher)
         finally:
+            if self.audit is not None:
+                with contextlib.suppress(ValueError):
+                    self.audit.watchers.remove(watcher)
             follower.close()
 
-    async def _follow(self, follower: LineFollower) -> None:
-        """Lines → outbox; the cursor is saved only once what was read is in the outbox."""
+    def _wanted_by_any(self, event: str) -> bool:
+        """Whether a configured target wants `event` (called for every event logged)."""
+        targets = self.config().notify
+        if targets is not self._wants_of:
+            self._wants, self._wants_of = {}, targets
+        got = self._wants.get(event)
+        if got is None:
+            got = self._wants[event] = any(wanted(t, event) for t in targets)
+        return got
+
+    async def _follow(self, follower: LineFollower, watcher: Watcher) -> None:
+        """Lines → outbox; the cursor is saved only once what was read is in the outbox.
+
+        Read when this process logs an event a target wants, and every OTHERS seconds (other
+        writers, the cursor); at most every STEP."""
         saved_at = 0.0
         saved: tuple[int, int] | None = None
         unsaved: list[Entry] = []
         while True:
+            began = anyio.current_time()
+            watcher.event.clear()
             unsaved += self._entries(await anyio.to_thread.run_sync(follower.read))
             place, now = follower.position(), time.monotonic()
             try:
@@ -219,9 +252,13 @@ class Notifier:
                     await anyio.to_thread.run_sync(self.outbox.save_cursor, *place)
                     saved, saved_at = place, now
                 self._trouble = None
+                wait = OTHERS if self.audit is not None else STEP
             except OSError as exc:  # a full disk: keep the entries, try again next step
                 self._outbox_error(exc)
-            await anyio.sleep(STEP)
+                wait = STEP
+            with anyio.move_on_after(wait):
+                await watcher.event.wait()
+            await anyio.sleep(max(0.0, began + STEP - anyio.current_time()))
 
     def _outbox_error(self, exc: OSError) -> None:
         reason = f"outbox {exc.filename or self.outbox.dir}: {exc.strerror or exc}"
@@ -238,7 +275,9 @@ class Notifier:
     def _entries(self, lines: list[bytes]) -> list[Entry]:
         """An outbox entry per (line, target) that wants it."""
         targets = self.config().notify
-        entries = []
+        entries: list[Entry] = []
+        if not targets:
+            return entries
         for line in lines:
             m = _EVENT.search(line)
             if not targets or m is None:
@@ -266,11 +305,15 @@ class Notifier:
         return entries
 
     def _due_at(self, when: float) -> None:
-        self._next_due = min(self._next_due, when)
+        if when < self._next_due:
+            self._next_due = when
+            if self._due_changed is not None:
+                self._due_changed.set()
 
     async def _deliver_loop(self, client: httpx.AsyncClient, tg: anyio.abc.TaskGroup) -> None:
+        """List the outbox when an entry is due (at most every STEP), and sleep until then."""
         while True:
-            now = time.time()
+            began = now = time.time()
             if now >= self._next_due:
                 self._next_due = now + MAX_BACKOFF  # an idle outbox is listed now and then
                 try:
@@ -292,7 +335,10 @@ class Notifier:
                     elif path not in self._inflight:
                         self._inflight.add(path)
                         tg.start_soon(self._deliver, client, path, entry)
-            await anyio.sleep(STEP)
+            self._due_changed = anyio.Event()
+            with anyio.move_on_after(self._next_due - time.time()):
+                await self._due_changed.wait()
+            await anyio.sleep(max(0.0, began + STEP - time.time()))
 
     def _report_file(self, event: dict[str, Any]) -> tuple[Path | None, bool]:
         """The plan's report.md if it is there; and whether the plan is archived already."""
@@ -451,8 +497,9 @@ async def _run_command(argv: list[str], event: dict[str, Any], report: Path | No
 async def run_notifier(
     config: Callable[[], Config],
     log: Logger,
+    audit: AuditLog | None = None,
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """The daemon's notifier task (started before recovery, so no event of this run is missed)."""
-    await Notifier(config, log).run(task_status=task_status)
+    await Notifier(config, log, audit).run(task_status=task_status)
