@@ -17,12 +17,12 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
 import anyio.to_thread
-import httpx
 import pydantic
 
 from . import status
@@ -32,6 +32,9 @@ from .spool import Spool
 from .state import atomic_write
 from .store import PlanFolder
 from .tail import LineFollower
+
+if TYPE_CHECKING:
+    import httpx  # imported at the first webhook delivery
 
 STEP = 0.2
 """A burst of events is read (and the outbox listed) at most this often."""
@@ -66,8 +69,8 @@ def wanted(target: NotifyTarget, event: str) -> bool:
 def describe(target: NotifyTarget) -> str:
     """A target as it may appear in the audit log: a webhook's path is often its secret."""
     if target.url is not None:
-        url = httpx.URL(target.url)
-        return f"{url.scheme}://{url.host}"
+        url = urlsplit(target.url)
+        return f"{url.scheme}://{url.hostname or ''}"
     assert target.command is not None
     return target.command[0]
 
@@ -174,6 +177,7 @@ class Notifier:
         self._wants_of: object = None
         """`_wants` caches `wanted` per event name for these targets (a reload resets it)."""
         self._due_changed: anyio.Event | None = None
+        self._client: httpx.AsyncClient | None = None
         self.outbox = Outbox(config().state_dir)
         self._inflight: set[Path] = set()
         self._next_due = 0.0
@@ -202,8 +206,8 @@ class Notifier:
             self.audit.watchers.append(watcher)
         task_status.started()
         try:
-            async with httpx.AsyncClient(timeout=None) as client, anyio.create_task_group() as tg:
-                tg.start_soon(self._deliver_loop, client, tg)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._deliver_loop, tg)
                 await self._take(backlog)
                 await self._follow(follower, watcher)
         finally:
@@ -211,6 +215,18 @@ class Notifier:
                 with contextlib.suppress(ValueError):
                     self.audit.watchers.remove(watcher)
             follower.close()
+            if self._client is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._client.aclose()
+
+    def _http(self) -> httpx.AsyncClient:
+        """The HTTP client, made at the first webhook delivery (a daemon without webhook
+        targets never builds its transport: ≈ 0.1 s of imports at start-up)."""
+        if self._client is None:
+            import httpx
+
+            self._client = httpx.AsyncClient(timeout=None)
+        return self._client
 
     def _wanted_by_any(self, event: str) -> bool:
         """Whether a configured target wants `event` (called for every event logged)."""
@@ -310,7 +326,7 @@ class Notifier:
             if self._due_changed is not None:
                 self._due_changed.set()
 
-    async def _deliver_loop(self, client: httpx.AsyncClient, tg: anyio.abc.TaskGroup) -> None:
+    async def _deliver_loop(self, tg: anyio.abc.TaskGroup) -> None:
         """List the outbox when an entry is due (at most every STEP), and sleep until then."""
         while True:
             began = now = time.time()
@@ -334,7 +350,7 @@ class Notifier:
                         self._due_at(entry.next_try)
                     elif path not in self._inflight:
                         self._inflight.add(path)
-                        tg.start_soon(self._deliver, client, path, entry)
+                        tg.start_soon(self._deliver, path, entry)
             self._due_changed = anyio.Event()
             with anyio.move_on_after(self._next_due - time.time()):
                 await self._due_changed.wait()
@@ -352,7 +368,7 @@ class Notifier:
         report = PlanFolder(state.parent).report
         return (report if report.exists() else None), state.parent.parent == spool.archive_dir
 
-    async def _deliver(self, client: httpx.AsyncClient, path: Path, entry: Entry) -> None:
+    async def _deliver(self, path: Path, entry: Entry) -> None:
         try:
             event, target = entry.event, entry.target
             report, archived = await anyio.to_thread.run_sync(self._report_file, event)
@@ -368,7 +384,7 @@ class Notifier:
                 return  # its report.md is being written: the next round sends both
             try:
                 with anyio.fail_after(target.timeout):
-                    await self._send(client, target, event, report)
+                    await self._send(target, event, report)
             except Exception as exc:  # noqa: BLE001 - whatever a delivery meets, it is
                 # retried and reported (notify.failed); a notification never stops the daemon
                 await self._failed(path, entry, target, exc)
@@ -418,7 +434,6 @@ class Notifier:
 
     async def _send(
         self,
-        client: httpx.AsyncClient,
         target: NotifyTarget,
         event: dict[str, Any],
         report: Path | None,
@@ -440,7 +455,7 @@ class Notifier:
             headers.setdefault("Title", f"orchestrd {event.get('event')}")
             bad = "failed" in str(event.get("event")) or "stalled" in str(event.get("event"))
             headers.setdefault("Priority", "high" if bad else "default")
-        response = await client.post(
+        response = await self._http().post(
             target.url, content=body, headers={"Content-Type": kind, **headers}
         )
         if response.status_code >= 300:
