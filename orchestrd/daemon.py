@@ -339,10 +339,13 @@ class Daemon(Requests):
 
     # -- plans --
 
-    def _start(self, tg: anyio.abc.TaskGroup, entry: PlanEntry) -> None:
+    def _start(self, tg: anyio.abc.TaskGroup, entry: PlanEntry, announce: bool = True) -> None:
+        """Run the plan's task; `announce`: tell systemd the new status line (recovery says
+        it once, with READY=1, not once per plan: counting is O(plans) each time)."""
         self.entries[entry.plan.id] = entry
         tg.start_soon(self._run_plan, entry, name=f"plan {entry.plan.id}")
-        self._notify(f"STATUS={self._status_line()}")
+        if announce:
+            self._notify(f"STATUS={self._status_line()}")
 
     async def _run_plan(self, entry: PlanEntry) -> None:
         try:
@@ -455,7 +458,7 @@ class Daemon(Requests):
                 # a merge goes on from its saved state once the plan is through its runner
                 await lifecycle.interrupt(entry.record, "the daemon stopped")
             entry.log.info("daemon.recovered", previous=str(previous))
-            self._start(tg, entry)
+            self._start(tg, entry, announce=False)
 
     def _announce_limits(self) -> None:
         """Limits a profile sets that cannot be had here: said once, never a failure."""
