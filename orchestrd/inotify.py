@@ -69,26 +69,23 @@ class Inotify:
     async def changed(self) -> None:
         """Wait until something in the folders changed; read every event queued by then.
 
-        A folder removed or replaced (its watch gone) is watched again where it can be: the
-        caller's rescans cover the time in between."""
+        A folder removed (its watch gone) is watched again at the next call where it exists
+        again: the caller's rescans cover the time in between."""
+        if len(self._watches) < len(self.folders):
+            for folder in self.folders:
+                with contextlib.suppress(OSError):  # still gone: the rescans see it
+                    self._watches.add(self._add(folder))  # the same wd if watched already
         while True:
             await anyio.wait_readable(self.fd)
             data = self._drain()
             if data:
                 break
-        lost = False
         offset = 0
         while offset + _EVENT.size <= len(data):
             wd, mask, _, length = _EVENT.unpack_from(data, offset)
             offset += _EVENT.size + length
             if mask & IN_IGNORED:
                 self._watches.discard(wd)
-                lost = True
-        if lost or not self._watches:
-            self._watches = set()
-            for folder in self.folders:
-                with contextlib.suppress(OSError):  # gone for now: the rescans see it
-                    self._watches.add(self._add(folder))
 
     def _drain(self) -> bytes:
         chunks = []
