@@ -212,7 +212,10 @@ async def run_metrics(
                 wait = min(wait, next_write - now)
             with anyio.move_on_after(wait):
                 await watcher.event.wait()
-            await anyio.sleep(max(0.0, now + STEP - anyio.current_time()))
+            if watcher.event.is_set():
+                # read STEP after the first event of a burst: once for all of it, and not while
+                # the daemon is busy with what it just logged (a worker's exit, its next start)
+                await anyio.sleep(STEP)
     finally:
         if audit is not None:
             with contextlib.suppress(ValueError):

@@ -247,7 +247,6 @@ class Notifier:
         saved: tuple[int, int] | None = None
         unsaved: list[Entry] = []
         while True:
-            began = anyio.current_time()
             watcher.event.clear()
             unsaved += self._entries(await anyio.to_thread.run_sync(follower.read))
             place, now = follower.position(), time.monotonic()
@@ -274,7 +273,10 @@ class Notifier:
                 wait = STEP
             with anyio.move_on_after(wait):
                 await watcher.event.wait()
-            await anyio.sleep(max(0.0, began + STEP - anyio.current_time()))
+            if watcher.event.is_set():
+                # read STEP after the first event of a burst: once for all of it, and not while
+                # the daemon is busy with what it just logged (a worker's exit, its next start)
+                await anyio.sleep(STEP)
 
     def _outbox_error(self, exc: OSError) -> None:
         reason = f"outbox {exc.filename or self.outbox.dir}: {exc.strerror or exc}"
