@@ -247,7 +247,12 @@ class Daemon(Requests):
             while True:
                 with anyio.move_on_after(self.config.spool.rescan_interval):
                     if watch is not None:
-                        await watch.changed()
+                        try:
+                            await watch.changed()
+                        except OSError as exc:  # the watch must never stop the daemon
+                            self.log.info("daemon.watch_failed", reason=describe_failure(exc))
+                            watch.close()
+                            watch = None  # rescans alone from now on
                     else:
                         await anyio.sleep_forever()
                 self._wake()
