@@ -16,7 +16,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -509,13 +509,27 @@ class AuditLog:
             self._redact,
             _order_keys,
             self._echo,
+            self._tell,
             _to_json,
         ]
+        self.watchers: list[Watcher] = []
+        """Tasks of this process that follow the file (metrics, notifier): woken by events
+        they want instead of reading the file on a timer."""
 
     def _echo(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
         if self.sink.echo is not None and event_dict.get("event") not in self.echo_skip:
             self.sink._echo(_console(event_dict))
         return event_dict
+
+    def _tell(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        if self.watchers:
+            self.tell(str(event_dict.get("event")))
+        return event_dict
+
+    def tell(self, event: str) -> None:
+        """Wake the watchers that want `event` (it is being written now)."""
+        for watcher in self.watchers:
+            watcher.tell(event)
 
     def _redact(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
         redacted: EventDict = self.redactor.deep(event_dict)
@@ -537,6 +551,27 @@ class AuditLog:
 Logger = structlog.typing.FilteringBoundLogger
 
 
+class Watcher:
+    """Wakes a task of this event loop that follows the audit log when an event it `wants`
+    is logged by this process (from the loop or from a worker thread). The wake-up runs on
+    the loop after the line is written (`call_soon`), so the follower's read finds it."""
+
+    def __init__(self, wants: Callable[[str], bool]) -> None:
+        self.wants = wants
+        self.event = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+
+    def tell(self, event: str) -> None:
+        if self.event.is_set() or not self.wants(event):
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to wake
+            if threading.get_ident() == self._thread:
+                self._loop.call_soon(self.event.set)
+            else:
+                self._loop.call_soon_threadsafe(self.event.set)
+
+
 class Frequent:
     """One event sent again and again with the same context (a worker's polls: 1,000 workers
     polled every second), rendered as the processors would, at a fraction of the cost: the
@@ -553,6 +588,7 @@ class Frequent:
         self._sink: AuditSink | None = None
         self._head = ""
         self._taken: frozenset[str] = frozenset()
+        self._audit: AuditLog | None = None
         sink = getattr(log, "_logger", None)
         context = getattr(log, "_context", None)
         if not isinstance(sink, AuditSink) or sink.audit is None or not isinstance(context, dict):
@@ -566,6 +602,7 @@ class Frequent:
         del ordered["ts"]
         body = json.dumps(ordered, default=str, ensure_ascii=False)
         self._sink, self._head, self._taken = sink, body[1:-1], frozenset(ordered) | {"ts"}
+        self._audit = audit
 
     def __call__(self, **fields: Any) -> None:
         sink = self._sink
@@ -576,6 +613,8 @@ class Frequent:
         ts = _now().isoformat(timespec="microseconds")
         rest = "".join(f', "{k}": {v!r}' for k, v in fields.items())
         sink.later(f'{{"ts": "{ts}", {self._head}{rest}}}\n'.encode())
+        if self._audit is not None and self._audit.watchers:
+            self._audit.tell(self.event)
 
 
 def _plain_number(value: object) -> bool:

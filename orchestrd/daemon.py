@@ -19,14 +19,14 @@ from pathlib import Path
 import anyio
 import anyio.abc
 import anyio.to_thread
-import watchfiles
 
-from . import isolation, lifecycle, recovery, status
+from . import isolation, lifecycle, recovery
 from .audit import CHATTY, AuditLog, Redactor
 from .config import Config, load_config
 from .control import Requests
-from .errors import OrchestrdError, PlanError, describe_failure, leaf_errors
+from .errors import OrchestrdError, PlanError, describe_failure
 from .gitsnap import GitError
+from .inotify import Inotify
 from .launchers import Launcher, open_launcher
 from .lifecycle import PlanEntry
 from .metering import Clock, Spending, utc_now
@@ -36,7 +36,7 @@ from .parking import HOLDS_FILE, Quota
 from .plan import Plan
 from .privsep import clear_ambient_capabilities, separation
 from .runner import PlanRunner
-from .spool import Accepted, Rejected, Spool, display_name, lock_held
+from .spool import Accepted, Rejected, Spool, display_name
 from .startup import check_startup
 from .state import atomic_write
 from .states import PLAN_TERMINAL, Outcome, PlanStatus
@@ -111,8 +111,10 @@ class Daemon(Requests):
             with anyio.open_signal_receiver(*signals) as received:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._handle_signals, received, tg.cancel_scope)
-                    await tg.start(run_notifier, lambda: self.config, self.log)
-                    await tg.start(run_metrics, lambda: self.config, self.log, self.metrics)
+                    await tg.start(run_notifier, lambda: self.config, self.log, self.audit)
+                    await tg.start(
+                        run_metrics, lambda: self.config, self.log, self.metrics, self.audit
+                    )
                     tg.start_soon(self.quota.run)
                     await self._recover(tg)
                     tg.start_soon(self._watch_inbox)
@@ -232,37 +234,31 @@ class Daemon(Requests):
             self._wake_send.send_nowait(None)
 
     async def _watch_inbox(self) -> None:
-        """Wake the main loop on inotify events, and at least every rescan_interval (a timeout
-        of the watcher), so an overflowed or missed event loses nothing."""
-        timeout_ms = max(1, int(self.config.spool.rescan_interval * 1000))
-        while True:
-            try:
-                async for _ in watchfiles.awatch(
-                    self.spool.inbox,
-                    self.spool.control,
-                    watch_filter=None,
-                    debounce=200,
-                    step=1,
-                    recursive=False,
-                    rust_timeout=timeout_ms,
-                    yield_on_timeout=True,
-                ):
-                    self._wake()
-            except Exception as exc:  # the watcher must never stop the daemon: sorted below
-                errors = leaf_errors(exc)
-                if not all(isinstance(e, OSError | RuntimeError) for e in errors):
-                    raise
-                if all(_undecodable_name(e) for e in errors):
-                    # a file name that is not UTF-8, which watchfiles cannot decode: something
-                    # changed, and the scan handles the name; watch again
-                    self._wake()
-                    continue
-                # e.g. out of inotify watches: fall back to rescans alone
-                self.log.info("daemon.watch_failed", reason=describe_failure(exc))
-                break
-        while True:
-            await anyio.sleep(self.config.spool.rescan_interval)
-            self._wake()
+        """Wake the main loop on inotify events, and at least every rescan_interval of quiet,
+        so an overflowed or missed event loses nothing. The inotify descriptor is read on the
+        event loop: an idle daemon sleeps until something happens (no watcher thread that
+        wakes every millisecond)."""
+        try:
+            watch = Inotify([self.spool.inbox, self.spool.control])
+        except OSError as exc:  # e.g. out of inotify watches: fall back to rescans alone
+            self.log.info("daemon.watch_failed", reason=describe_failure(exc))
+            watch = None
+        try:
+            while True:
+                with anyio.move_on_after(self.config.spool.rescan_interval):
+                    if watch is not None:
+                        try:
+                            await watch.changed()
+                        except OSError as exc:  # the watch must never stop the daemon
+                            self.log.info("daemon.watch_failed", reason=describe_failure(exc))
+                            watch.close()
+                            watch = None  # rescans alone from now on
+                    else:
+                        await anyio.sleep_forever()
+                self._wake()
+        finally:
+            if watch is not None:
+                watch.close()
 
     async def _main_loop(self, tg: anyio.abc.TaskGroup) -> None:
         self._wake()
@@ -348,10 +344,13 @@ class Daemon(Requests):
 
     # -- plans --
 
-    def _start(self, tg: anyio.abc.TaskGroup, entry: PlanEntry) -> None:
+    def _start(self, tg: anyio.abc.TaskGroup, entry: PlanEntry, announce: bool = True) -> None:
+        """Run the plan's task; `announce`: tell systemd the new status line (recovery says
+        it once, with READY=1, not once per plan: counting is O(plans) each time)."""
         self.entries[entry.plan.id] = entry
         tg.start_soon(self._run_plan, entry, name=f"plan {entry.plan.id}")
-        self._notify(f"STATUS={self._status_line()}")
+        if announce:
+            self._notify(f"STATUS={self._status_line()}")
 
     async def _run_plan(self, entry: PlanEntry) -> None:
         try:
@@ -435,18 +434,15 @@ class Daemon(Requests):
         paused one waits on), and what every plan spent today from the ledger."""
         entries = []
         await anyio.to_thread.run_sync(self.spool.remove_staging)
-        ledger = await anyio.to_thread.run_sync(status.ledger, self.spool)
-        self.spending.seed(r for _, r in ledger)
-        for folder in await anyio.to_thread.run_sync(self.spool.plan_folders):
-            held = lock_held(folder.run_lock)
-            if held:
-                continue  # a live `orchestrd run` owns it, not the daemon
-            if held is False:  # its `orchestrd run` was killed: the daemon adopts the plan
-                folder.run_lock.unlink(missing_ok=True)
+        # every folder's state and plan read in one thread call (not two hops each on the
+        # loop), the day's spending counted from the same reads
+        found, usage = await anyio.to_thread.run_sync(recovery.read_plans, self.config, self.spool)
+        self.spending.seed(usage)
+        for one in found:
             try:
-                entry = await recovery.load_entry(self.config, self.audit, self.spool, folder)
+                entry = await recovery.entry_of(self.config, self.audit, self.spool, one)
             except recovery.Unloadable as exc:
-                await recovery.set_aside(self.spool, folder, exc)
+                await recovery.set_aside(self.spool, one.folder, exc)
                 continue
             if entry.record.state.status in PLAN_TERMINAL:
                 await self._archive(entry)  # finished, but the archive step was interrupted
@@ -467,18 +463,13 @@ class Daemon(Requests):
                 # a merge goes on from its saved state once the plan is through its runner
                 await lifecycle.interrupt(entry.record, "the daemon stopped")
             entry.log.info("daemon.recovered", previous=str(previous))
-            self._start(tg, entry)
+            self._start(tg, entry, announce=False)
 
     def _announce_limits(self) -> None:
         """Limits a profile sets that cannot be had here: said once, never a failure."""
         for name, profile in sorted(self.config.workers.items()):
             for reason in self.launcher.warnings(profile.limits):
                 self.log.info("daemon.limits_unavailable", profile=name, reason=reason)
-
-
-def _undecodable_name(exc: BaseException) -> bool:
-    """watchfiles' error for an event on a file name that is not UTF-8."""
-    return isinstance(exc, RuntimeError) and "Unable to decode path" in str(exc)
 
 
 def run_daemon(config: Config, config_path: Path | None) -> None:

@@ -5,6 +5,7 @@ endpoint serves."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import re
@@ -25,12 +26,29 @@ from prometheus_client import (
 )
 
 from . import status
-from .audit import Logger
+from .audit import AuditLog, Logger, Watcher
 from .config import Config
 from .spool import Spool
 from .tail import LineFollower, parse_ts
 
 STEP = 0.2
+"""A burst of events is read at most this often."""
+OTHERS = 1.0
+"""Lines other processes write (`orchestrd run`) are read at least this often; the daemon's
+own events wake the task when they are written."""
+WANTED = frozenset(
+    {
+        "worker.started",
+        "worker.exited",
+        "worker.stalled",
+        "worker.failed_to_start",
+        "phase.started",
+        "phase.passed",
+        "phase.failed",
+        "check.failed",
+        "remediation.started",
+    }
+)
 _RULE = re.compile(r"\[rule: ([\w.-]+)\]")
 _WANTED = re.compile(
     rb'"event": "(?:worker\.(?:started|exited|stalled|failed_to_start)|'
@@ -111,12 +129,20 @@ class Metrics:
                 )
 
     def observe_lines(self, lines: list[bytes]) -> None:
-        for line in lines:
-            if _WANTED.search(line):
-                try:
-                    self.observe(json.loads(line))
-                except ValueError:
-                    continue  # a torn line: not an event
+        # one regex scan over the whole batch, not one per line: most lines are polls
+        blob = b"\n".join(lines)
+        end = -1
+        for m in _WANTED.finditer(blob):
+            if m.start() < end:
+                continue  # the same line again
+            start = blob.rfind(b"\n", 0, m.start()) + 1
+            end = blob.find(b"\n", m.end())
+            if end < 0:
+                end = len(blob)
+            try:
+                self.observe(json.loads(blob[start:end]))
+            except ValueError:
+                continue  # a torn line: not an event
 
     def read_state(self, state_dir: Path) -> None:
         """The gauges, from the state files (what is true now, whatever the log said)."""
@@ -149,14 +175,19 @@ async def run_metrics(
     config: Callable[[], Config],
     log: Logger,
     metrics: Metrics,
+    audit: AuditLog | None = None,
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """The daemon's metrics task: follow the audit log from now on (started before recovery)
     into `metrics` (which /metrics serves too), and rewrite the textfile every `interval`
-    while one is configured."""
+    while one is configured. It reads when `audit` (this process's log) writes an event it
+    counts, and every `OTHERS` seconds for other writers: an idle daemon reads nothing."""
     follower = LineFollower(config().audit_path, None)
     await anyio.to_thread.run_sync(follower.read)  # the place is fixed now
+    watcher = Watcher(WANTED.__contains__)
+    if audit is not None:
+        audit.watchers.append(watcher)
     task_status.started()
     next_write = 0.0
     failing: str | None = None
@@ -164,6 +195,7 @@ async def run_metrics(
         while True:
             cfg = config()
             now = anyio.current_time()
+            watcher.event.clear()
             try:
                 metrics.observe_lines(await anyio.to_thread.run_sync(follower.read))
                 if cfg.metrics.textfile is not None and now >= next_write:
@@ -175,6 +207,17 @@ async def run_metrics(
                 if reason != failing:  # once per reason, not every interval
                     log.info("daemon.metrics_failed", reason=reason)
                 failing = reason
-            await anyio.sleep(STEP)
+            wait = OTHERS if audit is not None else STEP
+            if cfg.metrics.textfile is not None:
+                wait = min(wait, next_write - now)
+            with anyio.move_on_after(wait):
+                await watcher.event.wait()
+            if watcher.event.is_set():
+                # read STEP after the first event of a burst: once for all of it, and not while
+                # the daemon is busy with what it just logged (a worker's exit, its next start)
+                await anyio.sleep(STEP)
     finally:
+        if audit is not None:
+            with contextlib.suppress(ValueError):
+                audit.watchers.remove(watcher)
         follower.close()

@@ -17,23 +17,30 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
 import anyio.to_thread
-import httpx
 import pydantic
 
 from . import status
-from .audit import Logger, Redactor
+from .audit import AuditLog, Logger, Redactor, Watcher
 from .config import Config, NotifyTarget
 from .spool import Spool
 from .state import atomic_write
 from .store import PlanFolder
 from .tail import LineFollower
 
+if TYPE_CHECKING:
+    import httpx  # imported at the first webhook delivery
+
 STEP = 0.2
+"""A burst of events is read (and the outbox listed) at most this often."""
+OTHERS = 1.0
+"""Lines other processes write (`orchestrd run`) are read at least this often; the daemon's
+own events a target wants wake the notifier when they are written."""
 MAX_BACKOFF = 300.0
 REPORT_WAIT = 30.0
 """A plan's end is sent with its report.md, written just after: wait this long for it."""
@@ -62,8 +69,8 @@ def wanted(target: NotifyTarget, event: str) -> bool:
 def describe(target: NotifyTarget) -> str:
     """A target as it may appear in the audit log: a webhook's path is often its secret."""
     if target.url is not None:
-        url = httpx.URL(target.url)
-        return f"{url.scheme}://{url.host}"
+        url = urlsplit(target.url)
+        return f"{url.scheme}://{url.hostname or ''}"
     assert target.command is not None
     return target.command[0]
 
@@ -159,9 +166,18 @@ def resume(path: Path, cursor: tuple[int, int] | None) -> tuple[list[bytes], Lin
 
 
 class Notifier:
-    def __init__(self, config: Callable[[], Config], log: Logger) -> None:
+    def __init__(
+        self, config: Callable[[], Config], log: Logger, audit: AuditLog | None = None
+    ) -> None:
         self.config = config
         self.log = log
+        self.audit = audit
+        """This process's audit log: its events wake the follower (None: read every STEP)."""
+        self._wants: dict[str, bool] = {}
+        self._wants_of: object = None
+        """`_wants` caches `wanted` per event name for these targets (a reload resets it)."""
+        self._due_changed: anyio.Event | None = None
+        self._client: httpx.AsyncClient | None = None
         self.outbox = Outbox(config().state_dir)
         self._inflight: set[Path] = set()
         self._next_due = 0.0
@@ -185,21 +201,53 @@ class Notifier:
                 functools.partial(self.outbox.cursor.unlink, missing_ok=True)
             )
         backlog, follower = await anyio.to_thread.run_sync(resume, path, cursor)
+        watcher = Watcher(self._wanted_by_any)
+        if self.audit is not None:
+            self.audit.watchers.append(watcher)
         task_status.started()
         try:
-            async with httpx.AsyncClient(timeout=None) as client, anyio.create_task_group() as tg:
-                tg.start_soon(self._deliver_loop, client, tg)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._deliver_loop, tg)
                 await self._take(backlog)
-                await self._follow(follower)
+                await self._follow(follower, watcher)
         finally:
+            if self.audit is not None:
+                with contextlib.suppress(ValueError):
+                    self.audit.watchers.remove(watcher)
             follower.close()
+            if self._client is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._client.aclose()
 
-    async def _follow(self, follower: LineFollower) -> None:
-        """Lines → outbox; the cursor is saved only once what was read is in the outbox."""
+    def _http(self) -> httpx.AsyncClient:
+        """The HTTP client, made at the first webhook delivery (a daemon without webhook
+        targets never builds its transport: ≈ 0.1 s of imports at start-up)."""
+        if self._client is None:
+            import httpx
+
+            self._client = httpx.AsyncClient(timeout=None)
+        return self._client
+
+    def _wanted_by_any(self, event: str) -> bool:
+        """Whether a configured target wants `event` (called for every event logged)."""
+        targets = self.config().notify
+        if targets is not self._wants_of:
+            self._wants, self._wants_of = {}, targets
+        got = self._wants.get(event)
+        if got is None:
+            got = self._wants[event] = any(wanted(t, event) for t in targets)
+        return got
+
+    async def _follow(self, follower: LineFollower, watcher: Watcher) -> None:
+        """Lines → outbox; the cursor is saved only once what was read is in the outbox.
+
+        Read when this process logs an event a target wants, and every OTHERS seconds (other
+        writers, the cursor); at most every STEP."""
         saved_at = 0.0
         saved: tuple[int, int] | None = None
         unsaved: list[Entry] = []
         while True:
+            watcher.event.clear()
             unsaved += self._entries(await anyio.to_thread.run_sync(follower.read))
             place, now = follower.position(), time.monotonic()
             try:
@@ -219,9 +267,16 @@ class Notifier:
                     await anyio.to_thread.run_sync(self.outbox.save_cursor, *place)
                     saved, saved_at = place, now
                 self._trouble = None
+                wait = OTHERS if self.audit is not None else STEP
             except OSError as exc:  # a full disk: keep the entries, try again next step
                 self._outbox_error(exc)
-            await anyio.sleep(STEP)
+                wait = STEP
+            with anyio.move_on_after(wait):
+                await watcher.event.wait()
+            if watcher.event.is_set():
+                # read STEP after the first event of a burst: once for all of it, and not while
+                # the daemon is busy with what it just logged (a worker's exit, its next start)
+                await anyio.sleep(STEP)
 
     def _outbox_error(self, exc: OSError) -> None:
         reason = f"outbox {exc.filename or self.outbox.dir}: {exc.strerror or exc}"
@@ -238,7 +293,9 @@ class Notifier:
     def _entries(self, lines: list[bytes]) -> list[Entry]:
         """An outbox entry per (line, target) that wants it."""
         targets = self.config().notify
-        entries = []
+        entries: list[Entry] = []
+        if not targets:
+            return entries
         for line in lines:
             m = _EVENT.search(line)
             if not targets or m is None:
@@ -266,11 +323,15 @@ class Notifier:
         return entries
 
     def _due_at(self, when: float) -> None:
-        self._next_due = min(self._next_due, when)
+        if when < self._next_due:
+            self._next_due = when
+            if self._due_changed is not None:
+                self._due_changed.set()
 
-    async def _deliver_loop(self, client: httpx.AsyncClient, tg: anyio.abc.TaskGroup) -> None:
+    async def _deliver_loop(self, tg: anyio.abc.TaskGroup) -> None:
+        """List the outbox when an entry is due (at most every STEP), and sleep until then."""
         while True:
-            now = time.time()
+            began = now = time.time()
             if now >= self._next_due:
                 self._next_due = now + MAX_BACKOFF  # an idle outbox is listed now and then
                 try:
@@ -291,8 +352,11 @@ class Notifier:
                         self._due_at(entry.next_try)
                     elif path not in self._inflight:
                         self._inflight.add(path)
-                        tg.start_soon(self._deliver, client, path, entry)
-            await anyio.sleep(STEP)
+                        tg.start_soon(self._deliver, path, entry)
+            self._due_changed = anyio.Event()
+            with anyio.move_on_after(self._next_due - time.time()):
+                await self._due_changed.wait()
+            await anyio.sleep(max(0.0, began + STEP - time.time()))
 
     def _report_file(self, event: dict[str, Any]) -> tuple[Path | None, bool]:
         """The plan's report.md if it is there; and whether the plan is archived already."""
@@ -306,7 +370,7 @@ class Notifier:
         report = PlanFolder(state.parent).report
         return (report if report.exists() else None), state.parent.parent == spool.archive_dir
 
-    async def _deliver(self, client: httpx.AsyncClient, path: Path, entry: Entry) -> None:
+    async def _deliver(self, path: Path, entry: Entry) -> None:
         try:
             event, target = entry.event, entry.target
             report, archived = await anyio.to_thread.run_sync(self._report_file, event)
@@ -322,7 +386,7 @@ class Notifier:
                 return  # its report.md is being written: the next round sends both
             try:
                 with anyio.fail_after(target.timeout):
-                    await self._send(client, target, event, report)
+                    await self._send(target, event, report)
             except Exception as exc:  # noqa: BLE001 - whatever a delivery meets, it is
                 # retried and reported (notify.failed); a notification never stops the daemon
                 await self._failed(path, entry, target, exc)
@@ -372,7 +436,6 @@ class Notifier:
 
     async def _send(
         self,
-        client: httpx.AsyncClient,
         target: NotifyTarget,
         event: dict[str, Any],
         report: Path | None,
@@ -394,7 +457,7 @@ class Notifier:
             headers.setdefault("Title", f"orchestrd {event.get('event')}")
             bad = "failed" in str(event.get("event")) or "stalled" in str(event.get("event"))
             headers.setdefault("Priority", "high" if bad else "default")
-        response = await client.post(
+        response = await self._http().post(
             target.url, content=body, headers={"Content-Type": kind, **headers}
         )
         if response.status_code >= 300:
@@ -451,8 +514,9 @@ async def _run_command(argv: list[str], event: dict[str, Any], report: Path | No
 async def run_notifier(
     config: Callable[[], Config],
     log: Logger,
+    audit: AuditLog | None = None,
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """The daemon's notifier task (started before recovery, so no event of this run is missed)."""
-    await Notifier(config, log).run(task_status=task_status)
+    await Notifier(config, log, audit).run(task_status=task_status)

@@ -4,7 +4,9 @@ be), passes the daemon never recorded disowned, and the workers left running sto
 
 from __future__ import annotations
 
+import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -15,7 +17,8 @@ from .config import Config
 from .errors import OrchestrdError, PlanError, StateError
 from .launchers import Handle, Launcher, Reaped
 from .lifecycle import PlanEntry, fail_unfinished
-from .plan import load_plan
+from .plan import Plan, load_plan
+from .spool import lock_held
 from .state import (
     AttemptState,
     PlanRecord,
@@ -25,7 +28,9 @@ from .state import (
     recorded_passes,
 )
 from .states import AttemptStatus, InvalidTransition, PhaseStatus
+from .status import records
 from .store import PlanFolder, Store
+from .usage import UsageRecord
 
 
 class Unloadable(OrchestrdError):
@@ -43,30 +48,89 @@ def plan_record(audit: AuditLog, path: Path, state: PlanState, log: Logger) -> P
     return PlanRecord(path, state, log, lambda text: audit.redactor(text), on_disk=True)
 
 
+@dataclass
+class Found:
+    """A plan folder as read off the event loop: its state and plan, or why not."""
+
+    folder: PlanFolder
+    state: PlanState | None = None
+    state_error: StateError | None = None
+    plan: Plan | None = None
+    plan_error: PlanError | None = None
+    passes: set[str] | None = None
+    """Its `phases-passed.txt`, read when the state claims a pass."""
+
+
+def read_folder(config: Config, folder: PlanFolder) -> Found:
+    """State, plan and recorded passes of a plan folder (blocking: run it in a thread)."""
+    try:
+        state = load_state(folder.state_file)
+    except StateError as exc:
+        return Found(folder, state_error=exc)
+    passes = None
+    if any(ps.status is PhaseStatus.PASSED for ps in state.phases.values()):
+        passes = recorded_passes(folder.passes)
+    try:
+        plan = load_plan(folder.plan_file, config)
+    except PlanError as exc:
+        return Found(folder, state, plan_error=exc, passes=passes)
+    return Found(folder, state, plan=plan, passes=passes)
+
+
 async def load_entry(
     config: Config, audit: AuditLog, store: Store, folder: PlanFolder
 ) -> PlanEntry:
     """Plan and state of a plan folder; Unloadable (a corrupt state file reported and set
     aside) if either cannot be loaded."""
-    plan_id = folder.root.name
-    log = audit.bind(plan=plan_id)
-    try:
-        # off the loop: a long plan's state takes a while to read
-        state = await anyio.to_thread.run_sync(load_state, folder.state_file)
-    except StateError as exc:
+    # off the loop: a long plan's state takes a while to read, a plan's paths to check
+    found = await anyio.to_thread.run_sync(read_folder, config, folder)
+    return await entry_of(config, audit, store, found)
+
+
+async def entry_of(config: Config, audit: AuditLog, store: Store, found: Found) -> PlanEntry:
+    """The entry of a folder `read_folder` read; Unloadable as `load_entry` says."""
+    folder = found.folder
+    log = audit.bind(plan=folder.root.name)
+    if found.state is None:
         if folder.state_file.exists():
             moved = store.set_aside_state(folder)
-            log.info("plan.state_corrupt", reason=str(exc), moved_to=str(moved))
+            log.info("plan.state_corrupt", reason=str(found.state_error), moved_to=str(moved))
         elif not folder.set_aside_before():  # reported when set aside
             log.info("plan.state_corrupt", reason=f"{folder.state_file} is missing")
-        raise Unloadable(f"its state file cannot be read: {exc}") from None
-    record = plan_record(audit, folder.state_file, state, log)
-    await check_passed(config, record, folder, log)
-    try:
-        plan = load_plan(folder.plan_file, config)
-    except PlanError as exc:
-        raise Unloadable(f"its plan file cannot be loaded: {exc}", record) from None
-    return PlanEntry(plan, record, folder, log)
+        raise Unloadable(f"its state file cannot be read: {found.state_error}")
+    record = plan_record(audit, folder.state_file, found.state, log)
+    await check_passed(config, record, folder, log, found.passes)
+    if found.plan is None:
+        raise Unloadable(f"its plan file cannot be loaded: {found.plan_error}", record)
+    return PlanEntry(found.plan, record, folder, log)
+
+
+def read_plans(config: Config, store: Store) -> tuple[list[Found], list[UsageRecord]]:
+    """Every plan folder of plans/ the daemon is to run (one an `orchestrd run` holds is
+    left to it; one whose run was killed is adopted: its lock file removed), read in one
+    go; and what every plan spent, those in plans/ (held ones too) and archive/."""
+    found, usage = [], []
+    for folder in store.plan_folders():
+        held = lock_held(folder.run_lock)
+        if held:  # a live `orchestrd run` owns it, not the daemon; its spending counts
+            with contextlib.suppress(StateError):
+                usage += records(load_state(folder.state_file))
+            continue
+        if held is False:  # its `orchestrd run` was killed: the daemon adopts the plan
+            folder.run_lock.unlink(missing_ok=True)
+        one = read_folder(config, folder)
+        if one.state is not None:
+            usage += records(one.state)
+        found.append(one)
+    archive = store.archive_dir
+    if archive.is_dir():
+        for path in sorted(archive.iterdir()):
+            state_file = PlanFolder(path).state_file
+            if path.name.startswith(".") or not state_file.exists():
+                continue
+            with contextlib.suppress(StateError):
+                usage += records(load_state(state_file))
+    return found, usage
 
 
 async def set_aside(store: Store, folder: PlanFolder, exc: Unloadable) -> None:
@@ -92,7 +156,13 @@ async def set_aside(store: Store, folder: PlanFolder, exc: Unloadable) -> None:
     log.info("plan.set_aside", reason=str(exc), status=str(record.state.status), moved_to=str(dest))
 
 
-async def check_passed(config: Config, record: PlanRecord, folder: PlanFolder, log: Logger) -> None:
+async def check_passed(
+    config: Config,
+    record: PlanRecord,
+    folder: PlanFolder,
+    log: Logger,
+    proven: set[str] | None = None,
+) -> None:
     """A phase counts as passed only if the daemon recorded it: a line in the plan's
     `phases-passed.txt`, or its `phase.passed` in the audit log (plans from before the ledger
     had it; the audit log may have been rotated since). A state file claiming more — a
@@ -101,7 +171,8 @@ async def check_passed(config: Config, record: PlanRecord, folder: PlanFolder, l
     claimed = [p for p, ps in state.phases.items() if ps.status is PhaseStatus.PASSED]
     if not claimed:
         return
-    proven = await anyio.to_thread.run_sync(recorded_passes, folder.passes)
+    if proven is None:
+        proven = await anyio.to_thread.run_sync(recorded_passes, folder.passes)
     if not proven.issuperset(claimed):
         proven |= await anyio.to_thread.run_sync(passed_in_audit, config.audit_path, state.plan)
     unproven = [p for p in claimed if p not in proven]
