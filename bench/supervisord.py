@@ -73,7 +73,7 @@ def _supervisord(
             return logf.read_text(errors="replace") if logf.exists() else ""
 
         _wait(lambda: text().count("entered RUNNING state") >= n, 60 + n * 0.1, "programs")
-        time.sleep(1.0)
+        time.sleep(0.5 if args.quick else 1.0)
         m = measure(proc.pid, window)
         m.pop("_wall")
         pids = dict(_SPAWNED.findall(text()))
@@ -121,7 +121,7 @@ def _orchestrd(
         for i in range(n):
             d.drop(d.plan(f"S-{i:04d}", f"s-{i:04d}"))
         d.wait(lambda: d.audit.count("worker.started") >= n, 60 + n * 0.5, "workers", 0.05)
-        time.sleep(2.0)
+        time.sleep(1.0 if args.quick else 2.0)
         m = measure(d.pid, window)
         m.pop("_wall")
         started = {e["plan"]: e["pid"] for e in d.audit.of("worker.started")}
@@ -149,7 +149,7 @@ def _orchestrd(
 def bench_supervisord(args: argparse.Namespace, daemon_cls: Any, measure: Any) -> Result:
     n = 50 if args.quick else 1000
     kills = 3 if args.quick else 20
-    window = 2.0 if args.quick else 10.0
+    window = 1.5 if args.quick else 10.0
     sv = _supervisord(args, n, kills, window, measure)
     od = _orchestrd(args, n, kills, window, daemon_cls, measure)
 
@@ -162,7 +162,8 @@ def bench_supervisord(args: argparse.Namespace, daemon_cls: Any, measure: Any) -
         f"{sv['cpu_pct']:.1f}% = {ratio('cpu_pct')}x; exit noticed after "
         f"{od['exit_notice_ms']:.1f}ms / {sv['exit_notice_ms']:.1f}ms = "
         f"{ratio('exit_notice_ms')}x (median of {kills})"
-        + (f" [quick: {n} children, {window:.0f} s windows]" if args.quick else "")
+        " [target (#21 item 5): none, the ratios side by side in one run: reported]"
+        + (f" [quick: {n} children, {window:g} s windows]" if args.quick else "")
     )
     ratios = {k: ratio(k) for k in ("rss_mb", "cpu_pct", "exit_notice_ms")}
     return line, {"children": n, "orchestrd": od, "supervisord": sv, "ratios": ratios}

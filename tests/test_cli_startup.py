@@ -68,6 +68,21 @@ def test_status_and_validate_import_only_what_they_need(tmp_path: Path) -> None:
         assert not _roots(loaded) & {"httpx", "starlette", "prometheus_client"}, argv
 
 
+def test_validate_and_tail_load_no_audit_machinery(tmp_path: Path) -> None:
+    """What they print goes through orchestrd.text: no structlog (nor rich, which structlog
+    imports when installed), no anyio; the config's pydantic models are all they load beyond
+    the stdlib."""
+    config = make_config(tmp_path)
+    (tmp_path / "p.toml").write_text('id = "P"\nrepo = "."\n[[phases]]\nid = "A"\nprompt = "x"\n')
+    for argv in (
+        ["validate", "--config", str(config), str(tmp_path / "p.toml")],
+        ["tail", "--config", str(config)],
+    ):
+        loaded = _loaded(argv)
+        assert not _roots(loaded) & {"structlog", "rich", "anyio"}, (argv, sorted(loaded))
+        assert "orchestrd.audit" not in loaded, argv
+
+
 def test_help_lists_every_module_command_with_its_own_help() -> None:
     """The help lines kept in cli.py for unloaded commands are the ones their modules give."""
     full = cli.build_parser()
