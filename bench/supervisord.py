@@ -121,7 +121,7 @@ def _orchestrd(
         for i in range(n):
             d.drop(d.plan(f"S-{i:04d}", f"s-{i:04d}"))
         d.wait(lambda: d.audit.count("worker.started") >= n, 60 + n * 0.5, "workers", 0.05)
-        time.sleep(1.0 if args.quick else 2.0)
+        time.sleep(0.5 if args.quick else 2.0)
         m = measure(d.pid, window)
         m.pop("_wall")
         started = {e["plan"]: e["pid"] for e in d.audit.of("worker.started")}
