@@ -68,12 +68,22 @@ def seed_plans(base: Path, n: int, status: str, plan_doc: Callable[[str], bytes]
             (folder / "plan.toml").write_bytes(plan_doc(plan_id))
 
 
-def _timed(argv: list[str], runs: int, env: dict[str, str] | None = None) -> list[float]:
+def _timed(
+    argv: list[str], runs: int, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> list[float]:
+    """Wall times of `argv`. Run it in `cwd` (a temp dir): `python -m orchestrd` puts its
+    working directory first on sys.path, so from the repo root it would run the working tree,
+    not the package snapshot on PYTHONPATH."""
     out = []
     for _ in range(runs):
         t0 = time.perf_counter()
         subprocess.run(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            check=True,
+            cwd=cwd or tempfile.gettempdir(),
         )
         out.append(time.perf_counter() - t0)
     return out
