@@ -147,7 +147,7 @@ def bench_cli(args: argparse.Namespace, daemon_cls: Any) -> Result:
         + (f"--json {_ms(cold_json)} → " if cold_json else "--json ")
         + _ms(warm_json)
         + f" [target any command's start ≤150ms: {_met(ok_start)}; "
-        f"status (10,000 archived) ≤300ms: {_met(ok_status)}]"
+        f"status ≤300ms (target at 10,000 archived) at {n:,}: {_met(ok_status)}]"
         + (f" [quick: {n:,} archived, {runs} runs]" if args.quick else "")
     )
     return line, {
@@ -184,7 +184,12 @@ def bench_restart(args: argparse.Namespace, daemon_cls: Any) -> Result:
     ok = ready <= 1.0
     line = (
         f"restart: start → READY with {n:,} queued plans {ready:.2f}s "
-        f"[target (1,000 queued) ≤1s: {_met(ok)}]" + (f" [quick: {n} plans]" if args.quick else "")
+        + (
+            f"[target ≤1s with 1,000 queued: not measured in --quick; ≤1s with {n}: {_met(ok)}]"
+            if n != 1000
+            else f"[target ≤1s with 1,000 queued: {_met(ok)}]"
+        )
+        + (f" [quick: {n} plans]" if args.quick else "")
     )
     return line, {"queued": n, "ready_s": round(ready, 3), "target_met": ok}
 
@@ -232,12 +237,15 @@ def bench_auditlog(
         finally:
             d.cleanup(args.keep)
     e, g = points["empty"], points["big"]
-    ok = g["ready_s"] <= e["ready_s"] + 0.25 and g["cpu_pct"] <= e["cpu_pct"] + 0.5
+    # CPU from /proc is counted in clock ticks (10 ms): two ticks over the window is the
+    # smallest difference it can tell from noise (1.3 % in a 1.5 s window, 0.2 % in 10 s)
+    noise = max(0.5, 2 * 100.0 / os.sysconf("SC_CLK_TCK") / window)
+    ok = g["ready_s"] <= e["ready_s"] + 0.25 and g["cpu_pct"] <= e["cpu_pct"] + noise
     line = (
         f"auditlog: empty vs {size >> 20} MiB log: start → READY {e['ready_s']:.2f}s vs "
         f"{g['ready_s']:.2f}s, "
         f"idle cpu {e['cpu_pct']:.1f}% vs {g['cpu_pct']:.1f}%, rss {e['rss_mb']:.0f} vs "
-        f"{g['rss_mb']:.0f}MB [target (1 GB log) no slower: {_met(ok)}]"
+        f"{g['rss_mb']:.0f}MB [target (1 GB log) no slower, CPU within {noise:.1f}%: {_met(ok)}]"
         + (f" [quick: {size >> 20} MiB log, {window:g} s windows]" if args.quick else "")
     )
     return line, {"points": points, "target_met": ok}
