@@ -229,7 +229,7 @@ def bench_auditlog(
             d.start(timeout=120)
             ready = d.audit.of("daemon.started")[0]["_t"] - t0
             # settled: the status page reads the log's last 16 MiB once, after READY
-            time.sleep(2.0 if args.quick else 3.0)
+            time.sleep(1.5 if args.quick else 3.0)
             m = measure(d.pid, window)
             m.pop("_wall")
             points[name] = {"ready_s": round(ready, 3), "made_s": round(made, 1), **m}

@@ -152,7 +152,7 @@ def _orchestrd(
 
 
 def bench_supervisord(args: argparse.Namespace, daemon_cls: Any, measure: Any) -> Result:
-    n = 50 if args.quick else 1000
+    n = 30 if args.quick else 1000
     kills = 3 if args.quick else 20
     window = 1.5 if args.quick else 10.0
     sv = _supervisord(args, n, kills, window, measure)
