@@ -94,3 +94,26 @@ def test_help_lists_every_module_command_with_its_own_help() -> None:
 
     assert helps(light) == helps(full)
     assert set(cli.MODULE_COMMANDS) <= set(helps(full))
+
+
+def test_the_light_printing_module_escapes_and_redacts_as_the_audit_log_does() -> None:
+    """`orchestrd.text` is what the CLI prints through without loading the audit module: it
+    must show and hide exactly what `orchestrd.audit` does."""
+    from orchestrd import audit, text
+
+    samples = [
+        "plain",
+        "tab\tand newline\nhere",
+        "\x1b[31mred\x1b[0m \x07 \x9b2J \u202egnp.exe \u2028 \udcff",
+        "secret-value-123456 and secret-val",
+        "",
+    ]
+    for s in samples:
+        for newlines in (True, False):
+            assert text.printable(s, newlines) == audit.printable(s, newlines), s
+    values, patterns = ["secret-value-123456"], [r"tok_[a-z]+"]
+    new, old = text.Redactor(values, patterns), audit.Redactor(values, patterns)
+    for s in [*samples, "a tok_abc b", {"k": ["secret-value-123456", 3]}]:
+        assert new.deep(s) == old.deep(s), s
+    event = {"ts": "2026-12-05T05:00:00.123+00:00", "event": "x.y", "plan": "P\x1b", "n": [1]}
+    assert text.console(event) == audit._console(event)
