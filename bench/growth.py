@@ -68,15 +68,29 @@ def seed_plans(base: Path, n: int, status: str, plan_doc: Callable[[str], bytes]
             (folder / "plan.toml").write_bytes(plan_doc(plan_id))
 
 
-def _timed(argv: list[str], runs: int, env: dict[str, str] | None = None) -> list[float]:
+def _timed(
+    argv: list[str], runs: int, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> list[float]:
+    """Wall times of `argv`. Run it in `cwd` (a temp dir): `python -m orchestrd` puts its
+    working directory first on sys.path, so from the repo root it would run the working tree,
+    not the package snapshot on PYTHONPATH."""
     out = []
     for _ in range(runs):
         t0 = time.perf_counter()
         subprocess.run(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            check=True,
+            cwd=cwd or tempfile.gettempdir(),
         )
         out.append(time.perf_counter() - t0)
     return out
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
 
 
 def _ms(values: list[float]) -> str:
@@ -87,7 +101,7 @@ def bench_cli(args: argparse.Namespace, daemon_cls: Any) -> Result:
     """`orchestrd --help`, `status --help`, `validate`, `tail` start-up; `status` and
     `status --json` over 10,000 archived plans, without the index (every state file parsed:
     what status did before it) and with it."""
-    n = 2_000 if args.quick else 10_000
+    n = 1_000 if args.quick else 10_000
     runs = 3 if args.quick else 7
     d = daemon_cls(args.tmp, "cli", allow_root_workers=True)
     env = {**os.environ}
@@ -115,21 +129,25 @@ def bench_cli(args: argparse.Namespace, daemon_cls: Any) -> Result:
         for _ in range(1 if args.quick else 3):
             index.unlink(missing_ok=True)
             cold += _timed([*orch, "status", *cfg], 1, env)
-            index.unlink(missing_ok=True)
-            cold_json += _timed([*orch, "status", "--json", *cfg], 1, env)
+            if not args.quick:  # without the index --json costs what status does
+                index.unlink(missing_ok=True)
+                cold_json += _timed([*orch, "status", "--json", *cfg], 1, env)
         warm = _timed([*orch, "status", *cfg], runs, env)
-        warm_json = _timed([*orch, "status", "--json", *cfg], runs, env)
+        warm_json = _timed([*orch, "status", "--json", *cfg], 1 if args.quick else runs, env)
     finally:
         d.cleanup(args.keep)
     worst_start = max(statistics.median(v) for v in starts.values())
-    ok = worst_start <= 0.150 and statistics.median(warm) <= 0.3
-    ok = ok and statistics.median(warm_json) <= 0.3
+    ok_start = worst_start <= 0.150
+    ok_status = statistics.median(warm) <= 0.3 and statistics.median(warm_json) <= 0.3
+    ok = ok_start and ok_status
     line = (
         "cli: start-up "
         + ", ".join(f"{k} {_ms(v)}" for k, v in starts.items())
         + f" | status with {n:,} archived: no index {_ms(cold)} → index {_ms(warm)}; "
-        f"--json {_ms(cold_json)} → {_ms(warm_json)}"
-        f" [target start ≤150ms, status ≤300ms: {'met' if ok else 'NOT met'}]"
+        + (f"--json {_ms(cold_json)} → " if cold_json else "--json ")
+        + _ms(warm_json)
+        + f" [target any command's start ≤150ms: {_met(ok_start)}; "
+        f"status ≤300ms (target at 10,000 archived) at {n:,}: {_met(ok_status)}]"
         + (f" [quick: {n:,} archived, {runs} runs]" if args.quick else "")
     )
     return line, {
@@ -137,7 +155,9 @@ def bench_cli(args: argparse.Namespace, daemon_cls: Any) -> Result:
         "archived": n,
         "status_no_index_ms": round(statistics.median(cold) * 1000, 1),
         "status_index_ms": round(statistics.median(warm) * 1000, 1),
-        "status_json_no_index_ms": round(statistics.median(cold_json) * 1000, 1),
+        "status_json_no_index_ms": (
+            round(statistics.median(cold_json) * 1000, 1) if cold_json else None
+        ),
         "status_json_index_ms": round(statistics.median(warm_json) * 1000, 1),
         "target_met": ok,
     }
@@ -148,7 +168,7 @@ def bench_restart(args: argparse.Namespace, daemon_cls: Any) -> Result:
     plans in plans/, as a daemon killed with SIGKILL leaves them."""
     import tomli_w
 
-    n = 300 if args.quick else 1000
+    n = 200 if args.quick else 1000
     d = daemon_cls(args.tmp, "restart", max_workers=1, allow_root_workers=True)
     try:
         plans = d.state_dir / "plans"
@@ -164,7 +184,11 @@ def bench_restart(args: argparse.Namespace, daemon_cls: Any) -> Result:
     ok = ready <= 1.0
     line = (
         f"restart: start → READY with {n:,} queued plans {ready:.2f}s "
-        f"[target ≤1s: {'met' if ok else 'NOT met'}]"
+        + (
+            f"[target ≤1s with 1,000 queued: not measured in --quick; ≤1s with {n}: {_met(ok)}]"
+            if n != 1000
+            else f"[target ≤1s with 1,000 queued: {_met(ok)}]"
+        )
         + (f" [quick: {n} plans]" if args.quick else "")
     )
     return line, {"queued": n, "ready_s": round(ready, 3), "target_met": ok}
@@ -187,8 +211,8 @@ def bench_auditlog(
 ) -> Result:
     """Start → READY and idle CPU/RSS of a daemon with an empty audit log and with a 1 GB one
     (a status page listening: it reads the log's tail), one after the other."""
-    size = (256 if args.quick else 1024) << 20
-    window = 2.0 if args.quick else 10.0
+    size = (32 if args.quick else 1024) << 20
+    window = 1.5 if args.quick else 10.0
     points: dict[str, dict[str, Any]] = {}
     for name, nbytes in (("empty", 0), ("big", size)):
         d = daemon_cls(
@@ -205,7 +229,7 @@ def bench_auditlog(
             d.start(timeout=120)
             ready = d.audit.of("daemon.started")[0]["_t"] - t0
             # settled: the status page reads the log's last 16 MiB once, after READY
-            time.sleep(3.0)
+            time.sleep(1.5 if args.quick else 3.0)
             m = measure(d.pid, window)
             m.pop("_wall")
             points[name] = {"ready_s": round(ready, 3), "made_s": round(made, 1), **m}
@@ -213,13 +237,16 @@ def bench_auditlog(
         finally:
             d.cleanup(args.keep)
     e, g = points["empty"], points["big"]
-    ok = g["ready_s"] <= e["ready_s"] + 0.25 and g["cpu_pct"] <= e["cpu_pct"] + 0.5
+    # CPU from /proc is counted in clock ticks (10 ms): two ticks over the window is the
+    # smallest difference it can tell from noise (1.3 % in a 1.5 s window, 0.2 % in 10 s)
+    noise = max(0.5, 2 * 100.0 / os.sysconf("SC_CLK_TCK") / window)
+    ok = g["ready_s"] <= e["ready_s"] + 0.25 and g["cpu_pct"] <= e["cpu_pct"] + noise
     line = (
         f"auditlog: empty vs {size >> 20} MiB log: start → READY {e['ready_s']:.2f}s vs "
         f"{g['ready_s']:.2f}s, "
         f"idle cpu {e['cpu_pct']:.1f}% vs {g['cpu_pct']:.1f}%, rss {e['rss_mb']:.0f} vs "
-        f"{g['rss_mb']:.0f}MB [target: no slower: {'met' if ok else 'NOT met'}]"
-        + (f" [quick: {window:.0f} s windows]" if args.quick else "")
+        f"{g['rss_mb']:.0f}MB [target (1 GB log) no slower, CPU within {noise:.1f}%: {_met(ok)}]"
+        + (f" [quick: {size >> 20} MiB log, {window:g} s windows]" if args.quick else "")
     )
     return line, {"points": points, "target_met": ok}
 

@@ -243,11 +243,11 @@ def drop_atomically(dest: Path, data: bytes) -> None:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from . import status
-    from .audit import Redactor, printable
     from .config import load_config
     from .parking import HOLDS_FILE, describe_holds, read_holds
     from .plan import check_plan_id
     from .spool import Spool
+    from .text import Redactor, printable
 
     config, _ = load_config(args.config)
     if args.plan is not None:
@@ -417,7 +417,7 @@ def _cmd_usage(args: argparse.Namespace) -> int:
 
 def usage_table(title: str, rows: dict[str, usage.Totals]) -> str:
     from . import status
-    from .audit import printable
+    from .text import printable
 
     lines = [(title, "ATTEMPTS", "INPUT", "CACHED", "OUTPUT", "TOKENS", "COST")]
     for key, t in sorted(rows.items()):
@@ -547,12 +547,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except OrchestrdError as exc:
-        from .audit import printable
+        from .text import printable
 
         print(printable(f"orchestrd: {exc}"), file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # e.g. no permission on state_dir: say which file, no traceback
-        from .audit import printable
+        from .text import printable
 
         where = f" {exc.filename}" if exc.filename else ""
         print(printable(f"orchestrd:{where}: {exc.strerror or exc}"), file=sys.stderr)

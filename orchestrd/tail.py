@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from .audit import _console
 from .config import load_config, parse_duration
 from .errors import OrchestrdError
+from .text import console
 
 CHUNK = 8 << 20
 FOLLOW_STEP = 0.2
@@ -62,7 +62,7 @@ def colour_of(event: str) -> str | None:
 
 def human_line(data: dict[str, Any], colour: bool) -> str:
     """The same line `orchestrd run` echoes, its event coloured by outcome on a terminal."""
-    text = _console(data)
+    text = console(data)
     code = colour_of(str(data.get("event", ""))) if colour else None
     if not colour:
         return text

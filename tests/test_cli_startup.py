@@ -68,6 +68,21 @@ def test_status_and_validate_import_only_what_they_need(tmp_path: Path) -> None:
         assert not _roots(loaded) & {"httpx", "starlette", "prometheus_client"}, argv
 
 
+def test_validate_and_tail_load_no_audit_machinery(tmp_path: Path) -> None:
+    """What they print goes through orchestrd.text: no structlog (nor rich, which structlog
+    imports when installed), no anyio; the config's pydantic models are all they load beyond
+    the stdlib."""
+    config = make_config(tmp_path)
+    (tmp_path / "p.toml").write_text('id = "P"\nrepo = "."\n[[phases]]\nid = "A"\nprompt = "x"\n')
+    for argv in (
+        ["validate", "--config", str(config), str(tmp_path / "p.toml")],
+        ["tail", "--config", str(config)],
+    ):
+        loaded = _loaded(argv)
+        assert not _roots(loaded) & {"structlog", "rich", "anyio"}, (argv, sorted(loaded))
+        assert "orchestrd.audit" not in loaded, argv
+
+
 def test_help_lists_every_module_command_with_its_own_help() -> None:
     """The help lines kept in cli.py for unloaded commands are the ones their modules give."""
     full = cli.build_parser()
@@ -79,3 +94,26 @@ def test_help_lists_every_module_command_with_its_own_help() -> None:
 
     assert helps(light) == helps(full)
     assert set(cli.MODULE_COMMANDS) <= set(helps(full))
+
+
+def test_the_light_printing_module_escapes_and_redacts_as_the_audit_log_does() -> None:
+    """`orchestrd.text` is what the CLI prints through without loading the audit module: it
+    must show and hide exactly what `orchestrd.audit` does."""
+    from orchestrd import audit, text
+
+    samples = [
+        "plain",
+        "tab\tand newline\nhere",
+        "\x1b[31mred\x1b[0m \x07 \x9b2J \u202egnp.exe \u2028 \udcff",
+        "secret-value-123456 and secret-val",
+        "",
+    ]
+    for s in samples:
+        for newlines in (True, False):
+            assert text.printable(s, newlines) == audit.printable(s, newlines), s
+    values, patterns = ["secret-value-123456"], [r"tok_[a-z]+"]
+    new, old = text.Redactor(values, patterns), audit.Redactor(values, patterns)
+    for s in [*samples, "a tok_abc b", {"k": ["secret-value-123456", 3]}]:
+        assert new.deep(s) == old.deep(s), s
+    event = {"ts": "2026-12-05T05:00:00.123+00:00", "event": "x.y", "plan": "P\x1b", "n": [1]}
+    assert text.console(event) == audit._console(event)

@@ -21,6 +21,7 @@ so the difference to the plain run is what fixing that cost can gain at most:
              outbox): what it costs with no [notify] targets
 - step50:    the inbox watcher's Rust loop checks every 50 ms instead of every 1 ms (step=1 in
              Daemon._watch_inbox): what its 1,000 wake-ups a second cost an idle daemon
+             (meaningless once the daemon watches the inbox with inotify, h-idle's #21 branch)
 - batchaccept: the inbox scan takes up to 16 files per thread call instead of one thread
              round trip per file (what the serial accept loop costs)
 """
@@ -71,7 +72,7 @@ if "nometrics" in _variants:
 
     import orchestrd.daemon as _daemon
 
-    async def _no_metrics(config, log, metrics, *, task_status=anyio.TASK_STATUS_IGNORED):  # type: ignore[no-untyped-def]
+    async def _no_metrics(config, log, metrics, *_, task_status=anyio.TASK_STATUS_IGNORED):  # type: ignore[no-untyped-def]
         task_status.started()
 
     _daemon.run_metrics = _no_metrics
@@ -81,7 +82,7 @@ if "nonotify" in _variants:
 
     import orchestrd.daemon as _daemon
 
-    async def _no_notify(config, log, *, task_status=anyio.TASK_STATUS_IGNORED):  # type: ignore[no-untyped-def]
+    async def _no_notify(config, log, *_, task_status=anyio.TASK_STATUS_IGNORED):  # type: ignore[no-untyped-def]
         task_status.started()
 
     _daemon.run_notifier = _no_notify
