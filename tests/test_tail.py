@@ -64,7 +64,14 @@ def _follow(daemon: Daemon) -> subprocess.Popen[str]:
         env=daemon.env(),
         stdout=subprocess.PIPE,
         text=True,
+        # Ctrl-C as at a terminal: a suite started in the background without job control (a
+        # CI step, `make test &`) ignores SIGINT, and a python started so keeps ignoring it
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _stop(proc: subprocess.Popen[str]) -> list[dict[str, object]]:
