@@ -8,6 +8,7 @@ bisection on the timestamps that open every line; only lines that pass are parse
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import fnmatch
@@ -181,14 +182,22 @@ class _Reader:
                 pos = line_end + 1
 
 
-def scan(path: Path, filt: Filter) -> tuple[list[bytes], int]:
-    """The matching lines of the file now, and the offset where a follower goes on."""
-    with open(path, "rb") as f:
+def scan(path: Path, filt: Filter, keep: bool = False) -> tuple[list[bytes], int]:
+    """The matching lines of the file now, and the offset where a follower goes on. `keep`:
+    the file is left open for `follow_from` (a rotation after the scan must not skip lines)."""
+    f = open(path, "rb")  # noqa: SIM115 - handed to the follower when kept
+    if keep:
+        _scanned[path] = f
+    with contextlib.nullcontext(f) if keep else f:
         size = os.fstat(f.fileno()).st_size
         start = seek_since(f, size, filt.since) if filt.since is not None else 0
         reader = _Reader(f, start, filt.needle())
         lines = [ln for ln in reader if filt.match(ln) is not None]
     return lines, reader.offset
+
+
+_scanned: dict[Path, BinaryIO] = {}
+"""Files `scan(keep=True)` left open for the follower."""
 
 
 class LineFollower:
@@ -203,6 +212,16 @@ class LineFollower:
         self._buf = b""
         self._start = offset
         """Where to begin in the file open now (None: at its end)."""
+
+    @classmethod
+    def after_scan(cls, path: Path, offset: int) -> LineFollower:
+        """A follower going on from `offset` in the very file `scan(path, keep=True)` read: the
+        path may name another file by now (rotated), which `read` then takes up from its start."""
+        follower = cls(path, offset)
+        if (f := _scanned.pop(path, None)) is not None:
+            f.seek(offset)
+            follower._f, follower._ino = f, os.fstat(f.fileno()).st_ino
+        return follower
 
     def _open(self, at_start: bool) -> None:
         try:
@@ -295,7 +314,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     out = sys.stdout
     offset = 0
     if path.exists():
-        lines, offset = scan(path, filt)
+        lines, offset = scan(path, filt, keep=args.follow)
         for line in lines:
             data = filt.match(line)
             assert data is not None
@@ -305,7 +324,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     out.flush()
     if not args.follow:
         return 0
-    follower = LineFollower(path, offset)
+    follower = LineFollower.after_scan(path, offset)
     while True:
         for line in follower.read():
             if (data := filt.match(line)) is not None:

@@ -15,7 +15,10 @@ on one worker, one after the other. The groups so far:
 - "users": creates/deletes system users (`orchestrd-test-worker`, `-daemon`, `-wt`):
   test_privsep.py, test_parallel_plans.py's worker-user test;
 - "browser": the headless browser and the docs/*.png screenshots: test_web_browser.py;
-- "slurm": the Slurm cluster (tests/slurm_support.py) and its tests.
+- "slurm": the Slurm cluster (tests/slurm_support.py): every test that uses the `cluster`
+  fixture, and the launcher contract's `slurm` runs — marked here, at collection
+  (`pytest_collection_modifyitems`), so the cluster is started by one worker only (its cgroups
+  under /sys/fs/cgroup are named after its nodes: two clusters would share them).
 A session-scoped fixture runs once per worker process: one that touches a machine-wide thing
 must be in a group (or be safe to run twice at once).
 """
@@ -57,6 +60,15 @@ AGENT_NAMES = (
     "flaky",
 )
 REPO_ROOT = Path(__file__).parent.parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        slurm_param = callspec is not None and callspec.params.get("launcher") == "slurm"
+        if "cluster" in getattr(item, "fixturenames", ()) or slurm_param:
+            item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
 @pytest.fixture

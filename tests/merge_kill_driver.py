@@ -50,4 +50,5 @@ async def main(repo: Path, root: Path, states: Path, target: str, plans: list[st
 
 if __name__ == "__main__":
     a = sys.argv[1:]
+    print("ready", flush=True)  # imports done: the test's random kill times count from here
     anyio.run(main, Path(a[0]), Path(a[1]), Path(a[2]), a[3], a[4:])

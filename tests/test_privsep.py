@@ -489,7 +489,8 @@ def test_a_leftover_worker_is_found_by_nsinits_command_line_and_stopped(
         assert Path(f"/proc/{proc.pid}/status").read_text().count(f"\t{pw.pw_uid}") >= 4
         assert anyio.run(stop_processes, sorted(found), 0.5) is not None
         proc.wait(timeout=5)
-        assert not nsinit_processes(plans)
+        # the namespace's own nsinit dies with it, a moment after the outer one was reaped
+        wait_for(lambda: not nsinit_processes(plans), what="every nsinit of the plan gone")
     finally:
         proc.kill()
         proc.wait()

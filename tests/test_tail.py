@@ -14,7 +14,7 @@ from pathlib import Path
 
 from daemon_support import Daemon
 
-from orchestrd.tail import LineFollower
+from orchestrd.tail import Filter, LineFollower, scan
 
 
 def test_tail_filters_a_real_daemons_log_by_plan_phase_event_and_since(daemon: Daemon) -> None:
@@ -64,7 +64,14 @@ def _follow(daemon: Daemon) -> subprocess.Popen[str]:
         env=daemon.env(),
         stdout=subprocess.PIPE,
         text=True,
+        # Ctrl-C as at a terminal: a suite started in the background without job control (a
+        # CI step, `make test &`) ignores SIGINT, and a python started so keeps ignoring it
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _stop(proc: subprocess.Popen[str]) -> list[dict[str, object]]:
@@ -205,3 +212,17 @@ def test_tail_on_a_terminal_colours_events_by_outcome(tmp_path: Path) -> None:
     assert "\033[31mcheck.failed\033[0m" in text  # red
     assert "\033[33mcheck.warning\033[0m" in text  # yellow
     assert "phase.started " in text and "plan=T phase=P03" in text
+
+
+def test_a_rotation_between_the_scan_and_the_follow_loses_no_line(tmp_path: Path) -> None:
+    """`tail -f` goes on in the file its scan read: the log renamed away and a new one
+    written before the follower's first read (a slow start under load) is read from its start."""
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b'{"event": "plan.archived"}\n')
+    lines, offset = scan(path, Filter(None, None, None, None), keep=True)
+    assert lines == [b'{"event": "plan.archived"}']
+    os.rename(path, tmp_path / "audit.jsonl.1")
+    path.write_bytes(b'{"event": "plan.accepted"}\n')
+    follower = LineFollower.after_scan(path, offset)
+    assert follower.read() == [b'{"event": "plan.accepted"}']
+    follower.close()
