@@ -31,7 +31,7 @@ from orchestrd.launchers import WorkerSpec
 from orchestrd.launchers.slurm import SHIM, SlurmLauncher
 from orchestrd.privsep import Identity
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.xdist_group("slurm")]  # one cluster: conftest.py
 ENV = {"PATH": "/usr/bin:/bin"}
 
 
@@ -163,25 +163,28 @@ def test_a_sigkilled_daemon_restarted_cancels_its_running_job_by_name_and_goes_o
     assert cluster.drained() == []
 
 
-# last of the file: the controller it restarts recovers (and may run again) its job
-@pytest.mark.skip(
-    reason="issue #20 open: the restarted controller re-runs an earlier test's finished job "
-    "(state saved before it ended), which stays RUNNING past the drain wait; the exit code "
-    "itself is kept (the shim's file) in every run seen"
-)
 async def test_a_controller_killed_mid_job_does_not_lose_the_exit_code(
     cluster: Cluster, tmp_path: Path
 ) -> None:
+    """slurmctld SIGKILLed while the job runs; the worker ends while no controller can hear of
+    it: its exit code is the shim's file's, the restarted controller ends the job (slurmstepd
+    tells it), and the worker ran once."""
     launcher = SlurmLauncher(settings(cluster))
-    go = tmp_path / "go"
-    script = f"while [ ! -e {go} ]; do sleep 0.05; done; exit 7"
+    go, runs = tmp_path / "go", tmp_path / "runs"
+    script = f"echo run >> {runs}; while [ ! -e {go} ]; do sleep 0.05; done; exit 7"
     spec = WorkerSpec(["sh", "-c", script], ENV, tmp_path, tmp_path / "w.log", name="T:P01:1")
+    assert cluster.drained() == []
     async with launcher.launch(spec, 10**6, 1.0) as worker:
+        # mid-job as a crash finds it: the controller's saved table has this job running and
+        # every earlier job's end (SIGKILLed within 5 s of an earlier job's end, it would come
+        # back with that job RUNNING, a ghost no node runs, until it drops it 20 s later)
+        await anyio.to_thread.run_sync(cluster.save_state, worker.job_id)
         cluster.kill_controller()
-        go.touch()  # the worker ends while no controller can hear of it
+        go.touch()
         with anyio.fail_after(10):
             assert await worker.wait() == 7
         cluster.start_controller()
     assert worker.returncode == 7
-    await anyio.to_thread.run_sync(cluster.wait_idle)
-    assert cluster.drained(15) == []
+    assert await anyio.to_thread.run_sync(cluster.drained, 15) == []
+    assert runs.read_text() == "run\n"
+    await anyio.to_thread.run_sync(cluster.rejoin)  # for the tests after this one
