@@ -88,22 +88,21 @@ async def test_a_plan_on_slurm_runs_on_both_nodes_stalls_remediates_and_leaves_n
     assert not any(alive(pid) for pid in pids)
 
 
+def shim_folder(tmp_path: Path, argv: list[str]) -> Path:
+    """An attempt's folder as the launcher writes it, for the shim run here without Slurm."""
+    folder = tmp_path / "w.log.slurm"
+    folder.mkdir()
+    job = {"argv": argv, "env": ENV, "cwd": str(tmp_path), "log": str(tmp_path / "w.log")}
+    job |= {"max_log_bytes": 10**6, "grace": 1.0, "tick": 0.05}
+    (folder / "spec.json").write_text(json.dumps(job))
+    return folder
+
+
 def test_the_shim_runs_a_worker_once_per_attempt(tmp_path: Path) -> None:
     """A job Slurm runs again (re-queued after a controller crash) exits at once: the worker's
     exit code stays the first run's."""
-    folder = tmp_path / "w.log.slurm"
-    folder.mkdir()
     count = tmp_path / "runs"
-    job = {
-        "argv": ["sh", "-c", f"echo run >> {count}; exit 3"],
-        "env": ENV,
-        "cwd": str(tmp_path),
-        "log": str(tmp_path / "w.log"),
-        "max_log_bytes": 10**6,
-        "grace": 1.0,
-        "tick": 0.05,
-    }
-    (folder / "spec.json").write_text(json.dumps(job))
+    folder = shim_folder(tmp_path, ["sh", "-c", f"echo run >> {count}; exit 3"])
     first = subprocess.run([sys.executable, str(SHIM), str(folder)], capture_output=True)
     status = json.loads((folder / "status.json").read_text())
     second = subprocess.run([sys.executable, str(SHIM), str(folder)], capture_output=True)
@@ -112,6 +111,42 @@ def test_the_shim_runs_a_worker_once_per_attempt(tmp_path: Path) -> None:
     assert count.read_text() == "run\n"
     assert json.loads((folder / "status.json").read_text()) == status
     assert status["returncode"] == 3 and status["done"]
+
+
+def test_a_shim_asked_to_stop_before_it_started_does_not_start_the_worker(
+    tmp_path: Path,
+) -> None:
+    ran = tmp_path / "ran"
+    folder = shim_folder(tmp_path, ["touch", str(ran)])
+    (folder / "stop").write_text("1.0")
+    shim = subprocess.run([sys.executable, str(SHIM), str(folder)])
+    status = json.loads((folder / "status.json").read_text())
+    assert (status["returncode"], status["signal"], status["done"]) == (-15, "SIGTERM", True)
+    assert shim.returncode == 128 + signal.SIGTERM
+    assert not ran.exists()
+
+
+async def test_a_stop_as_soon_as_slurm_says_running_is_a_sigterm_stop(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Slurm says RUNNING before the shim (python starting on the node) has set its SIGTERM
+    handler: the stop waits for the shim's first word (a SIGTERM sooner would end the shim
+    unheard, and the stop would look like a SIGKILL)."""
+    launcher = SlurmLauncher(settings(cluster))
+    stops = []
+
+    async def stop_at_once(attempt: int) -> None:
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        spec = WorkerSpec(["sleep", "30"], ENV, folder, folder / "w.log", name=f"T:P01:{attempt}")
+        async with launcher.launch(spec, 10**6, 1.0) as worker:
+            stops.append((await worker.stop(2.0), worker.returncode))
+
+    async with anyio.create_task_group() as tg:  # three at once: the race each time
+        for attempt in range(3):
+            tg.start_soon(stop_at_once, attempt)
+    assert stops == [(signal.SIGTERM, -signal.SIGTERM)] * 3
+    assert cluster.drained() == []
 
 
 async def test_with_a_worker_user_the_job_and_the_worker_are_that_users(

@@ -292,12 +292,19 @@ class SlurmLauncher:
         --full`: the shim, and each process of the batch step where proctrack finds them),
         wait for the shim's report; then KILL and cancel what is left of the job."""
         await anyio.Path(folder / "stop").write_text(f"{grace}")
-        with contextlib.suppress(SlurmError):
-            await self.run("scancel", "--signal=TERM", "--full", str(job_id))
         with anyio.move_on_after(grace + KILL_WAIT):
+            # the shim's first status.json says its SIGTERM handler is set: a SIGTERM before
+            # that (a stop just after Slurm said RUNNING) would end it before it could stop
+            # the worker and say so; a shim that starts after `stop` was written does not
+            # start the worker
+            while not await anyio.Path(folder / "status.json").exists():
+                if not await self._live(job_id):
+                    break
+                await anyio.sleep(self.tick)
+            with contextlib.suppress(SlurmError):
+                await self.run("scancel", "--signal=TERM", "--full", str(job_id))
             while not (await anyio.to_thread.run_sync(read_status, folder)).get("done"):
-                state, _ = await self.job_state(job_id)
-                if state == "GONE" or (state is not None and state not in LIVE):
+                if not await self._live(job_id):
                     break
                 await anyio.sleep(self.tick)
         status = await anyio.to_thread.run_sync(read_status, folder)
@@ -309,6 +316,11 @@ class SlurmLauncher:
         if not status.get("done"):
             return signal.SIGKILL
         return signal.Signals[status["signal"]] if status.get("signal") else None
+
+    async def _live(self, job_id: int) -> bool:
+        """Whether the job may still run (so when the controller cannot be asked)."""
+        state, _ = await self.job_state(job_id)
+        return state is None or state in LIVE
 
     def sbatch_args(self, name: str, spec: WorkerSpec, folder: Path) -> list[str]:
         s = self.settings
