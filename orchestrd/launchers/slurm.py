@@ -288,9 +288,10 @@ class SlurmLauncher:
         return (state or "GONE"), node
 
     async def stop_job(self, job_id: int, folder: Path, grace: float) -> signal.Signals | None:
-        """Tell the shim the grace, SIGTERM everything of the job (`scancel --signal=TERM
-        --full`: the shim, and each process of the batch step where proctrack finds them),
-        wait for the shim's report; then KILL and cancel what is left of the job."""
+        """Tell the shim the grace, SIGTERM it (`scancel --signal=TERM --batch`: the shim
+        alone, which names and stops every descendant; `--full` would TERM them all at once
+        too, and what died of Slurm's signal before the shim looked would be missing from its
+        list), wait for the shim's report; then KILL and cancel what is left of the job."""
         await anyio.Path(folder / "stop").write_text(f"{grace}")
         with anyio.move_on_after(grace + KILL_WAIT):
             # the shim's first status.json says its SIGTERM handler is set: a SIGTERM before
@@ -302,7 +303,7 @@ class SlurmLauncher:
                     break
                 await anyio.sleep(self.tick)
             with contextlib.suppress(SlurmError):
-                await self.run("scancel", "--signal=TERM", "--full", str(job_id))
+                await self.run("scancel", "--signal=TERM", "--batch", str(job_id))
             while not (await anyio.to_thread.run_sync(read_status, folder)).get("done"):
                 if not await self._live(job_id):
                     break
