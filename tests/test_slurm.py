@@ -48,7 +48,9 @@ async def test_a_plan_on_slurm_runs_on_both_nodes_stalls_remediates_and_leaves_n
     cluster: Cluster, tmp_path: Path
 ) -> None:
     # two plans at once, each job a whole node (--exclusive): the second job goes to the
-    # other node; plan A's P02 hangs silently, is stopped as stalled and remediated
+    # other node; plan A's first attempt hangs silently, is stopped as stalled and remediated.
+    # A worker's budget is poll_interval x max_polls = 2 s: room for a python agent started
+    # through Slurm on a busy machine; the hang pays it once
     slurm = {"bin": str(cluster.bin), "python": sys.executable, "poll_interval": "0.1s"}
     runs = {}
 

@@ -144,16 +144,21 @@ class SlurmWorker:
         return self.shim_file
 
     async def until_running(self) -> None:
-        """Until Slurm says RUNNING (or the job is over already): the queue is no stall."""
+        """Until Slurm says RUNNING, the job is over already, or the shim says it runs (when
+        the controller cannot be asked): the queue is no stall."""
         submitted = time.monotonic()
         while True:
             state, node = await self.launcher.job_state(self.job_id)
-            if state not in ("PENDING", "CONFIGURING", "REQUEUED"):
+            if state is not None and state not in ("PENDING", "CONFIGURING", "REQUEUED"):
                 self.running = True
                 break
-            if (await self.refresh()).get("returncode") is not None:
+            # the shim's word says it runs (and where) when Slurm cannot be asked right now
+            if await self.refresh():
+                self.running = True
                 break
             await anyio.sleep(self.launcher.tick)
+        if not node:  # over before squeue saw it run (it no longer lists it): the shim's word
+            await self.refresh()
         self.node = node or str(self.shim_file.get("node", ""))
         self.pending = time.monotonic() - submitted
         self.started = time.monotonic()
