@@ -58,7 +58,7 @@ async def test_a_plan_on_slurm_runs_on_both_nodes_stalls_remediates_and_leaves_n
         (tmp_path / name).mkdir()
         config = make_config(
             tmp_path / name,
-            policy={"poll_interval": "0.3s", "max_polls": 2, "max_remediations": 1},
+            policy={"poll_interval": "0.5s", "max_polls": 4, "max_remediations": 1},
             workers={
                 "pass": on_slurm("pass"),
                 "flaky": on_slurm("flaky", AGENT_FIRST="hang"),
