@@ -265,19 +265,56 @@ class Cluster:
 
     def in_netns(self) -> list[int]:
         """The processes in the cluster's network namespace."""
-        try:
-            ours = f"net:[{self.netns.stat().st_ino}]"
-        except OSError:
-            return []
-        found = []
-        for entry in os.scandir("/proc"):
-            with contextlib.suppress(OSError):
-                if entry.name.isdigit() and os.readlink(f"/proc/{entry.name}/ns/net") == ours:
-                    found.append(int(entry.name))
-        return found
+        return _in_netns(self.netns)
 
     def _in_netns(self, *argv: str) -> None:
         _run("nsenter", f"--net={self.netns}", *argv)
+
+
+def _in_netns(netns: Path) -> list[int]:
+    try:
+        ours = f"net:[{netns.stat().st_ino}]"
+    except OSError:
+        return []
+    found = []
+    for entry in os.scandir("/proc"):
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and os.readlink(f"/proc/{entry.name}/ns/net") == ours:
+                found.append(int(entry.name))
+    return found
+
+
+def reap_stale() -> None:
+    """The clusters of test sessions that were killed before they could stop them (their
+    namespace is named after the session's pid, which is gone): their daemons, namespace and
+    folder."""
+    for netns in Path("/run/netns").glob("orchestrd-slurm-*"):
+        session = netns.name.rpartition("-")[2]
+        if not session.isdigit() or Path(f"/proc/{session}").exists():
+            continue
+        folders = set()
+        for pid in _in_netns(netns):
+            with contextlib.suppress(OSError):
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                folders |= {
+                    Path(v[11:].decode()).parent for v in environ if v.startswith(b"SLURM_CONF=")
+                }
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _run("ip", "netns", "delete", netns.name, check=False)
+        for folder in folders:
+            if folder.name.startswith("orchestrd-slurm-"):
+                _kill_munged(folder)
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _kill_munged(folder: Path) -> None:
+    """munged (and the runuser above it) of a cluster's folder: it runs outside the namespace."""
+    socket = f"--socket={folder}/munge/munge.sock".encode()
+    for entry in os.scandir("/proc"):
+        with contextlib.suppress(OSError, ProcessLookupError):
+            if entry.name.isdigit() and socket in Path(f"{entry.path}/cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _which(program: str) -> str:
@@ -308,6 +345,7 @@ def shared_cluster(request: pytest.FixtureRequest) -> Cluster:
         if why:
             print(f"SKIP slurm cluster: {why}")
             pytest.skip(f"no Slurm cluster here: {why}")
+        reap_stale()
         cluster = Cluster()
         request.addfinalizer(cluster.stop)
         cluster.start()
