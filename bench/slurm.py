@@ -19,7 +19,7 @@ from pathlib import Path
 import anyio
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from slurm_support import Cluster, settings  # noqa: E402
+from slurm_support import Cluster, reap_stale, settings  # noqa: E402
 
 from orchestrd.launchers import WorkerSpec  # noqa: E402
 from orchestrd.launchers.slurm import SlurmLauncher  # noqa: E402
@@ -55,6 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     if why := Cluster.unavailable():
         sys.exit(f"bench/slurm.py: {why}")
+    reap_stale()
     cluster = Cluster()
     try:
         cluster.start()

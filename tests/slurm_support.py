@@ -34,6 +34,7 @@ DAEMONS = ("munged", "slurmctld", "slurmd")
 
 SLURM_CONF = """\
 ClusterName=orchestrd
+FirstJobId={first_job_id}
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort={ctld_port}
 SlurmUser=root
@@ -65,6 +66,11 @@ NodeName=n1 NodeHostname=localhost NodeAddr=127.0.0.1 Port={n1_port} CPUs={cpus}
 NodeName=n2 NodeHostname=localhost NodeAddr=127.0.0.2 Port={n2_port} CPUs={cpus} State=UNKNOWN
 PartitionName=test Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 """
+# Job ids of a cluster of their own: proctrack/cgroup names a job's cgroup by node name and job id
+# (/sys/fs/cgroup/freezer/slurm_n1/uid_0/job_5), which every cluster on this machine shares (a
+# parallel run, another session's tests, bench/slurm.py): two clusters both counting from 1 would
+# put their jobs in one cgroup, and the stop of one would kill the other's.
+JOB_IDS_PER_CLUSTER = 1000
 # cgroup v1 here (the freezer is what proctrack/cgroup needs); autodetect picks v2 where the
 # host has only v2
 CGROUP_CONF = "CgroupPlugin=autodetect\nCgroupMountpoint=/sys/fs/cgroup\nConstrainCores=no\n"
@@ -112,7 +118,13 @@ class Cluster:
         self._in_netns("ip", "link", "set", "lo", "up")
         self._in_netns("ip", "addr", "add", "127.0.0.2/8", "dev", "lo")
         ports = dict(ctld_port=16817, n1_port=16818, n2_port=16819)
-        self.conf.write_text(SLURM_CONF.format(dir=self.dir, cpus=os.cpu_count() or 1, **ports))
+        # below MaxJobId (67,043,328) for any pid
+        first_job_id = 1 + (os.getpid() % 60_000) * JOB_IDS_PER_CLUSTER
+        self.conf.write_text(
+            SLURM_CONF.format(
+                dir=self.dir, cpus=os.cpu_count() or 1, first_job_id=first_job_id, **ports
+            )
+        )
         (self.dir / "cgroup.conf").write_text(CGROUP_CONF)
         for folder in ("ctld", *(f"spool-{node}" for node in NODES)):
             (self.dir / folder).mkdir()
@@ -161,11 +173,42 @@ class Cluster:
     def start_controller(self) -> None:
         self._daemon("slurmctld", "slurmctld", "-D", "-i")
 
+    def save_state(self, job_id: int, timeout: float = 10) -> None:
+        """Until slurmctld has saved its job table as it is now (StateSaveLocation/job_state).
+
+        It saves at most once every 5 s, so a controller SIGKILLed sooner comes back with a
+        table up to 5 s old: a job ended since is RUNNING again (a ghost: no node runs it, and
+        the controller drops it only after BatchStartTimeout + MessageTimeout at a node's next
+        registration), a job submitted since is unknown to it. A change to a job (its comment)
+        asks for a save; the file's time says when it is done."""
+        table = self.dir / "ctld" / "job_state"
+        since = time.time()
+        _run(str(self.bin / "scontrol"), "update", f"JobId={job_id}", "Comment=saved")
+
+        def saved() -> bool:
+            try:
+                return table.stat().st_mtime > since
+            except OSError:
+                return False
+
+        _until(saved, timeout, f"slurmctld did not save its state: see {self.dir}/slurmctld.log")
+
     def kill_controller(self) -> None:
         """SIGKILL slurmctld (a crash mid-job)."""
         process = self.processes.pop("slurmctld")
         process.send_signal(signal.SIGKILL)
         process.wait()
+
+    def rejoin(self) -> None:
+        """After a controller restart: every slurmd registers again at once (`scontrol
+        reconfigure`; else a node stays UNKNOWN until the controller's next ping, ≈ 4 s), and
+        the nodes are idle."""
+
+        def answered() -> bool:
+            return _run(str(self.bin / "scontrol"), "reconfigure", check=False).returncode == 0
+
+        _until(answered, 10, f"slurmctld did not answer: see {self.dir}/slurmctld.log")
+        self.wait_idle()
 
     def _daemon(self, key: str, program: str, *args: str) -> None:
         with open(self.dir / f"{key}.stderr", "ab") as stderr:
@@ -222,19 +265,56 @@ class Cluster:
 
     def in_netns(self) -> list[int]:
         """The processes in the cluster's network namespace."""
-        try:
-            ours = f"net:[{self.netns.stat().st_ino}]"
-        except OSError:
-            return []
-        found = []
-        for entry in os.scandir("/proc"):
-            with contextlib.suppress(OSError):
-                if entry.name.isdigit() and os.readlink(f"/proc/{entry.name}/ns/net") == ours:
-                    found.append(int(entry.name))
-        return found
+        return _in_netns(self.netns)
 
     def _in_netns(self, *argv: str) -> None:
         _run("nsenter", f"--net={self.netns}", *argv)
+
+
+def _in_netns(netns: Path) -> list[int]:
+    try:
+        ours = f"net:[{netns.stat().st_ino}]"
+    except OSError:
+        return []
+    found = []
+    for entry in os.scandir("/proc"):
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and os.readlink(f"/proc/{entry.name}/ns/net") == ours:
+                found.append(int(entry.name))
+    return found
+
+
+def reap_stale() -> None:
+    """The clusters of test sessions that were killed before they could stop them (their
+    namespace is named after the session's pid, which is gone): their daemons, namespace and
+    folder."""
+    for netns in Path("/run/netns").glob("orchestrd-slurm-*"):
+        session = netns.name.rpartition("-")[2]
+        if not session.isdigit() or Path(f"/proc/{session}").exists():
+            continue
+        folders = set()
+        for pid in _in_netns(netns):
+            with contextlib.suppress(OSError):
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                folders |= {
+                    Path(v[11:].decode()).parent for v in environ if v.startswith(b"SLURM_CONF=")
+                }
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _run("ip", "netns", "delete", netns.name, check=False)
+        for folder in folders:
+            if folder.name.startswith("orchestrd-slurm-"):
+                _kill_munged(folder)
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _kill_munged(folder: Path) -> None:
+    """munged (and the runuser above it) of a cluster's folder: it runs outside the namespace."""
+    socket = f"--socket={folder}/munge/munge.sock".encode()
+    for entry in os.scandir("/proc"):
+        with contextlib.suppress(OSError, ProcessLookupError):
+            if entry.name.isdigit() and socket in Path(f"{entry.path}/cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _which(program: str) -> str:
@@ -265,6 +345,7 @@ def shared_cluster(request: pytest.FixtureRequest) -> Cluster:
         if why:
             print(f"SKIP slurm cluster: {why}")
             pytest.skip(f"no Slurm cluster here: {why}")
+        reap_stale()
         cluster = Cluster()
         request.addfinalizer(cluster.stop)
         cluster.start()

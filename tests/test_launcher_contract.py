@@ -46,7 +46,7 @@ def cluster(request: pytest.FixtureRequest) -> Cluster:
     return shared_cluster(request)
 
 
-@pytest.fixture(params=["local", "slurm"])
+@pytest.fixture(params=["local", pytest.param("slurm", marks=pytest.mark.xdist_group("slurm"))])
 def launcher(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Launcher]:
     if request.param == "slurm":
         cluster = request.getfixturevalue("cluster")

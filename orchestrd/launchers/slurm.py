@@ -144,16 +144,21 @@ class SlurmWorker:
         return self.shim_file
 
     async def until_running(self) -> None:
-        """Until Slurm says RUNNING (or the job is over already): the queue is no stall."""
+        """Until Slurm says RUNNING, the job is over already, or the shim says it runs (when
+        the controller cannot be asked): the queue is no stall."""
         submitted = time.monotonic()
         while True:
             state, node = await self.launcher.job_state(self.job_id)
-            if state not in ("PENDING", "CONFIGURING", "REQUEUED"):
+            if state is not None and state not in ("PENDING", "CONFIGURING", "REQUEUED"):
                 self.running = True
                 break
-            if (await self.refresh()).get("returncode") is not None:
+            # the shim's word says it runs (and where) when Slurm cannot be asked right now
+            if await self.refresh():
+                self.running = True
                 break
             await anyio.sleep(self.launcher.tick)
+        if not node:  # over before squeue saw it run (it no longer lists it): the shim's word
+            await self.refresh()
         self.node = node or str(self.shim_file.get("node", ""))
         self.pending = time.monotonic() - submitted
         self.started = time.monotonic()
@@ -288,16 +293,24 @@ class SlurmLauncher:
         return (state or "GONE"), node
 
     async def stop_job(self, job_id: int, folder: Path, grace: float) -> signal.Signals | None:
-        """Tell the shim the grace, SIGTERM everything of the job (`scancel --signal=TERM
-        --full`: the shim, and each process of the batch step where proctrack finds them),
-        wait for the shim's report; then KILL and cancel what is left of the job."""
+        """Tell the shim the grace, SIGTERM it (`scancel --signal=TERM --batch`: the shim
+        alone, which names and stops every descendant; `--full` would TERM them all at once
+        too, and what died of Slurm's signal before the shim looked would be missing from its
+        list), wait for the shim's report; then KILL and cancel what is left of the job."""
         await anyio.Path(folder / "stop").write_text(f"{grace}")
-        with contextlib.suppress(SlurmError):
-            await self.run("scancel", "--signal=TERM", "--full", str(job_id))
         with anyio.move_on_after(grace + KILL_WAIT):
+            # the shim's first status.json says its SIGTERM handler is set: a SIGTERM before
+            # that (a stop just after Slurm said RUNNING) would end it before it could stop
+            # the worker and say so; a shim that starts after `stop` was written does not
+            # start the worker
+            while not await anyio.Path(folder / "status.json").exists():
+                if not await self._live(job_id):
+                    break
+                await anyio.sleep(self.tick)
+            with contextlib.suppress(SlurmError):
+                await self.run("scancel", "--signal=TERM", "--batch", str(job_id))
             while not (await anyio.to_thread.run_sync(read_status, folder)).get("done"):
-                state, _ = await self.job_state(job_id)
-                if state == "GONE" or (state is not None and state not in LIVE):
+                if not await self._live(job_id):
                     break
                 await anyio.sleep(self.tick)
         status = await anyio.to_thread.run_sync(read_status, folder)
@@ -309,6 +322,11 @@ class SlurmLauncher:
         if not status.get("done"):
             return signal.SIGKILL
         return signal.Signals[status["signal"]] if status.get("signal") else None
+
+    async def _live(self, job_id: int) -> bool:
+        """Whether the job may still run (so when the controller cannot be asked)."""
+        state, _ = await self.job_state(job_id)
+        return state is None or state in LIVE
 
     def sbatch_args(self, name: str, spec: WorkerSpec, folder: Path) -> list[str]:
         s = self.settings

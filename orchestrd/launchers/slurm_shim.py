@@ -133,6 +133,14 @@ class Shim:
 
     def run(self) -> int:
         output = Output(Path(self.spec["log"]), int(self.spec["max_log_bytes"]))
+        if self.stopping or (self.folder / "stop").exists():
+            # stopped before the worker started (the daemon waits for this shim's first word
+            # before it signals: a SIGTERM before the handler was set would end the shim
+            # unheard): the worker never runs
+            output.finish()
+            self.status.update(returncode=-signal.SIGTERM, signal="SIGTERM", done=True)
+            self.write()
+            return 128 + signal.SIGTERM
         try:
             self.child = subprocess.Popen(
                 self.spec["argv"],
