@@ -16,16 +16,19 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from .config import SECRET_NAME, Config
 from .errors import ConfigError
 from .fsutil import write_all
+from .text import MIN_FRAGMENT as MIN_FRAGMENT  # one copy of the terminal rules: text.py
+from .text import Redactor as Redactor
+from .text import _escape
+from .text import printable as printable
 
 # Every event orchestrd emits, with what it means. The README's event table is generated from,
 # and tested against, this mapping.
@@ -185,109 +188,13 @@ EVENTS: dict[str, str] = {
 FIRST_KEYS = ("ts", "event", "plan", "phase", "attempt", "role", "pid")
 
 
-# What must not reach a terminal raw: C0 controls (ESC starts colour, clear-screen and OSC
-# title sequences; BEL, NUL, CR), DEL and C1 (0x9b is an 8-bit CSI), bidi overrides and line
-# separators that reorder or split what a person reads, and lone surrogates (the bytes of a
-# file name that is not UTF-8). Tab is harmless; newline is kept where asked.
-_UNSAFE_CHARS = (
-    "\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff"
-)
-_UNSAFE = re.compile(f"[\n{_UNSAFE_CHARS}]")
-_UNSAFE_KEEP_NEWLINES = re.compile(f"[{_UNSAFE_CHARS}]")
-
-
-def printable(text: str, newlines: bool = True) -> str:
-    """`text` safe to show a person on a terminal or in the journal: every character above
-    shown escaped (`\\x1b`, `\\u202e`; a non-UTF-8 byte of a file name as `\\xff`), newlines
-    kept if `newlines` (a multi-line rendering), escaped otherwise."""
-    regex = _UNSAFE_KEEP_NEWLINES if newlines else _UNSAFE
-    return regex.sub(_escape, text)
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's surrogateescape: the byte it stands for
-        return f"\\x{code - 0xDC00:02x}"
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
+# A lone surrogate (undecodable bytes of an agent's output) as a JSON escape: the line stays
+# valid UTF-8. printable, Redactor and the rest of the terminal-safety rules live in text.py.
 _SURROGATES = re.compile("[\udc80-\udcff]")
 
 
 def _json_escape(match: re.Match[str]) -> str:
     return "\\" + _escape(match)
-
-
-MIN_FRAGMENT = 8
-"""A secret cut by a length limit (a log tail's first line, a quoted log line cut at 200
-characters) keeps its first or last characters: runs of at least this many are redacted too."""
-
-
-class Redactor:
-    """Replaces secrets in text with `***`: values of secret-looking environment variables
-    (the daemon's and the worker profiles'), the config's `redact` regexes, and what is left of
-    a secret value cut short (its first or last MIN_FRAGMENT or more characters)."""
-
-    def __init__(self, values: Iterable[str] = (), patterns: Iterable[str] = ()) -> None:
-        ordered = sorted(set(values), key=len, reverse=True)
-        alternatives = [re.escape(v) for v in ordered]
-        alternatives += [_fragments(v) for v in ordered if len(v) > MIN_FRAGMENT]
-        # the operator's patterns each on their own: one may carry global flags such as
-        # `(?i)`, which are only allowed at the start of a whole expression
-        self._regexes = [re.compile("|".join(alternatives))] if alternatives else []
-        self._regexes += [re.compile(p) for p in patterns]
-
-    @classmethod
-    def from_config(cls, config: Config) -> Redactor:
-        env = dict(os.environ)
-        for profile in config.workers.values():
-            env.update(profile.env)
-        values = [v for k, v in env.items() if SECRET_NAME.search(k) and len(v) >= 4]
-        return cls(values, config.redact)
-
-    def __call__(self, text: str) -> str:
-        for regex in self._regexes:
-            text = regex.sub(_stars, text)
-        return text
-
-    def deep(self, value: Any) -> Any:
-        if not self._regexes:
-            return value
-        kind = type(value)
-        if kind is str:
-            return self(value)
-        if kind is int or kind is float or kind is bool or value is None:
-            return value  # most event fields: nothing to look at
-        if isinstance(value, str):
-            return self(value)
-        if isinstance(value, dict):
-            return {k: self.deep(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.deep(v) for v in value]
-        return value
-
-
-def _stars(match: re.Match[str]) -> str:
-    # a pattern that can match nothing at all (`x*`) must not put *** between every character
-    return "***" if match.group() else ""
-
-
-def _fragments(value: str, limit: int = 256) -> str:
-    """A regex for a prefix or a suffix of `value` at least MIN_FRAGMENT long:
-    `abcdefgh(?:i(?:j)?)?` and `(?:(?:a)?b)?cdefghij` (nested, so the pattern grows with the
-    value, not its square).
-    Only the first and last `limit` characters are spelled out; a longer value's middle is
-    never a fragment that survives on its own."""
-    head, tail = value[:limit], value[-limit:]
-    prefix = re.escape(head[:MIN_FRAGMENT])
-    rest = ""
-    for ch in reversed(head[MIN_FRAGMENT:]):
-        rest = f"(?:{re.escape(ch)}{rest})?"
-    suffix = re.escape(tail[-MIN_FRAGMENT:])
-    lead = ""
-    for ch in tail[:-MIN_FRAGMENT]:
-        lead = f"(?:{lead}{re.escape(ch)})?"
-    return f"{prefix}{rest}|{lead}{suffix}"
 
 
 _ZONES: dict[int, dt.timezone] = {}
