@@ -24,11 +24,10 @@ run: $(BIN)/orchestrd
 	$(BIN)/orchestrd usage --config orchestrd/local.toml
 	@echo "also: orchestrd tail --plan DEMO-calc, orchestrd logs DEMO-calc P03 (see README, Day to day)"
 
-# One process: the parallel run (-n 4 --dist loadgroup, 2 min 30 s) is not yet reliable: with
-# pytest 9 + xdist 3.8 the xdist_group marks group nothing (xdist sets item._nodeid, pytest 9
-# reads item._id), so two Slurm clusters may start at once.
+# Four processes: most tests wait on real subprocesses. Tests of one machine-wide resource share
+# an xdist group (tests/conftest.py), which runs on one worker.
 test: $(BIN)/orchestrd
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 4 --dist loadgroup --durations=15
 
 # Formatting, lint and types, as CI checks them before the tests.
 lint: $(BIN)/orchestrd

@@ -62,13 +62,36 @@ AGENT_NAMES = (
 REPO_ROOT = Path(__file__).parent.parent
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(trylast=True)  # after xdist's own hook, so the id is set once, right
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put the Slurm tests in the "slurm" group, and make `--dist loadgroup` group at all under
+    pytest 9: xdist 3.8 appends `@<group>` to a test's id by writing `item._nodeid`, which
+    pytest 9 no longer reads (the id lives in `item._id`), so every group was silently ignored
+    and two Slurm clusters could start at once. The id is rewritten here the way xdist means
+    it (skipped where xdist's own rewrite took)."""
     for item in items:
         callspec = getattr(item, "callspec", None)
         slurm_param = callspec is not None and callspec.params.get("launcher") == "slurm"
         if "cluster" in getattr(item, "fixturenames", ()) or slurm_param:
             item.add_marker(pytest.mark.xdist_group("slurm"))
+    if not getattr(config.option, "loadgroup", False):  # set on xdist workers for loadgroup
+        return
+    for item in items:
+        marks = item.iter_markers("xdist_group")
+        names = sorted(
+            {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in marks}
+        )
+        suffix = "@" + "_".join(names)
+        if not names or item.nodeid.endswith(suffix):
+            continue
+        grouped = item.nodeid + suffix
+        if isinstance(getattr(item, "_id", None), str) or not hasattr(item, "_id"):
+            item._nodeid = grouped  # pytest < 9
+        else:
+            from _pytest.nodeid import coerce_node_id
+
+            item._id = coerce_node_id(grouped)
+        assert item.nodeid == grouped, f"could not put {item.nodeid} in xdist group {suffix}"
 
 
 @pytest.fixture

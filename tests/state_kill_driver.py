@@ -119,7 +119,7 @@ def main(state_dir: Path, phases: int, kills: int, seed: int) -> None:
             finally:
                 os._exit(0)
         if cycle < kills:
-            time.sleep(rng.uniform(0.0, 0.15))
+            time.sleep(rng.uniform(0.0, 0.1))
             os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         result = {

@@ -116,8 +116,10 @@ async def test_the_ledger_equals_the_sums_in_the_streams(
     assert len(unpriced) == (1 if source == "unknown" else 0)  # once, not once per phase
 
 
-def test_a_plan_over_its_token_budget_pauses_and_resume_finishes_it(tmp_path: Path) -> None:
-    d = Daemon(tmp_path)
+def test_a_plan_over_its_token_budget_pauses_and_resume_finishes_it(
+    tmp_path: Path, daemon: Daemon
+) -> None:
+    d = daemon  # stopped and checked by the fixture, whatever fails
     # 1,350 tokens a model request, one request every 0.15 s; the plan may spend 5,000 (the
     # config 50,000); resumed, its phase's fresh worker spends 2,700
     d.write_config(
@@ -183,8 +185,8 @@ def test_a_plan_over_its_token_budget_pauses_and_resume_finishes_it(tmp_path: Pa
         d.stop()
 
 
-def test_a_restart_keeps_what_was_spent(tmp_path: Path) -> None:
-    d = Daemon(tmp_path)
+def test_a_restart_keeps_what_was_spent(tmp_path: Path, daemon: Daemon) -> None:
+    d = daemon  # stopped and checked by the fixture, whatever fails
     d.write_config(
         default_worker="claude",
         budgets={"plan_max_tokens": 20_000},
