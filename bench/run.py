@@ -69,7 +69,6 @@ VARIANTS = (
     "slotworker",
     "nometrics",
     "nonotify",
-    "step50",
 )
 NOFILE = 65536  # RLIMIT_NOFILE given to the daemon subprocess (see README)
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")

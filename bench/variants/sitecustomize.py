@@ -87,18 +87,6 @@ if "nonotify" in _variants:
 
     _daemon.run_notifier = _no_notify
 
-if "step50" in _variants:
-    import functools
-
-    import watchfiles
-
-    import orchestrd.daemon as _daemon
-
-    class _Watchfiles:
-        awatch = functools.partial(watchfiles.awatch, step=50)
-
-    _daemon.watchfiles = _Watchfiles  # type: ignore[assignment]
-
 if "pidfd" in _variants:
     import asyncio
 
