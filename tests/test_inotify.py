@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -37,6 +38,19 @@ def _later(seconds: float, action: object) -> threading.Timer:
     return timer
 
 
+def _watching(folders: list[Path], body: Callable[[Inotify], Awaitable[None]]) -> None:
+    """Run `body` on an event loop with a watch of `folders`, closed after it whatever happens."""
+
+    async def main() -> None:
+        watch = Inotify(folders)
+        try:
+            await body(watch)
+        finally:
+            watch.close()
+
+    anyio.run(main)
+
+
 def test_a_rename_a_write_and_a_delete_each_end_a_wait(tmp_path: Path) -> None:
     inbox, control = tmp_path / "inbox", tmp_path / "control"
     inbox.mkdir()
@@ -44,42 +58,34 @@ def test_a_rename_a_write_and_a_delete_each_end_a_wait(tmp_path: Path) -> None:
     outside = tmp_path / "plan.toml"
     outside.write_text("id = 'x'\n")
 
-    async def main() -> None:
-        watch = Inotify([inbox, control])
-        try:
-            assert not await _changed_within(watch, 0.3)  # nothing happened: no wake-up
-            _later(0.05, lambda: os.rename(outside, inbox / "plan.toml"))
-            assert await _changed_within(watch, 5)
-            await _quiet(watch)
-            _later(0.05, lambda: (control / "cancel-x").write_text("x"))
-            assert await _changed_within(watch, 5)
-            await _quiet(watch)
-            _later(0.05, lambda: (inbox / "plan.toml").unlink())
-            assert await _changed_within(watch, 5)
-        finally:
-            watch.close()
+    async def body(watch: Inotify) -> None:
+        assert not await _changed_within(watch, 0.3)  # nothing happened: no wake-up
+        _later(0.05, lambda: os.rename(outside, inbox / "plan.toml"))
+        assert await _changed_within(watch, 5)
+        await _quiet(watch)
+        _later(0.05, lambda: (control / "cancel-x").write_text("x"))
+        assert await _changed_within(watch, 5)
+        await _quiet(watch)
+        _later(0.05, lambda: (inbox / "plan.toml").unlink())
+        assert await _changed_within(watch, 5)
 
-    anyio.run(main)
+    _watching([inbox, control], body)
 
 
 def test_a_folder_removed_and_made_again_is_watched_again(tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
 
-    async def main() -> None:
-        watch = Inotify([inbox])
-        try:
-            _later(0.05, lambda: shutil.rmtree(inbox))
-            assert await _changed_within(watch, 5)
-            await _quiet(watch)  # the watch's removal (IN_IGNORED) read
-            inbox.mkdir()
-            await _quiet(watch)  # this wait watches it again
-            _later(0.05, lambda: (inbox / b"\xff.toml".decode(errors="surrogateescape")).touch())
-            assert await _changed_within(watch, 5)
-        finally:
-            watch.close()
+    async def body(watch: Inotify) -> None:
+        _later(0.05, lambda: shutil.rmtree(inbox))
+        assert await _changed_within(watch, 5)
+        await _quiet(watch)  # the watch's removal (IN_IGNORED) read
+        inbox.mkdir()
+        await _quiet(watch)  # this wait watches it again
+        _later(0.05, lambda: (inbox / b"\xff.toml".decode(errors="surrogateescape")).touch())
+        assert await _changed_within(watch, 5)
 
-    anyio.run(main)
+    _watching([inbox], body)
 
 
 def test_a_missing_folder_is_an_oserror_naming_it(tmp_path: Path) -> None:
