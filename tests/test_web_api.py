@@ -123,7 +123,7 @@ def test_live_events_and_a_growing_log_tail_bounded_to_64_kib(daemon: Daemon) ->
     daemon.hold("WEB-live")
     events = Sse(url, "/api/events")
     daemon.submit("WEB-live", worker="web")
-    seen = [events.next_data()["event"] for _ in range(3)]
+    seen = [events.next_plan_event()["event"] for _ in range(3)]
     assert seen[0] == "plan.accepted", seen
     daemon.wait_event("worker.started", plan="WEB-live")
     path = "/api/plans/WEB-live/phases/P01/log"
@@ -218,7 +218,7 @@ def test_slow_clients_never_hold_up_plans_or_shutdown(daemon: Daemon) -> None:
         s.settimeout(5)
         assert s.recv(100) == b""
     assert get(url, "/healthz")[0] == 200
-    assert stream.next_data()["event"] == "plan.accepted"  # an open stream is no idle client
+    assert stream.next_plan_event()["event"] == "plan.accepted"  # an open stream is no idle client
     started = time.monotonic()
     assert daemon.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 5

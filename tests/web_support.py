@@ -98,5 +98,17 @@ class Sse:
                 return json.loads(line[6:])
         raise AssertionError("no event in time")
 
+    def next_plan_event(self, deadline: float = 10) -> Any:
+        """The next event about a plan. A stream without `since` goes on from the position the
+        web's audit follower has read, which may lag the file by a moment ("may repeat, not
+        miss"): the daemon's own events of just before the connect (`http.listening`, …) can
+        come first."""
+        end = time.monotonic() + deadline
+        while True:
+            data = self.next_data(max(end - time.monotonic(), 0.01))
+            if "plan" in data:
+                return data
+            assert data["event"].startswith(("daemon.", "http.")), data
+
     def close(self) -> None:
         self.conn.close()
