@@ -27,7 +27,7 @@ run: $(BIN)/orchestrd
 # Four processes: most tests wait on real subprocesses. Tests of one machine-wide resource share
 # an xdist group (tests/conftest.py), which runs on one worker.
 test: $(BIN)/orchestrd
-	$(BIN)/python -m pytest -q -n 4 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q -rs -n 4 --dist loadgroup --durations=15
 
 # Formatting, lint and types, as CI checks them before the tests.
 lint: $(BIN)/orchestrd
