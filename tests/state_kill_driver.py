@@ -20,6 +20,7 @@ import random
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,8 @@ async def write(path: Path, notes: Path, seed: int) -> None:
     NotedRecord.notes_fd = os.open(notes, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     record = NotedRecord(path, load_state(path), log, on_disk=True)
     state = record.state
+    if state.status is PlanStatus.SUCCEEDED:
+        return  # a kill meant for the last phase came after it
     if state.status is not PlanStatus.RUNNING:
         await record.set_status(PlanStatus.RUNNING)
     while (current := state.current_phase()) is not None:
@@ -102,6 +105,21 @@ def read_back(path: Path) -> dict[str, Any]:
     }
 
 
+def kill_at_random(pid: int, notes: Path, rng: random.Random) -> int:
+    """SIGKILL the writer at a random moment of its work; its wait status. The moment counts
+    from its first save, not from the fork: on a loaded machine its start-up alone can outlast
+    the whole delay."""
+    deadline = time.monotonic() + 30
+    while not notes.stat().st_size and time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status  # it ended before saving anything (crashed): reported by the caller
+        time.sleep(0.002)
+    time.sleep(rng.uniform(0.0, 0.1))
+    os.kill(pid, signal.SIGKILL)
+    return os.waitpid(pid, 0)[1]
+
+
 def main(state_dir: Path, phases: int, kills: int, seed: int) -> None:
     rng = random.Random(seed)
     path = state_dir / "state.toml"
@@ -114,17 +132,20 @@ def main(state_dir: Path, phases: int, kills: int, seed: int) -> None:
         notes.write_bytes(b"")
         pid = os.fork()
         if pid == 0:  # the writer
+            code = 0
             try:
                 anyio.run(write, path, notes, seed * 1000 + cycle)
+            except BaseException:  # noqa: BLE001 - a writer's failure goes to the test, not lost
+                with open(notes, "a") as f:
+                    f.write("crashed " + traceback.format_exc().replace("\n", " | ") + "\n")
+                code = 3
             finally:
-                os._exit(0)
-        if cycle < kills:
-            time.sleep(rng.uniform(0.0, 0.1))
-            os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
+                os._exit(code)
+        status = kill_at_random(pid, notes, rng) if cycle < kills else os.waitpid(pid, 0)[1]
         result = {
             "cycle": cycle,
             "killed": os.WIFSIGNALED(status),
+            "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
             "notes": notes.read_text().splitlines(),
             **read_back(path),
         }

@@ -5,12 +5,15 @@ delegated cgroup) and cgroup v2; skipped with the reason otherwise."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import pytest
 
 from orchestrd import cgroups
@@ -23,6 +26,21 @@ HYBRID = """\
 31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev - cgroup2 cgroup2 rw,nsdelegate
 32 30 0:28 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
 """
+
+
+@contextlib.asynccontextmanager
+async def spawned(*argv: str) -> AsyncIterator[anyio.abc.Process]:
+    """A process with no pipes, killed and reaped at the end whatever the test did (one left
+    running would be garbage-collected in some later test, on a closed loop)."""
+    nothing = subprocess.DEVNULL
+    process = await anyio.open_process(argv, stdin=nothing, stdout=nothing, stderr=nothing)
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with anyio.CancelScope(shield=True):
+                await process.wait()
 
 
 def test_the_v2_hierarchy_is_found_where_a_hybrid_host_mounts_it() -> None:
@@ -53,18 +71,20 @@ async def test_cgroup_kill_stops_every_process_and_the_empty_cgroup_is_removed(
     path = tree.attempt("T.P01.1")
     await cgroups.create(path, {}, tree.controllers)
     # a process of its own session inside: a process group signal would miss it
-    inside = await anyio.open_process(["setsid", "sleep", "30"])
-    cgroups.join(path, inside.pid)
-    assert cgroups.populated(path)
-    assert cgroups.members(path) == [inside.pid]
-    assert cgroups.command_line(inside.pid) == "sleep 30"
-    assert not cgroups.remove(path)  # busy: left in place
-    started = time.monotonic()
-    assert cgroups.kill(path)
-    with anyio.fail_after(2):
-        await cgroups.wait_empty(path)
-    assert await inside.wait() == -9
-    assert time.monotonic() - started < 1
+    async with spawned("setsid", "sleep", "30") as inside:
+        cgroups.join(path, inside.pid)
+        assert cgroups.populated(path)
+        assert cgroups.members(path) == [inside.pid]
+        with anyio.fail_after(10):  # setsid execs sleep once it has its session
+            while cgroups.command_line(inside.pid) != "sleep 30":  # noqa: ASYNC110 - /proc
+                await anyio.sleep(0.01)
+        assert not cgroups.remove(path)  # busy: left in place
+        started = time.monotonic()
+        assert cgroups.kill(path)
+        with anyio.fail_after(2):
+            await cgroups.wait_empty(path)
+        assert await inside.wait() == -9
+        assert time.monotonic() - started < 1
     assert cgroups.remove(path) and not path.exists()
     assert not cgroups.kill(path)  # gone: nothing to kill
 
@@ -75,12 +95,12 @@ async def test_a_leftover_attempt_cgroup_is_found_and_a_new_one_of_its_name_star
 ) -> None:
     path = tree.attempt("T.P01.1")
     await cgroups.create(path, {}, tree.controllers)
-    left = await anyio.open_process(["sleep", "30"])
-    cgroups.join(path, left.pid)
-    assert cgroups.leftover_attempts(tree) == [path]
-    await cgroups.create(path, {}, tree.controllers)  # the same name again (a crash's leftover)
-    with anyio.fail_after(2):
-        assert await left.wait() == -9
+    async with spawned("sleep", "30") as left:
+        cgroups.join(path, left.pid)
+        assert cgroups.leftover_attempts(tree) == [path]
+        await cgroups.create(path, {}, tree.controllers)  # the same name again (a crash's leftover)
+        with anyio.fail_after(2):
+            assert await left.wait() == -9
     assert cgroups.members(path) == []
     cgroups.remove(path)
 
