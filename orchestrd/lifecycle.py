@@ -43,6 +43,9 @@ class PlanEntry:
     requester: dict[str, object] | None = None
     """Who asked for the cancel or retry in progress (uid, user), for its events."""
     running: bool = False
+    stopping: str | None = None
+    """Set (why) by a daemon that stops before it cancels `scope`: the run ends interrupted,
+    as a cancellation from outside ends it, not cancelled."""
 
 
 async def run(entry: PlanEntry, work: Callable[[], Awaitable[object]], stopping: str) -> None:
@@ -56,13 +59,19 @@ async def run(entry: PlanEntry, work: Callable[[], Awaitable[object]], stopping:
             await work()
         if entry.cancel_requested:
             await cancel(record, entry.requester)
+        elif entry.stopping is not None:
+            await _interrupted(record, entry.stopping)
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True):
-            if record.state.status not in PLAN_TERMINAL:
-                await record.set_status(PlanStatus.INTERRUPTED, stopping)
+            await _interrupted(record, stopping)
         raise
     except Exception as exc:  # one broken plan must never take the daemon down
         await fail(entry, exc)
+
+
+async def _interrupted(record: PlanRecord, why: str) -> None:
+    if record.state.status not in PLAN_TERMINAL:
+        await record.set_status(PlanStatus.INTERRUPTED, why)
 
 
 async def carry_out(record: PlanRecord, plan: Plan, runner: PlanRunner) -> Outcome:

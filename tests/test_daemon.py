@@ -243,6 +243,39 @@ def test_more_signals_during_shutdown_neither_kill_the_daemon_nor_leave_a_worker
     assert status_json(daemon)["s2"]["state"] == "interrupted"
 
 
+def test_plans_waiting_or_dropped_during_the_stop_start_no_worker_and_run_after_the_restart(
+    daemon: Daemon,
+) -> None:
+    """Shutdown stops the inbox first, then each plan by its own scope, then the daemon: a
+    plan waiting for a worker slot ends interrupted beside the running one, and a plan dropped
+    while the stop takes its grace stays in the inbox; both run at the next start."""
+    daemon.write_config(max_workers=1)
+    daemon.start()
+    daemon.submit("busy", worker="stubborn", policy={"stop_grace": "2s"})
+    pid = daemon.agent_pid("busy")  # ignores SIGTERM: the stop takes the grace
+    daemon.submit("waiting", repo="r2")
+    daemon.wait_event("plan.queued", plan="waiting")
+
+    daemon.send(signal.SIGTERM)
+    daemon.wait_event("daemon.stopping")
+    daemon.submit("late", repo="r3")
+    assert daemon.proc is not None and daemon.proc.wait(15) == 0
+    assert not alive(pid)
+    assert not daemon.events("worker.started", plan="waiting")
+    assert not daemon.events("plan.accepted", plan="late")
+    assert (daemon.inbox / "late.toml").exists()
+    rows = status_json(daemon)
+    assert (rows["busy"]["state"], rows["waiting"]["state"]) == ("interrupted", "interrupted")
+    names = [e["event"] for e in daemon.events()]
+    assert names.index("plan.interrupted") > names.index("daemon.stopping")
+    assert names[-1] == "daemon.stopped"
+
+    assert daemon.cli("cancel", "busy").returncode == 0  # offline: it would only hang again
+    daemon.start()
+    daemon.wait_plans_end(["waiting", "late"])
+    assert {e["plan"] for e in daemon.events("plan.succeeded")} == {"waiting", "late"}
+
+
 def test_a_corrupt_state_file_is_set_aside_and_the_daemon_serves_on(daemon: Daemon) -> None:
     daemon.start()
     daemon.submit("torn", worker="stuck")
