@@ -410,6 +410,22 @@ def test_no_confined_path_resolves_outside_and_none_inside_is_refused(
         assert inside(target, world.repo) and str(target) == real, (joined, target)
 
 
+@FUZZ
+@given(parts=st.lists(st.sampled_from(COMPONENTS), min_size=1, max_size=6))
+def test_confine_agrees_with_realpath_on_any_components(world: World, parts: list[str]) -> None:
+    """`confine` walks only the path's own components when it can (no symlink, no `..`):
+    whatever the path, its answer is realpath's, and it refuses exactly what leaves the repo."""
+    rel = "/".join(parts)
+    real = os.path.realpath(world.repo / rel)
+    try:
+        target = confine(world.repo, rel)
+    except PlanError as exc:
+        assert not inside(real, world.repo), (rel, real)
+        assert "outside" in str(exc)
+    else:
+        assert inside(target, world.repo) and str(target) == real, (rel, target)
+
+
 # -- crashes found so far: the parser should say PlanError/ConfigError; the spool copes --
 
 KNOWN_CRASHES = {
