@@ -124,6 +124,8 @@ class Daemon(Requests):
                     )
                     tg.start_soon(self.quota.run)
                     await self._recover(tg)
+                    if self._stopping:  # stopped during start-up: no service, no READY
+                        return
                     tg.start_soon(self._watch_inbox)
                     tg.start_soon(self._main_loop, tg)
                     if listener is not None:
@@ -144,6 +146,8 @@ class Daemon(Requests):
                     )
                     self._notify_ready()
         finally:
+            if listener is not None:
+                listener.close()
             self.launcher.close()
             self.log.info("daemon.stopped")
             self.spool.unlock()
@@ -389,8 +393,11 @@ class Daemon(Requests):
             self.entries.pop(entry.plan.id, None)
             if self._stopping and not self.entries:
                 self._plans_ended.set()
-        if entry.record.state.status is PlanStatus.INTERRUPTED:
-            return  # the daemon is stopping: the plan stays in plans/ and resumes at the next start
+        if entry.stopping is not None and not entry.cancel_requested:
+            # stopped by the daemon: the plan stays in plans/, and the next start resumes it or
+            # archives it from what its state file says (a save cut short by the stop may have
+            # left it behind the status in memory)
+            return
         if entry.record.state.status is PlanStatus.PAUSED:
             self.paused[entry.plan.id] = entry  # stays in plans/, nothing of it archived or lost
             self._wake()  # the daily budget may have room already (a reload raised it)
@@ -488,6 +495,8 @@ class Daemon(Requests):
         entries.sort(key=lambda e: e.record.state.seq)
         self.seq = max((e.record.state.seq for e in entries), default=0)
         for entry in entries:
+            if self._stopping:
+                return  # a stop during start-up: the rest resume at the next start
             previous = entry.record.state.status
             if previous is PlanStatus.PAUSED:
                 self.paused[entry.plan.id] = entry

@@ -23,7 +23,7 @@ from .report import archive_report
 from .runner import PlanRunner
 from .spool import Spool
 from .state import PlanRecord
-from .states import PLAN_TERMINAL, InvalidTransition, Outcome, PlanStatus
+from .states import PLAN_TERMINAL, PLAN_TRANSITIONS, InvalidTransition, Outcome, PlanStatus
 from .store import PlanFolder, archive_plan
 
 Admin = Callable[[Path], Awaitable[anyio.Lock]]
@@ -70,7 +70,9 @@ async def run(entry: PlanEntry, work: Callable[[], Awaitable[object]], stopping:
 
 
 async def _interrupted(record: PlanRecord, why: str) -> None:
-    if record.state.status not in PLAN_TERMINAL:
+    """Interrupted, where the table allows it: a plan interrupted before (recovered, waiting
+    for its slot), paused or ended keeps its status."""
+    if PlanStatus.INTERRUPTED in PLAN_TRANSITIONS[record.state.status]:
         await record.set_status(PlanStatus.INTERRUPTED, why)
 
 

@@ -248,7 +248,8 @@ def test_plans_waiting_or_dropped_during_the_stop_start_no_worker_and_run_after_
 ) -> None:
     """Shutdown stops the inbox first, then each plan by its own scope, then the daemon: a
     plan waiting for a worker slot ends interrupted beside the running one, and a plan dropped
-    while the stop takes its grace stays in the inbox; both run at the next start."""
+    while the stop takes its grace stays in the inbox; a second stop leaves a plan recovered
+    interrupted and still waiting as it was; both run once "busy" is out of the way."""
     daemon.write_config(max_workers=1)
     daemon.start()
     daemon.submit("busy", worker="stubborn", policy={"stop_grace": "2s"})
@@ -269,6 +270,16 @@ def test_plans_waiting_or_dropped_during_the_stop_start_no_worker_and_run_after_
     names = [e["event"] for e in daemon.events()]
     assert names.index("plan.interrupted") > names.index("daemon.stopping")
     assert names[-1] == "daemon.stopped"
+
+    # again: "busy" takes the one slot, "waiting" (interrupted on disk) and "late" wait for
+    # it; a plan interrupted before stays interrupted, none fails
+    daemon.start()
+    daemon.agent_pid("busy", attempt=2)
+    daemon.wait_event("plan.queued", plan="late")
+    assert daemon.stop() == 0
+    rows = status_json(daemon)
+    assert (rows["waiting"]["state"], rows["late"]["state"]) == ("interrupted", "interrupted")
+    assert not daemon.events("plan.error") and not daemon.events("plan.failed")
 
     assert daemon.cli("cancel", "busy").returncode == 0  # offline: it would only hang again
     daemon.start()

@@ -36,6 +36,15 @@ class Listener:
     sock: socket.socket
     url: str
 
+    def close(self) -> None:
+        """Close the socket and remove a unix socket's file; again is harmless (a daemon
+        stopped during start-up closes a listener that never served)."""
+        self.sock.close()
+        host, path = parse_listen(self.settings.listen)
+        if host == "unix":
+            with contextlib.suppress(OSError):
+                os.unlink(str(path))
+
     @classmethod
     def bind(cls, settings: HttpSettings, source: object) -> Listener:
         """ConfigError naming the key when `listen` cannot be had (a port in use)."""
@@ -167,10 +176,7 @@ async def serve_http(
             server.force_exit = True  # do not wait on keep-alive connections
             if server.started:
                 await server.shutdown(sockets=[sock])
-        sock.close()
-        if host == "unix":
-            with contextlib.suppress(OSError):
-                os.unlink(str(parse_listen(settings.listen)[1]))
+        listener.close()
 
 
 async def _tick(server: uvicorn.Server) -> None:
