@@ -25,6 +25,7 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import anyio.to_thread
 
 from .. import cgroups, procfs
@@ -576,27 +577,38 @@ async def _open(spec: WorkerSpec, cgroup: Path | None) -> anyio.abc.Process:
         ) from None
     except ValueError as exc:  # a NUL byte in argv or env: refused before anything runs
         raise WorkerStartError(f"cannot execute {spec.argv[0]!r}: {exc}") from None
+    except BaseException:
+        if gate_w >= 0:
+            os.close(gate_w)  # no process to open the gate for
+        raise
     finally:
         if gate_r >= 0:
             os.close(gate_r)
     if cgroup is not None:
-        try:
-            # moving a process between cgroups waits out an RCU grace period in the kernel
-            # (6-17 ms, a third of the loop's busy time when phases follow each other): in a
-            # thread, so the loop serves the other plans meanwhile
-            await anyio.to_thread.run_sync(cgroups.join, cgroup, process.pid)
-            os.write(gate_w, b"\n")
-        except OSError as exc:
-            await _discard(process)
-            raise WorkerStartError(
-                f"cannot move the worker into {cgroup}: {exc.strerror}"
-            ) from None
-        except BaseException:  # cancelled: the closed gate ends it (exit 125), reaped here
-            await _discard(process)
-            raise
-        finally:
-            os.close(gate_w)
+        await _open_gate(process, cgroup, gate_w)
     return process
+
+
+async def _open_gate(process: anyio.abc.Process, cgroup: Path, gate_w: int) -> None:
+    """Move the gated child into its cgroup, then let it run the worker; the gate's write end
+    is closed whatever happens."""
+    try:
+        # moving a process between cgroups waits out an RCU grace period in the kernel
+        # (6-17 ms, a third of the loop's busy time when phases follow each other): in a
+        # thread, so the loop serves the other plans meanwhile
+        await anyio.to_thread.run_sync(cgroups.join, cgroup, process.pid)
+        # the thread call is not interrupted: a stop that came meanwhile lands here,
+        # before the gate opens, not after the worker has started
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        os.write(gate_w, b"\n")
+    except OSError as exc:
+        await _discard(process)
+        raise WorkerStartError(f"cannot move the worker into {cgroup}: {exc.strerror}") from None
+    except BaseException:  # cancelled: killed and reaped before its gate opened
+        await _discard(process)
+        raise
+    finally:
+        os.close(gate_w)
 
 
 async def _discard(process: anyio.abc.Process) -> None:
